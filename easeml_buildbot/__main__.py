@@ -1,0 +1,5 @@
+import sys
+
+from easeml_buildbot.cli import main
+
+sys.exit(main())

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh machine: system packages (when root), the virtualenv,
+# a Docker daemon (when root and none is running) and the locally built base image.
+# Nothing here pulls from a container registry.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  pkgs=()
+  command -v gpg >/dev/null || pkgs+=(gnupg)
+  command -v git >/dev/null || pkgs+=(git)
+  command -v dockerd >/dev/null || pkgs+=(docker.io)
+  command -v debootstrap >/dev/null || pkgs+=(debootstrap)
+  [ -x /bin/busybox ] || pkgs+=(busybox-static)
+  ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || pkgs+=(postgresql)
+  if [ ${#pkgs[@]} -gt 0 ]; then
+    log "installing system packages: ${pkgs[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  log "creating virtualenv .venv"
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c "import easeml_buildbot, buildbot, pytest, aiosmtpd, sklearn" 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.installed ]; then
+  log "installing the project and its dependencies into .venv"
+  .venv/bin/pip install -q --upgrade pip 2>/dev/null || true
+  .venv/bin/pip install -q -e ".[test]"
+  touch .venv/.installed
+fi
+
+if [ "${EASEML_SKIP_DOCKER:-0}" != 1 ]; then
+  bash scripts/start-dockerd.sh || log "no Docker daemon: Docker tests will be skipped, the demo uses the ProcessRunner"
+  if docker info >/dev/null 2>&1 && [ -f scripts/build-base-image.sh ]; then
+    bash scripts/build-base-image.sh
+  fi
+fi
+log "ready: $ROOT/.venv"
