@@ -1,0 +1,433 @@
+"""Encrypted test sets: encrypt to the service key, identify by ciphertext hash, decrypt
+into a private temporary directory, split features from labels.
+
+The plaintext exists only inside a 0700 directory (on tmpfs when ``/dev/shm`` is writable)
+for the duration of a ``with decrypted_dataset(...)`` block; the model gets
+``features_path`` (the label column removed), the scorer gets ``labels`` (in memory only).
+Every failure raises :class:`DatasetError` with a message naming the file and the problem,
+and never the content of a row; in every case the directory is wiped before returning.
+
+Row order rule: rows are taken in file order; ``rows=N`` uses the first N rows, the same on
+every use. Tests sets are therefore shuffled once, by whoever makes them, before encryption.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from easeml_buildbot.custody.gpghome import remove_tree, secure_tmp_base, temporary_gpg
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("csv", "jsonl", "npz")
+_EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".npz": "npz"}
+_ENCRYPTED_SUFFIXES = (".gpg", ".pgp", ".asc")
+_GPG_CRYPTO_ARGS = ["--cipher-algo", "AES256", "--compress-algo", "none"]
+
+
+class DatasetError(Exception):
+    """The test set cannot be used; the message names the file and the reason (never data)."""
+
+
+@dataclass(frozen=True)
+class DecryptedDataset:
+    """A decrypted, split test set; valid only inside its ``with`` block."""
+
+    features_path: Path
+    labels: np.ndarray = field(repr=False)
+    n_rows: int
+    dataset_id: str
+    format: str
+    feature_names: tuple[str, ...] = ()
+
+
+def dataset_id(path: str | os.PathLike[str]) -> str:
+    """SHA-256 (hex) of the ciphertext: the identity the ledger counts uses against."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError as exc:
+        raise DatasetError(f"{p}: cannot read test set: {exc.strerror}") from None
+
+
+def format_from_name(path: str | os.PathLike[str]) -> str | None:
+    """``data/test.csv.gpg`` -> ``csv``; None when the name does not say."""
+    name = Path(path).name.lower()
+    for suffix in _ENCRYPTED_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return _EXTENSIONS.get(Path(name).suffix)
+
+
+def _sniff_format(plain: Path, hint: str | None) -> str:
+    with open(plain, "rb") as fh:
+        head = fh.read(4096)
+    if head.startswith(b"PK\x03\x04"):
+        return "npz"
+    if hint in ("csv", "jsonl"):
+        return hint
+    return "jsonl" if head.lstrip().startswith(b"{") else "csv"
+
+
+def _looks_like_openpgp(head: bytes) -> bool:
+    if head.startswith(b"-----BEGIN PGP MESSAGE-----"):
+        return True
+    # Binary OpenPGP: the first octet is a packet tag (bit 7 set); PKESK (tag 1) or SKESK (3).
+    if not head or not head[0] & 0x80:
+        return False
+    tag = (head[0] & 0x3F) if head[0] & 0x40 else ((head[0] >> 2) & 0x0F)
+    return tag in (1, 3)
+
+
+def _open_private(path: Path, mode: str = "w", **kwargs):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, mode, **kwargs)
+
+
+def _import_public_key(gpg, key_path: Path) -> str:
+    if not key_path.is_file():
+        raise DatasetError(f"{key_path}: public key file not found")
+    data = key_path.read_bytes()
+    if b"PRIVATE KEY" in data:
+        raise DatasetError(f"{key_path}: this is a private key; encrypt to the public key (easeml_pub.asc)")
+    res = gpg.import_keys(data)
+    if not res.fingerprints:
+        raise DatasetError(f"{key_path}: no OpenPGP public key found in this file")
+    return res.fingerprints[0]
+
+
+def encrypt_dataset(
+    pub_key_path: str | os.PathLike[str],
+    in_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+) -> str:
+    """Encrypt ``in_path`` to the service's public key (AES-256, binary, no compression).
+
+    The output is written atomically (``OUT.tmp`` then rename). Returns the dataset id.
+    """
+    src, dst, key = Path(in_path), Path(out_path), Path(pub_key_path)
+    if not src.is_file():
+        raise DatasetError(f"{src}: test set not found")
+    with open(src, "rb") as fh:
+        head = fh.read(64)
+    if not head:
+        raise DatasetError(f"{src}: test set is empty")
+    if _looks_like_openpgp(head):
+        raise DatasetError(f"{src}: already an OpenPGP message; refusing to encrypt it twice")
+    tmp = dst.with_name(dst.name + ".tmp")
+    try:
+        with temporary_gpg() as gpg:
+            fpr = _import_public_key(gpg, key)
+            res = gpg.encrypt_file(
+                str(src), recipients=[fpr], armor=False, always_trust=True,
+                output=str(tmp), extra_args=list(_GPG_CRYPTO_ARGS),
+            )
+            if not res.ok:
+                raise DatasetError(f"{src}: gpg could not encrypt: {res.status or 'unknown error'}")
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dataset_id(dst)
+
+
+# ------------------------------------------------------------------ decryption
+
+def _gpg_failure(enc: Path, key: Path, res) -> DatasetError:
+    """Translate gpg's status lines into one clear sentence (no data, no key material)."""
+    err = res.stderr or ""
+    if "NO_SECKEY" in err and "DECRYPTION_OKAY" not in err:
+        ids = sorted({line.split()[2] for line in err.splitlines()
+                      if line.startswith("[GNUPG:] NO_SECKEY") and len(line.split()) > 2})
+        return DatasetError(
+            f"{enc}: encrypted to a different key (key id {', '.join(ids) or '?'}), "
+            f"not to the worker's key {key}; re-encrypt the test set with this service's easeml_pub.asc"
+        )
+    if "BAD_PASSPHRASE" in err or "Bad passphrase" in err:
+        return DatasetError(
+            f"{key}: wrong passphrase for the private key "
+            "(check --passphrase-file or EASEML_KEY_PASSPHRASE)"
+        )
+    if "NEED_PASSPHRASE" in err or res.status == "need passphrase" or "MISSING_PASSPHRASE" in err or "No passphrase given" in err or "PINENTRY_LAUNCHED" in err:
+        return DatasetError(
+            f"{key}: the private key is passphrase-protected and no passphrase was given "
+            "(use --passphrase-file or set EASEML_KEY_PASSPHRASE)"
+        )
+    if "NODATA" in err:  # the header was an OpenPGP packet, so the rest is damaged
+        return DatasetError(
+            f"{enc}: decryption failed: the file is truncated or corrupted "
+            "(no complete OpenPGP message); restore it from the repository"
+        )
+    if "BADMDC" in err or "DECRYPTION_FAILED" in err or "invalid packet" in err.lower() \
+            or "premature" in err.lower() or "unexpected" in err.lower():
+        return DatasetError(
+            f"{enc}: decryption failed: the file is corrupted or truncated "
+            "(integrity check did not pass); restore it from the repository"
+        )
+    return DatasetError(f"{enc}: decryption failed ({res.status or 'gpg exit ' + str(res.returncode)})")
+
+
+def _decrypt_to(enc: Path, key: Path, passphrase: str | None, plain: Path, workdir: Path) -> None:
+    if not key.is_file():
+        raise DatasetError(f"{key}: private key file not found")
+    key_data = key.read_bytes()
+    if b"PRIVATE KEY" not in key_data and not (key_data[:1] and key_data[0] & 0x80):
+        raise DatasetError(f"{key}: not an OpenPGP private key")
+    with temporary_gpg(parent=workdir) as gpg:
+        res = gpg.import_keys(key_data, passphrase=passphrase)
+        del key_data
+        if not getattr(res, "sec_imported", 0) and not getattr(res, "sec_read", 0):
+            raise DatasetError(f"{key}: no OpenPGP private key found in this file")
+        with _open_private(plain, "wb"):
+            pass  # create 0600 so gpg (which truncates, keeping the mode) writes a private file
+        # loopback even without a passphrase: never pop up a pinentry on a worker
+        extra = None if passphrase is not None else ["--pinentry-mode", "loopback"]
+        res = gpg.decrypt_file(str(enc), passphrase=passphrase, output=str(plain), extra_args=extra)
+        ok = res.ok and res.returncode == 0 and "DECRYPTION_OKAY" in (res.stderr or "")
+        if ok and "BADMDC" not in res.stderr and "DECRYPTION_FAILED" not in res.stderr:
+            return
+        raise _gpg_failure(enc, key, res)
+
+
+def _to_label_array(values: list) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.dtype.kind in "US":
+        for dtype in (np.int64, np.float64):
+            try:
+                return arr.astype(dtype)
+            except ValueError:
+                continue
+    return arr
+
+
+def _too_few(src: Path, rows: int | None, have: int) -> None:
+    if have == 0:
+        raise DatasetError(f"{src}: the test set has no rows")
+    if rows is not None and have < rows:
+        raise DatasetError(f"{src}: needs {rows} samples, the test set has {have}")
+
+
+def _split_csv(plain: Path, out: Path, label: str, rows: int | None, name: Path):
+    labels: list[str] = []
+    with open(plain, newline="", encoding="utf-8-sig") as fh, \
+            _open_private(out, "w", newline="", encoding="utf-8") as dst:
+        reader = csv.reader(fh)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DatasetError(f"{name}: the test set is empty (no CSV header)") from None
+        header = [h.strip() for h in header]
+        if label not in header:
+            raise DatasetError(
+                f"{name}: line 1: label column '{label}' not in the CSV header "
+                f"(columns: {', '.join(header)})"
+            )
+        idx = header.index(label)
+        ncols = len(header)
+        feature_names = tuple(h for i, h in enumerate(header) if i != idx)
+        writer = csv.writer(dst, lineterminator="\n")
+        writer.writerow(feature_names)
+        append, write = labels.append, writer.writerow
+        for row in reader:
+            if len(row) != ncols:
+                if not row:
+                    continue
+                raise DatasetError(
+                    f"{name}: line {reader.line_num}: {len(row)} fields, the header has {ncols}"
+                )
+            value = row.pop(idx)
+            if value == "":
+                raise DatasetError(f"{name}: line {reader.line_num}: empty label in column '{label}'")
+            append(value)
+            write(row)
+            if rows is not None and len(labels) >= rows:
+                break
+    return _to_label_array(labels), feature_names
+
+
+def _split_jsonl(plain: Path, out: Path, label: str, rows: int | None, name: Path):
+    labels: list = []
+    names: dict[str, None] = {}
+    with open(plain, encoding="utf-8-sig") as fh, _open_private(out, "w", encoding="utf-8") as dst:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{name}: line {lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(obj, dict):
+                raise DatasetError(f"{name}: line {lineno}: expected a JSON object per line")
+            if label not in obj:
+                raise DatasetError(f"{name}: line {lineno}: label field '{label}' missing")
+            value = obj.pop(label)
+            if value is None or isinstance(value, (dict, list)):
+                raise DatasetError(f"{name}: line {lineno}: label field '{label}' must be a scalar")
+            labels.append(value)
+            for k in obj:
+                names.setdefault(k)
+            dst.write(json.dumps(obj, separators=(",", ":")))
+            dst.write("\n")
+            if rows is not None and len(labels) >= rows:
+                break
+    if labels and all(isinstance(v, bool) for v in labels):
+        return np.asarray(labels, dtype=bool), tuple(names)
+    return _to_label_array(labels), tuple(names)
+
+
+def _split_npz(plain: Path, out: Path, label: str, rows: int | None, name: Path):
+    try:
+        with np.load(plain, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise DatasetError(f"{name}: not a readable NPZ archive ({type(exc).__name__})") from None
+    if label not in arrays:
+        raise DatasetError(
+            f"{name}: label array '{label}' not in the NPZ archive (arrays: {', '.join(arrays)})"
+        )
+    labels = arrays.pop(label)
+    if labels.ndim != 1:
+        raise DatasetError(f"{name}: label array '{label}' must be one-dimensional, has shape {labels.shape}")
+    if not arrays:
+        raise DatasetError(f"{name}: the NPZ archive has no feature arrays besides '{label}'")
+    n = len(labels)
+    for k, a in arrays.items():
+        if a.ndim == 0 or a.shape[0] != n:
+            raise DatasetError(
+                f"{name}: array '{k}' has {a.shape[0] if a.ndim else 0} rows, label array has {n}"
+            )
+    _too_few(name, rows, n)
+    take = n if rows is None else rows
+    with _open_private(out, "wb") as dst:
+        np.savez(dst, **{k: a[:take] for k, a in arrays.items()})
+    return labels[:take], tuple(arrays)
+
+
+_SPLITTERS = {"csv": _split_csv, "jsonl": _split_jsonl, "npz": _split_npz}
+
+
+def split_plaintext(plain: Path, features_out: Path, *, fmt: str, label_column: str,
+                    rows: int | None, name: Path | None = None) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Split a plaintext test set: features to ``features_out`` (0600), labels returned."""
+    if fmt not in _SPLITTERS:
+        raise DatasetError(f"{name or plain}: unknown test-set format {fmt!r} (use {', '.join(FORMATS)})")
+    try:
+        labels, names = _SPLITTERS[fmt](plain, features_out, label_column, rows, name or plain)
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{name or plain}: not UTF-8 text at byte {exc.start}") from None
+    except csv.Error as exc:
+        raise DatasetError(f"{name or plain}: malformed CSV ({exc})") from None
+    _too_few(name or plain, rows, len(labels))
+    return labels, names
+
+
+def check_plaintext(path: str | os.PathLike[str], *, label_column: str = "label",
+                    fmt: str | None = None) -> tuple[str, int]:
+    """Validate a plaintext test set before encrypting it; returns (format, rows)."""
+    src = Path(path)
+    if not src.is_file():
+        raise DatasetError(f"{src}: test set not found")
+    fmt = fmt or _sniff_format(src, _EXTENSIONS.get(src.suffix.lower()))
+    work = Path(tempfile.mkdtemp(prefix="easeml-check-", dir=secure_tmp_base()))
+    try:
+        labels, _ = split_plaintext(src, work / "features", fmt=fmt, label_column=label_column,
+                                    rows=None, name=src)
+        return fmt, len(labels)
+    finally:
+        remove_tree(work)
+
+
+@contextmanager
+def decrypted_dataset(
+    enc_path: str | os.PathLike[str],
+    priv_key_path: str | os.PathLike[str],
+    passphrase: str | None = None,
+    label_column: str = "label",
+    rows: int | None = None,
+    *,
+    format: str | None = None,  # noqa: A002 - the public name of the field
+    tmp_dir: str | os.PathLike[str] | None = None,
+) -> Iterator[DecryptedDataset]:
+    """Decrypt ``enc_path`` with the worker's private key and split it; wipe all on exit."""
+    enc, key = Path(enc_path), Path(priv_key_path).expanduser()
+    if rows is not None and (not isinstance(rows, int) or rows <= 0):
+        raise DatasetError(f"{enc}: rows must be a positive integer, got {rows!r}")
+    if format is not None and format not in FORMATS:
+        raise DatasetError(f"{enc}: unknown test-set format {format!r} (use {', '.join(FORMATS)})")
+    if not enc.is_file():
+        raise DatasetError(f"{enc}: encrypted test set not found")
+    with open(enc, "rb") as fh:
+        head = fh.read(64)
+    if not head:
+        raise DatasetError(f"{enc}: the encrypted test set is empty")
+    if not _looks_like_openpgp(head):
+        raise DatasetError(
+            f"{enc}: not an OpenPGP encrypted file (is it the plaintext test set? "
+            "encrypt it with 'easeml dataset encrypt')"
+        )
+    ds_id = dataset_id(enc)
+    base = Path(tmp_dir) if tmp_dir is not None else secure_tmp_base()
+    work = Path(tempfile.mkdtemp(prefix="easeml-ds-", dir=base))
+    try:
+        os.chmod(work, 0o700)
+        plain = work / "plaintext"
+        _decrypt_to(enc, key, passphrase, plain, work)
+        fmt = format or _sniff_format(plain, format_from_name(enc))
+        features = work / f"features.{fmt}"
+        labels, names = split_plaintext(plain, features, fmt=fmt, label_column=label_column,
+                                        rows=rows, name=enc)
+        _wipe_file(plain)  # the labels now live in memory only
+        yield DecryptedDataset(
+            features_path=features, labels=labels, n_rows=len(labels), dataset_id=ds_id,
+            format=fmt, feature_names=names,
+        )
+    finally:
+        remove_tree(work)
+
+
+def _wipe_file(path: Path) -> None:
+    if not str(path).startswith("/dev/shm/") and path.is_file():
+        try:
+            size = path.stat().st_size
+            with open(path, "r+b", buffering=0) as fh:
+                buf = b"\0" * (1 << 20)
+                while size > 0:
+                    size -= fh.write(buf[: min(size, len(buf))])
+        except OSError:
+            pass
+    path.unlink(missing_ok=True)
+
+
+def write_decrypted(ds: DecryptedDataset, out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Operator debugging: copy features and labels out of the private directory (0600 files)."""
+    out = Path(out_dir)
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    feats = out / f"features.{ds.format}"
+    labels = out / ("labels.npy" if ds.format == "npz" else "labels.txt")
+    with open(ds.features_path, "rb") as src, _open_private(feats, "wb") as dst:
+        while chunk := src.read(1 << 20):
+            dst.write(chunk)
+    with _open_private(labels, "wb") as dst:
+        if ds.format == "npz":
+            np.save(dst, ds.labels, allow_pickle=False)
+        else:
+            text = io.StringIO()
+            for v in ds.labels.tolist():
+                text.write(f"{v}\n")
+            dst.write(text.getvalue().encode("utf-8"))
+    return feats, labels

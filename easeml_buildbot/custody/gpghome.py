@@ -1,0 +1,90 @@
+"""A throw-away GnuPG home: private (0700), used for one operation, then destroyed.
+
+The service never relies on a user's keyring. Every gpg operation imports the key it needs
+into a fresh home, and afterwards the gpg-agent started for that home is stopped
+(``gpgconf --kill all``) and the directory, which may hold secret key material, is removed.
+python-gnupg's DEBUG records echo key and data bytes, so they are dropped here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import gnupg
+
+
+class _DropGnupgDebug(logging.Filter):
+    """python-gnupg logs the first bytes of keys and data at DEBUG: never let them out."""
+
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: D401
+        return record.levelno > logging.DEBUG
+
+
+_GNUPG_LOGGER = logging.getLogger("gnupg")
+if not any(isinstance(f, _DropGnupgDebug) for f in _GNUPG_LOGGER.filters):
+    _GNUPG_LOGGER.addFilter(_DropGnupgDebug())
+
+
+def secure_tmp_base() -> Path | None:
+    """tmpfs (/dev/shm) when writable, so plaintext and keys never touch a disk."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
+        return shm
+    return None
+
+
+def kill_agent(home: Path) -> None:
+    """Stop every gpg daemon started for ``home`` (gpg-agent, dirmngr, keyboxd)."""
+    env = dict(os.environ, GNUPGHOME=str(home))
+    try:
+        subprocess.run(
+            ["gpgconf", "--homedir", str(home), "--kill", "all"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):  # pragma: no cover - gpgconf missing or hung
+        pass
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a directory tree, overwriting regular files first when not on tmpfs."""
+    if not path.exists():
+        return
+    on_tmpfs = str(path).startswith("/dev/shm/")
+    if not on_tmpfs:
+        for root, _dirs, files in os.walk(path):
+            for name in files:
+                p = os.path.join(root, name)
+                try:
+                    if os.path.isfile(p) and not os.path.islink(p):
+                        size = os.path.getsize(p)
+                        with open(p, "r+b", buffering=0) as fh:
+                            chunk = b"\0" * (1 << 20)
+                            left = size
+                            while left > 0:
+                                left -= fh.write(chunk[: min(left, len(chunk))])
+                            os.fsync(fh.fileno())
+                except OSError:
+                    pass
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def temporary_gpg(parent: Path | None = None) -> Iterator[gnupg.GPG]:
+    """Yield a ``gnupg.GPG`` bound to a new private home; destroy the home on exit."""
+    base = parent if parent is not None else secure_tmp_base()
+    home = Path(tempfile.mkdtemp(prefix="easeml-gnupg-", dir=base))
+    os.chmod(home, 0o700)
+    try:
+        gpg = gnupg.GPG(gnupghome=str(home))
+        gpg.encoding = "utf-8"
+        yield gpg
+    finally:
+        kill_agent(home)
+        remove_tree(home)

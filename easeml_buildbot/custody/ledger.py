@@ -1,0 +1,486 @@
+"""The usage ledger: how often each (repository, test set) has been used, and every use.
+
+Rules (see docs/custody.md):
+
+* A use is *reserved* before the model's result is computed and *committed* before any
+  result leaves the worker or master. A reserved use that is never committed or released
+  (a crash, a kill -9) stays spent: a crash never gives a free look.
+* ``release`` gives a use back only when the model produced nothing that was scored.
+* Reservation is one atomic conditional ``UPDATE ... SET uses = uses + 1 WHERE uses < budget
+  AND NOT retired``: with any number of threads or processes racing for the last use, exactly
+  one row update succeeds. SQLite transactions start with ``BEGIN IMMEDIATE`` (with a busy
+  timeout), PostgreSQL re-checks the condition on the locked row (READ COMMITTED).
+* Retirement follows :mod:`policy`: after H uses, or at the first pass under ``firstChange``.
+* A new dataset id (a rotated test set) is a new entry; old entries and their history stay.
+
+SQLite is the default (``sqlite:///path``); PostgreSQL via ``postgresql+psycopg://``; same code.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+from easeml_buildbot.custody import policy
+
+DEFAULT_LEDGER_URL = "sqlite:///var/ledger.sqlite"
+LEDGER_URL_ENV = "EASEML_LEDGER_URL"
+
+metadata = sa.MetaData()
+
+testsets = sa.Table(
+    "easeml_testsets", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("repo", sa.String(255), nullable=False),
+    sa.Column("dataset_id", sa.String(64), nullable=False),
+    sa.Column("budget", sa.Integer, nullable=False),
+    sa.Column("adaptivity", sa.String(16), nullable=False),
+    sa.Column("uses", sa.Integer, nullable=False, default=0),
+    sa.Column("retired", sa.Boolean, nullable=False, default=False),
+    sa.Column("retired_reason", sa.Text, nullable=True),
+    sa.Column("retired_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("retired_by_use", sa.Integer, nullable=True),
+    sa.Column("condition", sa.Text, nullable=True),
+    sa.Column("samples_needed", sa.Integer, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("repo", "dataset_id", name="uq_easeml_testsets_repo_dataset"),
+    sa.CheckConstraint("uses >= 0 AND uses <= budget", name="ck_easeml_testsets_uses"),
+)
+
+uses_table = sa.Table(
+    "easeml_uses", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("testset_id", sa.Integer, sa.ForeignKey("easeml_testsets.id"), nullable=False, index=True),
+    sa.Column("use_number", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # reserved | committed | released
+    sa.Column("commit_sha", sa.String(64), nullable=True),
+    sa.Column("build", sa.Text, nullable=True),
+    sa.Column("condition", sa.Text, nullable=True),
+    sa.Column("reserved_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("verdict", sa.String(8), nullable=True),
+    sa.Column("result", sa.JSON, nullable=True),
+    sa.Column("notified", sa.JSON, nullable=True),
+    sa.Column("release_reason", sa.Text, nullable=True),
+)
+
+
+class LedgerError(Exception):
+    """The ledger refused an operation; the message says why."""
+
+
+class TestSetExhausted(LedgerError):
+    """Every use of the test set's budget is spent (committed or reserved)."""
+
+    __test__ = False  # not a pytest test class
+
+
+class TestSetRetired(LedgerError):
+    """The test set was retired by its adaptivity policy and is never used again."""
+
+    __test__ = False
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """The state of one (repository, test set) pair."""
+
+    id: int
+    repo: str
+    dataset_id: str
+    budget: int
+    adaptivity: str
+    uses: int                 # spent: committed + reserved-but-unfinished
+    remaining: int
+    retired: bool             # retired by policy, or budget fully spent
+    retired_reason: str | None
+    retired_at: _dt.datetime | None
+    retired_by_use: int | None  # the use whose commit retired it (None: not yet / by exhaustion)
+    pending: int              # reserved, not committed or released
+    committed: int
+    condition: str | None
+    samples_needed: int | None
+    created_at: _dt.datetime
+
+    @property
+    def short_id(self) -> str:
+        return self.dataset_id[:12]
+
+
+@dataclass(frozen=True)
+class UseRecord:
+    """One use of a test set; ``result`` is the scorer's JSON (only in the ledger)."""
+
+    id: int
+    repo: str
+    dataset_id: str
+    adaptivity: str
+    use_number: int
+    state: str
+    commit: str | None
+    build: str | None
+    condition: str | None
+    reserved_at: _dt.datetime
+    finished_at: _dt.datetime | None
+    verdict: str | None
+    result: Mapping[str, Any] | None = field(repr=False)
+    notified: tuple[str, ...]
+    release_reason: str | None
+
+    @property
+    def developer_may_see(self) -> bool:
+        return self.state == "committed" and policy.developer_may_see(self.adaptivity, self.verdict)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A reserved use: spent until committed (stays spent) or released (given back)."""
+
+    use_id: int
+    use_number: int   # 1-based position within the budget
+    remaining: int    # uses left after this one
+    budget: int
+    adaptivity: str
+    repo: str
+    dataset_id: str
+
+
+def _now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+def _utc(value: _dt.datetime | None) -> _dt.datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=_dt.timezone.utc)
+    return value
+
+
+def normalize_url(url: str | os.PathLike[str] | None) -> str:
+    """``None`` -> ``$EASEML_LEDGER_URL`` or the default; a bare path -> ``sqlite:///path``."""
+    if url is None:
+        url = os.environ.get(LEDGER_URL_ENV) or DEFAULT_LEDGER_URL
+    url = os.fspath(url)
+    if "://" not in url:
+        return "sqlite:///" + str(Path(url).expanduser().absolute())
+    return url
+
+
+def _make_engine(url: str, busy_timeout: float) -> Engine:
+    u = sa.engine.make_url(url)
+    if u.get_backend_name() == "sqlite":
+        db = u.database
+        if db and db != ":memory:" and not db.startswith("file:"):
+            Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(u, connect_args={"timeout": busy_timeout})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn, _record):  # pragma: no cover - exercised via engine use
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            cur.execute("PRAGMA journal_mode = WAL")
+            cur.execute("PRAGMA synchronous = FULL")
+            cur.execute("PRAGMA foreign_keys = ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn):  # pragma: no cover - exercised via engine use
+            # take the write lock up front: no lock upgrades, so no instant SQLITE_BUSY
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return sa.create_engine(u, pool_pre_ping=True)
+
+
+class Ledger:
+    """The durable record of test-set uses. Thread-safe; safe across processes."""
+
+    def __init__(self, url: str | os.PathLike[str] | None = None, *, busy_timeout: float = 60.0) -> None:
+        self.url = normalize_url(url)
+        self.engine = _make_engine(self.url, busy_timeout)
+        self._create_schema()
+
+    # -- lifecycle -------------------------------------------------------
+    def _create_schema(self) -> None:
+        for attempt in range(5):
+            try:
+                metadata.create_all(self.engine)
+                return
+            except (OperationalError, ProgrammingError, IntegrityError):
+                # another process created the same tables at the same moment
+                if attempt == 4:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Ledger({sa.engine.make_url(self.url).render_as_string(hide_password=True)!r})"
+
+    # -- entries -----------------------------------------------------------
+    def _get_or_create_entry(self, repo: str, dataset_id: str, budget: int, adaptivity: str,
+                             condition: str | None, samples_needed: int | None) -> sa.Row:
+        sel = sa.select(testsets).where(testsets.c.repo == repo, testsets.c.dataset_id == dataset_id)
+        with self.engine.connect() as conn:
+            row = conn.execute(sel).first()
+            conn.rollback()
+        if row is not None:
+            return row
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(sa.insert(testsets).values(
+                    repo=repo, dataset_id=dataset_id, budget=budget, adaptivity=adaptivity, uses=0,
+                    retired=False, condition=condition, samples_needed=samples_needed,
+                    created_at=_now(),
+                ))
+        except IntegrityError:
+            pass  # created concurrently by another build: use that one
+        with self.engine.connect() as conn:
+            row = conn.execute(sel).first()
+            conn.rollback()
+        if row is None:  # pragma: no cover - would mean the insert silently vanished
+            raise LedgerError(f"could not create the ledger entry for {repo} {dataset_id[:12]}")
+        return row
+
+    def reserve(self, repo: str, dataset_id: str, steps: int, adaptivity: str, commit: str | None = None,
+                build: str | None = None, condition: str | None = None,
+                samples_needed: int | None = None) -> Reservation:
+        """Spend one use of the test set, before the model's result is computed.
+
+        Raises TestSetRetired / TestSetExhausted when no use is left, and LedgerError when
+        the test set was first used under a different budget or adaptivity (the guarantee
+        was computed for those: rotate the test set to change them).
+        """
+        mode = policy.normalize_adaptivity(adaptivity)
+        if not isinstance(steps, int) or steps < 1:
+            raise LedgerError(f"steps (the budget H) must be a positive integer, got {steps!r}")
+        if not repo or not dataset_id:
+            raise LedgerError("repo and dataset_id are required")
+        entry = self._get_or_create_entry(repo, dataset_id, steps, mode, condition, samples_needed)
+        if entry.budget != steps or entry.adaptivity != mode:
+            raise LedgerError(
+                f"test set {dataset_id[:12]} of {repo} was first used with steps={entry.budget}, "
+                f"adaptivity={entry.adaptivity}; the configuration now says steps={steps}, "
+                f"adaptivity={mode}. The guarantee holds only for the original values: commit a "
+                "new test set to change them"
+            )
+        t = testsets
+        with self.engine.begin() as conn:
+            got = conn.execute(
+                sa.update(t)
+                .where(t.c.id == entry.id, t.c.uses < t.c.budget, t.c.retired == sa.false())
+                .values(uses=t.c.uses + 1)
+                .returning(t.c.uses, t.c.budget)
+            ).first()
+            if got is None:
+                cur = conn.execute(sa.select(t).where(t.c.id == entry.id)).one()
+                if cur.retired:
+                    raise TestSetRetired(
+                        f"test set {dataset_id[:12]} of {repo} is retired ({cur.retired_reason}); "
+                        "commit a new test set"
+                    )
+                raise TestSetExhausted(
+                    f"test set {dataset_id[:12]} of {repo} has no uses left "
+                    f"({cur.uses} of {cur.budget} spent); commit a new test set"
+                )
+            use_number, budget = got
+            use_id = conn.execute(sa.insert(uses_table).values(
+                testset_id=entry.id, use_number=use_number, state="reserved",
+                commit_sha=commit, build=None if build is None else str(build), condition=condition,
+                reserved_at=_now(), notified=[],
+            ).returning(uses_table.c.id)).scalar_one()
+        return Reservation(use_id=use_id, use_number=use_number, remaining=budget - use_number,
+                           budget=budget, adaptivity=mode, repo=repo, dataset_id=dataset_id)
+
+    def commit(self, use_id: int, verdict: str, result: Mapping[str, Any] | None = None,
+               notified: Iterable[str] = ()) -> LedgerEntry:
+        """Record the outcome of a reserved use (before it is reported); retire per policy.
+
+        Committing the same use again with the same verdict is a no-op (safe to retry).
+        Returns the entry's state; ``state.retired_by_use == use_id`` when this use retired it.
+        """
+        if verdict not in policy.VERDICTS:
+            raise LedgerError(f"verdict must be 'pass' or 'fail', got {verdict!r}")
+        result_json = None if result is None else _jsonable(result)
+        notified_list = sorted({str(a) for a in notified})
+        u, t = uses_table, testsets
+        with self.engine.begin() as conn:
+            use = conn.execute(sa.select(u).where(u.c.id == use_id)).first()
+            if use is None:
+                raise LedgerError(f"no use with id {use_id} in the ledger")
+            if use.state != "reserved":
+                if use.state == "committed" and use.verdict == verdict:
+                    return self._entry(conn, use.testset_id)
+                raise LedgerError(f"use {use_id} is already {use.state}; it cannot be committed again")
+            now = _now()
+            done = conn.execute(
+                sa.update(u).where(u.c.id == use_id, u.c.state == "reserved").values(
+                    state="committed", verdict=verdict, result=result_json,
+                    notified=notified_list, finished_at=now)
+            ).rowcount
+            if done != 1:  # pragma: no cover - concurrent commit of the same use
+                raise LedgerError(f"use {use_id} was finished concurrently")
+            entry = conn.execute(sa.select(t).where(t.c.id == use.testset_id)).one()
+            reason = policy.retirement(entry.adaptivity, verdict, entry.uses, entry.budget)
+            if reason and not entry.retired:
+                conn.execute(
+                    sa.update(t).where(t.c.id == entry.id, t.c.retired == sa.false()).values(
+                        retired=True, retired_reason=reason, retired_at=now, retired_by_use=use_id)
+                )
+            return self._entry(conn, entry.id)
+
+    def release(self, use_id: int, reason: str) -> LedgerEntry:
+        """Give a reserved use back: only when the model produced nothing that was scored."""
+        if not reason:
+            raise LedgerError("release needs a reason (why nothing was scored)")
+        u, t = uses_table, testsets
+        with self.engine.begin() as conn:
+            use = conn.execute(sa.select(u).where(u.c.id == use_id)).first()
+            if use is None:
+                raise LedgerError(f"no use with id {use_id} in the ledger")
+            if use.state == "released":
+                return self._entry(conn, use.testset_id)
+            if use.state != "reserved":
+                raise LedgerError(f"use {use_id} is {use.state}: a scored use is never given back")
+            done = conn.execute(
+                sa.update(u).where(u.c.id == use_id, u.c.state == "reserved").values(
+                    state="released", release_reason=reason, finished_at=_now())
+            ).rowcount
+            if done == 1:
+                conn.execute(sa.update(t).where(t.c.id == use.testset_id).values(uses=t.c.uses - 1))
+            return self._entry(conn, use.testset_id)
+
+    def add_notified(self, use_id: int, addresses: Iterable[str]) -> UseRecord:
+        """Record more recipients of a use's result (e.g. after the email went out)."""
+        u = uses_table
+        with self.engine.begin() as conn:
+            use = conn.execute(sa.select(u).where(u.c.id == use_id)).first()
+            if use is None:
+                raise LedgerError(f"no use with id {use_id} in the ledger")
+            merged = sorted(set(use.notified or []) | {str(a) for a in addresses})
+            conn.execute(sa.update(u).where(u.c.id == use_id).values(notified=merged))
+        return self.use(use_id)
+
+    # -- queries -----------------------------------------------------------
+    def _entry(self, conn: sa.Connection, testset_id: int) -> LedgerEntry:
+        row = conn.execute(sa.select(testsets).where(testsets.c.id == testset_id)).one()
+        return self._entry_from_row(conn, row)
+
+    def _entry_from_row(self, conn: sa.Connection, row: sa.Row) -> LedgerEntry:
+        counts = dict(conn.execute(
+            sa.select(uses_table.c.state, sa.func.count())
+            .where(uses_table.c.testset_id == row.id).group_by(uses_table.c.state)
+        ).all())
+        exhausted = row.uses >= row.budget
+        retired = bool(row.retired) or exhausted
+        reason = row.retired_reason if row.retired else (
+            f"budget of {row.budget} uses spent" if exhausted else None)
+        return LedgerEntry(
+            id=row.id, repo=row.repo, dataset_id=row.dataset_id, budget=row.budget,
+            adaptivity=row.adaptivity, uses=row.uses, remaining=max(row.budget - row.uses, 0),
+            retired=retired, retired_reason=reason, retired_at=_utc(row.retired_at),
+            retired_by_use=row.retired_by_use, pending=counts.get("reserved", 0),
+            committed=counts.get("committed", 0), condition=row.condition,
+            samples_needed=row.samples_needed, created_at=_utc(row.created_at),
+        )
+
+    def state(self, repo: str, dataset_id: str) -> LedgerEntry | None:
+        """The entry for (repo, dataset id); None if the test set was never used."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(testsets).where(
+                testsets.c.repo == repo, testsets.c.dataset_id == dataset_id)).first()
+            return None if row is None else self._entry_from_row(conn, row)
+
+    def entries(self, repo: str | None = None) -> list[LedgerEntry]:
+        """All entries (optionally of one repository), oldest first."""
+        sel = sa.select(testsets).order_by(testsets.c.repo, testsets.c.created_at, testsets.c.id)
+        if repo is not None:
+            sel = sel.where(testsets.c.repo == repo)
+        with self.engine.connect() as conn:
+            return [self._entry_from_row(conn, r) for r in conn.execute(sel).all()]
+
+    def _use_select(self) -> sa.Select:
+        return sa.select(uses_table, testsets.c.repo, testsets.c.dataset_id, testsets.c.adaptivity).join(
+            testsets, testsets.c.id == uses_table.c.testset_id)
+
+    @staticmethod
+    def _use_from_row(r: sa.Row) -> UseRecord:
+        return UseRecord(
+            id=r.id, repo=r.repo, dataset_id=r.dataset_id, adaptivity=r.adaptivity,
+            use_number=r.use_number, state=r.state, commit=r.commit_sha, build=r.build,
+            condition=r.condition, reserved_at=_utc(r.reserved_at), finished_at=_utc(r.finished_at),
+            verdict=r.verdict, result=r.result, notified=tuple(r.notified or ()),
+            release_reason=r.release_reason,
+        )
+
+    def use(self, use_id: int) -> UseRecord:
+        """One use by id (the ``easeml_use_id`` build property)."""
+        with self.engine.connect() as conn:
+            r = conn.execute(self._use_select().where(uses_table.c.id == int(use_id))).first()
+        if r is None:
+            raise LedgerError(f"no use with id {use_id} in the ledger")
+        return self._use_from_row(r)
+
+    def uses(self, repo: str, dataset_id: str, *, include_released: bool = True) -> list[UseRecord]:
+        """Every use of a test set, in reservation order (for history charts)."""
+        sel = self._use_select().where(testsets.c.repo == repo, testsets.c.dataset_id == dataset_id)
+        if not include_released:
+            sel = sel.where(uses_table.c.state != "released")
+        with self.engine.connect() as conn:
+            rows = conn.execute(sel.order_by(uses_table.c.id)).all()
+        return [self._use_from_row(r) for r in rows]
+
+    def history(self, repo: str) -> list[UseRecord]:
+        """Every use of every test set of a repository (rotations included), oldest first."""
+        sel = self._use_select().where(testsets.c.repo == repo).order_by(uses_table.c.id)
+        with self.engine.connect() as conn:
+            return [self._use_from_row(r) for r in conn.execute(sel).all()]
+
+
+def _jsonable(value: Mapping[str, Any]) -> dict[str, Any]:
+    """Round-trip through json so numpy scalars and tuples are stored as plain JSON."""
+    import json
+
+    def default(o: Any) -> Any:
+        if hasattr(o, "tolist"):
+            return o.tolist()
+        if hasattr(o, "item"):
+            return o.item()
+        if isinstance(o, (set, frozenset)):
+            return sorted(o)
+        raise TypeError(f"result field of type {type(o).__name__} is not JSON")
+
+    try:
+        return json.loads(json.dumps(dict(value), default=default))
+    except (TypeError, ValueError) as exc:
+        raise LedgerError(f"result is not JSON-serialisable: {exc}") from None
+
+
+def format_table(entries: Sequence[LedgerEntry]) -> str:
+    """The ``easeml ledger show`` table."""
+    head = ("repo", "dataset", "adaptivity", "uses", "remaining", "pending", "retired")
+    rows = [head] + [(
+        e.repo, e.short_id, e.adaptivity, f"{e.uses}/{e.budget}", str(e.remaining), str(e.pending),
+        ("yes: " + (e.retired_reason or "")) if e.retired else "no",
+    ) for e in entries]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,60 @@
+"""Adaptivity semantics: what the developer may see and when a test set retires.
+
+ease.ml/ci's guarantee over H uses depends on how much each use tells the developer:
+
+* ``none``: the developer learns only that the commit was evaluated (and who was told);
+  verdicts go by email to the configured owners. Retires after H uses.
+* ``full``: the developer sees the one-bit verdict (pass/fail) of every use. Retires after H uses.
+* ``firstChange``: the developer sees failures; the first pass retires the set (the pass is
+  shown too: it is the set's last use, so it cannot be exploited). Also retires after H uses.
+
+These are pure functions: the ledger calls ``retirement`` when a use is committed, the master
+calls ``developer_may_see`` before writing a check run.
+"""
+
+from __future__ import annotations
+
+ADAPTIVITIES: tuple[str, ...] = ("none", "firstChange", "full")
+VERDICTS: tuple[str, ...] = ("pass", "fail")
+
+_ALIASES = {"none": "none", "full": "full", "firstchange": "firstChange", "first_change": "firstChange",
+            "first-change": "firstChange"}
+
+
+class PolicyError(ValueError):
+    """An unknown adaptivity or verdict."""
+
+
+def normalize_adaptivity(adaptivity: str) -> str:
+    """Canonical spelling (``none`` | ``firstChange`` | ``full``); raises on anything else."""
+    key = str(adaptivity).strip().lower()
+    if key not in _ALIASES:
+        raise PolicyError(f"unknown adaptivity {adaptivity!r} (use one of: {', '.join(ADAPTIVITIES)})")
+    return _ALIASES[key]
+
+
+def developer_may_see(adaptivity: str, verdict: str | None) -> bool:
+    """Whether the verdict of a use may be shown to the developer (check run, PR status)."""
+    mode = normalize_adaptivity(adaptivity)
+    if verdict not in VERDICTS:
+        return False
+    if mode == "none":
+        return False
+    return True  # full: every bit; firstChange: failures, and the pass that retires the set
+
+
+def visible_verdict(adaptivity: str, verdict: str | None) -> str | None:
+    """The verdict if the developer may see it, else None."""
+    return verdict if developer_may_see(adaptivity, verdict) else None
+
+
+def retirement(adaptivity: str, verdict: str, uses: int, budget: int) -> str | None:
+    """Why a test set retires after a use with ``verdict`` (``uses`` spent of ``budget``), or None."""
+    mode = normalize_adaptivity(adaptivity)
+    if verdict not in VERDICTS:
+        raise PolicyError(f"unknown verdict {verdict!r} (use 'pass' or 'fail')")
+    if mode == "firstChange" and verdict == "pass":
+        return "first pass under adaptivity firstChange"
+    if uses >= budget:
+        return f"budget of {budget} uses spent"
+    return None
