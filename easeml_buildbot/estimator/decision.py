@@ -1,0 +1,282 @@
+"""Three-valued decisions: score predictions, bound each clause, resolve unknowns by mode.
+
+A clause is bounded by the same technique the sample-size plan chose for it, at the same
+failure share (``ClauseSize.log_delta``), but with the samples actually available: with
+exactly the planned N the half-width is (at most) the clause's ``eps``; with more it is
+narrower and still valid at the promised reliability over H uses. Each bound is one-sided
+in the direction that could make the verdict wrong (docs/statistics.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from scipy import stats
+
+from easeml_buildbot.estimator.condition import Clause, Condition, parse_condition
+from easeml_buildbot.estimator.samples import (
+    SampleSize,
+    bennett_width,
+    d_bound,
+    sample_size,
+)
+
+MODES = ("fp-free", "fn-free")
+OUTCOMES = ("pass", "fail", "unknown")
+
+
+class DecisionError(ValueError):
+    """Inputs that cannot be scored (length mismatch, missing old predictions, ...)."""
+
+
+@dataclass(frozen=True)
+class ClauseVerdict:
+    """One clause: its estimate, the interval it was decided on, and the result."""
+
+    index: int
+    clause: str
+    estimate: float
+    lower: float
+    upper: float
+    outcome: str  # pass | fail | unknown
+    technique: str
+    samples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "clause": self.clause,
+            "estimate": self.estimate,
+            "interval": [self.lower, self.upper],
+            "outcome": self.outcome,
+            "technique": self.technique,
+            "samples": self.samples,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ClauseVerdict":
+        lo, hi = d["interval"]
+        return cls(int(d["index"]), d["clause"], float(d["estimate"]), float(lo), float(hi),
+                   d["outcome"], d["technique"], int(d["samples"]))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Everything a report needs about one evaluation."""
+
+    outcome: str  # pass | fail, after the mode
+    raw: str  # pass | fail | unknown, before the mode
+    mode: str
+    condition: str
+    estimates: dict[str, float | None]
+    intervals: dict[str, tuple[float, float] | None]
+    samples_used: int
+    samples_needed: int
+    method: str
+    reliability: float
+    adaptivity: str
+    steps: int
+    clauses: tuple[ClauseVerdict, ...]
+    deciding_clause: int | None  # index of the clause that decided (None: all passed)
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def enough_samples(self) -> bool:
+        return self.samples_used >= self.samples_needed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome,
+            "raw": self.raw,
+            "mode": self.mode,
+            "condition": self.condition,
+            "estimates": dict(self.estimates),
+            "intervals": {k: (list(v) if v is not None else None) for k, v in self.intervals.items()},
+            "samples_used": self.samples_used,
+            "samples_needed": self.samples_needed,
+            "enough_samples": self.enough_samples,
+            "method": self.method,
+            "reliability": self.reliability,
+            "adaptivity": self.adaptivity,
+            "steps": self.steps,
+            "clauses": [c.to_dict() for c in self.clauses],
+            "deciding_clause": self.deciding_clause,
+            "notes": list(self.notes),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Verdict":
+        return cls(
+            outcome=d["outcome"],
+            raw=d["raw"],
+            mode=d["mode"],
+            condition=d["condition"],
+            estimates={k: (None if v is None else float(v)) for k, v in d["estimates"].items()},
+            intervals={k: (None if v is None else (float(v[0]), float(v[1]))) for k, v in d["intervals"].items()},
+            samples_used=int(d["samples_used"]),
+            samples_needed=int(d["samples_needed"]),
+            method=d["method"],
+            reliability=float(d["reliability"]),
+            adaptivity=d["adaptivity"],
+            steps=int(d["steps"]),
+            clauses=tuple(ClauseVerdict.from_dict(c) for c in d["clauses"]),
+            deciding_clause=d.get("deciding_clause"),
+            notes=tuple(d.get("notes", ())),
+        )
+
+
+# -- one-sided bounds --------------------------------------------------------------
+
+def hoeffding_width(n: int, log_delta: float, value_range: float = 1.0) -> float:
+    """One-sided Hoeffding deviation for a mean of n values in a range of width value_range."""
+    return value_range * math.sqrt(-log_delta / (2 * n)) if n > 0 else math.inf
+
+
+def clopper_pearson(k: int, n: int, log_delta: float) -> tuple[float, float]:
+    """One-sided exact binomial bounds, each failing with probability <= exp(log_delta)."""
+    if n <= 0:
+        return 0.0, 1.0
+    a = math.exp(log_delta)
+    lo = 0.0 if k == 0 else float(stats.beta.ppf(a, k, n - k + 1))
+    hi = 1.0 if k == n else float(stats.beta.isf(a, k + 1, n - k))
+    return lo, hi
+
+
+def _as_array(x: Any, what: str) -> np.ndarray:
+    a = np.asarray(x)
+    if a.ndim == 2 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.ndim != 1:
+        raise DecisionError(f"{what} must be one value per row, got shape {a.shape}")
+    return a
+
+
+def _outcome(op: str, const: float, lo: float, hi: float) -> str:
+    if op == ">":
+        return "pass" if lo > const else "fail" if hi < const else "unknown"
+    return "pass" if hi < const else "fail" if lo > const else "unknown"
+
+
+def _clause_bounds(clause: Clause, technique: str, log_dc: float, counts: Mapping[str, int],
+                   n: int, xsum: int | None, cond: Condition) -> tuple[float, float, float]:
+    est = {v: counts[v] / n for v in counts}
+    value = clause.value(est)
+    base = technique.replace("+active", "")
+    if base == "binomial":
+        (t,) = clause.terms
+        lo_v, hi_v = clopper_pearson(counts[t.var], n, log_dc)
+        a, b = t.coef * lo_v, t.coef * hi_v
+        return value, min(a, b), max(a, b)
+    if base == "hoeffding-split":
+        k = len(clause.terms)
+        w = sum(abs(t.coef) for t in clause.terms) * hoeffding_width(n, log_dc - math.log(k))
+        return value, value - w, value + w
+    if base == "hoeffding-sum":
+        r = sum(abs(t.coef) for t in clause.terms)
+        w = hoeffding_width(n, log_dc, r)
+        return value, value - w, value + w
+    if base in ("bennett", "bennett-paper"):
+        p = d_bound(cond)
+        assert p is not None
+        budget = -log_dc + (math.log(2.0) if base == "bennett-paper" else 0.0)
+        w = bennett_width(n, p, budget)
+        return value, value - w, value + w
+    raise DecisionError(f"unknown technique {technique!r}")
+
+
+def decide(
+    condition: Condition | str,
+    labels: Sequence[Any] | np.ndarray,
+    new_predictions: Sequence[Any] | np.ndarray,
+    old_predictions: Sequence[Any] | np.ndarray | None = None,
+    *,
+    reliability: float,
+    adaptivity: str,
+    steps: int,
+    mode: str,
+    method: str = "auto",
+    plan: SampleSize | None = None,
+) -> Verdict:
+    """Score predictions against labels and decide the condition (pass/fail/unknown -> mode)."""
+    cond = parse_condition(condition) if isinstance(condition, str) else condition
+    if mode not in MODES:
+        raise DecisionError(f"mode must be 'fp-free' or 'fn-free', not {mode!r}")
+    plan = plan or sample_size(cond, reliability, adaptivity, steps, method)
+    y = _as_array(labels, "labels")
+    new = _as_array(new_predictions, "new predictions")
+    if len(new) != len(y):
+        raise DecisionError(f"the new model gave {len(new)} predictions for {len(y)} labels")
+    n = len(y)
+    if n == 0:
+        raise DecisionError("no test samples")
+    need_old = bool(cond.variables & {"o", "d"})
+    old = None
+    if old_predictions is not None:
+        old = _as_array(old_predictions, "old predictions")
+        if len(old) != n:
+            raise DecisionError(f"the old model gave {len(old)} predictions for {n} labels")
+    elif need_old:
+        raise DecisionError("the condition uses 'o' or 'd' but there are no old-model predictions")
+
+    new_ok = new == y
+    counts: dict[str, int] = {"n": int(np.count_nonzero(new_ok))}
+    xsum = None
+    if old is not None:
+        old_ok = old == y
+        counts["o"] = int(np.count_nonzero(old_ok))
+        counts["d"] = int(np.count_nonzero(new != old))
+        xsum = counts["n"] - counts["o"]
+
+    m = len(cond.clauses)
+    verdicts = []
+    for cs, clause in zip(plan.clauses, cond.clauses):
+        value, lo, hi = _clause_bounds(clause, cs.technique, cs.log_delta, counts, n, xsum, cond)
+        verdicts.append(ClauseVerdict(cs.index, str(clause), value, lo, hi,
+                                      _outcome(clause.op, clause.const, lo, hi), cs.technique, n))
+
+    fails = [v.index for v in verdicts if v.outcome == "fail"]
+    unknowns = [v.index for v in verdicts if v.outcome == "unknown"]
+    if fails:
+        raw, deciding = "fail", fails[0]
+    elif unknowns:
+        raw, deciding = "unknown", unknowns[0]
+    else:
+        raw, deciding = "pass", None
+    outcome = raw if raw != "unknown" else ("fail" if mode == "fp-free" else "pass")
+
+    # per-variable intervals for reports: one-sided bounds at the clause share split over
+    # the condition's variables (each side holds with prob. >= 1 - that share)
+    log_v = plan.clauses[0].log_delta + math.log(m) - math.log(m * max(1, len(cond.variables)))
+    estimates: dict[str, float | None] = {"n": counts["n"] / n, "o": None, "d": None}
+    intervals: dict[str, tuple[float, float] | None] = {"n": None, "o": None, "d": None}
+    for v in ("n", "o", "d"):
+        if v in counts:
+            estimates[v] = counts[v] / n
+            if plan.method == "exact":
+                intervals[v] = clopper_pearson(counts[v], n, log_v)
+            else:
+                w = hoeffding_width(n, log_v)
+                intervals[v] = (max(0.0, counts[v] / n - w), min(1.0, counts[v] / n + w))
+    notes = []
+    if n < plan.rows:
+        notes.append(f"only {n} test samples, the condition needs {plan.rows}: intervals are wider than its tolerance")
+    return Verdict(
+        outcome=outcome,
+        raw=raw,
+        mode=mode,
+        condition=str(cond),
+        estimates=estimates,
+        intervals=intervals,
+        samples_used=n,
+        samples_needed=plan.rows,
+        method=plan.method,
+        reliability=plan.reliability,
+        adaptivity=plan.adaptivity,
+        steps=plan.steps,
+        clauses=tuple(verdicts),
+        deciding_clause=deciding,
+        notes=tuple(notes),
+    )

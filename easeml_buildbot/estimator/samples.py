@@ -1,0 +1,321 @@
+"""How many test samples a condition needs (ease.ml/ci's sample-size estimator, and tighter ones).
+
+Every method here splits the failure probability the same way (docs/statistics.md):
+
+* reliability ``1 - delta`` is promised over all H uses of one test set, so a single use
+  gets ``delta / H`` (adaptivity ``none`` and ``firstChange``) or ``delta / 2**H`` (``full``:
+  a union over every pass/fail transcript the developer may have adapted to);
+* a use's share is split evenly over the m clauses of the condition;
+* within a clause, a wrong verdict needs a *one-sided* deviation (a false pass needs the
+  estimate to overshoot, a false fail to undershoot, and for a given truth only one of the
+  two is wrong), so each clause needs one-sided bounds only.
+
+Methods, chosen per condition with ``method=``:
+
+``hoeffding``  the paper's baseline: a clause with k variables gives each variable ε/k and
+               δ/k; N = c² ln(k/δ_c) / (2 (ε/k)²) per variable (Renggli et al. 2019, §3).
+``bennett``    the paper's optimisation for ``d < p +/- ε_d /\\ n - o > C +/- ε``:
+               N = ln(2/δ_c) / (p h(ε/p)) labelled, the d-clause by Hoeffding on unlabelled
+               data; other clauses as ``hoeffding``.
+``exact``      ours: exact binomial tails (Clopper-Pearson inversion) for one-variable
+               clauses, one-sided Bennett for the d-pattern, Hoeffding on the clause's
+               combined per-sample value otherwise; per clause the smallest of these.
+``auto``       the method with the fewest labels among those valid for the condition.
+
+Computations are done with ``log(delta)`` so that ``2**-H`` never underflows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from scipy import stats
+from scipy.optimize import brentq
+
+from easeml_buildbot.estimator.condition import Clause, Condition, parse_condition
+
+ADAPTIVITIES = ("none", "firstChange", "full")
+ADAPTIVITY_ALIASES = {"hybrid": "firstChange", "firstchange": "firstChange", "first_change": "firstChange"}
+METHODS = ("auto", "hoeffding", "bennett", "exact")
+METHOD_ALIASES = {"binomial": "exact", "paper": "hoeffding", "baseline": "hoeffding"}
+LABELLINGS = ("full", "active")
+
+
+class SampleSizeError(ValueError):
+    """Arguments that do not describe a computable sample size."""
+
+
+def normalize_adaptivity(adaptivity: str) -> str:
+    a = ADAPTIVITY_ALIASES.get(adaptivity, adaptivity)
+    if a not in ADAPTIVITIES:
+        raise SampleSizeError(f"adaptivity must be one of {', '.join(ADAPTIVITIES)} (or 'hybrid'), not {adaptivity!r}")
+    return a
+
+
+def normalize_method(method: str) -> str:
+    m = METHOD_ALIASES.get(method, method)
+    if m not in METHODS:
+        raise SampleSizeError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    return m
+
+
+def log_use_delta(reliability: float, adaptivity: str, steps: int) -> float:
+    """ln of the failure probability one use of the test set may spend."""
+    if not 0 < reliability < 1:
+        raise SampleSizeError(f"reliability must be strictly between 0 and 1, not {reliability!r}")
+    if int(steps) != steps or steps < 1:
+        raise SampleSizeError(f"steps must be an integer >= 1, not {steps!r}")
+    a = normalize_adaptivity(adaptivity)
+    log_delta = math.log1p(-reliability)
+    if a == "full":
+        return log_delta - steps * math.log(2.0)
+    # none: H fixed models; firstChange: the developer sees nothing until the verdict
+    # first changes, so the models are fixed in advance up to that point: a union over H.
+    return log_delta - math.log(steps)
+
+
+# -- one-clause bounds ---------------------------------------------------------------
+
+def bennett_h(u: float) -> float:
+    """h(u) = (1+u) ln(1+u) - u, the exponent of Bennett's inequality."""
+    return (1.0 + u) * math.log1p(u) - u
+
+
+def bennett_width(n: int, p: float, log_budget: float) -> float:
+    """Smallest w with n p h(w/p) >= log_budget (= ln(1/δ)): Bennett deviation at n samples."""
+    if n <= 0:
+        return math.inf
+    target = log_budget / (n * p)
+    hi = 1.0
+    while bennett_h(hi) < target:
+        hi *= 2.0
+    u = brentq(lambda x: bennett_h(x) - target, 0.0, hi, xtol=1e-14, rtol=1e-12)
+    return u * p
+
+
+def _binom_log_tail(n: int, t: float, e: float) -> float:
+    """ln max(P_t(K > n(t+e)), P_t(K < n(t-e))) for K ~ Bin(n, t): the worst wrong-verdict
+    probability of a one-variable clause at threshold t, tolerance e (conservative rounding)."""
+    t = min(max(t, 0.0), 1.0)
+    up_x = n * (t + e)
+    lo_x = n * (t - e)
+    up = -math.inf if up_x >= n else float(stats.binom.logsf(math.floor(up_x - 1e-9), n, t))
+    lo = -math.inf if lo_x <= 0 else float(stats.binom.logcdf(math.ceil(lo_x + 1e-9) - 1, n, t))
+    return max(up, lo)
+
+
+@lru_cache(maxsize=4096)
+def binomial_samples(t: float, e: float, log_delta: float) -> int:
+    """Smallest N from which on every N' >= N (checked over a window) keeps the exact
+    binomial wrong-verdict probability at threshold t within tolerance e below exp(log_delta)."""
+    hoeff = max(1, math.ceil(-log_delta / (2 * e * e)))
+    if _binom_log_tail(hoeff, t, e) > log_delta:  # cannot happen (Hoeffding dominates); be safe
+        return hoeff
+    lo, hi = 0, hoeff
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _binom_log_tail(mid, t, e) <= log_delta:
+            hi = mid
+        else:
+            lo = mid
+    # the tail saw-tooths in N: take the smallest N such that all N' in [N, N + window] work
+    window = max(20, hi // 20)
+    start = max(1, hi - window)
+    ns = np.arange(start, min(hoeff, hi + window) + 1)
+    ok = np.array([_binom_log_tail(int(n), t, e) <= log_delta for n in ns])
+    best = int(ns[-1])
+    for n_, good in zip(ns[::-1], ok[::-1]):
+        if not good:
+            break
+        best = int(n_)
+    return best
+
+
+@dataclass(frozen=True)
+class ClauseSize:
+    """The samples one clause needs and the technique that gives them."""
+
+    index: int
+    clause: str
+    technique: str  # hoeffding-split | hoeffding-sum | binomial | bennett-paper | bennett
+    labels: int  # labelled samples (0 for a clause on d only)
+    unlabeled: int  # samples needing predictions only (d-clauses, active labelling)
+    log_delta: float  # ln of this clause's share of one use's failure probability
+    params: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["delta"] = math.exp(self.log_delta)
+        return d
+
+
+@dataclass(frozen=True)
+class SampleSize:
+    """Samples a condition needs at a reliability over H uses, and how they were derived."""
+
+    labels: int
+    unlabeled: int
+    method: str
+    clauses: tuple[ClauseSize, ...]
+    condition: str
+    reliability: float
+    adaptivity: str
+    steps: int
+    labelling: str = "full"
+    candidates: dict[str, int] = field(default_factory=dict)  # labels per valid method (auto)
+
+    @property
+    def rows(self) -> int:
+        """Rows of a fully labelled test set that satisfy both counts."""
+        return max(self.labels, self.unlabeled)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "labels": self.labels,
+            "unlabeled": self.unlabeled,
+            "rows": self.rows,
+            "method": self.method,
+            "labelling": self.labelling,
+            "condition": self.condition,
+            "reliability": self.reliability,
+            "adaptivity": self.adaptivity,
+            "steps": self.steps,
+            "candidates": dict(self.candidates),
+            "clauses": [c.to_dict() for c in self.clauses],
+        }
+
+
+def _coefs(clause: Clause) -> dict[str, float]:
+    return {t.var: t.coef for t in clause.terms}
+
+
+def d_bound(condition: Condition) -> float | None:
+    """The tightest p of a clause ``d < p +/- eps`` (bounds E[X^2] of n - o), if any."""
+    ps = [c.const for c in condition.clauses if c.op == "<" and _coefs(c) == {"d": 1.0} and 0 < c.const < 1]
+    return min(ps) if ps else None
+
+
+def is_difference(clause: Clause) -> bool:
+    """``n - o`` or ``o - n`` (per-sample value in {-1, 0, 1}, zero where the models agree)."""
+    c = _coefs(clause)
+    return set(c) == {"n", "o"} and c["n"] == -c["o"] and abs(c["n"]) == 1.0
+
+
+def _hoeffding_split(clause: Clause, log_dc: float) -> tuple[int, dict[str, float]]:
+    k = len(clause.terms)
+    per_var_eps = clause.eps / k
+    n = max(t.coef**2 * (math.log(k) - log_dc) / (2 * per_var_eps**2) for t in clause.terms)
+    return math.ceil(n - 1e-9), {"k": k}
+
+
+def _hoeffding_sum(clause: Clause, log_dc: float) -> tuple[int, dict[str, float]]:
+    r = sum(abs(t.coef) for t in clause.terms)
+    n = r * r * (-log_dc) / (2 * clause.eps**2)
+    return math.ceil(n - 1e-9), {"range": r}
+
+
+def _bennett(clause: Clause, log_dc: float, p: float, two_sided: bool) -> tuple[int, dict[str, float]]:
+    budget = -log_dc + (math.log(2.0) if two_sided else 0.0)
+    n = budget / (p * bennett_h(clause.eps / p))
+    return math.ceil(n - 1e-9), {"p": p}
+
+
+def _binomial(clause: Clause, log_dc: float) -> tuple[int, dict[str, float]]:
+    (t,) = clause.terms
+    thr, e = clause.const / t.coef, clause.eps / abs(t.coef)
+    return binomial_samples(thr, e, log_dc), {"threshold": thr, "tolerance": e}
+
+
+def _needs_labels(clause: Clause) -> bool:
+    return bool(clause.variables & {"n", "o"})
+
+
+def _plan_clause(i: int, clause: Clause, method: str, log_dc: float, p: float | None) -> ClauseSize:
+    options: list[tuple[str, int, dict[str, float]]] = []
+    if method == "hoeffding" or (method == "bennett" and not (p is not None and is_difference(clause))):
+        options.append(("hoeffding-split", *_hoeffding_split(clause, log_dc)))
+    elif method == "bennett":
+        options.append(("bennett-paper", *_bennett(clause, log_dc, p, two_sided=True)))  # type: ignore[arg-type]
+    else:  # exact: the smallest of the rigorous techniques that apply
+        options.append(("hoeffding-split", *_hoeffding_split(clause, log_dc)))
+        if len(clause.terms) == 1:
+            options.append(("binomial", *_binomial(clause, log_dc)))
+        else:
+            options.append(("hoeffding-sum", *_hoeffding_sum(clause, log_dc)))
+        if p is not None and is_difference(clause):
+            options.append(("bennett", *_bennett(clause, log_dc, p, two_sided=False)))
+    technique, n, params = min(options, key=lambda o: o[1])
+    if _needs_labels(clause):
+        return ClauseSize(i, str(clause), technique, n, 0, log_dc, params)
+    return ClauseSize(i, str(clause), technique, 0, n, log_dc, params)
+
+
+def _plan(cond: Condition, method: str, log_use: float, labelling: str) -> tuple[int, int, tuple[ClauseSize, ...]]:
+    m = len(cond.clauses)
+    log_dc = log_use - math.log(m)
+    p = d_bound(cond)
+    sizes = tuple(_plan_clause(i, c, method, log_dc, p) for i, c in enumerate(cond.clauses))
+    if labelling == "active":
+        # only the samples where the models disagree need labels for an n - o clause; the
+        # expected count at the worst case d = p is p * N (the rest only need predictions)
+        out = []
+        for s, c in zip(sizes, cond.clauses):
+            if is_difference(c) and p is not None:
+                s = ClauseSize(s.index, s.clause, s.technique + "+active", math.ceil(p * s.labels), s.labels,
+                               s.log_delta, {**s.params, "disagreements_high": float(stats.binom.ppf(0.999, s.labels, p))})
+            out.append(s)
+        sizes = tuple(out)
+    labels = max(s.labels for s in sizes)
+    unlabeled = max(s.unlabeled for s in sizes)
+    return labels, unlabeled, sizes
+
+
+def valid_methods(condition: Condition) -> tuple[str, ...]:
+    """Named methods that apply to the condition (``bennett`` needs the d-pattern)."""
+    pattern = d_bound(condition) is not None and any(is_difference(c) for c in condition.clauses)
+    return ("hoeffding", "bennett", "exact") if pattern else ("hoeffding", "exact")
+
+
+def sample_size(
+    condition: Condition | str,
+    reliability: float,
+    adaptivity: str = "full",
+    steps: int = 32,
+    method: str = "auto",
+    labelling: str = "full",
+) -> SampleSize:
+    """Samples needed so every clause is decided within its ±eps with probability
+    ``reliability`` over ``steps`` uses of one test set."""
+    cond = parse_condition(condition) if isinstance(condition, str) else condition
+    adaptivity = normalize_adaptivity(adaptivity)
+    method = normalize_method(method)
+    if labelling not in LABELLINGS:
+        raise SampleSizeError(f"labelling must be 'full' or 'active', not {labelling!r}")
+    log_use = log_use_delta(reliability, adaptivity, steps)
+    valid = valid_methods(cond)
+    if labelling == "active" and "bennett" not in valid:
+        raise SampleSizeError("active labelling needs a clause 'd < p +/- eps' and a clause on 'n - o'")
+    if method != "auto" and method not in valid:
+        raise SampleSizeError(
+            f"method '{method}' does not apply to this condition: it needs a clause 'd < p +/- eps' "
+            "and a clause on 'n - o' (valid here: " + ", ".join(valid) + ")"
+        )
+    plans = {m: _plan(cond, m, log_use, labelling) for m in (valid if method == "auto" else (method,))}
+    chosen = min(plans, key=lambda m: (plans[m][0], plans[m][1], valid.index(m)))
+    labels, unlabeled, sizes = plans[chosen]
+    return SampleSize(
+        labels=labels,
+        unlabeled=unlabeled,
+        method=chosen,
+        clauses=sizes,
+        condition=str(cond),
+        reliability=reliability,
+        adaptivity=adaptivity,
+        steps=int(steps),
+        labelling=labelling,
+        candidates={m: plans[m][0] for m in plans},
+    )
