@@ -1,0 +1,96 @@
+"""The Buildbot side of easeml-buildbot: ``configure(c, settings)`` fills a BuildmasterConfig.
+
+``master/master.cfg`` is three lines::
+
+    from easeml_buildbot.master import Settings, configure
+    c = BuildmasterConfig = {}
+    configure(c, Settings.load(os.path.join(basedir, "easeml.toml")))
+
+Everything else (hook, builder, reporters) is derived from the settings, so the demo,
+docker-compose and the tests all run the same configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from easeml_buildbot.master.settings import (GitHubSettings, LocalSettings, Settings, SettingsError,
+                                             SmtpSettings, WorkerSettings)
+
+__all__ = ["configure", "Settings", "SettingsError", "WorkerSettings", "GitHubSettings",
+           "LocalSettings", "SmtpSettings", "BUILDER_NAME"]
+
+BUILDER_NAME = "easeml"
+_apps: dict[tuple, Any] = {}
+
+
+def github_app(settings: Settings):
+    """One GitHubApp (token cache) per app id and API URL per master process."""
+    from easeml_buildbot.master.github_app import GitHubApp
+
+    key = (settings.github.app_id, settings.github.api_url, settings.github.private_key_path)
+    if key not in _apps:
+        _apps[key] = GitHubApp(settings.github.app_id, settings.github.private_key(),
+                               settings.github.api_url, settings.github.token_refresh_margin)
+    return _apps[key]
+
+
+def configure(c: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    from buildbot.plugins import changes, schedulers, util, worker
+
+    from easeml_buildbot.master.console import ConsoleReporter
+    from easeml_buildbot.master.factory import make_factory
+
+    c.setdefault("buildbotNetUsageData", None)
+    c["title"] = settings.title
+    c["titleURL"] = settings.buildbot_url
+    c["buildbotURL"] = settings.buildbot_url
+    c["db"] = {"db_url": settings.db_url}
+    c["protocols"] = {"pb": {"port": _endpoint(settings, settings.worker_port)}}
+    c["workers"] = [worker.Worker(w.name, w.password, max_builds=w.max_builds) for w in settings.workers]
+    c["builders"] = [util.BuilderConfig(name=BUILDER_NAME, workernames=[w.name for w in settings.workers],
+                                        factory=make_factory(settings), collapseRequests=False)]
+    services: list[Any] = [ConsoleReporter()]
+    www: dict[str, Any] = {"port": _endpoint(settings, settings.www_port),
+                           "plugins": {}, "change_hook_dialects": {}}
+    if settings.forge == "github":
+        from easeml_buildbot.master.checks import CheckRunReporter
+        from easeml_buildbot.master.hook import GitHubAppHook
+
+        app = github_app(settings)
+        www["change_hook_dialects"]["github"] = {"custom_class": GitHubAppHook, "settings": settings, "app": app}
+        c["change_source"] = []
+        c["schedulers"] = [schedulers.AnyBranchScheduler(
+            name="easeml-pull-requests", builderNames=[BUILDER_NAME], treeStableTimer=None,
+            change_filter=util.ChangeFilter(category="pull"))]
+        services.append(CheckRunReporter(app, check_name=settings.github.check_name))
+    else:
+        c["change_source"] = [changes.GitPoller(
+            repourl=settings.local.repo, branches=[settings.local.branch], pollInterval=settings.local.poll_interval,
+            project=settings.local.project, category="local", workdir=os.path.abspath("gitpoller-work"),
+            pollAtLaunch=True)]
+        c["schedulers"] = [schedulers.SingleBranchScheduler(
+            name="easeml-local", builderNames=[BUILDER_NAME], treeStableTimer=None,
+            change_filter=util.ChangeFilter(category="local", branch=settings.local.branch),
+            properties={"easeml_repo": settings.local.project})]
+    c["schedulers"].append(schedulers.ForceScheduler(name="force", builderNames=[BUILDER_NAME],
+                                                     properties=[util.StringParameter(name="easeml_repo",
+                                                                                      default=settings.local.project)]))
+    if settings.email_enabled:
+        try:
+            from easeml_buildbot.master.email import make_email_reporters
+        except ImportError as exc:  # the email module is optional until it lands
+            if "easeml_buildbot.master.email" not in str(exc):
+                raise
+        else:
+            services.extend(make_email_reporters(settings))
+    c["services"] = list(c.get("services", [])) + services
+    c["www"] = www
+    return c
+
+
+def _endpoint(settings: Settings, port: int) -> str:
+    if settings.bind_address in ("", "0.0.0.0", "*"):
+        return f"tcp:{port}"
+    return f"tcp:{port}:interface={settings.bind_address}"

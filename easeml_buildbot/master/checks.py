@@ -1,0 +1,96 @@
+"""The ``easeml/ci`` check run, as a Buildbot reporter (``ReporterBase`` + generators).
+
+queued when the build request is created (``BuildRequestGenerator``), in_progress when
+the build starts and completed with a conclusion when it ends
+(``BuildStartEndStatusGenerator``), like ``buildbot/reporters/github.py`` does for commit
+statuses. PyGithub blocks, so every call goes through ``deferToThread``. Reports for one
+build request are delivered in order (ReporterBase chains them by build request id).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, threads
+from twisted.python import log
+
+from buildbot.reporters.base import ReporterBase
+from buildbot.reporters.generators.build import BuildStartEndStatusGenerator
+from buildbot.reporters.generators.buildrequest import BuildRequestGenerator
+from buildbot.reporters.message import MessageFormatterRenderable
+
+from easeml_buildbot.master.github_app import utcnow
+from easeml_buildbot.master.status import outcome_for
+
+
+def _prop(build: dict[str, Any], name: str) -> Any:
+    v = (build.get("properties") or {}).get(name)
+    return v[0] if isinstance(v, (list, tuple)) else v
+
+
+class CheckRunReporter(ReporterBase):
+    name = "easeml-check-runs"
+
+    def checkConfig(self, app: Any, check_name: str = "easeml/ci", generators=None, **kwargs):
+        super().checkConfig(generators=generators or self._default_generators())
+
+    @defer.inlineCallbacks
+    def reconfigService(self, app: Any, check_name: str = "easeml/ci", generators=None, **kwargs):
+        self.app = app
+        self.check_name = check_name
+        self._runs: dict[int, Any] = getattr(self, "_runs", {})  # buildrequestid -> CheckRun
+        yield super().reconfigService(generators=generators or self._default_generators())
+
+    def _default_generators(self):
+        return [
+            BuildRequestGenerator(formatter=MessageFormatterRenderable("queued")),
+            BuildStartEndStatusGenerator(start_formatter=MessageFormatterRenderable("in_progress"),
+                                         end_formatter=MessageFormatterRenderable("completed")),
+        ]
+
+    @defer.inlineCallbacks
+    def sendMessage(self, reports):
+        for report in reports:
+            phase = report.get("body")
+            for build in report["builds"]:
+                try:
+                    yield self._report(phase, build)
+                except Exception as exc:
+                    log.err(exc, f"easeml: check run update ({phase}) failed")
+
+    @defer.inlineCallbacks
+    def _report(self, phase: str, build: dict[str, Any]):
+        repo = _prop(build, "easeml_repo")
+        inst = _prop(build, "easeml_installation_id")
+        sha = _prop(build, "easeml_head_sha")
+        if not (repo and inst and sha):
+            return  # not a GitHub App build (local forge, forced build)
+        brid = build.get("buildrequestid") or (build.get("buildrequest") or {}).get("buildrequestid")
+        url = build.get("url")
+        if phase == "queued" and not build.get("complete"):
+            run = yield threads.deferToThread(
+                self.app.create_check_run, inst, repo, name=self.check_name, head_sha=sha,
+                status="queued", details_url=url, external_id=str(brid),
+                output={"title": "Queued", "summary": "Waiting for a worker."})
+            self._runs[brid] = run
+            return
+        run = self._runs.get(brid)
+        if run is None:
+            run = yield threads.deferToThread(self.app.find_check_run, inst, repo, None, self.check_name, sha)
+            if run is None:
+                run = yield threads.deferToThread(
+                    self.app.create_check_run, inst, repo, name=self.check_name, head_sha=sha,
+                    status="queued", details_url=url, external_id=str(brid))
+            self._runs[brid] = run
+        if phase == "in_progress" and not build.get("complete"):
+            yield threads.deferToThread(
+                self.app.update_check_run, run, status="in_progress", started_at=utcnow(),
+                details_url=url if url and url.startswith("http") else None,
+                output={"title": "Evaluating", "summary": "The model is being evaluated on the hidden test set."})
+            return
+        outcome = outcome_for(build)
+        yield threads.deferToThread(
+            self.app.update_check_run, run, status="completed", conclusion=outcome.conclusion,
+            completed_at=utcnow(), details_url=url if url and url.startswith("http") else None,
+            output={"title": outcome.title, "summary": outcome.summary[:65000]})
+        self._runs.pop(brid, None)

@@ -1,0 +1,97 @@
+"""The evaluation build: one Buildbot step per stage, so progress shows in the UI.
+
+checkout exact head → (local forge: resolve base) → inspect config + dataset on the base
+→ reserve a ledger use → evaluate on the worker → upload result.json privately → commit
+or release the use → finalize properties for reporters. Worker commands write their JSON
+outside the checkout (``../easeml-out``) and it is uploaded into a master-private
+directory, never printed.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from buildbot.plugins import steps, util
+from buildbot.process.factory import BuildFactory
+
+from easeml_buildbot.master import steps as es
+
+OUT = "../easeml-out"
+
+
+def _base_is_ref(step: Any) -> bool:
+    return bool(step.build.getProperty("easeml_base_rev"))
+
+
+def _has_base_ref(step: Any) -> bool:
+    return bool(step.build.getProperty("easeml_base_ref"))
+
+
+@util.renderer
+def _inspect_cmd(props: Any) -> str:
+    head = props.getProperty("got_revision") or props.getProperty("revision") or "HEAD"
+    base = props.getProperty("easeml_base_sha")
+    return (f"mkdir -p {OUT} && easeml worker inspect --repo . --base {shlex.quote(str(base))} "
+            f"--head {shlex.quote(str(head))} --out {OUT}/inspect.json")
+
+
+def _evaluate_cmd(runner: str):
+    @util.renderer
+    def render(props: Any) -> str:
+        head = props.getProperty("got_revision") or props.getProperty("revision")
+        base = props.getProperty("easeml_base_sha")
+        return (
+            f"mkdir -p {OUT} && exec easeml worker evaluate --repo . --head {shlex.quote(str(head))} "
+            f"--base {shlex.quote(str(base))} "
+            '--key "${EASEML_WORKER_KEY:?the worker has no EASEML_WORKER_KEY (private key path)}" '
+            '${EASEML_WORKER_PASSPHRASE_FILE:+--passphrase-file "$EASEML_WORKER_PASSPHRASE_FILE"} '
+            f'--runner "${{EASEML_WORKER_RUNNER:-{runner}}}" '
+            '--cache-dir "${EASEML_WORKER_CACHE_DIR:-../easeml-cache}" '
+            f"--out {OUT}/result.json"
+        )
+    return render
+
+
+def make_factory(settings: Any) -> BuildFactory:
+    es.ensure_private_dir(settings.results_dir)
+    f = BuildFactory()
+    f.addStep(steps.Git(name="checkout", repourl=util.Property("repository"), mode="full",
+                        method="fresh", haltOnFailure=True, logEnviron=False))
+    f.addStep(steps.ShellCommand(
+        name="fetch base branch", doStepIf=_has_base_ref, hideStepIf=lambda r, s: r == util.SKIPPED,
+        command=util.Interpolate("git fetch -q -f %(prop:repository)s "
+                                 "+refs/heads/%(prop:easeml_base_ref)s:refs/remotes/origin/%(prop:easeml_base_ref)s"),
+        haltOnFailure=True, logEnviron=False))
+    f.addStep(es.ResolveBase(settings, haltOnFailure=True))
+    f.addStep(steps.SetPropertyFromCommand(
+        name="resolve base commit", doStepIf=_base_is_ref, hideStepIf=lambda r, s: r == util.SKIPPED,
+        command=util.Interpolate("git rev-parse --verify '%(prop:easeml_base_rev)s^{commit}'"),
+        property="easeml_base_sha", haltOnFailure=True, logEnviron=False))
+    f.addStep(steps.ShellCommand(name="inspect", command=_inspect_cmd, haltOnFailure=True, logEnviron=False))
+    f.addStep(steps.FileUpload(name="collect inspection", workersrc=f"{OUT}/inspect.json",
+                               masterdest=_private_dest(settings, "inspect.json"),
+                               mode=0o600, haltOnFailure=True, hideStepIf=True))
+    f.addStep(es.ReadInspection(settings, doStepIf=es.evaluating))
+    f.addStep(es.ReserveUse(settings, doStepIf=es.evaluating, haltOnFailure=True))
+    f.addStep(steps.ShellCommand(name="evaluate", command=_evaluate_cmd(settings.runner),
+                                 doStepIf=es.evaluating, timeout=settings.build_timeout,
+                                 logEnviron=False, flunkOnFailure=True))
+    f.addStep(steps.FileUpload(name="collect result", workersrc=f"{OUT}/result.json",
+                               masterdest=_private_dest(settings, "result.json"), mode=0o600,
+                               doStepIf=es.has_open_use, alwaysRun=True, flunkOnFailure=False,
+                               warnOnFailure=True))
+    f.addStep(es.RecordResult(settings, doStepIf=es.has_open_use, alwaysRun=True))
+    if settings.forge == "local":
+        f.addStep(es.RecordAccepted(settings, doStepIf=lambda s: s.build.getProperty("easeml_status") == "evaluated"))
+    f.addStep(steps.ShellCommand(name="clean up", command=["rm", "-rf", OUT], alwaysRun=True,
+                                 hideStepIf=True, logEnviron=False, flunkOnFailure=False))
+    f.addStep(es.Finalize(settings, alwaysRun=True))
+    return f
+
+
+def _private_dest(settings: Any, name: str):
+    @util.renderer
+    def render(props: Any) -> str:
+        return es.private_path(settings.results_dir, props, name)
+    return render

@@ -1,0 +1,104 @@
+"""Talking to GitHub as a GitHub App, with PyGithub.
+
+Why its own module: the App's JWT and the short-lived installation tokens are the only
+credentials the master holds for GitHub; keeping them here means one place caches,
+refreshes and never logs them. Every call here is blocking (PyGithub uses ``requests``);
+Buildbot code calls it through ``deferToThread``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from github import Auth, Github, GithubIntegration
+from github.CheckRun import CheckRun
+
+
+@dataclass
+class _Token:
+    token: str = field(repr=False)
+    expires_at: float  # epoch seconds
+
+
+class GitHubApp:
+    """JWT → installation token (cached until ``refresh_margin`` s before expiry) → API clients."""
+
+    def __init__(self, app_id: int, private_key: str, api_url: str = "https://api.github.com",
+                 refresh_margin: int = 300, clock=time.time) -> None:
+        self.app_id = app_id
+        self.api_url = api_url.rstrip("/")
+        self.refresh_margin = refresh_margin
+        self._clock = clock
+        self._integration = GithubIntegration(auth=Auth.AppAuth(app_id, private_key), base_url=self.api_url)
+        self._tokens: dict[int, _Token] = {}
+        self._clients: dict[int, Github] = {}
+        self._lock = threading.Lock()
+        self.tokens_fetched = 0  # for tests and metrics
+
+    def __repr__(self) -> str:
+        return f"GitHubApp(app_id={self.app_id}, api_url={self.api_url!r})"
+
+    def installation_token(self, installation_id: int) -> str:
+        with self._lock:
+            tok = self._tokens.get(installation_id)
+            if tok is None or tok.expires_at - self.refresh_margin <= self._clock():
+                auth = self._integration.get_access_token(installation_id)
+                expires = auth.expires_at
+                if expires is None:
+                    exp = self._clock() + 3600
+                else:
+                    if expires.tzinfo is None:
+                        expires = expires.replace(tzinfo=timezone.utc)
+                    exp = expires.timestamp()
+                tok = _Token(auth.token, exp)
+                self._tokens[installation_id] = tok
+                self._clients.pop(installation_id, None)
+                self.tokens_fetched += 1
+            return tok.token
+
+    def client(self, installation_id: int) -> Github:
+        token = self.installation_token(installation_id)
+        with self._lock:
+            gh = self._clients.get(installation_id)
+            if gh is None:
+                gh = Github(auth=Auth.Token(token), base_url=self.api_url, retry=None)
+                self._clients[installation_id] = gh
+            return gh
+
+    def repo(self, installation_id: int, full_name: str):
+        return self.client(installation_id).get_repo(full_name, lazy=True)
+
+    def commit_message(self, installation_id: int, full_name: str, sha: str) -> str:
+        return self.repo(installation_id, full_name).get_commit(sha).commit.message
+
+    # -- check runs ---------------------------------------------------------------------
+    def create_check_run(self, installation_id: int, full_name: str, *, name: str, head_sha: str,
+                         status: str, details_url: str | None = None, external_id: str | None = None,
+                         output: dict[str, Any] | None = None) -> CheckRun:
+        kwargs: dict[str, Any] = {"name": name, "head_sha": head_sha, "status": status}
+        if details_url and details_url.startswith(("http://", "https://")):
+            kwargs["details_url"] = details_url
+        if external_id:
+            kwargs["external_id"] = external_id
+        if output:
+            kwargs["output"] = output
+        return self.repo(installation_id, full_name).create_check_run(**kwargs)
+
+    def find_check_run(self, installation_id: int, full_name: str, check_run_id: int | None,
+                       name: str, head_sha: str) -> CheckRun | None:
+        repo = self.repo(installation_id, full_name)
+        if check_run_id:
+            return repo.get_check_run(check_run_id)
+        runs = list(repo.get_commit(head_sha).get_check_runs(check_name=name))
+        return runs[0] if runs else None
+
+    def update_check_run(self, run: CheckRun, **fields: Any) -> None:
+        run.edit(**{k: v for k, v in fields.items() if v is not None})
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)

@@ -1,0 +1,277 @@
+"""Master-side build steps: the parts of an evaluation that must not run on a worker.
+
+Why on the master: the ledger of test-set uses is the master's (workers hold only the
+decryption key), and result.json is read here from a master-private directory so that
+accuracies never enter step logs or build properties (the Buildbot UI may be visible to
+developers). Ledger calls block (SQLAlchemy) and run through ``deferToThread``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, threads
+
+from buildbot.process import buildstep
+from buildbot.process.results import FAILURE, SKIPPED, SUCCESS, WARNINGS
+
+from easeml_buildbot.master.accepted import get_accepted, set_accepted
+
+_ledgers: dict[str, Any] = {}
+_ledgers_lock = threading.Lock()
+
+
+def ledger_for(url: str):
+    """One Ledger (one SQLAlchemy engine) per URL per master process."""
+    from easeml_buildbot.custody.ledger import Ledger
+
+    with _ledgers_lock:
+        led = _ledgers.get(url)
+        if led is None:
+            led = _ledgers[url] = Ledger(url)
+        return led
+
+
+def evaluating(step: buildstep.BuildStep) -> bool:
+    """doStepIf: nothing has decided the build's outcome yet."""
+    return not step.build.getProperty("easeml_status")
+
+
+def has_open_use(step: buildstep.BuildStep) -> bool:
+    return bool(step.build.getProperty("easeml_use_id")) and not step.build.getProperty("easeml_use_closed")
+
+
+def private_path(results_dir: str, build_props: Any, name: str) -> str:
+    return os.path.join(results_dir, f"{build_props.getProperty('buildername')}-"
+                                     f"{build_props.getProperty('buildnumber')}-{name}")
+
+
+def _cfg(cfg: dict[str, Any], *names: str, default: Any = None) -> Any:
+    for n in names:
+        if cfg.get(n) not in (None, ""):
+            return cfg[n]
+    return default
+
+
+class _MasterStep(buildstep.BuildStep):
+    """A BuildStep that runs on the master and writes a short, secret-free log."""
+
+    def __init__(self, settings: Any, **kwargs: Any) -> None:
+        self.settings = settings
+        super().__init__(**kwargs)
+
+    @defer.inlineCallbacks
+    def note(self, text: str):
+        if not hasattr(self, "_note_log"):
+            self._note_log = yield self.addLog("easeml")
+        yield self._note_log.addStdout(text.rstrip("\n") + "\n")
+
+    def status(self, status: str, cause: str = "") -> None:
+        self.setProperty("easeml_status", status, "easeml")
+        if cause:
+            self.setProperty("easeml_cause", cause[:4000], "easeml")
+
+    def read_private(self, name: str) -> dict[str, Any] | None:
+        path = private_path(self.settings.results_dir, self.build, name)
+        try:
+            with open(path) as fh:
+                return json.load(fh)
+        except (OSError, ValueError):
+            return None
+        finally:
+            try:
+                os.unlink(path)  # the ledger is where results live; no copies on disk
+            except OSError:
+                pass
+
+
+class ResolveBase(_MasterStep):
+    """Choose the accepted model ``o`` to compare against (local forge: last accepted commit)."""
+
+    name = "resolve base"
+
+    @defer.inlineCallbacks
+    def run(self):
+        if self.getProperty("easeml_base_sha"):
+            yield self.note(f"base {self.getProperty('easeml_base_sha')} (from the pull request / accepted model)")
+            return SUCCESS
+        repo = self.getProperty("easeml_repo")
+        accepted = yield get_accepted(self.master, repo)
+        if accepted:
+            self.setProperty("easeml_base_rev", accepted["sha"], "easeml")
+            yield self.note(f"base {accepted['sha']} (last accepted commit on {accepted['branch']})")
+        else:
+            self.setProperty("easeml_base_rev", f"{self.getProperty('revision')}^", "easeml")
+            yield self.note("no accepted commit recorded yet: comparing against the parent commit")
+        return SUCCESS
+
+
+class ReadInspection(_MasterStep):
+    """Read ``easeml worker inspect``'s JSON: config and dataset id come from the base branch."""
+
+    name = "read base config"
+
+    @defer.inlineCallbacks
+    def run(self):
+        data = self.read_private("inspect.json")
+        if data is None:
+            self.status("infra_error", "the worker produced no inspect.json")
+            return FAILURE
+        cfg = data.get("config") or {}
+        for prop, names in (("easeml_condition", ("condition_text", "condition")),
+                            ("easeml_adaptivity", ("adaptivity",)),
+                            ("easeml_reliability", ("reliability",)),
+                            ("easeml_steps", ("steps",)),
+                            ("easeml_mode", ("mode",)),
+                            ("easeml_email", ("email",)),
+                            ("easeml_dataset_path", ("dataset",))):
+            value = _cfg(cfg, *names)
+            if value is not None:
+                self.setProperty(prop, list(value) if isinstance(value, tuple) else value, "easeml")
+        if data.get("samples_needed") is not None:
+            self.setProperty("easeml_samples_needed", data["samples_needed"], "easeml")
+        if data.get("dataset_id"):
+            self.setProperty("easeml_dataset_id", data["dataset_id"], "easeml")
+        changed = list(data.get("protected_changed") or [])
+        self.setProperty("easeml_protected_changed", changed, "easeml")
+        if changed:
+            self.status("protected_changed", "the pull request changes " + ", ".join(changed))
+            yield self.note("protected files changed by the pull request: " + ", ".join(changed))
+            return WARNINGS
+        if not data.get("ok"):
+            err = data.get("error") or "unknown error"
+            if not data.get("dataset_id") and cfg:
+                self.status("missing_dataset", err)
+            else:
+                self.status("config_error", err)
+            yield self.note(err)
+            return FAILURE
+        if not data.get("dataset_id"):
+            self.status("missing_dataset", data.get("error") or "no encrypted test set on the base branch")
+            return FAILURE
+        yield self.note(f"condition {self.getProperty('easeml_condition')!s}; adaptivity "
+                        f"{self.getProperty('easeml_adaptivity')}; dataset {data['dataset_id'][:12]}; "
+                        f"samples needed {data.get('samples_needed')}")
+        return SUCCESS
+
+
+class ReserveUse(_MasterStep):
+    """Reserve one use of the test set in the ledger before any model sees it."""
+
+    name = "reserve test-set use"
+
+    @defer.inlineCallbacks
+    def run(self):
+        from easeml_buildbot.custody.ledger import TestSetExhausted, TestSetRetired
+
+        led = ledger_for(self.settings.ledger_url)
+        url = yield self.build.getUrl()
+        kwargs = dict(repo=self.getProperty("easeml_repo"), dataset_id=self.getProperty("easeml_dataset_id"),
+                      steps=int(self.getProperty("easeml_steps") or 1),
+                      adaptivity=self.getProperty("easeml_adaptivity") or "none",
+                      commit=self.getProperty("got_revision") or self.getProperty("revision"),
+                      build=url, condition=str(self.getProperty("easeml_condition") or ""))
+        try:
+            r = yield threads.deferToThread(led.reserve, **kwargs)
+        except (TestSetExhausted, TestSetRetired) as exc:
+            self.status("exhausted", str(exc))
+            self.setProperty("easeml_uses_left", 0, "easeml")
+            yield self.note(f"not evaluated: {exc}")
+            return WARNINGS
+        self.setProperty("easeml_use_id", r.use_id, "easeml")
+        self.setProperty("easeml_use_number", r.use_number, "easeml")
+        self.setProperty("easeml_uses_left", r.remaining, "easeml")
+        yield self.note(f"use {r.use_number} reserved (id {r.use_id}); {r.remaining} left after this one")
+        return SUCCESS
+
+
+class RecordResult(_MasterStep):
+    """Commit the reserved use with the result (or release it if nothing was scored)."""
+
+    name = "record result"
+
+    @defer.inlineCallbacks
+    def run(self):
+        from easeml_buildbot.custody.policy import developer_may_see
+
+        led = ledger_for(self.settings.ledger_url)
+        use_id = self.getProperty("easeml_use_id")
+        result = self.read_private("result.json")
+        self.setProperty("easeml_use_closed", True, "easeml")
+        if result is None:
+            yield threads.deferToThread(led.release, use_id, reason="the worker produced no result (infrastructure error)")
+            self.setProperty("easeml_released", True, "easeml")
+            self.status("infra_error", "the evaluation step produced no result; the test-set use was released")
+            yield self.note("no result.json: use released")
+            return FAILURE
+        if result.get("samples_used") is not None:
+            self.setProperty("easeml_samples_used", int(result["samples_used"]), "easeml")
+        status = result.get("status")
+        if not result.get("scored") or status != "scored" or not result.get("verdict"):
+            reason = (result.get("message") or status or "not scored")
+            yield threads.deferToThread(led.release, use_id, reason=reason[:500])
+            self.setProperty("easeml_released", True, "easeml")
+            kind = {"model_error": "model_error", "config_error": "config_error",
+                    "dataset_error": "missing_dataset"}.get(status, "infra_error")
+            cause = f"{result.get('cause') or status}: {result.get('message') or ''}".strip()
+            self.status(kind, cause)
+            yield self.note(f"not scored ({result.get('cause') or status}); use released")
+            return FAILURE
+        verdict = result["verdict"]
+        outcome = verdict.get("outcome")
+        adaptivity = self.getProperty("easeml_adaptivity") or "none"
+        emails = list(self.getProperty("easeml_email") or [])
+        state = yield threads.deferToThread(led.commit, use_id, verdict=outcome, result=result, notified=emails)
+        remaining = getattr(state, "remaining", None)
+        if remaining is not None:
+            self.setProperty("easeml_uses_left", remaining, "easeml")
+        if getattr(state, "retired", False):
+            self.setProperty("easeml_retired", True, "easeml")
+        self.status("evaluated")
+        visible = developer_may_see(adaptivity, outcome)
+        if visible:
+            self.setProperty("easeml_verdict", outcome, "easeml")
+        yield self.note("result recorded in the ledger" + (f"; verdict {outcome}" if visible else
+                        "; the verdict goes to the owners only"))
+        self.build.easeml_outcome = outcome  # in memory only: RecordAccepted reads it
+        return SUCCESS if (not visible or outcome == "pass") else FAILURE
+
+
+class RecordAccepted(_MasterStep):
+    """Local forge: a commit that passed becomes the accepted model ``o`` for later commits."""
+
+    name = "record accepted model"
+
+    @defer.inlineCallbacks
+    def run(self):
+        if getattr(self.build, "easeml_outcome", None) != "pass":
+            yield self.note("not accepted: the verdict was not pass")
+            return SKIPPED
+        sha = self.getProperty("got_revision") or self.getProperty("revision")
+        yield set_accepted(self.master, self.getProperty("easeml_repo"), sha, self.getProperty("branch") or "")
+        yield self.note(f"{sha} is now the accepted model")
+        return SUCCESS
+
+
+class Finalize(_MasterStep):
+    """Make sure every finished build carries an ``easeml_status`` for the reporters."""
+
+    name = "finalize"
+
+    @defer.inlineCallbacks
+    def run(self):
+        if not self.getProperty("easeml_status"):
+            failed = [s.name for s in self.build.executedSteps
+                      if s is not self and s.results not in (None, SUCCESS, SKIPPED, WARNINGS)]
+            self.status("infra_error", f"step '{failed[0]}' failed" if failed else "the build ended without a verdict")
+        yield self.note(f"status {self.getProperty('easeml_status')}")
+        return SUCCESS
+
+
+def ensure_private_dir(path: str) -> None:
+    Path(path).mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)

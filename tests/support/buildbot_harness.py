@@ -1,0 +1,309 @@
+"""Real Buildbot master and worker processes, started from the repository's own templates.
+
+Used by tests/master, tests/email, tests/deploy and benchmarks/bench_master.py. Everything
+runs on loopback with free ports, in a temporary directory, as child processes this
+harness started (and stops, by pid).
+
+API (stable; add keywords, never change these)::
+
+    from support.buildbot_harness import BuildbotHarness, free_port
+
+    with BuildbotHarness(tmp_path, settings={...}, workers=1, worker_env={...},
+                         master_cfg_extra="", env={...}) as bb:
+        bb.www_url                 # "http://127.0.0.1:PORT/" (UI, REST API, /change_hook/github)
+        bb.settings_path           # the easeml.toml written for this master
+        bb.master_dir, bb.worker_dirs
+        bb.api("builds", order="-buildid")   # GET /api/v2/builds -> list of dicts
+        bb.build_properties(buildid)          # {name: value}
+        bb.wait_for_builds(n, timeout=120)    # n complete builds (dicts, by buildid)
+        bb.force_build(builder="easeml", **properties) # via the ForceScheduler "force"
+        bb.post_webhook(event, payload, secret=..., delivery=None)  # -> (status, body)
+        bb.master_log()            # text of twistd.log
+
+``settings`` is merged over defaults (forge "local", www/worker ports, one worker per
+``workers``) and written as TOML; nested tables are dicts, ``workers`` is filled in for
+you. ``worker_env`` becomes the workers' ``[env]`` table (EASEML_WORKER_KEY, ...).
+``master_cfg_extra`` is Python appended to master/master.cfg (e.g. an extra builder).
+``env`` is added to both processes' environment. Start-up is ~5-10 s on this machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+_TEMPLATE_CACHE: dict[str, Path] = {}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def toml_dumps(data: dict[str, Any]) -> str:
+    """Enough TOML for settings files: scalars, lists of scalars, tables, arrays of tables."""
+
+    def scalar(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
+        return json.dumps(str(v))
+
+    lines: list[str] = []
+    tables: list[tuple[str, Any]] = []
+    for k, v in data.items():
+        if isinstance(v, dict) or (isinstance(v, (list, tuple)) and v and all(isinstance(x, dict) for x in v)):
+            tables.append((k, v))
+        elif v is not None:
+            lines.append(f"{k} = {scalar(v)}")
+    for k, v in tables:
+        if isinstance(v, dict):
+            lines.append(f"\n[{k}]")
+            lines += [f"{kk} = {scalar(vv)}" for kk, vv in v.items() if vv is not None]
+        else:
+            for item in v:
+                lines.append(f"\n[[{k}]]")
+                lines += [f"{kk} = {scalar(vv)}" for kk, vv in item.items() if vv is not None]
+    return "\n".join(lines) + "\n"
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _clean_env(extra: dict[str, str] | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EASEML_")}
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def _master_template() -> Path:
+    """`buildbot create-master` once per session (it creates and upgrades the DB: slow)."""
+    if "master" not in _TEMPLATE_CACHE:
+        import tempfile
+
+        d = Path(tempfile.mkdtemp(prefix="easeml-master-template-")) / "master"
+        subprocess.run([str(VENV_BIN / "buildbot"), "create-master", "-q", "--relocatable", str(d)],
+                       check=True, env=_clean_env(None), capture_output=True, timeout=180)
+        _TEMPLATE_CACHE["master"] = d
+    return _TEMPLATE_CACHE["master"]
+
+
+class HarnessError(RuntimeError):
+    pass
+
+
+class BuildbotHarness:
+    def __init__(self, base_dir: str | os.PathLike[str], settings: dict[str, Any] | None = None,
+                 workers: int = 1, worker_env: dict[str, str] | None = None,
+                 master_cfg_extra: str = "", env: dict[str, str] | None = None,
+                 start_timeout: float = 90) -> None:
+        self.base_dir = Path(base_dir)
+        self.master_dir = self.base_dir / "master"
+        self.worker_dirs = [self.base_dir / f"worker{i + 1}" for i in range(workers)]
+        self.www_port = free_port()
+        self.worker_port = free_port()
+        self.www_url = f"http://127.0.0.1:{self.www_port}/"
+        self.worker_passwords = {f"worker{i + 1}": uuid.uuid4().hex for i in range(workers)}
+        defaults: dict[str, Any] = {
+            "forge": "local", "buildbot_url": self.www_url, "www_port": self.www_port,
+            "worker_port": self.worker_port, "runner": "process", "email_enabled": False,
+            "local": {"repo": str(self.base_dir / "repo"), "branch": "main", "poll_interval": 2},
+            "workers": [{"name": n, "password": p} for n, p in self.worker_passwords.items()],
+        }
+        self.settings = _deep_merge(defaults, settings or {})
+        self.settings["workers"] = defaults["workers"]
+        self.worker_env = dict(worker_env or {})
+        self.master_cfg_extra = master_cfg_extra
+        self.env = dict(env or {})
+        self.start_timeout = start_timeout
+        self.settings_path = self.master_dir / "easeml.toml"
+        self._procs: list[subprocess.Popen] = []
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def __enter__(self) -> BuildbotHarness:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(_master_template(), self.master_dir)
+        cfg = (ROOT / "master" / "master.cfg").read_text()
+        (self.master_dir / "master.cfg").write_text(cfg + ("\n" + self.master_cfg_extra if self.master_cfg_extra else ""))
+        self.settings_path.write_text(toml_dumps(self.settings))
+        env = _clean_env(self.env)
+        self.master_proc = self._spawn([str(VENV_BIN / "buildbot"), "start", "--nodaemon", str(self.master_dir)],
+                                       self.master_dir, env)
+        self._wait(lambda: self._www_up(), "the master's web server", self.master_proc)
+        for i, wdir in enumerate(self.worker_dirs):
+            wdir.mkdir(parents=True)
+            shutil.copy(ROOT / "worker" / "buildbot.tac", wdir / "buildbot.tac")
+            name = f"worker{i + 1}"
+            wsettings = {"master": f"127.0.0.1:{self.worker_port}", "name": name,
+                         "password": self.worker_passwords[name], "maxdelay": 2, "env": self.worker_env}
+            (wdir / "easeml-worker.toml").write_text(toml_dumps(wsettings))
+            proc = self._spawn([str(VENV_BIN / "twistd"), "--nodaemon", "--pidfile=", "-y", "buildbot.tac"], wdir, env)
+            self._wait(lambda n=name: self._worker_connected(n), f"worker {name} to connect", proc)
+
+    def _spawn(self, argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
+        out = open(cwd / "process.out", "ab")
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self._procs.append(proc)
+        return proc
+
+    def _wait(self, cond: Any, what: str, proc: subprocess.Popen) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise HarnessError(f"process for {what} exited with {proc.returncode}:\n{self._tail(proc)}")
+            try:
+                if cond():
+                    return
+            except (OSError, urllib.error.URLError, ValueError):
+                pass
+            time.sleep(0.2)
+        raise HarnessError(f"timed out waiting for {what}:\n{self._tail(proc)}")
+
+    def _tail(self, proc: subprocess.Popen) -> str:
+        cwd = Path(proc.args[-1]) if "buildbot" in proc.args[0] else None
+        texts = []
+        for d in [self.master_dir, *self.worker_dirs]:
+            for name in ("process.out", "twistd.log"):
+                p = d / name
+                if p.exists():
+                    texts.append(f"--- {p}\n" + p.read_text(errors="replace")[-4000:])
+        del cwd
+        return "\n".join(texts)
+
+    def stop(self, timeout: float = 20) -> None:
+        for proc in reversed(self._procs):
+            if proc.poll() is None:
+                try:
+                    os.kill(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + timeout
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self._procs.clear()
+
+    # -- REST API -----------------------------------------------------------------------
+    def _www_up(self) -> bool:
+        with urllib.request.urlopen(self.www_url + "api/v2/builders", timeout=2) as r:
+            return r.status == 200
+
+    def _worker_connected(self, name: str) -> bool:
+        for w in self.api("workers"):
+            if w["name"] == name and w.get("connected_to"):
+                return True
+        return False
+
+    def api(self, path: str, **query: Any) -> list[dict[str, Any]]:
+        qs = "&".join(f"{k}={v}" for k, v in query.items())
+        url = f"{self.www_url}api/v2/{path}" + (f"?{qs}" if qs else "")
+        with urllib.request.urlopen(url, timeout=10) as r:
+            data = json.load(r)
+        key = [k for k in data if k != "meta"]
+        return data[key[0]] if key else []
+
+    def build_properties(self, buildid: int) -> dict[str, Any]:
+        props = self.api(f"builds/{buildid}/properties")
+        return {k: v[0] for k, v in (props[0] if props else {}).items()}
+
+    def steps(self, buildid: int) -> list[dict[str, Any]]:
+        return self.api(f"builds/{buildid}/steps")
+
+    def step_logs_text(self, buildid: int) -> str:
+        """All step logs of a build, concatenated (to assert what a developer can see)."""
+        out = []
+        for step in self.steps(buildid):
+            for lg in self.api(f"steps/{step['stepid']}/logs"):
+                url = f"{self.www_url}api/v2/logs/{lg['logid']}/raw"
+                with urllib.request.urlopen(url, timeout=10) as r:
+                    out.append(f"== {step['name']} / {lg['name']}\n" + r.read().decode(errors="replace"))
+        return "\n".join(out)
+
+    def wait_for_builds(self, count: int, timeout: float = 120, builder: str | None = None) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        builds: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            builds = [b for b in self.api("builds", order="buildid") if b.get("complete")]
+            if builder is not None:
+                bid = {b["name"]: b["builderid"] for b in self.api("builders")}[builder]
+                builds = [b for b in builds if b["builderid"] == bid]
+            if len(builds) >= count:
+                return builds
+            if self.master_proc.poll() is not None:
+                raise HarnessError(f"master exited:\n{self._tail(self.master_proc)}")
+            time.sleep(0.3)
+        raise HarnessError(f"only {len(builds)} of {count} builds completed in {timeout}s:\n"
+                           f"{self.master_log()[-6000:]}")
+
+    def force_build(self, builder: str = "easeml", scheduler: str = "force", **properties: Any) -> None:
+        bid = {b["name"]: b["builderid"] for b in self.api("builders")}[builder]
+        body = {"jsonrpc": "2.0", "method": "force", "id": 1,
+                "params": {"builderid": bid, **{k: str(v) for k, v in properties.items()}}}
+        req = urllib.request.Request(f"{self.www_url}api/v2/forceschedulers/{scheduler}",
+                                     data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            reply = json.load(r)
+        if "error" in reply:
+            raise HarnessError(f"force failed: {reply['error']}")
+
+    def post_webhook(self, event: str, payload: dict[str, Any] | bytes, secret: str | None,
+                     delivery: str | None = None, signature: str | None = None) -> tuple[int, str]:
+        """POST like GitHub does; ``secret=None`` sends no signature, ``signature`` forces one."""
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        headers = {"Content-Type": "application/json", "X-GitHub-Event": event,
+                   "X-GitHub-Delivery": delivery or str(uuid.uuid4()), "User-Agent": "GitHub-Hookshot/test"}
+        if signature is not None:
+            headers["X-Hub-Signature-256"] = signature
+        elif secret is not None:
+            headers["X-Hub-Signature-256"] = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        req = urllib.request.Request(f"{self.www_url}change_hook/github", data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, r.read().decode(errors="replace")
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode(errors="replace")
+
+    def master_log(self) -> str:
+        p = self.master_dir / "twistd.log"
+        return p.read_text(errors="replace") if p.exists() else ""

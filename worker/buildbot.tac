@@ -1,0 +1,64 @@
+# -*- python -*-
+# easeml-buildbot worker. Copy this directory's buildbot.tac into the worker's base
+# directory together with easeml-worker.toml (see easeml-worker.toml.example), then
+# `twistd -ny buildbot.tac` (or `buildbot-worker start <dir>`).
+#
+# Settings come from easeml-worker.toml next to this file, overridden by the
+# environment: EASEML_WORKER_MASTER (host:port), EASEML_WORKER_NAME,
+# EASEML_WORKER_PASSWORD (or EASEML_WORKER_PASSWORD_FILE). The [env] table is exported to
+# the build steps (EASEML_WORKER_KEY, EASEML_WORKER_RUNNER, EASEML_WORKER_CACHE_DIR, ...).
+import os
+import sys
+import tomllib
+
+from buildbot_worker.bot import Worker
+from twisted.application import service
+from twisted.python.log import FileLogObserver, ILogObserver
+from twisted.python.logfile import LogFile
+
+basedir = os.path.abspath(os.path.dirname(__file__))
+settings_path = os.environ.get("EASEML_WORKER_SETTINGS") or os.path.join(basedir, "easeml-worker.toml")
+settings = {}
+if os.path.exists(settings_path):
+    with open(settings_path, "rb") as fh:
+        settings = tomllib.load(fh)
+
+
+def _setting(key, default=None):
+    return os.environ.get("EASEML_WORKER_" + key.upper()) or settings.get(key, default)
+
+
+def _resolve(path):
+    return path if os.path.isabs(path) else os.path.join(basedir, path)
+
+
+master = _setting("master", "localhost:9989")
+host, _, port = master.rpartition(":")
+workername = _setting("name", "worker1")
+passwd = _setting("password")
+if not passwd and _setting("password_file"):
+    with open(_resolve(_setting("password_file"))) as fh:
+        passwd = fh.read().strip()
+if not passwd:
+    raise SystemExit(f"{settings_path}: 'password' or 'password_file' is required")
+
+# Build steps inherit this environment: the `easeml` command of this interpreter first on
+# PATH, and the operator's [env] settings (key path, runner, limits). Paths are relative
+# to this directory.
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+for key, value in (settings.get("env") or {}).items():
+    value = str(value)
+    if key.endswith(("_KEY", "_FILE", "_DIR")) and value and not os.path.isabs(value):
+        value = _resolve(value)
+    os.environ.setdefault(key, value)
+os.environ.setdefault("EASEML_WORKER_CACHE_DIR", os.path.join(basedir, "cache"))
+
+application = service.Application("buildbot-worker")
+logfile = LogFile.fromFullPath(os.path.join(basedir, "twistd.log"), rotateLength=10_000_000, maxRotatedFiles=10)
+application.setComponent(ILogObserver, FileLogObserver(logfile).emit)
+
+s = Worker(host, int(port), workername, passwd, basedir, int(_setting("keepalive", 600)),
+           umask=0o077, maxdelay=int(_setting("maxdelay", 30)), numcpus=None, allow_shutdown=None,
+           maxRetries=None, protocol="pb", useTls=False, delete_leftover_dirs=False,
+           connection_string=None, proxy_connection_string=None)
+s.setServiceParent(application)
