@@ -34,6 +34,17 @@ if ! .venv/bin/python -c "import easeml_buildbot, buildbot, pytest, aiosmtpd, sk
   touch .venv/.installed
 fi
 
+# GitHub's REST description and webhook examples for the master's end-to-end tests.
+if [ -f tests/support/package.json ] && [ ! -d tests/support/node_modules/@octokit/openapi ]; then
+  if command -v npm >/dev/null; then
+    log "installing npm test fixtures (tests/support/package.json)"
+    (cd tests/support && npm ci --no-audit --no-fund --loglevel=error >/dev/null 2>&1 \
+      || npm install --no-audit --no-fund --loglevel=error >/dev/null)
+  else
+    log "npm not found: the GitHub end-to-end tests will be skipped"
+  fi
+fi
+
 if [ "${EASEML_SKIP_DOCKER:-0}" != 1 ]; then
   bash scripts/start-dockerd.sh || log "no Docker daemon: Docker tests will be skipped, the demo uses the ProcessRunner"
   if docker info >/dev/null 2>&1 && [ -f scripts/build-base-image.sh ]; then
