@@ -76,11 +76,18 @@ def remove_tree(path: Path) -> None:
 
 
 @contextmanager
-def temporary_gpg(parent: Path | None = None) -> Iterator[gnupg.GPG]:
-    """Yield a ``gnupg.GPG`` bound to a new private home; destroy the home on exit."""
+def temporary_gpg(parent: Path | None = None, *, ephemeral_protection: bool = False) -> Iterator[gnupg.GPG]:
+    """Yield a ``gnupg.GPG`` bound to a new private home; destroy the home on exit.
+
+    ``ephemeral_protection``: the agent re-protects an imported secret key with the cheapest
+    S2K count instead of calibrating ~100 ms of hashing; right for a home that lives seconds
+    on tmpfs (the key file on disk keeps its own protection), wrong for creating keys.
+    """
     base = parent if parent is not None else secure_tmp_base()
     home = Path(tempfile.mkdtemp(prefix="easeml-gnupg-", dir=base))
     os.chmod(home, 0o700)
+    if ephemeral_protection:
+        (home / "gpg-agent.conf").write_text("s2k-count 65536\n", encoding="ascii")
     try:
         gpg = gnupg.GPG(gnupghome=str(home))
         gpg.encoding = "utf-8"
