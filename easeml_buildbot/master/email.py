@@ -733,12 +733,13 @@ def _exhaustion(facts: BuildFacts, ev: Evaluation | None, policy: MailPolicy, ow
     samples = (ev.samples_needed if ev else None) or _int(config.get("samples_needed"))
     if samples is None:
         samples = samples_needed(condition, reliability, adaptivity, steps)
-    retired = bool(ev and ev.retired)
-    if retired:
+    first_pass = bool(ev and adaptivity == "firstChange" and ev.outcome == "pass")
+    spent = ev is None or ev.uses_left == 0
+    if first_pass or (ev is not None and ev.retired and not spent):
         state = "retired"
-        why = ("Under adaptivity firstChange a test set is retired after the first pass: the "
+        why = ("Under adaptivity firstChange a test set is retired after its first pass: the "
                "pass was reported, so the same data cannot be trusted for the next change."
-               if (adaptivity == "firstChange") else
+               if first_pass else
                f"The test set was retired ({ev.retired_reason or 'by the service policy'}).")
     else:
         state = "exhausted"

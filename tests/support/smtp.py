@@ -85,7 +85,7 @@ class _Handler:
             login = getattr(session, "auth_data", None)
             srv.messages.append(Received(
                 envelope.mail_from, list(envelope.rcpt_tos), envelope.content, msg,
-                login.login.decode() if isinstance(login, LoginPassword) else None))
+                login if isinstance(login, str) else None))
             srv._arrived.notify_all()
         return "250 Message accepted for delivery"
 
@@ -116,7 +116,7 @@ class SmtpServer:
         self.auth_attempts.append(f"{mechanism}:{login}")
         ok = (isinstance(auth_data, LoginPassword) and login == self.user
               and auth_data.password.decode() == self.password)
-        return AuthResult(success=ok, handled=False)
+        return AuthResult(success=ok, handled=False, auth_data=login if ok else None)
 
     def start(self) -> SmtpServer:
         kwargs: dict = {}
