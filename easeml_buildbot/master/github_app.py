@@ -65,12 +65,12 @@ class GitHubApp:
         with self._lock:
             gh = self._clients.get(installation_id)
             if gh is None:
-                gh = Github(auth=Auth.Token(token), base_url=self.api_url, retry=None)
+                gh = Github(auth=Auth.Token(token), base_url=self.api_url, retry=None, lazy=True)
                 self._clients[installation_id] = gh
             return gh
 
     def repo(self, installation_id: int, full_name: str):
-        return self.client(installation_id).get_repo(full_name, lazy=True)
+        return self.client(installation_id).get_repo(full_name)
 
     def commit_message(self, installation_id: int, full_name: str, sha: str) -> str:
         return self.repo(installation_id, full_name).get_commit(sha).commit.message

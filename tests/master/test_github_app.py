@@ -1,0 +1,63 @@
+"""App authentication against the local GitHub stand-in: real HTTP, real RS256 JWTs."""
+
+from __future__ import annotations
+
+import pytest
+
+from support.github_sim import GitHubSim, fixtures_available
+
+from easeml_buildbot.master.github_app import GitHubApp
+
+
+@pytest.fixture
+def sim():
+    reason = fixtures_available()
+    if reason:
+        pytest.skip(reason)
+    s, key = GitHubSim.with_new_app_key(app_id=77)
+    s.start()
+    s.app_key = key
+    yield s
+    s.stop()
+
+
+def test_installation_token_is_cached_until_near_expiry(sim):
+    now = [1_000.0]
+    import time as _t
+
+    now[0] = _t.time()
+    app = GitHubApp(77, sim.app_key, sim.url, refresh_margin=300, clock=lambda: now[0])
+    t1 = app.installation_token(5)
+    assert app.installation_token(5) == t1 and app.tokens_fetched == 1
+    now[0] += 3600 - 301  # still 301 s left
+    assert app.installation_token(5) == t1 and app.tokens_fetched == 1
+    now[0] += 2  # inside the margin: refresh
+    t2 = app.installation_token(5)
+    assert t2 != t1 and app.tokens_fetched == 2
+    assert app.installation_token(6) not in (t1, t2)  # per installation
+    assert [r.auth for r in sim.requests] == ["jwt", "jwt", "jwt"]
+    assert sim.errors() == []
+    assert t1 not in repr(app)
+
+
+def test_check_run_calls_validate_against_openapi(sim):
+    app = GitHubApp(77, sim.app_key, sim.url)
+    run = app.create_check_run(5, "o/r", name="easeml/ci", head_sha="a" * 40, status="queued",
+                               details_url="http://127.0.0.1/#/builds/1", external_id="1",
+                               output={"title": "Queued", "summary": "waiting"})
+    app.update_check_run(run, status="in_progress")
+    app.update_check_run(run, status="completed", conclusion="neutral",
+                         output={"title": "t", "summary": "s"})
+    found = app.find_check_run(5, "o/r", None, "easeml/ci", "a" * 40)
+    assert found is not None and found.id == run.id and found.conclusion == "neutral"
+    assert sim.errors() == []
+    assert [v for v, _ in sim.check_run_calls("o/r")] == ["create", "update", "update"]
+    assert {r.auth for r in sim.requests if r.path.startswith("/repos/")} == {"installation"}
+
+
+def test_a_wrong_app_key_is_refused(sim):
+    other, other_key = GitHubSim.with_new_app_key(app_id=77)
+    app = GitHubApp(77, other_key, sim.url)
+    with pytest.raises(Exception):
+        app.installation_token(5)
+    assert any("needs the App's JWT" in e for e in sim.errors())

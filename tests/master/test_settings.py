@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import pytest
+
+from easeml_buildbot.master import Settings, SettingsError
+
+GOOD = """
+forge = "github"
+ledger_url = "sqlite:///ledger.sqlite"
+runner = "process"
+allowed_email_domains = ["example.com"]
+
+[[workers]]
+name = "w1"
+password_file = "pw"
+
+[github]
+app_id = 7
+private_key_path = "app.pem"
+webhook_secret_file = "hook-secret"
+api_url = "http://127.0.0.1:9/api/v3/"
+
+[smtp]
+host = "mail"
+password_file = "smtp-pw"
+"""
+
+
+def _write(tmp_path, text=GOOD):
+    (tmp_path / "pw").write_text("worker-pass\n")
+    (tmp_path / "hook-secret").write_text("s3cret-value\n")
+    (tmp_path / "smtp-pw").write_text("smtp-pass\n")
+    p = tmp_path / "easeml.toml"
+    p.write_text(text)
+    return p
+
+
+def test_load_resolves_paths_and_reads_secret_files(tmp_path):
+    s = Settings.load(_write(tmp_path), env={})
+    assert s.forge == "github" and s.runner == "process"
+    assert s.ledger_url == f"sqlite:///{tmp_path}/ledger.sqlite"
+    assert s.github.private_key_path == str(tmp_path / "app.pem")
+    assert s.github.api_url == "http://127.0.0.1:9/api/v3"
+    assert s.github.webhook_secret == "s3cret-value"
+    assert s.workers[0].password == "worker-pass"
+    assert s.smtp.password == "smtp-pass" and s.smtp.host == "mail"
+    assert s.allowed_email_domains == ("example.com",)
+
+
+def test_secrets_never_in_repr(tmp_path):
+    s = Settings.load(_write(tmp_path), env={})
+    text = repr(s)
+    for secret in ("s3cret-value", "worker-pass", "smtp-pass"):
+        assert secret not in text
+
+
+def test_env_overrides_top_level_and_tables(tmp_path):
+    env = {"EASEML_RUNNER": "docker", "EASEML_GITHUB_APP_ID": "99", "EASEML_SMTP_PORT": "2525",
+           "EASEML_LEDGER_URL": "postgresql+psycopg://u@h/db", "EASEML_UNRELATED_THING": "x"}
+    s = Settings.load(_write(tmp_path), env=env)
+    assert s.runner == "docker" and s.github.app_id == 99 and s.smtp.port == 2525
+    assert s.ledger_url == "postgresql+psycopg://u@h/db"
+
+
+def test_errors_name_the_file_and_key(tmp_path):
+    p = _write(tmp_path, GOOD.replace('runner = "process"', 'runner = "podman"\nbogus = 1'))
+    with pytest.raises(SettingsError) as e:
+        Settings.load(p, env={})
+    assert str(p) in str(e.value) and "bogus" in str(e.value)
+    p = _write(tmp_path, GOOD.replace('runner = "process"', 'runner = "podman"'))
+    with pytest.raises(SettingsError, match=r"runner: must be 'docker' or 'process'"):
+        Settings.load(p, env={})
+
+
+def test_github_forge_requires_a_webhook_secret(tmp_path):
+    p = _write(tmp_path, GOOD.replace('webhook_secret_file = "hook-secret"', ""))
+    with pytest.raises(SettingsError, match="webhook_secret"):
+        Settings.load(p, env={})
+
+
+def test_local_forge_needs_only_a_repo(tmp_path):
+    p = tmp_path / "easeml.toml"
+    p.write_text('forge = "local"\n[local]\nrepo = "models"\n')
+    s = Settings.load(p, env={})
+    assert s.local.repo == str(tmp_path / "models") and s.local.branch == "main"
+
+
+def test_example_file_parses(tmp_path):
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "master" / "easeml.toml.example"
+    text = example.read_text()
+    for f in ("secrets/worker1-password", "secrets/webhook-secret"):
+        (tmp_path / f).parent.mkdir(exist_ok=True)
+        (tmp_path / f).write_text("x\n")
+    p = tmp_path / "easeml.toml"
+    p.write_text(text)
+    s = Settings.load(p, env={})
+    assert s.forge == "github" and s.github.check_name == "easeml/ci"
