@@ -17,7 +17,7 @@ condition comes from a repository that may be hostile.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 VARIABLES: dict[str, str] = {
@@ -106,7 +106,7 @@ class Condition:
     """Clauses joined by AND (``/\\``); ``text`` is what the user wrote."""
 
     clauses: tuple[Clause, ...]
-    text: str = ""
+    text: str = field(default="", compare=False)  # as written; equality is by meaning
 
     @property
     def variables(self) -> frozenset[str]:

@@ -1,0 +1,139 @@
+"""Simulation: the measured failure rate of every method stays below its promised delta.
+
+Test sets are drawn with a known true accuracy placed exactly at the clause's threshold
+(the worst case for a false pass), H models are scored on the same test set, and a trial
+fails if any of the H verdicts is wrong. delta is large (reliability 0.8) so that a broken
+bound would be caught: the same check is shown to fail for a deliberately too small N.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from easeml_buildbot.estimator.condition import parse_condition
+from easeml_buildbot.estimator.decision import decide
+from easeml_buildbot.estimator.samples import sample_size
+
+RELIABILITY, DELTA, H, TRIALS = 0.8, 0.2, 4, 600
+ONE_VAR = "n > 0.8 +/- 0.05"
+PATTERN = "d < 0.1 +/- 0.05 /\\ n - o > 0 +/- 0.05"
+
+
+def within_delta(failures: int, trials: int = TRIALS, delta: float = DELTA) -> bool:
+    """Measured rate consistent with a true rate <= delta (one-sided binomial test at 1e-3)."""
+    return failures <= stats.binom.ppf(1 - 1e-3, trials, delta)
+
+
+def one_var_trials(n: int, rng: np.random.Generator, use_decide: bool, method: str = "exact") -> int:
+    """False passes over H models of true accuracy exactly 0.8 (the condition is false)."""
+    cond = parse_condition(ONE_VAR)
+    plan = sample_size(cond, RELIABILITY, "none", H, method)
+    y = np.ones(n, dtype=np.int8)
+    failures = 0
+    for _ in range(TRIALS):
+        wrong = False
+        for _ in range(H):
+            pred = (rng.random(n) < 0.8).astype(np.int8)
+            if use_decide:
+                v = decide(cond, y, pred, reliability=RELIABILITY, adaptivity="none", steps=H,
+                           mode="fn-free", plan=plan)
+                wrong |= v.raw == "pass"
+            else:  # the paper's rule with a claimed half-width eps: pass iff estimate - eps > C
+                wrong |= pred.mean() - 0.05 > 0.8
+        failures += wrong
+    return failures
+
+
+@pytest.mark.parametrize("method", ["hoeffding", "exact"])
+def test_one_variable_failure_rate_below_delta(method: str) -> None:
+    rng = np.random.default_rng(20190301)
+    n = sample_size(ONE_VAR, RELIABILITY, "none", H, method).labels
+    f_decide = one_var_trials(n, rng, use_decide=True, method=method)
+    f_rule = one_var_trials(n, rng, use_decide=False)
+    assert within_delta(f_decide), f_decide / TRIALS
+    assert within_delta(f_rule), f_rule / TRIALS  # the planned N really gives +/- eps
+
+
+def test_too_small_n_is_caught() -> None:
+    """The check has power: claiming +/- eps from a quarter of the exact N fails it."""
+    rng = np.random.default_rng(7)
+    n = sample_size(ONE_VAR, RELIABILITY, "none", H, "exact").labels
+    f = one_var_trials(n // 4, rng, use_decide=False)
+    assert not within_delta(f), f / TRIALS
+
+
+def pattern_trials(n: int, rng: np.random.Generator, use_decide: bool, method: str, claimed_eps: float = 0.05) -> int:
+    """Models that disagree on d = 0.1 of the samples (= p, the most the d-clause allows)
+    and are exactly as good as each other (n - o = 0): a pass of clause 2 is wrong."""
+    cond = parse_condition(PATTERN)
+    plan = sample_size(cond, RELIABILITY, "none", H, method)
+    y = np.ones(n, dtype=np.int8)
+    failures = 0
+    for _ in range(TRIALS):
+        wrong = False
+        for _ in range(H):
+            old = (rng.random(n) < 0.7).astype(np.int8)
+            u = rng.random(n)
+            new = old.copy()
+            # with prob. 0.05 new right/old wrong, 0.05 new wrong/old right: d = 0.1, n - o = 0
+            new[u < 0.05] = 1
+            old[u < 0.05] = 0
+            new[(u >= 0.05) & (u < 0.10)] = 0
+            old[(u >= 0.05) & (u < 0.10)] = 1
+            if use_decide:
+                v = decide(cond, y, new, old, reliability=RELIABILITY, adaptivity="none", steps=H,
+                           mode="fp-free", plan=plan)
+                wrong |= v.clauses[1].outcome == "pass"
+            else:
+                wrong |= (new.mean() - old.mean()) - claimed_eps > 0
+        failures += wrong
+    return failures
+
+
+@pytest.mark.parametrize("method", ["bennett", "exact"])
+def test_bennett_failure_rate_below_delta(method: str) -> None:
+    rng = np.random.default_rng(1962)
+    s = sample_size(PATTERN, RELIABILITY, "none", H, method)
+    assert s.clauses[1].technique.startswith("bennett")
+    n = s.labels
+    f_decide = pattern_trials(n, rng, use_decide=True, method=method)
+    f_rule = pattern_trials(n, rng, use_decide=False, method=method)
+    assert within_delta(f_decide), f_decide / TRIALS
+    assert within_delta(f_rule), f_rule / TRIALS
+    # and too few samples for the claimed tolerance is caught
+    f_small = pattern_trials(n // 10, rng, use_decide=False, method=method)
+    assert not within_delta(f_small), f_small / TRIALS
+
+
+def test_full_adaptivity_against_an_adaptive_developer() -> None:
+    """A developer who learns from every verdict: starting from a model at the threshold,
+    each commit flips a random tenth of the predictions and keeps the change only when the
+    verdict was pass. With the `full` sample size, a wrong pass (the kept model's true
+    accuracy is not above the threshold) stays rarer than delta."""
+    cond = parse_condition("n > 0.8 +/- 0.05")
+    steps = 6
+    plan = sample_size(cond, RELIABILITY, "full", steps, "exact")
+    n = plan.labels
+    rng = np.random.default_rng(11)
+    failures = 0
+    trials = 300
+    for _ in range(trials):
+        y = np.ones(n, dtype=np.int8)
+        # a model of true accuracy 0.8: each of its test predictions right with prob. 0.8;
+        # a flip of a random subset keeps the true accuracy at 0.8 in expectation over fresh
+        # data (its true accuracy is what the test set was drawn to estimate)
+        current = (rng.random(n) < 0.8).astype(np.int8)
+        wrong = False
+        for _ in range(steps):
+            cand = current.copy()
+            mask = rng.random(n) < 0.1
+            cand[mask] = (rng.random(mask.sum()) < 0.8).astype(np.int8)
+            v = decide(cond, y, cand, reliability=RELIABILITY, adaptivity="full", steps=steps,
+                       mode="fn-free", plan=plan)
+            if v.raw == "pass":
+                wrong = True  # every model here has true accuracy 0.8: a pass is wrong
+                current = cand
+        failures += wrong
+    assert within_delta(failures, trials), failures / trials
