@@ -1,0 +1,331 @@
+"""Worker-side evaluation of one pull request: the logic behind ``easeml worker inspect``
+and ``easeml worker evaluate`` (the master's build steps run those commands).
+
+Everything that decides *how* to evaluate (``.easeml.yml``, the encrypted test set) is read
+from the **base** commit with ``git show``, so a pull request cannot change its own test.
+The models are exported from the exact commits with ``git archive``.
+
+Use-of-test-set rule (docs/model-contract.md): ``scored`` is true exactly when ``decide``
+returned a verdict. Every failure before that (config, dataset, build, run, predictions,
+label type) leaves ``scored: false`` and the master releases the reserved ledger use; the
+labels never left this process and nothing about them was reported, so such a failure is
+not a look at the test set. Anything scored counts, whatever happens afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from easeml_buildbot.runner.base import Limits, ModelError, ModelRunner, RunnerUnavailable
+from easeml_buildbot.runner.predictions import align_to_labels
+
+CONFIG_FILE = ".easeml.yml"
+
+
+class GitError(Exception):
+    """A ref or path could not be read from the repository."""
+
+
+def _git(repo: Path, *args: str) -> bytes:
+    res = subprocess.run(["git", "-C", str(repo), *args], capture_output=True)
+    if res.returncode != 0:
+        msg = res.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise GitError(msg[-1] if msg else f"git {' '.join(args)} failed")
+    return res.stdout
+
+
+def resolve(repo: Path, ref: str) -> str:
+    """The full sha of ``ref`` (a commit)."""
+    try:
+        return _git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").decode().strip()
+    except GitError:
+        raise GitError(f"{repo}: no commit {ref!r} (was the base branch fetched?)") from None
+
+
+def show(repo: Path, sha: str, path: str) -> bytes | None:
+    """The bytes of ``path`` at commit ``sha``, or None when it does not exist there."""
+    try:
+        kind = _git(repo, "cat-file", "-t", f"{sha}:{path}").decode().strip()
+    except GitError:
+        return None
+    if kind != "blob":
+        return None
+    return _git(repo, "cat-file", "blob", f"{sha}:{path}")
+
+
+def export_commit(repo: Path, sha: str, dest: Path) -> Path:
+    """Extract the tree of ``sha`` (no .git, no untracked files) into ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile() as tf:
+        proc = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", sha],
+                              stdout=tf, stderr=subprocess.PIPE)
+        if proc.returncode != 0:
+            raise GitError(f"git archive {sha[:12]}: {proc.stderr.decode('utf-8', 'replace').strip()}")
+        tf.seek(0)
+        with tarfile.open(fileobj=tf) as tar:
+            try:
+                tar.extractall(dest, filter="data")
+            except tarfile.FilterError as exc:
+                raise ModelError("build_failed", f"commit {sha[:12]}: unsafe file in the tree "
+                                 f"({exc}); links must stay inside the repository") from None
+    return dest
+
+
+def load_base_config(repo: Path, base: str):
+    """(EasemlConfig, None) or (None, error message) for ``.easeml.yml`` at ``base``."""
+    from easeml_buildbot.config import ConfigError, parse_config
+
+    text = show(repo, base, CONFIG_FILE)
+    if text is None:
+        return None, f"{base[:12]}:{CONFIG_FILE}: no {CONFIG_FILE} on the base branch"
+    try:
+        return parse_config(text.decode("utf-8"), source=f"{base[:12]}:{CONFIG_FILE}"), None
+    except UnicodeDecodeError:
+        return None, f"{base[:12]}:{CONFIG_FILE}: not UTF-8 text"
+    except ConfigError as exc:
+        return None, str(exc)
+
+
+def protected_changes(repo: Path, base: str, head: str, paths: list[str]) -> list[str]:
+    """Which of ``paths`` the pull request changes (diff from the merge base to head)."""
+    try:
+        out = _git(repo, "diff", "--name-only", "--no-renames", f"{base}...{head}", "--", *paths)
+    except GitError:
+        out = _git(repo, "diff", "--name-only", "--no-renames", base, head, "--", *paths)
+    return sorted({ln for ln in out.decode().splitlines() if ln})
+
+
+def inspect_repo(repo: str | os.PathLike[str], base: str, head: str | None = None) -> dict[str, Any]:
+    """What ``easeml worker inspect`` writes (see TEAM.md)."""
+    repo_p = Path(repo)
+    out: dict[str, Any] = {"ok": False, "error": None, "config": {}, "dataset_id": None,
+                           "samples_needed": 0, "protected_changed": [], "base": None, "head": None}
+    try:
+        base_sha = resolve(repo_p, base)
+        head_sha = resolve(repo_p, head) if head else None
+    except GitError as exc:
+        out["error"] = str(exc)
+        return out
+    out["base"], out["head"] = base_sha, head_sha
+    cfg, err = load_base_config(repo_p, base_sha)
+    dataset = cfg.dataset if cfg else "data/test.csv.gpg"
+    if head_sha:
+        out["protected_changed"] = protected_changes(repo_p, base_sha, head_sha, [CONFIG_FILE, dataset])
+    if cfg is None:
+        out["error"] = err
+        return out
+    out["config"] = cfg.to_dict()
+    try:
+        out["samples_needed"] = int(cfg.required_samples().rows)
+    except ValueError as exc:
+        out["error"] = f"{cfg.source}: condition: {exc}"
+        return out
+    blob = show(repo_p, base_sha, dataset)
+    if blob is None:
+        out["error"] = (f"{base_sha[:12]}:{dataset}: no encrypted test set on the base branch "
+                        "(encrypt one with `easeml dataset encrypt` and commit it)")
+        return out
+    out["dataset_id"] = hashlib.sha256(blob).hexdigest()
+    out["ok"] = True
+    return out
+
+
+# ------------------------------------------------------------------ predictions cache
+
+@dataclass(frozen=True)
+class PredictionCache:
+    """Predictions per (commit, dataset id, model section) on the worker's disk. A cached
+    run of N rows serves any request for its first M <= N rows (rows are a fixed prefix)."""
+
+    root: Path
+
+    def _path(self, commit: str, dataset_id: str, model: Mapping[str, Any]) -> Path:
+        key = hashlib.sha256(json.dumps(dict(model), sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return self.root / commit / f"{dataset_id}-{key}.npy"
+
+    def get(self, commit: str, dataset_id: str, model: Mapping[str, Any], rows: int) -> np.ndarray | None:
+        p = self._path(commit, dataset_id, model)
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return None
+        return arr[:rows] if arr.ndim == 1 and len(arr) >= rows else None
+
+    def put(self, commit: str, dataset_id: str, model: Mapping[str, Any], preds: np.ndarray) -> None:
+        p = self._path(commit, dataset_id, model)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        old = self.get(commit, dataset_id, model, 0)
+        if old is not None and len(old) >= len(preds):
+            return
+        arr = np.asarray(preds)
+        if arr.dtype.kind == "O":
+            arr = arr.astype(str)
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            np.save(fh, arr, allow_pickle=False)
+        os.replace(tmp, p)
+
+
+# ------------------------------------------------------------------------ evaluate
+
+def make_runner(kind: str) -> ModelRunner:
+    if kind == "docker":
+        from easeml_buildbot.runner.docker_runner import DockerRunner
+        return DockerRunner()
+    if kind == "process":
+        from easeml_buildbot.runner.process_runner import ProcessRunner
+        return ProcessRunner()
+    raise ValueError(f"unknown runner {kind!r} (use docker or process)")
+
+
+def _result(status: str, *, cause: str | None = None, message: str = "", scored: bool = False,
+            **extra: Any) -> dict[str, Any]:
+    out = {"status": status, "cause": cause, "message": message, "scored": scored,
+           "verdict": None, "dataset_id": None, "samples_used": 0, "timings": {}}
+    out.update(extra)
+    return out
+
+
+def evaluate_pr(repo: str | os.PathLike[str], *, head: str, base: str,
+                key: str | os.PathLike[str], passphrase: str | None,
+                runner: ModelRunner | str, cache_dir: str | os.PathLike[str],
+                limits: Limits | None = None,
+                echo: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Evaluate ``head`` against ``base`` and return the ``result.json`` document.
+
+    ``echo`` receives the build log (image build output, bounded model output, progress);
+    it never receives labels, estimates or the verdict.
+    """
+    from easeml_buildbot.custody.dataset import DatasetError, decrypted_dataset
+    from easeml_buildbot.estimator.decision import DecisionError, decide
+
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    repo_p = Path(repo).resolve()
+    try:
+        head_sha, base_sha = resolve(repo_p, head), resolve(repo_p, base)
+    except GitError as exc:
+        return _result("infra_error", cause="git", message=str(exc))
+    ids = {"head": head_sha, "base": base_sha}
+    cfg, err = load_base_config(repo_p, base_sha)
+    if cfg is None:
+        return _result("config_error", cause="config", message=err or "", **ids)
+    try:
+        plan = cfg.required_samples()
+    except ValueError as exc:
+        return _result("config_error", cause="config", message=f"{cfg.source}: {exc}", **ids)
+    model = dict(cfg.model or {})
+    try:
+        limits = (limits or Limits.from_env()).lowered_by(model)
+    except ModelError as exc:
+        return _result("config_error", cause=exc.cause, message=exc.message, **ids)
+    try:
+        runner_obj = make_runner(runner) if isinstance(runner, str) else runner
+    except RunnerUnavailable as exc:
+        return _result("infra_error", cause="runner_unavailable", message=str(exc), **ids)
+    runner_name = getattr(runner_obj, "name", type(runner_obj).__name__)
+    need_old = bool(cfg.condition.variables & {"o", "d"})
+    cache = PredictionCache(Path(cache_dir))
+    rows = int(plan.rows)
+    work = Path(tempfile.mkdtemp(prefix="easeml-eval-"))
+    os.chmod(work, 0o700)
+    base_info = dict(runner=runner_name, limits=limits.to_dict(), **ids)
+    try:
+        blob = show(repo_p, base_sha, cfg.dataset)
+        if blob is None:
+            return _result("dataset_error", cause="missing_dataset",
+                           message=f"{base_sha[:12]}:{cfg.dataset}: no encrypted test set on the base branch",
+                           **base_info)
+        base_info["dataset_id"] = hashlib.sha256(blob).hexdigest()
+        enc = work / PurePosixPath(cfg.dataset).name
+        enc.write_bytes(blob)
+        t0 = time.perf_counter()
+        try:
+            with decrypted_dataset(enc, key, passphrase, label_column=cfg.label_column, rows=rows) as ds:
+                timings["decrypt"] = time.perf_counter() - t0
+                echo(f"test set {ds.dataset_id[:12]}: {ds.n_rows} rows ({ds.format}); "
+                     f"condition needs {rows}; runner {runner_name}")
+                cached: dict[str, bool] = {}
+                preds: dict[str, np.ndarray] = {}
+                for role, sha in (("head", head_sha), ("base", base_sha)):
+                    if role == "base" and not need_old:
+                        continue
+                    try:
+                        preds[role], cached[role] = _predictions(
+                            role, sha, repo_p, work, ds, model, limits, runner_obj, cache,
+                            exclude=[cfg.dataset], timings=timings, echo=echo)
+                        preds[role] = align_to_labels(preds[role], ds.labels, who=f"{role} model")
+                    except ModelError as exc:
+                        who = "the pull request's model" if role == "head" else "the base commit's model"
+                        return _result("model_error", cause=exc.cause, message=f"{who}: {exc.message}",
+                                       timings=_rounded(timings, t_start), failed=role, **base_info)
+                t0 = time.perf_counter()
+                try:
+                    verdict = decide(cfg.condition, ds.labels, preds["head"], preds.get("base"),
+                                     reliability=cfg.reliability, adaptivity=cfg.adaptivity,
+                                     steps=cfg.steps, mode=cfg.mode, method=cfg.method, plan=plan)
+                except DecisionError as exc:
+                    return _result("model_error", cause="wrong_count", message=str(exc),
+                                   timings=_rounded(timings, t_start), **base_info)
+                timings["score"] = time.perf_counter() - t0
+                echo("scored; the result goes to the master (not printed here)")
+                return _result("scored", message="scored", scored=True, verdict=verdict.to_dict(),
+                               samples_used=int(ds.n_rows),
+                               timings=_rounded(timings, t_start), cached=cached, **base_info)
+        except DatasetError as exc:
+            # name the file as the repository knows it, not the private temporary copy
+            msg = str(exc).replace(str(enc), f"{base_sha[:12]}:{cfg.dataset}")
+            return _result("dataset_error", cause="dataset", message=msg,
+                           timings=_rounded(timings, t_start), **base_info)
+    except RunnerUnavailable as exc:
+        return _result("infra_error", cause="runner_unavailable", message=str(exc),
+                       timings=_rounded(timings, t_start), **base_info)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _rounded(timings: Mapping[str, float], t_start: float) -> dict[str, float]:
+    out = {k: round(v, 4) for k, v in timings.items()}
+    out["total"] = round(time.perf_counter() - t_start, 4)
+    return out
+
+
+def _predictions(role: str, sha: str, repo: Path, work: Path, ds: Any, model: Mapping[str, Any],
+                 limits: Limits, runner: ModelRunner, cache: PredictionCache, *, exclude: list[str],
+                 timings: dict[str, float], echo: Callable[[str], None]) -> tuple[np.ndarray, bool]:
+    hit = cache.get(sha, ds.dataset_id, model, ds.n_rows)
+    if hit is not None:
+        echo(f"{role} model {sha[:12]}: predictions cached for this test set")
+        return hit, True
+    t0 = time.perf_counter()
+    checkout = export_commit(repo, sha, work / f"src-{role}")
+    timings[f"checkout_{role}"] = time.perf_counter() - t0
+    echo(f"{role} model {sha[:12]}: building and running ({getattr(runner, 'name', 'runner')})")
+    try:
+        res = runner.predict(checkout, ds.features_path, tag=f"{role}-{sha[:12]}", model=model,
+                             limits=limits, exclude=exclude)
+    except ModelError as exc:
+        for k, v in exc.timings.items():
+            timings[f"{k}_{role}"] = v
+        echo(exc.log)
+        raise
+    finally:
+        shutil.rmtree(checkout, ignore_errors=True)
+    for k, v in res.timings.items():
+        timings[f"{k}_{role}"] = v
+    echo(res.log)
+    cache.put(sha, ds.dataset_id, model, res.predictions)
+    return res.predictions, False
