@@ -50,6 +50,12 @@ from easeml_buildbot.master import chart as chart_module
 
 logger = logging.getLogger(__name__)
 
+
+def _warn(fmt: str, *args: Any) -> None:
+    """To Python logging (tests, CLI) and to Twisted's log (the master's twistd.log)."""
+    logger.warning(fmt, *args)
+    twlog.msg(fmt % args)
+
 SUBJECT_PREFIX = "[easeml]"
 DEFAULT_DATASET = "data/test.csv.gpg"
 DEFAULT_PUBLIC_KEY = "easeml_pub.asc"
@@ -705,7 +711,7 @@ def samples_needed(condition: str | None, reliability: float | None, adaptivity:
                         adaptivity=adaptivity, steps=steps)
         return int(s.labels)
     except Exception as exc:  # noqa: BLE001  (a mail must not fail over a hint)
-        logger.warning("easeml email: cannot compute the sample size: %s", exc)
+        _warn("easeml email: cannot compute the sample size: %s", exc)
         return None
 
 
@@ -762,7 +768,7 @@ def plan_mails(facts: BuildFacts, policy: MailPolicy, *, ledger: Any = None) -> 
 
     owners, dropped = filter_recipients(facts.owners, policy.allowed_domains)
     if dropped:
-        logger.warning("easeml email: %d address(es) of %s not in the allowed domains, not mailed: %s",
+        _warn("easeml email: %d address(es) of %r not in the allowed domains, not mailed: %s",
                        len(dropped), facts.repo, ", ".join(dropped))
     config = dict(facts.config or {})
     mails: list[OutgoingMail] = []
@@ -801,7 +807,7 @@ def plan_mails(facts: BuildFacts, policy: MailPolicy, *, ledger: Any = None) -> 
                 if uses:
                     ev = evaluation_from(uses[-1], state, config)
             except Exception as exc:  # noqa: BLE001
-                logger.warning("easeml email: ledger unavailable for %s: %s", facts.repo, exc)
+                _warn("easeml email: ledger unavailable for %r: %s", facts.repo, exc)
         mail = _exhaustion(facts, ev, policy, owners, config)
         return [mail] if mail else []
 
@@ -810,13 +816,13 @@ def plan_mails(facts: BuildFacts, policy: MailPolicy, *, ledger: Any = None) -> 
 
     if ledger is None:
         if not policy.ledger_url or not facts.dataset_id:
-            logger.warning("easeml email: no ledger or dataset id for %s, cannot report", facts.repo)
+            _warn("easeml email: no ledger or dataset id for %r, cannot report", facts.repo)
             return []
         ledger = read_ledger(policy.ledger_url, facts.repo, facts.dataset_id)
     uses, state = ledger
     use = next((u for u in uses if str(u.get("use_id", u.get("id"))) == str(facts.use_id)), None)
     if use is None:
-        logger.warning("easeml email: use %s of %s not in the ledger", facts.use_id, facts.repo)
+        _warn("easeml email: use %s of %r not in the ledger", facts.use_id, facts.repo)
         return []
     if not owners:
         # recipients recorded with the use (base-branch config at evaluation time)
@@ -827,7 +833,7 @@ def plan_mails(facts: BuildFacts, policy: MailPolicy, *, ledger: Any = None) -> 
         try:
             thresholds = chart_module.thresholds_from_condition(ev.condition) if ev.condition else ()
         except Exception as exc:  # noqa: BLE001  (a chart without threshold beats no chart)
-            logger.warning("easeml email: cannot parse condition for the chart: %s", exc)
+            _warn("easeml email: cannot parse condition for the chart: %s", exc)
             thresholds = ()
         png = chart_module.render_chart(scored, thresholds, highlight=ev.use_number,
                                         title=f"{facts.repo}: test set {(facts.dataset_id or '')[:12]}")
@@ -1128,7 +1134,7 @@ def make_email_reporters(settings: Any, c: dict | None = None, *,
         return []
     policy = MailPolicy.from_settings(settings)
     if not policy.allowed_domains:
-        logger.warning("easeml email: allowed_email_domains is empty, no data scientist will get mail "
+        _warn("easeml email: allowed_email_domains is empty, no data scientist will get mail "
                        "(set it, or '*' to allow every domain)")
     smtp = SmtpSettings.from_settings(settings)
     password = smtp.password
