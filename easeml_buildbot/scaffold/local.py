@@ -211,7 +211,7 @@ def run_local(*, repo_dir: Path, features: Path, labels: Path | None = None,
     if not features.exists():
         raise LocalRunError(f"{features}: no such file")
     model, label_column = _load_model_config(repo_dir, config_path)
-    from easeml_buildbot.runner.base import ModelError
+    from easeml_buildbot.runner.base import ModelError, RunnerUnavailable
 
     runner, runner_name = make_runner(docker)
     with tempfile.TemporaryDirectory(prefix="easeml-run-local-") as tmp:
@@ -222,6 +222,8 @@ def run_local(*, repo_dir: Path, features: Path, labels: Path | None = None,
         try:
             result = runner.predict(repo_dir, feats, tag=f"easeml-local-{repo_dir.name.lower()}",
                                     model=model, limits=_limits(timeout))
+        except RunnerUnavailable as exc:
+            raise LocalRunError(f"the {runner_name.split()[0]} runner cannot run here: {exc}") from None
         except ModelError as exc:
             cause = getattr(exc, "cause", "error")
             message = getattr(exc, "message", str(exc))
