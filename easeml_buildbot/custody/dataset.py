@@ -186,9 +186,11 @@ def _decrypt_to(enc: Path, key: Path, passphrase: str | None, plain: Path, workd
     if not key.is_file():
         raise DatasetError(f"{key}: private key file not found")
     key_data = key.read_bytes()
+    if b"PUBLIC KEY BLOCK" in key_data:
+        raise DatasetError(f"{key}: this is the public key; decryption needs the private key (easeml_priv.asc)")
     if b"PRIVATE KEY" not in key_data and not (key_data[:1] and key_data[0] & 0x80):
         raise DatasetError(f"{key}: not an OpenPGP private key")
-    with temporary_gpg(parent=workdir, ephemeral_protection=True) as gpg:
+    with temporary_gpg(ephemeral_protection=True) as gpg:  # short path: agent socket limit
         res = gpg.import_keys(key_data, passphrase=passphrase)
         del key_data
         if not getattr(res, "sec_imported", 0) and not getattr(res, "sec_read", 0):
