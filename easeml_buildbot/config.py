@@ -281,7 +281,8 @@ def _collect(root: yaml.Node, data: Any, problems: _Problems) -> dict[str, tuple
                     problems.add(iline, f"ml.{k2}", "unknown key" + _did_you_mean(str(k2), LEGACY_KEYS + tuple(KEYS)))
                     continue
                 if k2 in out:
-                    problems.add(iline, f"ml.{k2}", "given more than once")
+                    problems.add(iline, f"ml.{k2}", "given more than once" if out[k2][2]
+                                 else "given both at the top level and in 'ml:'")
                     continue
                 out[k2] = (v2, iline, True)
             continue
