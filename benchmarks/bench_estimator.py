@@ -1,0 +1,94 @@
+"""Estimator benchmark: labels needed per method on the paper's settings, and scoring speed.
+
+Run: .venv/bin/python benchmarks/bench_estimator.py [--quick]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from easeml_buildbot.estimator.decision import decide  # noqa: E402
+from easeml_buildbot.estimator.samples import SampleSizeError, binomial_samples, sample_size  # noqa: E402
+
+METHODS = ("hoeffding", "bennett", "exact")
+
+# (condition, reliability, adaptivity, H, published number, where it is from)
+SETTINGS = [
+    ("n > 0.8 +/- 0.05", 0.9999, "full", 32, 6279, "MLSys'19 §4 example"),
+    ("n > 0.5 +/- 0.01", 0.9999, "none", 32, 63381, "MLSys'19, one variable, eps 0.01"),
+    ("n > 0.5 +/- 0.01", 0.9999, "firstChange", 32, None, "same, firstChange (orig. returned 0)"),
+    ("n > 0.5 +/- 0.01", 0.9999, "full", 32, 156955, "MLSys'19, one variable, eps 0.01"),
+    ("n > 0.9 +/- 0.01", 0.9999, "full", 32, None, "threshold 0.9 (exact gains)"),
+    ("n - o > 0.1 +/- 0.1", 0.99, "full", 32, 5496, "MLSys'19, difference"),
+    ("n - o > 0.02 +/- 0.01", 0.9999, "full", 32, None, "README example"),
+    ("d < 0.1 +/- 0.01 /\\ n - o > 0.02 +/- 0.01", 0.9999, "none", 32, None, "MLSys'19 §5 pattern (Bennett)"),
+    ("d < 0.1 +/- 0.01 /\\ n - o > 0.02 +/- 0.01", 0.9999, "full", 32, None, "MLSys'19 §5 pattern (Bennett)"),
+    ("d < 0.05 +/- 0.01 /\\ n - o > 0.01 +/- 0.01", 0.999, "full", 16, None, "smaller d, H 16"),
+]
+
+
+def cell(cond: str, rel: float, adapt: str, h: int, method: str, labelling: str = "full") -> str:
+    try:
+        s = sample_size(cond, rel, adapt, h, method, labelling)
+    except SampleSizeError:
+        return "-"
+    return f"{s.labels:,}" + (f" (+{s.unlabeled:,} u)" if s.unlabeled else "")
+
+
+def table() -> None:
+    print("Labels needed per method ('+N u' = samples that need predictions only)\n")
+    head = f"{'condition':<44} {'rel':>6} {'adapt':>11} {'H':>3} {'paper':>8} " + " ".join(
+        f"{m:>22}" for m in METHODS) + f" {'bennett+active':>24}  note"
+    print(head)
+    print("-" * len(head))
+    for cond, rel, adapt, h, paper, note in SETTINGS:
+        cells = [cell(cond, rel, adapt, h, m) for m in METHODS]
+        act = cell(cond, rel, adapt, h, "bennett", "active")
+        print(f"{cond:<44} {rel:>6} {adapt:>11} {h:>3} {paper if paper else '':>8} "
+              + " ".join(f"{c:>22}" for c in cells) + f" {act:>24}  {note}")
+
+    print("\nOne variable, worst-case threshold 0.5 vs 0.8 (hoeffding / exact@0.5 / exact@0.8), H 32")
+    print(f"{'eps':>6} {'rel':>7} {'adapt':>6} {'hoeffding':>10} {'exact@0.5':>10} {'exact@0.8':>10}")
+    for eps in (0.1, 0.05, 0.025, 0.01):
+        for rel in (0.99, 0.999, 0.9999):
+            for adapt in ("none", "full"):
+                hoef = sample_size(f"n > 0.5 +/- {eps}", rel, adapt, 32, "hoeffding").labels
+                e5 = sample_size(f"n > 0.5 +/- {eps}", rel, adapt, 32, "exact").labels
+                e8 = sample_size(f"n > 0.8 +/- {eps}", rel, adapt, 32, "exact").labels
+                print(f"{eps:>6} {rel:>7} {adapt:>6} {hoef:>10,} {e5:>10,} {e8:>10,}")
+
+
+def speed(n: int) -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, n, dtype=np.int32)
+    old = np.where(rng.random(n) < 0.85, y, (y + 1) % 10).astype(np.int32)
+    new = np.where(rng.random(n) < 0.03, y, old).astype(np.int32)
+    cond = "d < 0.1 +/- 0.01 /\\ n - o > 0.02 +/- 0.01"
+    kw = dict(reliability=0.9999, adaptivity="full", steps=32, mode="fp-free")
+    binomial_samples.cache_clear()
+    t = time.perf_counter()
+    sample_size(cond, 0.9999, "full", 32)
+    plan_s = time.perf_counter() - t
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        v = decide(cond, y, new, old, **kw)
+        best = min(best, time.perf_counter() - t)
+    print(f"\nScoring speed: {n:,} predictions of two models (n, o, d and a 2-clause verdict)")
+    print(f"  plan (sample_size, all methods, uncached): {plan_s * 1000:.1f} ms")
+    print(f"  decide: {best:.3f} s  = {n / best / 1e6:.1f} M predictions/s  (verdict {v.outcome}, raw {v.raw})")
+    t = time.perf_counter()
+    v = decide("n > 0.8 +/- 0.01", y, new, **kw)
+    one = time.perf_counter() - t
+    print(f"  decide, one model: {one:.3f} s = {n / one / 1e6:.1f} M predictions/s")
+
+
+if __name__ == "__main__":
+    table()
+    speed(1_000_000 if "--quick" in sys.argv else 10_000_000)
