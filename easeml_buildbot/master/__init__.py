@@ -25,7 +25,7 @@ BUILDER_NAME = "easeml"
 _apps: dict[tuple, Any] = {}
 
 
-def github_app(settings: Settings):
+def app_for(settings: Settings):
     """One GitHubApp (token cache) per app id and API URL per master process."""
     from easeml_buildbot.master.github_app import GitHubApp
 
@@ -58,7 +58,7 @@ def configure(c: dict[str, Any], settings: Settings) -> dict[str, Any]:
         from easeml_buildbot.master.checks import CheckRunReporter
         from easeml_buildbot.master.hook import GitHubAppHook
 
-        app = github_app(settings)
+        app = app_for(settings)
         www["change_hook_dialects"]["github"] = {"custom_class": GitHubAppHook, "settings": settings, "app": app}
         c["change_source"] = []
         c["schedulers"] = [schedulers.AnyBranchScheduler(

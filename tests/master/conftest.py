@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import shutil
 import subprocess
 
 import pytest
 
+from support.gpgkeys import service_keys  # noqa: F401 (session fixture)
+
 
 @pytest.fixture
 def git_repo(tmp_path):
-    """An empty-ish git repository with one commit on main (for the local forge's poller)."""
+    """A git repository with one commit on main (for the local forge's poller)."""
     repo = tmp_path / "repo"
     repo.mkdir()
     run = lambda *a: subprocess.run(["git", *a], cwd=repo, check=True, capture_output=True)  # noqa: E731

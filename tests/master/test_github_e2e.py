@@ -1,0 +1,201 @@
+"""End to end, GitHub App flavour: real master + 2 workers, GitHub replaced by the local
+stand-in that validates every request against GitHub's OpenAPI description, webhook bodies
+from GitHub's own examples. The ProcessRunner runs the models (Docker has its own module).
+
+All scenarios are started together on one master (two workers drain them), then each test
+asserts its scenario's exact check-run sequence.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import pytest
+
+from support.github_sim import fixtures_available
+
+from support.github_sim_world import require_worker_cli, start_world
+
+pytestmark = pytest.mark.e2e
+
+QUEUED = ("create", "queued", None)
+STARTED = ("update", "in_progress", None)
+
+
+def done(conclusion):
+    return ("update", "completed", conclusion)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, service_keys):
+    reason = fixtures_available()
+    if reason:
+        pytest.skip(reason)
+    require_worker_cli()
+    w, stop = start_world(tmp_path_factory.mktemp("gh"), service_keys, workers=2)
+    try:
+        yield w
+    finally:
+        stop()
+
+
+@pytest.fixture(scope="module")
+def scenarios(world):
+    """Create every repository and send every webhook, then let the workers drain them."""
+    from easeml_buildbot.custody.ledger import Ledger
+
+    s = {}
+    # pass / fail under full adaptivity: the developer sees the bit.
+    for name, quality in (("pass", 0.97), ("fail", 0.5)):
+        repo = world.repo(name, quality=0.9, condition="n > 0.8 +/- 0.1", adaptivity="full", steps=8)
+        head = repo.commit_model(quality=quality, branch="pr-1")
+        s[name] = (repo, head)
+        assert world.send("pull_request", world.pr_payload(name, repo, 1, head.sha))[0] == 200
+    # none: evaluated, the owners get the verdict, the PR gets "neutral".
+    repo = world.repo("none", quality=0.9, condition="n > 0.8 +/- 0.1", adaptivity="none", steps=8)
+    head = repo.commit_model(quality=0.97, branch="pr-1")
+    s["none"] = (repo, head)
+    world.send("pull_request", world.pr_payload("none", repo, 1, head.sha))
+    # exhausted: the only use of the test set was spent earlier.
+    repo = world.repo("exhausted", quality=0.9, condition="n > 0.8 +/- 0.1", adaptivity="full", steps=1)
+    led = Ledger(world.ledger_url)
+    r = led.reserve(repo="acme/exhausted", dataset_id=repo.dataset_id, steps=1, adaptivity="full",
+                    commit=repo.base.sha, build="earlier", condition="n > 0.8 +/- 0.1")
+    led.commit(r.use_id, verdict="fail", result={"note": "spent by the test"}, notified=[])
+    led.close()
+    head = repo.commit_model(quality=0.97, branch="pr-1")
+    s["exhausted"] = (repo, head)
+    world.send("pull_request", world.pr_payload("exhausted", repo, 1, head.sha))
+    # the PR edits .easeml.yml: protected, takes effect after merge.
+    repo = world.repo("protected", quality=0.9, condition="n > 0.8 +/- 0.1", adaptivity="full", steps=8)
+    cfg = (repo.path / ".easeml.yml").read_text().replace("steps: 8", "steps: 1000")
+    head = repo.commit_model(quality=0.97, branch="pr-1", files={".easeml.yml": cfg})
+    s["protected"] = (repo, head)
+    world.send("pull_request", world.pr_payload("protected", repo, 1, head.sha))
+    # duplicate delivery: the same X-GitHub-Delivery twice, and check_suite.requested for the
+    # same head (GitHub sends both for one push): one build.
+    repo = world.repo("dup", quality=0.9, condition="n > 0.8 +/- 0.1", adaptivity="full", steps=8)
+    head = repo.commit_model(quality=0.97, branch="pr-1")
+    s["dup"] = (repo, head)
+    delivery = str(uuid.uuid4())
+    payload = world.pr_payload("dup", repo, 1, head.sha, action="synchronize")
+    s["dup_replies"] = [world.send("pull_request", payload, delivery=delivery) for _ in range(2)]
+    world.send("check_suite", world.check_payload("check_suite", "requested", "dup", repo, 1, head.sha))
+    # forged and unsigned deliveries: rejected, nothing scheduled.
+    repo = world.repo("forged", quality=0.9)
+    head = repo.commit_model(quality=0.97, branch="pr-1")
+    payload = world.pr_payload("forged", repo, 1, head.sha)
+    s["forged_replies"] = [world.send("pull_request", payload, secret="not-the-secret"),
+                           world.send("pull_request", payload, secret=None),
+                           world.send("pull_request", payload, signature="sha256=" + "0" * 64)]
+    # [skip ci] in the head commit message: ignored.
+    repo = world.repo("skip", quality=0.9)
+    head = repo.commit_model(quality=0.97, branch="pr-1", message="tweak [skip ci]")
+    world.send("pull_request", world.pr_payload("skip", repo, 1, head.sha))
+    # ping and installation are acknowledged.
+    s["ping"] = world.send("ping", {"zen": "Keep it logically awesome.", "hook_id": 1})
+    for name in ("pass", "fail", "none", "exhausted", "protected", "dup"):
+        world.wait_completed(name)
+    return s
+
+
+def _summary(world, name):
+    return [b for _, b in world.calls(name) if b.get("conclusion")][-1]["output"]
+
+
+def test_every_request_matched_githubs_openapi(world, scenarios):
+    assert world.sim.errors() == []
+    kinds = {r.auth for r in world.sim.requests}
+    assert kinds <= {"jwt", "installation"}
+
+
+def test_pass(world, scenarios):
+    assert world.statuses("pass") == [QUEUED, STARTED, done("success")]
+    out = _summary(world, "pass")
+    assert out["title"] == "Condition satisfied"
+    assert "n > 0.8 +/- 0.1" in out["summary"] and "Uses of the test set left:** 7" in out["summary"]
+    first = world.calls("pass")[0][1]
+    assert first["name"] == "easeml/ci" and first["head_sha"] == scenarios["pass"][1].sha
+
+
+def test_fail(world, scenarios):
+    assert world.statuses("fail") == [QUEUED, STARTED, done("failure")]
+    assert _summary(world, "fail")["title"] == "Condition not satisfied"
+
+
+def test_none_adaptivity_is_neutral_and_leaks_nothing(world, scenarios):
+    assert world.statuses("none") == [QUEUED, STARTED, done("neutral")]
+    out = _summary(world, "none")
+    assert out["title"] == "Evaluated; results were sent to the owners"
+    text = re.sub(r"\(http[^)]*\)", "", out["summary"])
+    text = text.replace("0.8", "").replace("0.1", "").replace("0.999", "")
+    assert not re.search(r"\d\.\d", text), text
+    # the Buildbot UI is visible to developers too: no verdict, no accuracy in properties or logs
+    build = _build_for(world, scenarios["none"][1].sha)
+    props = world.bb.build_properties(build["buildid"])
+    assert "easeml_verdict" not in props and props["easeml_status"] == "evaluated"
+    logs = world.bb.step_logs_text(build["buildid"])
+    acc = scenarios["none"][1].accuracy
+    assert f"{acc:.3f}" not in logs and f"{acc:.2f}" not in logs
+    assert "pass" not in props.get("easeml_cause", "")
+
+
+def test_exhausted_test_set_requires_action(world, scenarios):
+    assert world.statuses("exhausted") == [QUEUED, STARTED, done("action_required")]
+    assert "exhausted" in _summary(world, "exhausted")["title"].lower()
+
+
+def test_config_changed_in_pr_is_protected(world, scenarios):
+    assert world.statuses("protected") == [QUEUED, STARTED, done("neutral")]
+    out = _summary(world, "protected")
+    assert "takes effect after merge" in out["title"] and "`.easeml.yml`" in out["summary"]
+
+
+def test_duplicate_delivery_builds_once(world, scenarios):
+    assert [c for c, _ in scenarios["dup_replies"]] == [200, 200]
+    assert "no change found" in scenarios["dup_replies"][1][1]
+    assert world.statuses("dup") == [QUEUED, STARTED, done("success")]
+
+
+def test_forged_signature_is_rejected(world, scenarios):
+    assert [c for c, _ in scenarios["forged_replies"]] == [400, 400, 400]
+    assert world.calls("forged") == []
+    assert not [b for b in world.bb.api("changes") if b.get("project") == "acme/forged"]
+
+
+def test_skip_ci_and_ping(world, scenarios):
+    assert world.calls("skip") == []
+    assert scenarios["ping"][0] == 200
+
+
+def test_rerequested_check_run_evaluates_again(world, scenarios):
+    repo, head = scenarios["pass"]
+    world.send("check_run", world.check_payload("check_run", "rerequested", "pass", repo, 1, head.sha))
+    world.wait_completed("pass", count=2)
+    assert world.statuses("pass") == [QUEUED, STARTED, done("success")] * 2
+
+
+def test_push_to_default_branch_records_the_accepted_model(world, scenarios):
+    repo, head = scenarios["fail"]
+    # merge a good model into main and announce it with a push event: later PRs compare to it
+    good = repo.commit_model(quality=0.97, branch="main", message="merge good model")
+    from support.github_sim import webhook_example
+
+    p = webhook_example("push", None, full_name="acme/fail", clone_url=str(repo.path),
+                        installation_id=31337, repo_id=abs(hash("fail")) % 10**8)
+    p.update(ref="refs/heads/main", after=good.sha, deleted=False)
+    assert world.send("push", p)[0] == 200
+    nxt = repo.commit_model(quality=0.96, branch="pr-2", start=good.sha)
+    world.send("pull_request", world.pr_payload("fail", repo, 2, nxt.sha))
+    world.wait_completed("fail", count=2)
+    build = _build_for(world, nxt.sha)
+    assert world.bb.build_properties(build["buildid"])["easeml_base_sha"] == good.sha
+
+
+def _build_for(world, sha):
+    for b in world.bb.api("builds", order="-buildid"):
+        props = world.bb.build_properties(b["buildid"])
+        if props.get("easeml_head_sha") == sha and b.get("complete"):
+            return b
+    raise AssertionError(f"no build for {sha}")

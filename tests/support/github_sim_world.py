@@ -1,0 +1,99 @@
+"""A GitHub App master (real processes) wired to the GitHub stand-in, plus scenario helpers."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support.buildbot_harness import BuildbotHarness
+from support.github_sim import GitHubSim, adapt_check_suite, adapt_pull_request, webhook_example
+from support.models import ModelRepo, make_model_repo
+
+SECRET = "whsec-" + uuid.uuid4().hex
+INSTALLATION = 31337
+
+
+@dataclass
+class GitHubWorld:
+    sim: GitHubSim
+    bb: BuildbotHarness
+    keys: Any
+    base: Path
+    ledger_url: str
+
+    def repo(self, name: str, **kwargs: Any) -> ModelRepo:
+        return make_model_repo(self.base / "repos" / name, public_key=self.keys.public, **kwargs)
+
+    def pr_payload(self, name: str, repo: ModelRepo, number: int, head_sha: str, action: str = "opened",
+                   title: str = "a better model") -> dict[str, Any]:
+        subprocess.run(["git", "update-ref", f"refs/pull/{number}/head", head_sha], cwd=repo.path, check=True)
+        self.sim.commit_messages[head_sha] = subprocess.run(
+            ["git", "log", "-1", "--format=%B", head_sha], cwd=repo.path, check=True,
+            capture_output=True, text=True).stdout
+        p = webhook_example("pull_request", action, full_name=f"acme/{name}", clone_url=str(repo.path),
+                            installation_id=INSTALLATION, repo_id=abs(hash(name)) % 10**8)
+        return adapt_pull_request(p, number=number, head_sha=head_sha, base_sha=repo.base.sha, title=title)
+
+    def check_payload(self, kind: str, action: str, name: str, repo: ModelRepo, number: int, head_sha: str,
+                      message: str = "update model") -> dict[str, Any]:
+        subprocess.run(["git", "update-ref", f"refs/pull/{number}/head", head_sha], cwd=repo.path, check=True)
+        p = webhook_example(kind, action, full_name=f"acme/{name}", clone_url=str(repo.path),
+                            installation_id=INSTALLATION, repo_id=abs(hash(name)) % 10**8)
+        return adapt_check_suite(p, kind, number=number, head_sha=head_sha, base_sha=repo.base.sha,
+                                 message=message, name="easeml/ci" if kind == "check_run" else None)
+
+    def send(self, event: str, payload: dict[str, Any], **kw: Any) -> tuple[int, str]:
+        kw.setdefault("secret", SECRET)
+        return self.bb.post_webhook(event, payload, **kw)
+
+    def calls(self, name: str) -> list[tuple[str, dict[str, Any]]]:
+        return self.sim.check_run_calls(f"acme/{name}")
+
+    def statuses(self, name: str) -> list[tuple[str, str | None, str | None]]:
+        return [(v, b.get("status"), b.get("conclusion")) for v, b in self.calls(name)]
+
+    def wait_completed(self, name: str, count: int = 1, timeout: float = 180) -> None:
+        ok = self.sim.wait_for(lambda: sum(1 for _, s, _c in self.statuses(name) if s == "completed") >= count,
+                               timeout=timeout)
+        if not ok:
+            raise AssertionError(f"{name}: check runs {self.statuses(name)}\n{self.bb.master_log()[-8000:]}")
+
+
+def start_world(base: Path, keys: Any, *, workers: int = 2, runner: str = "process",
+                extra_settings: dict[str, Any] | None = None) -> tuple[GitHubWorld, Any]:
+    sim, app_key = GitHubSim.with_new_app_key(app_id=4242)
+    sim.start()
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "app.pem").write_text(app_key)
+    ledger_url = f"sqlite:///{base}/ledger.sqlite"
+    settings = {"forge": "github", "runner": runner, "ledger_url": ledger_url,
+                "github": {"app_id": 4242, "private_key_path": str(base / "app.pem"),
+                           "webhook_secret": SECRET, "api_url": sim.url}}
+    settings.update(extra_settings or {})
+    env = {"EASEML_WORKER_KEY": str(keys.private), "EASEML_WORKER_RUNNER": runner}
+    bb = BuildbotHarness(base / "bb", settings=settings, workers=workers, worker_env=env)
+    try:
+        bb.start()
+    except BaseException:
+        bb.stop()
+        sim.stop()
+        raise
+    world = GitHubWorld(sim=sim, bb=bb, keys=keys, base=base, ledger_url=ledger_url)
+
+    def stop() -> None:
+        bb.stop()
+        sim.stop()
+    return world, stop
+
+
+def require_worker_cli() -> None:
+    """The evaluation build drives `easeml worker inspect/evaluate` (runner issue)."""
+    import importlib.util
+
+    if importlib.util.find_spec("easeml_buildbot.runner.cli") is None:
+        pytest.skip("easeml_buildbot.runner.cli (easeml worker inspect/evaluate) is not installed")
