@@ -1,0 +1,67 @@
+"""End to end with the Docker runner: a PR whose Dockerfile does not build gets a failing
+check run with the cause, and its reserved use of the test set is released (nothing was
+scored). A good model runs sandboxed in Docker to a success on the same master."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from support.github_sim import fixtures_available
+from support.github_sim_world import require_worker_cli, start_world
+from support.models import DEFAULT_BASE_IMAGE
+
+pytestmark = [pytest.mark.e2e, pytest.mark.docker]
+
+
+def _docker_ready() -> str | None:
+    if shutil.which("docker") is None:
+        return "docker CLI not installed"
+    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        return "no Docker daemon (scripts/start-dockerd.sh starts one)"
+    if subprocess.run(["docker", "image", "inspect", DEFAULT_BASE_IMAGE], capture_output=True).returncode != 0:
+        return f"base image {DEFAULT_BASE_IMAGE} missing (scripts/build-base-image.sh builds it)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, service_keys):
+    reason = fixtures_available() or _docker_ready()
+    if reason:
+        pytest.skip(reason)
+    require_worker_cli()
+    w, stop = start_world(tmp_path_factory.mktemp("ghd"), service_keys, workers=1, runner="docker")
+    try:
+        yield w
+    finally:
+        stop()
+
+
+def test_broken_dockerfile_fails_with_cause_and_spends_nothing(world):
+    from easeml_buildbot.custody.ledger import Ledger
+
+    repo = world.repo("broken", quality=0.9, condition="n > 0.8 +/- 0.1", adaptivity="full", steps=8)
+    head = repo.commit_model(quality=0.97, branch="pr-1",
+                             dockerfile="FROM easeml/does-not-exist:never\nRUN false\n")
+    world.send("pull_request", world.pr_payload("broken", repo, 1, head.sha))
+    world.wait_completed("broken", timeout=240)
+    assert world.statuses("broken") == [("create", "queued", None), ("update", "in_progress", None),
+                                        ("update", "completed", "failure")]
+    out = [b for _, b in world.calls("broken") if b.get("conclusion")][-1]["output"]
+    assert out["title"] == "The model could not be evaluated"
+    assert "build" in out["summary"].lower() and "No use of the test set was spent" in out["summary"]
+    led = Ledger(world.ledger_url)
+    state = led.state("acme/broken", repo.dataset_id)
+    assert state is not None and state.remaining == 8
+    led.close()
+    assert world.sim.errors() == []
+
+
+def test_good_model_in_docker_passes(world):
+    repo = world.repo("docker-pass", quality=0.9, condition="n > 0.8 +/- 0.1", adaptivity="full", steps=8)
+    head = repo.commit_model(quality=0.97, branch="pr-1")
+    world.send("pull_request", world.pr_payload("docker-pass", repo, 1, head.sha))
+    world.wait_completed("docker-pass", timeout=300)
+    assert world.statuses("docker-pass")[-1] == ("update", "completed", "success")
