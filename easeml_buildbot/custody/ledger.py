@@ -85,8 +85,11 @@ class TestSetExhausted(LedgerError):
     __test__ = False  # not a pytest test class
 
 
-class TestSetRetired(LedgerError):
-    """The test set was retired by its adaptivity policy and is never used again."""
+class TestSetRetired(TestSetExhausted):
+    """The test set was retired (by its policy or its spent budget); never used again.
+
+    A subclass of TestSetExhausted: callers that only care "no use left" catch that one.
+    """
 
     __test__ = False
 
