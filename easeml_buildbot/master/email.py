@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,9 +53,8 @@ logger = logging.getLogger(__name__)
 
 
 def _warn(fmt: str, *args: Any) -> None:
-    """To Python logging (tests, CLI) and to Twisted's log (the master's twistd.log)."""
+    """Python logging; in the master it lands in twistd.log like Buildbot's own messages."""
     logger.warning(fmt, *args)
-    twlog.msg(fmt % args)
 
 SUBJECT_PREFIX = "[easeml]"
 DEFAULT_DATASET = "data/test.csv.gpg"
@@ -142,9 +142,12 @@ class SmtpSettings:
             tls=tls,
             user=_get(smtp, "user", None) or None,
             password=_get(smtp, "password", None) or None,
-            timeout=float(_get(smtp, "timeout", cls.timeout)),
-            attempts=max(1, int(_get(smtp, "attempts", cls.attempts))),
-            backoff=float(_get(smtp, "backoff", cls.backoff)),
+            timeout=float(_get(smtp, "timeout", None)
+                          or os.environ.get("EASEML_SMTP_TIMEOUT") or cls.timeout),
+            attempts=max(1, int(_get(smtp, "attempts", None)
+                                or os.environ.get("EASEML_SMTP_ATTEMPTS") or cls.attempts)),
+            backoff=float(_get(smtp, "backoff", None)
+                          or os.environ.get("EASEML_SMTP_BACKOFF") or cls.backoff),
             ca_file=_get(smtp, "ca_file", None) or None,
         )
 

@@ -1,0 +1,140 @@
+"""Through a real master build: Buildbot master + worker processes, the local forge polling a
+real git repository with a real model and a gpg-encrypted test set, delivering to aiosmtpd.
+
+One master serves four builds of a 2-use test set (adaptivity full):
+1. a better model: owners get the full verdict with the chart, the author only the outcome;
+2. a commit that also edits .easeml.yml to add a recipient: not evaluated (protected file),
+   the note goes to the base branch's recipients only, never to the added address;
+3. another model: use 2 of 2, so the owners also get the exhaustion mail;
+4. with the SMTP server down: the test set is exhausted, the build still completes, the
+   failed delivery is retried a bounded number of times, logged, and the master lives on.
+"""
+
+from __future__ import annotations
+
+import html as htmllib
+import io
+import time
+
+import pytest
+import yaml
+from PIL import Image
+
+from support.buildbot_harness import BuildbotHarness
+from support.gpgkeys import service_keys  # noqa: F401  (fixture)
+from support.models import make_model_repo
+from support.smtp import SmtpServer
+
+from conftest import assert_no_key_material, decoded_text, mime_parts
+
+pytestmark = pytest.mark.e2e
+
+OWNER, INTRUDER, ADDED = "owner@example.com", "intruder@evil.test", "added-by-pr@example.com"
+
+
+def _git_ok() -> bool:
+    import shutil
+
+    return shutil.which("git") is not None and shutil.which("unshare") is not None
+
+
+def _label_leaks(raw: bytes, text: str, labels) -> list[str]:
+    """Any run of 12 consecutive test labels, as a column or a row, in the mail."""
+    found = []
+    for start in range(0, min(len(labels), 240), 12):
+        run = [str(x) for x in labels[start:start + 12]]
+        for sep in ("\n", "\r\n", ",", " "):
+            needle = sep.join(run)
+            if needle in text or needle.encode() in raw:
+                found.append(needle)
+    return found
+
+
+def test_mails_through_real_master_builds(tmp_path, service_keys):
+    if not _git_ok():
+        pytest.skip("needs git and unshare for the process runner")
+    repo = make_model_repo(tmp_path / "repo", public_key=service_keys.public, quality=0.8,
+                           condition="n > 0.6 +/- 0.1", reliability=0.99, adaptivity="full", steps=2,
+                           email=(OWNER, INTRUDER))
+    with SmtpServer() as smtp:
+        settings = {
+            "local": {"repo": str(repo.path), "branch": "main", "project": "acme/digits", "poll_interval": 1},
+            "email_enabled": True, "operator_email": "ops@example.com",
+            "allowed_email_domains": ["example.com"],
+            "smtp": {"host": smtp.host, "port": smtp.port, "from_addr": "easeml-ci@example.com"},
+        }
+        worker_env = {"EASEML_WORKER_KEY": str(service_keys.private), "EASEML_WORKER_RUNNER": "process"}
+        if service_keys.passphrase_file:
+            worker_env["EASEML_WORKER_PASSPHRASE_FILE"] = str(service_keys.passphrase_file)
+        env = {"EASEML_SMTP_ATTEMPTS": "3", "EASEML_SMTP_BACKOFF": "0.5", "EASEML_SMTP_TIMEOUT": "5"}
+        with BuildbotHarness(tmp_path / "bb", settings=settings, worker_env=worker_env, env=env) as bb:
+            time.sleep(2)  # the poller's first run records the current head without building it
+            # 1. a better model
+            better = repo.commit_model(quality=0.95, branch="main")
+            (b1,) = bb.wait_for_builds(1, timeout=120)
+            p1 = bb.build_properties(b1["buildid"])
+            assert p1.get("easeml_status") == "evaluated", (p1, bb.master_log()[-4000:])
+            mails = smtp.wait_for(2, timeout=30)
+            owner = next(m for m in mails if OWNER in m.rcpt_tos)
+            author = next(m for m in mails if m.rcpt_tos == ["dev@example.com"])
+            assert owner.rcpt_tos == [OWNER]  # the intruder's domain is not allowed
+            msg = owner.message
+            outcome = msg["Subject"].rsplit(": ", 1)[1]
+            assert msg["Subject"] == f"[easeml] acme/digits {better.sha[:7]}: {outcome}"
+            parts = mime_parts(msg)
+            text = parts["text/plain"][0].get_content()
+            html = parts["text/html"][0].get_content()
+            for body in (text, htmllib.unescape(html)):
+                assert "n > 0.6 +/- 0.1" in body and "fp-free" in body and "full (H = 2 uses)" in body
+                assert "use 1 of 2, 1 left" in body
+                assert f"#/builders/{b1['builderid']}/builds/{b1['number']}" in body
+                assert str(p1["easeml_samples_used"]) in body
+            png = parts["image/png"][0]
+            assert f'src="cid:{png["Content-ID"].strip("<>")}"' in html
+            Image.open(io.BytesIO(png.get_content())).verify()
+            assert "interval" not in decoded_text(author.message).lower()
+            assert outcome in decoded_text(author.message)
+            for m in mails:
+                assert not _label_leaks(m.data, decoded_text(m.message), repo.labels)
+                assert_no_key_material(m.data, secrets=(service_keys.private.read_bytes(),))
+
+            # 2. the pull request edits .easeml.yml to add a recipient: nobody new is mailed
+            cfg = yaml.safe_load((repo.path / ".easeml.yml").read_text())
+            original = (repo.path / ".easeml.yml").read_text()
+            cfg["email"] = [*cfg["email"], ADDED]
+            repo.commit_model(quality=0.9, branch="main", files={".easeml.yml": yaml.safe_dump(cfg)})
+            (_, b2) = bb.wait_for_builds(2, timeout=120)
+            assert bb.build_properties(b2["buildid"]).get("easeml_status") == "protected_changed"
+            mails = smtp.wait_for(3, timeout=30)
+            note = mails[2]
+            assert sorted(note.rcpt_tos) == sorted([OWNER, "dev@example.com"])
+            assert "not evaluated (protected files changed)" in note.message["Subject"]
+
+            # 3. the last use of the test set: verdict and the request for a new test set
+            repo.commit_model(quality=0.9, branch="main", files={".easeml.yml": original})
+            (_, _, b3) = bb.wait_for_builds(3, timeout=120)
+            p3 = bb.build_properties(b3["buildid"])
+            assert p3.get("easeml_status") == "evaluated", p3
+            mails = smtp.wait_for(6, timeout=30)
+            exhaustion = next(m for m in mails[3:] if "test set exhausted" in m.message["Subject"])
+            assert exhaustion.rcpt_tos == [OWNER]
+            etext = exhaustion.message.get_body(("plain",)).get_content()
+            assert f"{p3['easeml_samples_needed']} labelled samples" in etext
+            assert "easeml dataset encrypt --key easeml_pub.asc test.csv data/test.csv.gpg" in etext
+            assert any("use 2 of 2, 0 left" in decoded_text(m.message) for m in mails[3:])
+
+            # 4. SMTP down: the build completes, delivery is retried (bounded) and logged
+            smtp.down()
+            repo.commit_model(quality=0.85, branch="main")
+            builds = bb.wait_for_builds(4, timeout=120)
+            assert bb.build_properties(builds[3]["buildid"]).get("easeml_status") == "exhausted"
+            deadline = time.monotonic() + 30
+            while "giving up on exhaustion mail" not in bb.master_log() and time.monotonic() < deadline:
+                time.sleep(0.3)
+            log = bb.master_log()
+            assert "giving up on exhaustion mail" in log and "after 3 attempts" in log
+            assert "attempt 1/3 to send exhaustion mail failed" in log
+            assert "attempt 2/3 to send exhaustion mail failed" in log
+            assert bb.api("builders")  # the master still answers
+            assert bb.master_proc.poll() is None
+        assert len(smtp.messages) == 6
