@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 ALWAYS_EXCLUDED = (".git", "**/.git", "*.gpg", "**/*.gpg", "*.pgp", "**/*.pgp")
 LABEL = "easeml.runner"
+TAG_LABEL = "easeml.tag"
 _RUNNING_IN = re.compile(r"Running in ([0-9a-f]{12,64})")
 _STEP_IMAGE = re.compile(r"^ ---> ([0-9a-f]{12,64})\s*$")
 _SIGNALS = {137: "SIGKILL", 139: "SIGSEGV", 134: "SIGABRT", 143: "SIGTERM", 153: "SIGXFSZ"}
@@ -91,6 +92,7 @@ class DockerRunner:
         if context not in dockerfile.parents:
             raise ModelError("bad_model_config", "model.dockerfile must be inside model.context")
         rel_dockerfile = str(dockerfile.relative_to(context))
+        self._check_base_images(dockerfile)
         patterns = _dockerignore(context) + list(ALWAYS_EXCLUDED) + [
             p for e in exclude for p in (e, f"{e.rstrip('/')}/**")]
         ctx = build_tar(str(context), exclude=patterns, dockerfile=(rel_dockerfile, None))
@@ -103,7 +105,7 @@ class DockerRunner:
                 stream = self.client.api.build(
                     fileobj=ctx, custom_context=True, tag=ref, dockerfile=rel_dockerfile,
                     rm=True, forcerm=True, pull=False, decode=True,
-                    network_mode=self.build_network, labels={LABEL: "model"},
+                    network_mode=self.build_network, labels={LABEL: "model", TAG_LABEL: tag[:200]},
                 )
                 for chunk in stream:
                     text = chunk.get("stream") or chunk.get("status") or ""
@@ -112,8 +114,10 @@ class DockerRunner:
                         m = _RUNNING_IN.search(text)
                         if m:
                             state["running"] = m.group(1)
+                        if text.startswith("Step "):
+                            state["from"] = " : FROM " in text.upper()
                         m = _STEP_IMAGE.match(text)
-                        if m:
+                        if m and not state.get("from"):  # never the base image itself
                             steps.append(m.group(1))
                     if "error" in chunk:
                         state["error"] = str(chunk.get("error") or "").strip()
@@ -149,6 +153,33 @@ class DockerRunner:
                              log=log_out.getvalue()) from None
         return ref, steps
 
+    def _check_base_images(self, dockerfile: Path) -> None:
+        """Fail fast, with a useful message, when a FROM image is not on this worker: no
+        registry is reachable, and the daemon would otherwise try to pull it."""
+        stages: set[str] = set()
+        for line in dockerfile.read_text(encoding="utf-8", errors="replace").splitlines():
+            parts = line.split()
+            if len(parts) < 2 or parts[0].upper() != "FROM":
+                continue
+            args = [a for a in parts[1:] if not a.startswith("--")]
+            if not args:
+                continue
+            image = args[0]
+            if len(args) >= 3 and args[1].upper() == "AS":
+                stages.add(args[2].lower())
+            if "$" in image or image.lower() in stages or image == "scratch":
+                continue
+            try:
+                self.client.images.get(image)
+            except docker.errors.ImageNotFound:
+                have = sorted({t for i in self.client.images.list() for t in i.tags
+                               if not t.startswith("easeml-model/")})[:10]
+                raise ModelError("build_failed", f"base image {image!r} is not on this worker "
+                                 f"(no registry is reachable; available: {', '.join(have) or 'none'})"
+                                 ) from None
+            except docker.errors.APIError:
+                continue
+
     # -------------------------------------------------------------------- run
     def _user_for(self, image: str, limits: Limits) -> str:
         try:
@@ -157,7 +188,8 @@ class DockerRunner:
             user = ""
         return limits.user if _is_root_user(user) else user
 
-    def run(self, image: str, ws: Workspace, *, limits: Limits, log_out: BoundedLog) -> int:
+    def run(self, image: str, ws: Workspace, *, limits: Limits, log_out: BoundedLog,
+            tag: str = "") -> int:
         """Run the image once; returns its exit code (raises timeout/oom)."""
         ext = ws.features.suffix
         features_in = f"{CONTAINER_INPUT_DIR}/features{ext}"
@@ -191,11 +223,16 @@ class DockerRunner:
                      Ulimit(name="nofile", soft=1024, hard=1024)],
             log_config=LogConfig(type="json-file",
                                  config={"max-size": str(max(1 << 20, 4 * limits.log_bytes)),
-                                         "max-file": "1"}),
-            labels={LABEL: "model"},
+                                         "max-file": "2"}),
+            labels={LABEL: "model", TAG_LABEL: tag[:200]},
             detach=True,
         )
         try:
+            # Attach before starting: the output arrives live from the container's stdio (the
+            # daemon's size-capped log file may rotate), and BoundedLog keeps memory bounded.
+            stream = container.attach(stdout=True, stderr=True, stream=True, logs=True)
+            follower = threading.Thread(target=self._follow, args=(stream, log_out), daemon=True)
+            follower.start()
             container.start()
             timed_out = False
             try:
@@ -207,11 +244,7 @@ class DockerRunner:
                 except docker.errors.DockerException:
                     pass
                 status = container.wait(timeout=60)
-            try:
-                logs = container.logs(stdout=True, stderr=True)
-                log_out.write(logs.decode("utf-8", errors="replace"))
-            except docker.errors.DockerException:
-                pass
+            follower.join(10)
             container.reload()
             state = container.attrs.get("State", {})
             if timed_out:
@@ -227,12 +260,28 @@ class DockerRunner:
             except docker.errors.DockerException as exc:  # pragma: no cover - daemon trouble
                 log.warning("could not remove container %s: %s", container.id[:12], exc)
 
+    @staticmethod
+    def _follow(stream: Any, log_out: BoundedLog) -> None:
+        try:
+            for chunk in stream:
+                log_out.write(chunk.decode("utf-8", errors="replace"))
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            pass
+
     def _remove_images(self, refs: Iterable[str]) -> None:
+        """Remove our image (by its unique tag) and untagged leftovers of a failed build;
+        an image that carries any other tag (a base image) is never touched."""
         if self.keep_images:
             return
         for ref in refs:
             try:
-                self.client.images.remove(ref, force=True, noprune=False)
+                img = self.client.images.get(ref)
+                if ref.startswith("easeml-model/"):
+                    if any(not t.startswith("easeml-model/") for t in img.tags):
+                        continue
+                    self.client.images.remove(ref, noprune=False)
+                elif not img.tags:
+                    self.client.images.remove(img.id, noprune=False)
             except docker.errors.DockerException:
                 pass
 
@@ -263,10 +312,12 @@ class DockerRunner:
             ws = Workspace.create(features_path, prefix="easeml-run-")
             t0 = time.perf_counter()
             try:
-                code = self.run(image, ws, limits=limits, log_out=run_log)
+                code = self.run(image, ws, limits=limits, log_out=run_log, tag=tag)
             finally:
                 timings["run"] = time.perf_counter() - t0
-            if code == 153:
+            # SIGXFSZ kills a writer past the file-size limit; Python ignores the signal and
+            # gets EFBIG ("File too large") instead.
+            if code == 153 or (code != 0 and "File too large" in run_log.getvalue()):
                 raise ModelError("output_too_large", "the model wrote a file larger than "
                                  f"{limits.output >> 20} MiB")
             if code != 0:

@@ -76,6 +76,8 @@ def _read_csv(path: Path) -> list[object]:
         start = 1
     out: list[object] = []
     for i, row in enumerate(rows, start):
+        if not any(c.strip() for c in row):
+            raise ModelError("unparsable", f"{path.name}: line {i}: empty prediction")
         if col == 0 and len(row) != 1:
             raise ModelError("unparsable", f"{path.name}: line {i}: {len(row)} fields; write one "
                              "prediction per line or add a header with a 'prediction' column")

@@ -189,7 +189,7 @@ class ProcessRunner:
                 if "MemoryError" in text or "Cannot allocate memory" in text:
                     raise ModelError("oom", f"the model ran out of memory (limit "
                                      f"{limits.memory >> 20} MiB of address space)")
-                if code == -signal.SIGXFSZ:
+                if code == -signal.SIGXFSZ or "File too large" in text:
                     raise ModelError("output_too_large", "the model wrote a file larger than "
                                      f"{limits.output >> 20} MiB")
                 raise ModelError("crash", f"the model exited with code {code}; see the run log")
