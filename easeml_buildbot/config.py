@@ -69,9 +69,10 @@ SCHEMA: tuple[Key, ...] = (
     Key("dataset", "path in the repository", "data/test.csv.gpg", "The encrypted test set "
         "(read from the pull request's base, never from its head)."),
     Key("model", "mapping", {}, "How to run the model (see docs/model-contract.md); kept as given."),
-    Key("method", "`auto` \\| `hoeffding` \\| `bennett` \\| `exact`", "auto", "The bound used "
-        "for sample sizes and decisions; `auto` takes the one needing the fewest labels "
-        "(see docs/statistics.md)."),
+    Key("method", "`auto` \\| `hoeffding` \\| `bennett` \\| `exact` \\| `betting`", "auto", "The bound "
+        "used for sample sizes and decisions; `auto` takes the one needing the fewest labels, "
+        "`betting` plans a few more labels but decides far more often when the models rarely "
+        "disagree (see docs/statistics.md)."),
     Key("label_column", "string", "label", "Name of the label column in the test set."),
 )
 KEYS = {k.name: k for k in SCHEMA}

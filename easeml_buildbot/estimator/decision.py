@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
+from easeml_buildbot.estimator import betting
 from easeml_buildbot.estimator.condition import Clause, Condition, parse_condition
 from easeml_buildbot.estimator.samples import (
     SampleSize,
@@ -160,11 +161,32 @@ def _outcome(op: str, const: float, lo: float, hi: float) -> str:
     return "pass" if hi < const else "fail" if lo > const else "unknown"
 
 
+BETTING_MAX_ROWS = 1_000_000  # the betting half uses at most this fixed prefix of the rows
+
+
+def _betting_bounds(clause: Clause, log_half: float, indicators: Mapping[str, np.ndarray]) -> tuple[float, float]:
+    """Betting bounds on the clause's per-sample value sum_j c_j Z_ij (range [a, b])."""
+    rows = min(BETTING_MAX_ROWS, len(next(iter(indicators.values()))))
+    y = np.zeros(rows, dtype=np.float64)
+    for t in clause.terms:
+        y += t.coef * indicators[t.var][:rows]
+    a = sum(t.coef for t in clause.terms if t.coef < 0)
+    b = sum(t.coef for t in clause.terms if t.coef > 0)
+    return betting.bounds(y, a, b, log_half)
+
+
 def _clause_bounds(clause: Clause, technique: str, log_dc: float, counts: Mapping[str, int],
-                   n: int, xsum: int | None, cond: Condition) -> tuple[float, float, float]:
+                   n: int, indicators: Mapping[str, np.ndarray], cond: Condition) -> tuple[float, float, float]:
+    parts = technique.split("+")
+    base = parts[0]
+    if "betting" in parts:
+        # union bound: the plan's bound and the betting bound, each at half the share
+        log_half = log_dc - math.log(2.0)
+        value, lo1, hi1 = _clause_bounds(clause, base, log_half, counts, n, indicators, cond)
+        lo2, hi2 = _betting_bounds(clause, log_half, indicators)
+        return value, max(lo1, lo2), min(hi1, hi2)
     est = {v: counts[v] / n for v in counts}
     value = clause.value(est)
-    base = technique.replace("+active", "")
     if base == "binomial":
         (t,) = clause.terms
         lo_v, hi_v = clopper_pearson(counts[t.var], n, log_dc)
@@ -222,18 +244,16 @@ def decide(
         raise DecisionError("the condition uses 'o' or 'd' but there are no old-model predictions")
 
     new_ok = new == y
-    counts: dict[str, int] = {"n": int(np.count_nonzero(new_ok))}
-    xsum = None
+    indicators: dict[str, np.ndarray] = {"n": new_ok}
     if old is not None:
-        old_ok = old == y
-        counts["o"] = int(np.count_nonzero(old_ok))
-        counts["d"] = int(np.count_nonzero(new != old))
-        xsum = counts["n"] - counts["o"]
+        indicators["o"] = old == y
+        indicators["d"] = new != old
+    counts = {v: int(np.count_nonzero(z)) for v, z in indicators.items()}
 
     m = len(cond.clauses)
     verdicts = []
     for cs, clause in zip(plan.clauses, cond.clauses):
-        value, lo, hi = _clause_bounds(clause, cs.technique, cs.log_delta, counts, n, xsum, cond)
+        value, lo, hi = _clause_bounds(clause, cs.technique, cs.log_delta, counts, n, indicators, cond)
         verdicts.append(ClauseVerdict(cs.index, str(clause), value, lo, hi,
                                       _outcome(clause.op, clause.const, lo, hi), cs.technique, n))
 
@@ -255,7 +275,7 @@ def decide(
     for v in ("n", "o", "d"):
         if v in counts:
             estimates[v] = counts[v] / n
-            if plan.method == "exact":
+            if plan.method in ("exact", "betting"):
                 intervals[v] = clopper_pearson(counts[v], n, log_v)
             else:
                 w = hoeffding_width(n, log_v)

@@ -139,3 +139,26 @@ def test_bad_inputs(kwargs: dict, message: str) -> None:
     with pytest.raises(DecisionError, match=message):
         decide(args.pop("condition"), args.pop("labels"), args.pop("new_predictions"),
                args.pop("old_predictions", None), **args, **KW)
+
+
+def test_betting_decides_rare_disagreements_and_stays_consistent() -> None:
+    """When two models disagree on 3% of rows, betting decides n - o > 0 with 20k rows where
+    the worst-case bounds (planned for 600k) cannot; its interval lies inside the plan's
+    bound at half the share (it is their intersection)."""
+    rng = np.random.default_rng(1)
+    n = 20000
+    y = rng.integers(0, 3, n)
+    old = np.where(rng.random(n) < 0.7, y, (y + 1) % 3)
+    new = old.copy()
+    fix = rng.random(n) < 0.03
+    new[fix] = y[fix]
+    cond = "n - o > 0 +/- 0.01"
+    ex = decide(cond, y, new, old, mode="fp-free", method="exact", **KW)
+    bt = decide(cond, y, new, old, mode="fp-free", method="betting", **KW)
+    assert ex.raw == "unknown" and bt.raw == "pass"
+    c = bt.clauses[0]
+    assert c.technique == "hoeffding-sum+betting" and c.lower > 0
+    half = sample_size(cond, method="betting", **KW).clauses[0].log_delta - math.log(2)
+    w = 2 * math.sqrt(-half / (2 * n))
+    assert c.estimate - w - 1e-12 <= c.lower and c.upper <= c.estimate + w + 1e-12
+    assert bt.samples_needed >= ex.samples_needed

@@ -144,7 +144,8 @@ def test_exact_never_worse_than_hoeffding() -> None:
 def test_auto_picks_fewest_labels() -> None:
     s = sample_size(BENNETT, 0.9999, "full", 32)
     assert s.method == min(s.candidates, key=s.candidates.get)
-    assert set(s.candidates) == {"hoeffding", "bennett", "exact"}
+    assert set(s.candidates) == {"hoeffding", "bennett", "exact", "betting"}
+    assert s.candidates["betting"] >= s.candidates["exact"]  # betting plans at half the share
     assert s.labels == s.candidates[s.method]
     s1 = sample_size("n > 0.8 +/- 0.05", 0.9999, "full", 32, "auto")
     assert s1.method == "exact" and s1.labels < 6279
