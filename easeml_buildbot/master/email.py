@@ -291,7 +291,7 @@ _HTML_LINKS = """<p>
 """
 
 EVALUATION_HTML = _HTML_HEAD + """<h2 style="margin:0 0 8px 0">{{ f.repo }}{% if f.pr_number %} #{{ f.pr_number }}{% endif %}
-<span style="font-family:monospace">{{ f.short_sha }}</span>:
+ <span style="font-family:monospace">{{ f.short_sha }}</span>:
 <span style="color:#fff;background:{{ badge }};padding:2px 8px;border-radius:4px">{{ e.outcome|upper }}</span></h2>
 {% if e.raw == 'unknown' %}
 <p>The estimate was within the tolerance of the threshold (raw verdict: unknown); mode
@@ -358,7 +358,7 @@ with the pull request's author.
 """
 
 AUTHOR_HTML = _HTML_HEAD + """<h2 style="margin:0 0 8px 0">{{ f.repo }}{% if f.pr_number %} #{{ f.pr_number }}{% endif %}
-<span style="font-family:monospace">{{ f.short_sha }}</span>:
+ <span style="font-family:monospace">{{ f.short_sha }}</span>:
 <span style="color:#fff;background:{{ badge }};padding:2px 8px;border-radius:4px">{{ outcome|upper }}</span></h2>
 <p>Your change was evaluated against the repository's condition
 <code>{{ condition or 'unknown' }}</code> on its hidden test set: <b>{{ outcome }}</b>.</p>
@@ -446,7 +446,7 @@ The data scientists were told that the evaluation could not run and that you wer
 """
 
 NOTE_HTML = _HTML_HEAD + """<h2 style="margin:0 0 8px 0">{{ f.repo }}{% if f.pr_number %} #{{ f.pr_number }}{% endif %}
-<span style="font-family:monospace">{{ f.short_sha }}</span>: not evaluated ({{ title }})</h2>
+ <span style="font-family:monospace">{{ f.short_sha }}</span>: not evaluated ({{ title }})</h2>
 <p>{{ text }}</p>
 """ + _HTML_LINKS + """</body></html>
 """
@@ -1163,3 +1163,69 @@ def make_email_reporters(settings: Any, c: dict | None = None, *,
         timeout=smtp.timeout,
         ca_file=smtp.ca_file,
     )]
+
+
+# --------------------------------------------------------------------------- docs example
+
+EXAMPLE_HTML = "email-example.html"
+EXAMPLE_CHART = "email-example-chart.png"
+
+
+def example_mails() -> list[OutgoingMail]:
+    """The owners' mail for a made-up repository's 6th use of an 8-use test set.
+
+    Fixed numbers (not a run of the estimator), so docs/email-example.html only changes
+    when the mail's rendering does; ``tests/email/test_docs_example.py`` checks that.
+    """
+    cond, half = "n - o > 0.02 +/- 0.01", 0.0152
+    uses = []
+    for i, (n, o, d) in enumerate([(0.861, 0.858, 0.031), (0.874, 0.858, 0.042), (0.869, 0.858, 0.037),
+                                   (0.889, 0.858, 0.061), (0.884, 0.858, 0.055), (0.902, 0.874, 0.058)],
+                                  start=1):
+        diff = n - o
+        outcome = "pass" if diff - 0.0061 > 0.02 - 0.01 else "fail"
+        verdict = {
+            "outcome": outcome, "raw": outcome, "mode": "fp-free", "condition": cond,
+            "estimates": {"n": n, "o": o, "d": d},
+            "intervals": {"n": [n - half, n + half], "o": [o - half, o + half],
+                          "d": [max(0.0, d - 0.0098), d + 0.0098]},
+            "samples_used": 11_800, "samples_needed": 11_800, "reliability": 0.9999,
+            "adaptivity": "full", "steps": 8,
+            "clauses": [{"index": 0, "clause": cond, "estimate": diff,
+                         "interval": [diff - 0.0061, diff + 0.0061], "outcome": outcome,
+                         "technique": "bennett", "samples": 11_800}],
+        }
+        uses.append({"id": 40 + i, "use_number": i, "verdict": outcome,
+                     "result": {"status": "scored", "verdict": verdict, "samples_used": 11_800}})
+    state = {"budget": 8, "remaining": 2, "retired": False, "retired_reason": None}
+    facts = BuildFacts(repo="acme/churn-model", sha="4f2c9e1b7d0a35c68e9f1a2b3c4d5e6f70819a2b",
+                       status="evaluated", results=0, pr_number=128,
+                       pr_url="https://github.com/acme/churn-model/pull/128",
+                       build_url="https://ci.example.com/#/builders/1/builds/311",
+                       dataset_id="9b1de3" + "0" * 58, use_id=46,
+                       owners=("ml-leads@example.com",), author="dev@example.com")
+    policy = MailPolicy(sender="easeml-ci@example.com", allowed_domains=("example.com",))
+    return plan_mails(facts, policy, ledger=(uses, state))
+
+
+def write_example(directory: str) -> tuple[str, str]:
+    """Write the owners' example mail as HTML (chart as a file next to it) into ``directory``."""
+    from pathlib import Path
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    msg = example_mails()[0].message
+    html = msg.get_body(("html",)).get_content()
+    png_part = next(p for p in msg.walk() if p.get_content_type() == "image/png")
+    cid = png_part["Content-ID"].strip("<>")
+    html = html.replace(f"cid:{cid}", EXAMPLE_CHART)
+    (out / EXAMPLE_HTML).write_text(html)
+    (out / EXAMPLE_CHART).write_bytes(png_part.get_content())
+    return str(out / EXAMPLE_HTML), str(out / EXAMPLE_CHART)
+
+
+if __name__ == "__main__":  # python -m easeml_buildbot.master.email docs/
+    import sys
+
+    for path in write_example(sys.argv[1] if len(sys.argv) > 1 else "docs"):
+        print(path)
