@@ -348,3 +348,44 @@ def test_cli_dataset_commands(service_keys, tmp_path, data, capsys, monkeypatch)
     assert easeml(["dataset", "encrypt", "--key", str(service_keys.public), str(bad), str(tmp_path / "b.gpg")]) == 1
     assert "label column 'label'" in capsys.readouterr().err
     assert not (tmp_path / "b.gpg").exists()
+
+
+@pytest.mark.parametrize("label_pos", [0, 2, 4])
+@pytest.mark.parametrize("variant", ["plain", "no_final_newline", "crlf", "quoted", "blank_line"])
+@pytest.mark.parametrize("rows", [None, 1, 33, 50])
+def test_fast_csv_path_matches_csv_module(label_pos, variant, rows, tmp_path, monkeypatch):
+    """The numpy fast path and the csv module give identical features and labels."""
+    from easeml_buildbot.custody import dataset as dsm
+
+    monkeypatch.setattr(dsm, "_FAST_CHUNK", 97)  # many chunk boundaries inside lines
+    rng = np.random.default_rng(label_pos * 100 + (rows or 0))
+    header = ["a", "b", "c", "d", "e"]
+    header[label_pos] = "label"
+    lines = [",".join(header)]
+    for i in range(50):
+        vals = [f"{v:.3f}" for v in rng.normal(size=5)]
+        vals[label_pos] = str(int(rng.integers(0, 4)))
+        if variant == "quoted" and i == 20:
+            vals[(label_pos + 1) % 5] = '"1,5"'
+        lines.append(",".join(vals))
+    if variant == "blank_line":
+        lines.insert(10, "")
+    text = "\r\n".join(lines) if variant == "crlf" else "\n".join(lines)
+    if variant != "no_final_newline":
+        text += "\r\n" if variant == "crlf" else "\n"
+    plain = tmp_path / "p.csv"
+    plain.write_bytes(text.encode())
+    slow = dsm._split_csv_slow
+    fallbacks = []
+    monkeypatch.setattr(dsm, "_split_csv_slow", lambda *a: fallbacks.append(1) or slow(*a))
+    fast_labels, fast_names = dsm._split_csv(plain, tmp_path / "fast.csv", "label", rows, plain)
+    slow_labels, slow_names = slow(plain, tmp_path / "slow.csv", "label", rows, plain)
+    if variant in ("plain", "no_final_newline"):
+        assert fallbacks == [], "a plain CSV must take the fast path"
+    elif rows is None or (variant != "blank_line" and variant != "quoted") or rows > 20:
+        assert fallbacks == [1]
+    assert fast_names == slow_names
+    assert fast_labels.dtype == slow_labels.dtype and fast_labels.tolist() == slow_labels.tolist()
+    read = lambda p: list(csv.reader(p.open(newline="")))  # noqa: E731
+    assert read(tmp_path / "fast.csv") == read(tmp_path / "slow.csv")
+    assert len(fast_labels) == (rows or 50)
