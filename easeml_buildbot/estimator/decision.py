@@ -15,11 +15,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy import stats
+from scipy.optimize import brentq
 
 from easeml_buildbot.estimator import betting
 from easeml_buildbot.estimator.condition import Clause, Condition, parse_condition
 from easeml_buildbot.estimator.samples import (
+    EXACT_LOG_FLOOR,
     SampleSize,
+    bernoulli_kl,
     bennett_width,
     d_bound,
     sample_size,
@@ -136,10 +139,26 @@ def hoeffding_width(n: int, log_delta: float, value_range: float = 1.0) -> float
     return value_range * math.sqrt(-log_delta / (2 * n)) if n > 0 else math.inf
 
 
+def chernoff_bounds(k: int, n: int, log_delta: float) -> tuple[float, float]:
+    """One-sided binomial bounds from the Chernoff bound n KL(k/n || m) = ln(1/δ), valid
+    however small δ is (for ln δ below what Clopper-Pearson can compute in floats)."""
+    p_hat, target = k / n, -log_delta / n
+
+    def solve(lo: float, hi: float) -> float:
+        return float(brentq(lambda m: bernoulli_kl(p_hat, m) - target, lo, hi, xtol=1e-15))
+
+    eps = 1e-300
+    lower = 0.0 if k == 0 or bernoulli_kl(p_hat, eps) <= target else solve(eps, p_hat)
+    upper = 1.0 if k == n or bernoulli_kl(p_hat, 1 - 1e-16) <= target else solve(p_hat, 1 - 1e-16)
+    return lower, upper
+
+
 def clopper_pearson(k: int, n: int, log_delta: float) -> tuple[float, float]:
     """One-sided exact binomial bounds, each failing with probability <= exp(log_delta)."""
     if n <= 0:
         return 0.0, 1.0
+    if log_delta < EXACT_LOG_FLOOR:
+        return chernoff_bounds(k, n, log_delta)
     a = math.exp(log_delta)
     lo = 0.0 if k == 0 else float(stats.beta.ppf(a, k, n - k + 1))
     hi = 1.0 if k == n else float(stats.beta.isf(a, k + 1, n - k))

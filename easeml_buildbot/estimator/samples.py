@@ -101,12 +101,32 @@ def bennett_width(n: int, p: float, log_budget: float) -> float:
     return u * p
 
 
-def _binom_log_tail(n: int | np.ndarray, t: float, e: float) -> np.ndarray:
+EXACT_LOG_FLOOR = -600.0  # below this ln δ, scipy's binomial tails underflow: use Chernoff
+
+
+def bernoulli_kl(q: float, p: float) -> float:
+    """KL(Bernoulli(q) || Bernoulli(p)), the Chernoff exponent of a binomial tail."""
+    def term(a: float, b: float) -> float:
+        return 0.0 if a == 0 else (math.inf if b == 0 else a * math.log(a / b))
+    return term(q, p) + term(1 - q, 1 - p)
+
+
+def _chernoff_log_tail(n: np.ndarray, t: float, e: float) -> np.ndarray:
+    """ln of the Chernoff bound exp(-n KL(t±e || t)) on the same two tails (rigorous, and
+    computable however small δ is)."""
+    up = -math.inf if t + e >= 1 else -bernoulli_kl(t + e, t)
+    lo = -math.inf if t - e <= 0 else -bernoulli_kl(t - e, t)
+    return n * max(up, lo)
+
+
+def _binom_log_tail(n: int | np.ndarray, t: float, e: float, log_delta: float = 0.0) -> np.ndarray:
     """ln max(P_t(K > n(t+e)), P_t(K < n(t-e))) for K ~ Bin(n, t): the worst wrong-verdict
     probability of a one-variable clause at threshold t, tolerance e (conservative rounding).
     Vectorised over n."""
     n = np.atleast_1d(np.asarray(n, dtype=np.int64))
     t = min(max(t, 0.0), 1.0)
+    if log_delta < EXACT_LOG_FLOOR:
+        return _chernoff_log_tail(n, t, e)
     up_x = n * (t + e)
     lo_x = n * (t - e)
     with np.errstate(divide="ignore"):
@@ -120,19 +140,19 @@ def binomial_samples(t: float, e: float, log_delta: float) -> int:
     """Smallest N from which on every N' >= N (checked over a window) keeps the exact
     binomial wrong-verdict probability at threshold t within tolerance e below exp(log_delta)."""
     hoeff = max(1, math.ceil(-log_delta / (2 * e * e)))
-    if _binom_log_tail(hoeff, t, e)[0] > log_delta:  # cannot happen (Hoeffding dominates); be safe
+    if _binom_log_tail(hoeff, t, e, log_delta)[0] > log_delta:  # cannot happen (Hoeffding dominates); be safe
         return hoeff
     lo, hi = 0, hoeff
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if _binom_log_tail(mid, t, e)[0] <= log_delta:
+        if _binom_log_tail(mid, t, e, log_delta)[0] <= log_delta:
             hi = mid
         else:
             lo = mid
     # the tail saw-tooths in N: take the smallest N such that all N' in [N, N + window] work
     window = max(20, hi // 20)
     ns = np.arange(max(1, hi - window), min(hoeff, hi + window) + 1)
-    ok = _binom_log_tail(ns, t, e) <= log_delta
+    ok = _binom_log_tail(ns, t, e, log_delta) <= log_delta
     bad = np.flatnonzero(~ok)
     if not len(bad):
         return int(ns[0])

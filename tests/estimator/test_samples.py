@@ -172,3 +172,19 @@ def test_bad_arguments(args, message: str) -> None:
         sample_size(parse_condition("n > 0.8 +/- 0.05"), *args)
     with pytest.raises(SampleSizeError, match="method"):
         sample_size("n > 0.8 +/- 0.05", 0.9, "full", 3, "magic")
+
+
+def test_exact_switches_to_chernoff_where_floats_underflow() -> None:
+    """2^-H underflows scipy's binomial tails for H in the thousands: the exact method then
+    uses the (rigorous) Chernoff bound, and keeps growing linearly in H like the baseline."""
+    from easeml_buildbot.estimator.decision import chernoff_bounds, clopper_pearson
+
+    e = {h: sample_size("n > 0.8 +/- 0.05", 0.9999, "full", h, "exact").labels for h in (500, 1000, 2000, 3000)}
+    hoef = {h: sample_size("n > 0.8 +/- 0.05", 0.9999, "full", h, "hoeffding").labels for h in e}
+    assert all(e[h] < hoef[h] for h in e)
+    assert e[3000] - e[2000] == pytest.approx(e[2000] - e[1000], rel=0.02)
+    # Chernoff bounds are valid but looser than Clopper-Pearson where both compute
+    for k, n in ((30, 100), (5, 1000), (990, 1000)):
+        c_lo, c_hi = chernoff_bounds(k, n, math.log(1e-6))
+        e_lo, e_hi = clopper_pearson(k, n, math.log(1e-6))
+        assert c_lo <= e_lo <= k / n <= e_hi <= c_hi
