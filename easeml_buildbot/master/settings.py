@@ -215,6 +215,9 @@ class Settings:
         if problems:
             raise SettingsError(f"{self.source}: " + "; ".join(problems))
 
+    def __repr__(self) -> str:  # short: Buildbot logs step constructor arguments
+        return f"Settings(forge={self.forge!r}, source={self.source!r})"
+
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 

@@ -1,0 +1,46 @@
+"""The local forge (used by the demo): a GitPoller on a local repository, console log lines
+instead of check runs, the last passing commit becomes the accepted model ``o``."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from support.github_sim_world import require_worker_cli
+from support.buildbot_harness import BuildbotHarness
+from support.models import make_model_repo
+
+pytestmark = pytest.mark.e2e
+
+
+def test_local_forge_evaluates_new_commits_and_advances_the_baseline(tmp_path, service_keys):
+    require_worker_cli()
+    repo = make_model_repo(tmp_path / "repo", public_key=service_keys.public, quality=0.6,
+                           condition="n - o > 0.02 +/- 0.1", reliability=0.95,
+                           adaptivity="full", steps=4)
+    settings = {"forge": "local", "ledger_url": f"sqlite:///{tmp_path}/ledger.sqlite",
+                "local": {"repo": str(repo.path), "branch": "main", "poll_interval": 1, "project": "demo/models"}}
+    env = {"EASEML_WORKER_KEY": str(service_keys.private), "EASEML_WORKER_RUNNER": "process"}
+    with BuildbotHarness(tmp_path / "bb", settings=settings, worker_env=env) as bb:
+        # the poller records the current head at its first poll; commit only after that
+        t0 = time.monotonic()
+        while "gitpoller: processing changes" not in bb.master_log() and time.monotonic() - t0 < 30:
+            time.sleep(0.2)
+        better = repo.commit_model(quality=0.97, branch="main", message="much better model")
+        (b1,) = bb.wait_for_builds(1, timeout=120)
+        p1 = bb.build_properties(b1["buildid"])
+        assert p1["easeml_status"] == "evaluated" and p1["easeml_verdict"] == "pass", bb.master_log()[-5000:]
+        assert p1["easeml_base_sha"] == repo.base.sha  # no accepted commit yet: the parent
+        worse = repo.commit_model(quality=0.7, branch="main", message="worse model")
+        b1, b2 = bb.wait_for_builds(2, timeout=120)
+        p2 = bb.build_properties(b2["buildid"])
+        assert p2["easeml_base_sha"] == better.sha  # the accepted model advanced
+        assert p2["easeml_verdict"] == "fail"
+        log = bb.master_log()
+        lines = [ln for ln in log.splitlines() if "easeml: demo/models@" in ln]
+        assert len(lines) == 2, log[-4000:]
+        assert f"@{better.sha[:12]} status=evaluated verdict=success" in lines[0]
+        assert f"@{worse.sha[:12]} status=evaluated verdict=failure" in lines[1]
+        assert re.search(r"samples_used=\d+ uses_left=2", lines[1])
