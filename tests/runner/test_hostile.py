@@ -1,0 +1,263 @@
+"""Hostile models in the Docker sandbox: each attack is contained and reported, and no label
+or key is ever within the model's reach (checked with unguessable marker labels)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from easeml_buildbot.custody.dataset import decrypted_dataset
+from easeml_buildbot.runner.base import Limits, ModelError
+from easeml_buildbot.runner.docker_runner import DockerRunner
+from hostile import features_csv, model_dir
+
+pytestmark = pytest.mark.docker
+
+LIMITS = Limits(memory=256 << 20, timeout=60, build_timeout=120, pids=48)
+
+
+@pytest.fixture(scope="module")
+def runner(docker_client):
+    return DockerRunner(docker_client)
+
+
+@pytest.fixture
+def listener(docker_client):
+    """A TCP server the model would reach over Docker's bridge if it had a network."""
+    bridge = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]
+    gateway = bridge.get("Gateway") or "172.17.0.1"
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", 0))
+    srv.listen(8)
+    srv.settimeout(0.2)
+    accepted: list[tuple] = []
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, addr = srv.accept()
+                accepted.append(addr)
+                conn.close()
+            except OSError:
+                continue
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield gateway, srv.getsockname()[1], accepted
+    stop.set()
+    t.join(2)
+    srv.close()
+
+
+def test_network_connection_is_impossible(runner, docker_client, listener, tmp_path, tag):
+    gateway, port, accepted = listener
+    script = f'''
+import socket
+for host in ("{gateway}", "127.0.0.1", "deb.debian.org", "8.8.8.8"):
+    try:
+        socket.create_connection((host, {port} if host[0].isdigit() else 80), timeout=3).close()
+        print("CONNECTED", host)
+    except OSError as e:
+        print("BLOCKED", host, type(e).__name__)
+write_predictions(0)
+'''
+    # control: the same probe over Docker's default bridge does reach the listener
+    control = docker_client.containers.run("easeml/python:bookworm", [
+        "python3", "-c", f"import socket; socket.create_connection(('{gateway}', {port}), timeout=5); print('ok')"],
+        remove=True)
+    assert b"ok" in control
+    deadline = time.monotonic() + 2
+    while not accepted and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert accepted, "control connection over the bridge did not arrive"
+    accepted.clear()
+
+    src = model_dir(tmp_path / "m", script)
+    res = runner.predict(src, features_csv(tmp_path / "f.csv"), tag=tag, model={}, limits=LIMITS)
+    time.sleep(0.5)
+    assert accepted == [], "the sandboxed model reached the host"
+    assert "CONNECTED" not in res.log
+    for host in (gateway, "127.0.0.1", "deb.debian.org", "8.8.8.8"):
+        assert f"BLOCKED {host}" in res.log
+
+
+def test_sees_nothing_of_the_test_set_but_features(runner, service_keys, marker_test_set,
+                                                   marker_labels, tmp_path, tag):
+    script = r'''
+import os
+print("EASEML_TREE", sorted(os.path.join(d, f) for d, _, fs in os.walk("/easeml") for f in fs + _))
+for line in open("/proc/self/mountinfo"):
+    if "/easeml" in line:
+        print("MOUNT", line.split()[4], line.split()[5].split(",")[0])
+# stored reversed so that this script (and so the image) does not contain them itself
+needles = tuple(n[::-1].encode() for n in NEEDLES_REVERSED)
+hits, files = [], 0
+for d, dirs, fs in os.walk("/"):
+    if d.startswith(("/proc", "/sys", "/dev")):
+        dirs[:] = []
+        continue
+    for f in fs:
+        p = os.path.join(d, f)
+        try:
+            if os.path.islink(p) or os.path.getsize(p) > 4 << 20:
+                continue
+            data = open(p, "rb").read()
+        except OSError:
+            continue
+        files += 1
+        if any(n in data for n in needles):
+            hits.append(p)
+print("SCANNED", files, "HITS", hits)
+feats = open(os.environ["EASEML_FEATURES"]).read()
+print("HEADER", feats.splitlines()[0])
+write_predictions("guess")
+'''
+    # a piece of the private key's body: no file the model can read may contain it
+    body = [ln for ln in service_keys.private.read_text().splitlines()
+            if ln and not ln.startswith("-----") and ":" not in ln]
+    key_chunk = body[len(body) // 2][:32]
+    needles = ["secret-label-"[::-1], key_chunk[::-1]]
+    src = model_dir(tmp_path / "m", f"NEEDLES_REVERSED = {needles!r}\n" + script)
+    with decrypted_dataset(marker_test_set, service_keys.private) as ds:
+        res = runner.predict(src, ds.features_path, tag=tag, model={}, limits=LIMITS)
+    log = res.log
+    assert key_chunk not in log
+    assert "EASEML_TREE ['/easeml/input/features.csv', '/easeml/output/predictions.csv', " \
+           "'/easeml/input', '/easeml/output']" in log or \
+           "EASEML_TREE ['/easeml/input', '/easeml/input/features.csv', '/easeml/output'" in log, log
+    assert "MOUNT /easeml/input/features.csv ro" in log
+    assert "MOUNT /easeml/output rw" in log
+    assert log.count("MOUNT ") == 2
+    scanned = int(log.split("SCANNED ")[1].split()[0])
+    assert scanned > 1000, "the scan did not run over the image"
+    assert "HITS []" in log
+    assert "HEADER x0,x1,x2" in log  # the label column is gone
+    for label in marker_labels:
+        assert label not in log
+    assert str(service_keys.private) not in log
+
+    # control: had a label or the key been in reach, the same scan would have found it
+    leaky = tmp_path / "leaky.csv"
+    leaky.write_text(f"x0,x1,x2\n1,2,{marker_labels[0]}\n3,4,{key_chunk}\n")
+    control = runner.predict(src, leaky, tag=tag, model={}, limits=LIMITS)
+    assert "HITS ['/easeml/input/features.csv']" in control.log
+
+
+def test_cannot_write_outside_output(runner, tmp_path, tag):
+    script = '''
+for path in ("/evil", "/model/evil", "/etc/passwd", "/easeml/input/features.csv",
+             "/easeml/input/evil", "/easeml/evil", "/var/tmp/evil", "/root/evil"):
+    try:
+        with open(path, "a") as f:
+            f.write("x")
+        print("WROTE", path)
+    except OSError as e:
+        print("DENIED", path, e.strerror)
+open("/tmp/ok", "w").write("scratch")
+write_predictions(3)
+'''
+    src = model_dir(tmp_path / "m", script)
+    feats = features_csv(tmp_path / "f.csv")
+    before = feats.read_bytes()
+    res = runner.predict(src, feats, tag=tag, model={}, limits=LIMITS)
+    assert "WROTE" not in res.log
+    assert res.log.count("DENIED ") == 8
+    assert "Read-only file system" in res.log
+    assert feats.read_bytes() == before
+    assert res.predictions.tolist() == [3] * 20
+
+
+def test_fork_bomb_hits_the_pid_limit(runner, tmp_path, tag):
+    script = '''
+import time, signal
+children = []
+try:
+    while len(children) < 10000:
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(120)
+            os._exit(0)
+        children.append(pid)
+    print("FORKS UNLIMITED", len(children))
+except OSError as e:
+    print("FORK LIMIT AFTER", len(children), type(e).__name__)
+for pid in children:
+    os.kill(pid, signal.SIGKILL)
+write_predictions(1)
+'''
+    src = model_dir(tmp_path / "m", script)
+    res = runner.predict(src, features_csv(tmp_path / "f.csv"), tag=tag, model={}, limits=LIMITS)
+    assert "FORKS UNLIMITED" not in res.log
+    n = int(res.log.split("FORK LIMIT AFTER ")[1].split()[0])
+    assert 0 < n < LIMITS.pids
+
+
+def test_fork_bomb_that_never_stops_is_killed(runner, tmp_path, tag):
+    dockerfile = "FROM easeml/busybox\nCMD [\"/bin/sh\", \"-c\", \"b() { b | b & }; b; sleep 1000\"]\n"
+    src = model_dir(tmp_path / "m", "", dockerfile=dockerfile)
+    t0 = time.monotonic()
+    with pytest.raises(ModelError) as err:
+        runner.predict(src, features_csv(tmp_path / "f.csv"), tag=tag, model={},
+                       limits=Limits(pids=32, timeout=4))
+    assert err.value.cause in ("timeout", "crash")
+    assert time.monotonic() - t0 < 40
+
+
+def test_allocating_10gb_is_oom(runner, tmp_path, tag):
+    script = 'print("allocating", flush=True)\nx = bytearray(10 * 2**30)\nprint("ALLOCATED")\nwrite_predictions(1)\n'
+    src = model_dir(tmp_path / "m", script)
+    with pytest.raises(ModelError) as err:
+        runner.predict(src, features_csv(tmp_path / "f.csv"), tag=tag, model={},
+                       limits=Limits(memory=128 << 20, timeout=60))
+    assert err.value.cause == "oom", err.value.log
+    assert "128 MiB" in err.value.message
+    assert "ALLOCATED" not in err.value.log
+
+
+def test_sleeping_forever_is_killed(runner, tmp_path, tag):
+    src = model_dir(tmp_path / "m", 'print("sleeping", flush=True)\nimport time\ntime.sleep(10**6)\n')
+    t0 = time.monotonic()
+    with pytest.raises(ModelError) as err:
+        runner.predict(src, features_csv(tmp_path / "f.csv"), tag=tag, model={},
+                       limits=Limits(timeout=3))
+    elapsed = time.monotonic() - t0
+    assert err.value.cause == "timeout"
+    assert "3s" in err.value.message
+    assert "sleeping" in err.value.log
+    assert elapsed < 30
+
+
+def test_environment_holds_no_secrets(runner, service_keys, marker_test_set, marker_labels,
+                                      tmp_path, tag, monkeypatch):
+    monkeypatch.setenv("EASEML_KEY_PASSPHRASE", "sentinel-passphrase-4f1c")
+    monkeypatch.setenv("GITHUB_TOKEN", "sentinel-token-93ab")
+    script = '''
+import json
+print("ENV", json.dumps(dict(os.environ), sort_keys=True))
+for pid in ("1", "self"):
+    try:
+        print("PROC", pid, open(f"/proc/{pid}/environ", "rb").read().replace(b"\\0", b" ").decode())
+    except OSError as e:
+        print("PROC", pid, "unreadable", e.strerror)
+write_predictions("x")
+'''
+    src = model_dir(tmp_path / "m", script)
+    with decrypted_dataset(marker_test_set, service_keys.private) as ds:
+        res = runner.predict(src, ds.features_path, tag=tag, model={}, limits=LIMITS)
+    import json
+
+    env = json.loads(res.log.split("ENV ")[1].splitlines()[0])
+    allowed = {"PATH", "HOME", "TMPDIR", "LANG", "PYTHONDONTWRITEBYTECODE", "HOSTNAME",
+               "EASEML_FEATURES", "EASEML_OUTPUT", "EASEML_ROWS"}
+    assert set(env) <= allowed, set(env) - allowed
+    assert env["EASEML_FEATURES"] == "/easeml/input/features.csv"
+    assert env["EASEML_OUTPUT"] == "/easeml/output"
+    assert env["EASEML_ROWS"] == "40"
+    for secret in ("sentinel-passphrase-4f1c", "sentinel-token-93ab", str(service_keys.private),
+                   *marker_labels):
+        assert secret not in res.log
