@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import scan_dirs_for, scan_roots
+from custody_helpers import scan_dirs_for, scan_roots
 from easeml_buildbot.cli import main as easeml
 from easeml_buildbot.custody.dataset import (
     DatasetError, check_plaintext, dataset_id, decrypted_dataset, encrypt_dataset,

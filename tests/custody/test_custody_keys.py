@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import gpg_processes_for, scan_dirs_for, scan_roots
+from custody_helpers import gpg_processes_for, scan_dirs_for, scan_roots
 from easeml_buildbot.cli import main as easeml
 from easeml_buildbot.custody import gpghome
 from easeml_buildbot.custody.dataset import DatasetError, decrypted_dataset
