@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from easeml_buildbot.estimator.decision import decide  # noqa: E402
 from easeml_buildbot.estimator.samples import SampleSizeError, binomial_samples, sample_size  # noqa: E402
 
-METHODS = ("hoeffding", "bennett", "exact")
+METHODS = ("hoeffding", "bennett", "exact", "betting")
 
 # (condition, reliability, adaptivity, H, published number, where it is from)
 SETTINGS = [
@@ -27,8 +27,8 @@ SETTINGS = [
     ("n > 0.9 +/- 0.01", 0.9999, "full", 32, None, "threshold 0.9 (exact gains)"),
     ("n - o > 0.1 +/- 0.1", 0.99, "full", 32, 5496, "MLSys'19, difference"),
     ("n - o > 0.02 +/- 0.01", 0.9999, "full", 32, None, "README example"),
-    ("d < 0.1 +/- 0.01 /\\ n - o > 0.02 +/- 0.01", 0.9999, "none", 32, None, "MLSys'19 §5 pattern (Bennett)"),
-    ("d < 0.1 +/- 0.01 /\\ n - o > 0.02 +/- 0.01", 0.9999, "full", 32, None, "MLSys'19 §5 pattern (Bennett)"),
+    ("d < 0.1 +/- 0.01 /\\ n - o > 0.02 +/- 0.01", 0.9999, "none", 32, "29K", "MLSys'19 §5 (Bennett, '29K')"),
+    ("d < 0.1 +/- 0.01 /\\ n - o > 0.02 +/- 0.01", 0.9999, "full", 32, "67K", "MLSys'19 §5 (Bennett, '67K')"),
     ("d < 0.05 +/- 0.01 /\\ n - o > 0.01 +/- 0.01", 0.999, "full", 16, None, "smaller d, H 16"),
 ]
 
@@ -64,6 +64,30 @@ def table() -> None:
                 print(f"{eps:>6} {rel:>7} {adapt:>6} {hoef:>10,} {e5:>10,} {e8:>10,}")
 
 
+def decisiveness() -> None:
+    """Rows after which each method's verdict is decided, for two models that disagree on 3%
+    of rows with a true gain of 1 point (condition n - o > 0 +/- 0.01, 0.9999, full, H 32)."""
+    rng = np.random.default_rng(1)
+    big = 2_000_000
+    y = rng.integers(0, 10, big)
+    old = np.where(rng.random(big) < 0.8, y, (y + 1) % 10)
+    new = old.copy()
+    u = rng.random(big)
+    fixed, broken = u < 0.02, (u >= 0.02) & (u < 0.03)  # new right/old wrong, and the reverse
+    new[fixed], old[fixed] = y[fixed], (y[fixed] + 1) % 10
+    new[broken], old[broken] = (y[broken] + 1) % 10, y[broken]
+    cond = "n - o > 0 +/- 0.01"
+    grid = [5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000, 2_000_000]
+    print(f"\nRows until decided: {cond}, reliability 0.9999, full, H 32; models disagree on "
+          f"{np.mean(new != old):.3f} of rows, true gain ~{np.mean(new == y) - np.mean(old == y):.4f}")
+    for method in ("hoeffding", "exact", "betting"):
+        planned = sample_size(cond, 0.9999, "full", 32, method).labels
+        first = next((n for n in grid if decide(cond, y[:n], new[:n], old[:n], reliability=0.9999,
+                      adaptivity="full", steps=32, mode="fp-free", method=method).raw == "pass"), None)
+        at = "never (<= 2M)" if first is None else f"{first:,}"
+        print(f"  {method:<10} planned {planned:>9,}   first pass at {at:>13} rows")
+
+
 def speed(n: int) -> None:
     rng = np.random.default_rng(0)
     y = rng.integers(0, 10, n, dtype=np.int32)
@@ -87,8 +111,14 @@ def speed(n: int) -> None:
     v = decide("n > 0.8 +/- 0.01", y, new, **kw)
     one = time.perf_counter() - t
     print(f"  decide, one model: {one:.3f} s = {n / one / 1e6:.1f} M predictions/s")
+    t = time.perf_counter()
+    v = decide(cond, y, new, old, method="betting", **kw)
+    bet = time.perf_counter() - t
+    print(f"  decide, method betting (betting half on the first 1M rows): {bet:.3f} s "
+          f"= {n / bet / 1e6:.1f} M predictions/s (verdict {v.outcome})")
 
 
 if __name__ == "__main__":
     table()
+    decisiveness()
     speed(1_000_000 if "--quick" in sys.argv else 10_000_000)

@@ -89,6 +89,13 @@ def test_bennett_paper_formula(adaptivity: str, log_h) -> None:
     assert s.labels < sample_size(BENNETT, 0.9999, adaptivity, 32, "hoeffding").labels / 5
 
 
+def test_published_bennett_numbers() -> None:
+    """MLSys'19 §5: with d < 0.1, reliability 0.9999 and a one-point tolerance, 'only 29K
+    samples for 32 non-adaptive steps and 67K samples for 32 fully-adaptive steps'."""
+    assert 29_000 <= sample_size(BENNETT, 0.9999, "none", 32, "bennett").labels < 30_000
+    assert 67_000 <= sample_size(BENNETT, 0.9999, "full", 32, "bennett").labels < 68_000
+
+
 def test_bennett_h() -> None:
     assert bennett_h(0.0) == 0.0
     assert bennett_h(1.0) == pytest.approx(2 * math.log(2) - 1)
