@@ -19,7 +19,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from easeml_buildbot.custody.gpghome import remove_tree, secure_tmp_base, temporary_gpg
+from easeml_buildbot.custody.gpghome import (
+    private_tmpdir, remove_tree, secure_tmp_base, sweep_stale, temporary_gpg,
+)
 
 log = logging.getLogger(__name__)
 
@@ -445,7 +446,7 @@ def check_plaintext(path: str | os.PathLike[str], *, label_column: str = "label"
     if not src.is_file():
         raise DatasetError(f"{src}: test set not found")
     fmt = fmt or _sniff_format(src, _EXTENSIONS.get(src.suffix.lower()))
-    work = Path(tempfile.mkdtemp(prefix="easeml-check-", dir=secure_tmp_base()))
+    work = private_tmpdir("check", secure_tmp_base())
     try:
         labels, _ = split_plaintext(src, work / "features", fmt=fmt, label_column=label_column,
                                     rows=None, name=src)
@@ -484,9 +485,9 @@ def decrypted_dataset(
         )
     ds_id = dataset_id(enc)
     base = Path(tmp_dir) if tmp_dir is not None else secure_tmp_base()
-    work = Path(tempfile.mkdtemp(prefix="easeml-ds-", dir=base))
+    sweep_stale(base)  # plaintext left by a process that was killed mid-evaluation
+    work = private_tmpdir("ds", base)
     try:
-        os.chmod(work, 0o700)
         plain = work / "plaintext"
         _decrypt_to(enc, key, passphrase, plain, work)
         fmt = format or _sniff_format(plain, format_from_name(enc))

@@ -75,6 +75,57 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+_SWEPT_KINDS = ("ds", "gnupg", "check")
+
+
+def private_tmpdir(kind: str, base: Path | None = None) -> Path:
+    """A new 0700 directory ``easeml-KIND-PID-XXXX``: the PID lets a later sweep spot orphans."""
+    d = Path(tempfile.mkdtemp(prefix=f"easeml-{kind}-{os.getpid()}-", dir=base))
+    os.chmod(d, 0o700)
+    return d
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale(base: Path | None = None) -> list[Path]:
+    """Remove private directories whose creating process is dead (killed mid-evaluation).
+
+    A ``kill -9`` skips every ``finally``; the next decryption on the same machine (or a
+    worker at start-up) calls this so plaintext never outlives its process for long.
+    """
+    root = base if base is not None else (secure_tmp_base() or Path(tempfile.gettempdir()))
+    removed = []
+    try:
+        candidates = list(root.glob("easeml-*-*-*"))
+    except OSError:
+        return removed
+    for p in candidates:
+        parts = p.name.split("-")
+        if len(parts) < 4 or parts[1] not in _SWEPT_KINDS or not parts[2].isdigit():
+            continue
+        try:
+            if p.is_symlink() or not p.is_dir() or p.stat().st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        pid = int(parts[2])
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        if parts[1] == "gnupg":
+            kill_agent(p)
+        remove_tree(p)
+        removed.append(p)
+    return removed
+
+
 @contextmanager
 def temporary_gpg(parent: Path | None = None, *, ephemeral_protection: bool = False) -> Iterator[gnupg.GPG]:
     """Yield a ``gnupg.GPG`` bound to a new private home; destroy the home on exit.
@@ -84,8 +135,7 @@ def temporary_gpg(parent: Path | None = None, *, ephemeral_protection: bool = Fa
     on tmpfs (the key file on disk keeps its own protection), wrong for creating keys.
     """
     base = parent if parent is not None else secure_tmp_base()
-    home = Path(tempfile.mkdtemp(prefix="easeml-gnupg-", dir=base))
-    os.chmod(home, 0o700)
+    home = private_tmpdir("gnupg", base)
     if ephemeral_protection:
         (home / "gpg-agent.conf").write_text("s2k-count 65536\n", encoding="ascii")
     try:

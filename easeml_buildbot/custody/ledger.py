@@ -277,6 +277,11 @@ class Ledger:
         if not repo or not dataset_id:
             raise LedgerError("repo and dataset_id are required")
         entry = self._get_or_create_entry(repo, dataset_id, steps, mode, condition, samples_needed)
+        if entry.retired:
+            raise TestSetRetired(
+                f"test set {dataset_id[:12]} of {repo} is retired ({entry.retired_reason}); "
+                "commit a new test set"
+            )
         if entry.budget != steps or entry.adaptivity != mode:
             raise LedgerError(
                 f"test set {dataset_id[:12]} of {repo} was first used with steps={entry.budget}, "

@@ -23,9 +23,8 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def temp_tracker(monkeypatch: pytest.MonkeyPatch) -> TempTracker:
     tracker = TempTracker()
-    from easeml_buildbot.custody import dataset, gpghome
+    from easeml_buildbot.custody import gpghome
 
-    monkeypatch.setattr(dataset.tempfile, "mkdtemp", tracker.mkdtemp)
     monkeypatch.setattr(gpghome.tempfile, "mkdtemp", tracker.mkdtemp)
     return tracker
 

@@ -389,3 +389,35 @@ def test_fast_csv_path_matches_csv_module(label_pos, variant, rows, tmp_path, mo
     read = lambda p: list(csv.reader(p.open(newline="")))  # noqa: E731
     assert read(tmp_path / "fast.csv") == read(tmp_path / "slow.csv")
     assert len(fast_labels) == (rows or 50)
+
+
+def test_kill_9_mid_evaluation_leaves_nothing_for_long(service_keys, tmp_path, data):
+    """A worker killed inside the block skips every finally; the next decryption sweeps it."""
+    import signal
+    import sys
+
+    from easeml_buildbot.custody.gpghome import sweep_stale
+
+    X, y = data
+    enc = encrypted_test_set(service_keys, tmp_path / "t.csv.gpg", X, y)
+    base = tmp_path / "shm"
+    base.mkdir()
+    code = (
+        "import sys, time\n"
+        "from easeml_buildbot.custody.dataset import decrypted_dataset\n"
+        f"with decrypted_dataset({str(enc)!r}, {str(service_keys.private)!r}, tmp_dir={str(base)!r}) as ds:\n"
+        "    print(ds.features_path, flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    features = Path(child.stdout.readline().strip())
+    assert features.is_file()
+    # a live owner's directory is never swept
+    assert sweep_stale(base) == [] and features.is_file()
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(10)
+    assert features.is_file(), "kill -9 skipped the wipe (this is what the sweep is for)"
+    with decrypted_dataset(enc, service_keys.private, tmp_dir=base, rows=3) as ds:
+        assert ds.n_rows == 3 and not features.parent.exists()
+    assert os.listdir(base) == []
+    assert scan_dirs_for(_row_needles(X, y, "csv"), [base]) == []
