@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -136,12 +137,17 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 # -- evaluate --------------------------------------------------------------------
 
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, str) and not v.strip())
+
+
 def _normalise(values: list[Any]) -> np.ndarray:
-    """Numbers compare as numbers ("1" == 1.0), anything else as text."""
+    """Numbers compare as numbers ("1" == 1.0), anything else as text; an empty cell or
+    null is a missing label (NaN / None: active labelling)."""
     try:
-        return np.asarray([float(v) for v in values], dtype=np.float64)
+        return np.asarray([math.nan if _missing(v) else float(v) for v in values], dtype=np.float64)
     except (TypeError, ValueError):
-        return np.asarray([str(v) for v in values], dtype=object)
+        return np.asarray([None if _missing(v) else str(v) for v in values], dtype=object)
 
 
 def read_column(path: str | Path, column: str | None = None) -> np.ndarray:
@@ -180,7 +186,7 @@ def read_column(path: str | Path, column: str | None = None) -> np.ndarray:
                     out.append(v)
             return _normalise(out)
         with p.open(encoding="utf-8", newline="") as fh:
-            rows = [r for r in csv.reader(fh) if r]
+            rows = [r or [""] for r in csv.reader(fh)]  # a blank line is an empty cell (no label)
     except OSError as exc:
         raise InputError(f"{p}: cannot read: {exc.strerror or exc}") from None
     except ValueError as exc:
@@ -209,6 +215,8 @@ def read_column(path: str | Path, column: str | None = None) -> np.ndarray:
 
 
 def _is_float(s: str) -> bool:
+    if not s.strip():
+        return True  # an empty cell (a missing label) does not make a row a header
     try:
         float(s)
         return True

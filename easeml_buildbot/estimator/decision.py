@@ -174,6 +174,38 @@ def _as_array(x: Any, what: str) -> np.ndarray:
     return a
 
 
+def _labelled_mask(y: np.ndarray, labelled: Sequence[bool] | np.ndarray | None) -> np.ndarray | None:
+    """Which rows carry a label: the explicit mask, or labels that are None/NaN/''."""
+    if labelled is not None:
+        m = np.asarray(labelled, dtype=bool)
+        if m.shape != y.shape:
+            raise DecisionError(f"labelled mask has {m.size} entries for {y.size} labels")
+        return m
+    if y.dtype.kind == "f":
+        missing = np.isnan(y)
+    elif y.dtype.kind == "O":
+        missing = np.array([v is None or v == "" or (isinstance(v, float) and math.isnan(v)) for v in y])
+    else:
+        return None
+    return ~missing if missing.any() else None
+
+
+def _check_active(cond: Condition, new: np.ndarray, old: np.ndarray | None, mask: np.ndarray) -> None:
+    from easeml_buildbot.estimator.samples import is_difference
+
+    bad = [str(c) for c in cond.clauses if not (is_difference(c) or c.variables == {"d"})]
+    if bad or old is None:
+        raise DecisionError(
+            "some rows have no label, which only a condition made of 'd' and 'n - o' clauses allows "
+            f"(active labelling); clause '{bad[0] if bad else cond}' needs a label on every row")
+    unlabelled_disagreements = np.flatnonzero(~mask & (new != old))
+    if len(unlabelled_disagreements):
+        i = int(unlabelled_disagreements[0])
+        raise DecisionError(f"row {i + 1} has no label but the two models disagree there "
+                            f"({len(unlabelled_disagreements)} such rows); active labelling needs a label "
+                            "on every row where the models disagree")
+
+
 def _outcome(op: str, const: float, lo: float, hi: float) -> str:
     if op == ">":
         return "pass" if lo > const else "fail" if hi < const else "unknown"
@@ -240,8 +272,14 @@ def decide(
     mode: str,
     method: str = "auto",
     plan: SampleSize | None = None,
+    labelled: Sequence[bool] | np.ndarray | None = None,
 ) -> Verdict:
-    """Score predictions against labels and decide the condition (pass/fail/unknown -> mode)."""
+    """Score predictions against labels and decide the condition (pass/fail/unknown -> mode).
+
+    Active labelling: ``labelled`` (or labels that are None/NaN/"" on some rows) marks the
+    rows that carry a label. Unlabelled rows are allowed only where the two models agree
+    and only for conditions made of ``d`` and ``n - o`` clauses: there the label cannot
+    change ``n - o`` (docs/statistics.md). ``n`` and ``o`` are then not estimated."""
     cond = parse_condition(condition) if isinstance(condition, str) else condition
     if mode not in MODES:
         raise DecisionError(f"mode must be 'fp-free' or 'fn-free', not {mode!r}")
@@ -262,10 +300,15 @@ def decide(
     elif need_old:
         raise DecisionError("the condition uses 'o' or 'd' but there are no old-model predictions")
 
+    mask = _labelled_mask(y, labelled)
+    active = mask is not None and not bool(mask.all())
+    if active:
+        _check_active(cond, new, old, mask)
     new_ok = new == y
-    indicators: dict[str, np.ndarray] = {"n": new_ok}
+    indicators: dict[str, np.ndarray] = {"n": new_ok if not active else new_ok & mask}
     if old is not None:
-        indicators["o"] = old == y
+        old_ok = old == y
+        indicators["o"] = old_ok if not active else old_ok & mask
         indicators["d"] = new != old
     counts = {v: int(np.count_nonzero(z)) for v, z in indicators.items()}
 
@@ -289,10 +332,10 @@ def decide(
     # per-variable intervals for reports: one-sided bounds at the clause share split over
     # the condition's variables (each side holds with prob. >= 1 - that share)
     log_v = plan.clauses[0].log_delta + math.log(m) - math.log(m * max(1, len(cond.variables)))
-    estimates: dict[str, float | None] = {"n": counts["n"] / n, "o": None, "d": None}
+    estimates: dict[str, float | None] = {"n": None, "o": None, "d": None}
     intervals: dict[str, tuple[float, float] | None] = {"n": None, "o": None, "d": None}
     for v in ("n", "o", "d"):
-        if v in counts:
+        if v in counts and not (active and v in ("n", "o")):
             estimates[v] = counts[v] / n
             if plan.method in ("exact", "betting"):
                 intervals[v] = clopper_pearson(counts[v], n, log_v)
@@ -300,6 +343,9 @@ def decide(
                 w = hoeffding_width(n, log_v)
                 intervals[v] = (max(0.0, counts[v] / n - w), min(1.0, counts[v] / n + w))
     notes = []
+    if active:
+        notes.append(f"active labelling: {int(mask.sum())} of {n} rows labelled (all rows where the models "
+                     "disagree); n and o are not estimated, n - o is")
     if n < plan.rows:
         notes.append(f"only {n} test samples, the condition needs {plan.rows}: intervals are wider than its tolerance")
     return Verdict(

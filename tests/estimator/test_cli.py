@@ -154,3 +154,25 @@ def test_console_script_as_subprocess(tmp_path: Path) -> None:
     p = subprocess.run([sys.executable, "-m", "easeml_buildbot", "check-config", "missing.yml"],
                        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
     assert p.returncode == 1 and "missing.yml: no such file" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_evaluate_with_active_labelling(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Labels only where the models disagree (empty cells elsewhere) decide d and n - o."""
+    rng = np.random.default_rng(8)
+    n = 3000
+    y = rng.integers(0, 2, n)
+    old = np.where(rng.random(n) < 0.7, y, 1 - y)
+    new = old.copy()
+    flip = rng.random(n) < 0.05
+    new[flip] = y[flip]
+    (tmp_path / "c.yml").write_text("condition: d < 0.2 +/- 0.05 /\\ n - o > 0 +/- 0.05\nreliability: 0.99\n"
+                                    "steps: 2\nmethod: bennett\n")
+    (tmp_path / "y.csv").write_text("label\n" + "".join(f"{v if a != b else ''}\n" for v, a, b in zip(y, new, old)))
+    np.save(tmp_path / "new.npy", new)
+    np.save(tmp_path / "old.npy", old)
+    rc, out, err = run(capsys, "evaluate", "--config", str(tmp_path / "c.yml"), "--labels", str(tmp_path / "y.csv"),
+                       "--new", str(tmp_path / "new.npy"), "--old", str(tmp_path / "old.npy"), "--json")
+    v = json.loads(out)
+    assert v["estimates"]["n"] is None and v["estimates"]["d"] == pytest.approx(float(np.mean(new != old)))
+    assert v["clauses"][1]["estimate"] == pytest.approx(float(np.mean(new == y) - np.mean(old == y)))
+    assert rc == (0 if v["outcome"] == "pass" else 1)

@@ -162,3 +162,31 @@ def test_betting_decides_rare_disagreements_and_stays_consistent() -> None:
     w = 2 * math.sqrt(-half / (2 * n))
     assert c.estimate - w - 1e-12 <= c.lower and c.upper <= c.estimate + w + 1e-12
     assert bt.samples_needed >= ex.samples_needed
+
+
+def test_active_labelling_needs_labels_only_where_models_disagree() -> None:
+    rng = np.random.default_rng(4)
+    n = 30000
+    y = rng.integers(0, 3, n)
+    old = np.where(rng.random(n) < 0.75, y, (y + 1) % 3)
+    new = old.copy()
+    u = rng.random(n)
+    new[u < 0.04] = y[u < 0.04]
+    new[(u >= 0.04) & (u < 0.05)] = (y[(u >= 0.04) & (u < 0.05)] + 2) % 3
+    cond = "d < 0.1 +/- 0.02 /\\ n - o > 0 +/- 0.02"
+    full = decide(cond, y, new, old, mode="fp-free", method="bennett", **KW)
+    partial = np.where(new != old, y.astype(float), np.nan)  # labels only on disagreements
+    act = decide(cond, partial, new, old, mode="fp-free", method="bennett", **KW)
+    # n - o and d, and so every clause interval, are the same as with all labels
+    for a, f in zip(act.clauses, full.clauses):
+        assert (a.estimate, a.lower, a.upper) == pytest.approx((f.estimate, f.lower, f.upper), abs=1e-12)
+        assert a.outcome == f.outcome
+    assert act.estimates["n"] is None and act.estimates["o"] is None and act.estimates["d"] == full.estimates["d"]
+    assert any("active labelling" in note for note in act.notes)
+    # an unlabelled disagreement, or a clause on n alone, is refused
+    holes = partial.copy()
+    holes[np.flatnonzero(new != old)[0]] = np.nan
+    with pytest.raises(DecisionError, match="no label but the two models disagree"):
+        decide(cond, holes, new, old, mode="fp-free", **KW)
+    with pytest.raises(DecisionError, match="needs a label on every row"):
+        decide("n > 0.5 +/- 0.1", partial, new, old, mode="fp-free", **KW)
