@@ -16,6 +16,13 @@ from typing import Any
 
 from github import Auth, Github, GithubIntegration
 from github.CheckRun import CheckRun
+from urllib3.util.retry import Retry
+
+
+def _retry() -> Retry:
+    """Retry idempotent calls on GitHub's transient errors; never re-POST (no duplicate runs)."""
+    return Retry(total=3, connect=3, read=2, backoff_factor=0.5, status_forcelist=(500, 502, 503, 504),
+                 allowed_methods=frozenset({"GET", "PATCH"}), raise_on_status=False)
 
 
 @dataclass
@@ -33,7 +40,8 @@ class GitHubApp:
         self.api_url = api_url.rstrip("/")
         self.refresh_margin = refresh_margin
         self._clock = clock
-        self._integration = GithubIntegration(auth=Auth.AppAuth(app_id, private_key), base_url=self.api_url)
+        self._integration = GithubIntegration(auth=Auth.AppAuth(app_id, private_key), base_url=self.api_url,
+                                              retry=_retry())
         self._tokens: dict[int, _Token] = {}
         self._clients: dict[int, Github] = {}
         self._lock = threading.Lock()
@@ -65,7 +73,7 @@ class GitHubApp:
         with self._lock:
             gh = self._clients.get(installation_id)
             if gh is None:
-                gh = Github(auth=Auth.Token(token), base_url=self.api_url, retry=None, lazy=True)
+                gh = Github(auth=Auth.Token(token), base_url=self.api_url, retry=_retry(), lazy=True)
                 self._clients[installation_id] = gh
             return gh
 

@@ -61,3 +61,17 @@ def test_a_wrong_app_key_is_refused(sim):
     with pytest.raises(Exception):
         app.installation_token(5)
     assert any("needs the App's JWT" in e for e in sim.errors())
+
+
+def test_transient_errors_on_updates_are_retried_but_creates_are_not(sim):
+    app = GitHubApp(77, sim.app_key, sim.url)
+    app.installation_token(5)
+    sim.fail_next = [502]
+    with pytest.raises(Exception):
+        app.create_check_run(5, "o/r", name="easeml/ci", head_sha="b" * 40, status="queued")
+    assert [v for v, _ in sim.check_run_calls("o/r")] == ["create"]  # not re-POSTed
+    run = app.create_check_run(5, "o/r", name="easeml/ci", head_sha="b" * 40, status="queued")
+    sim.fail_next = [503, 502]
+    app.update_check_run(run, status="completed", conclusion="success", output={"title": "t", "summary": "s"})
+    assert sim.check_runs[run.id]["conclusion"] == "success"
+    assert [v for v, _ in sim.check_run_calls("o/r")] == ["create", "create", "update", "update", "update"]
