@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -180,8 +178,10 @@ def test_config_reference_doc_is_in_sync() -> None:
         "regenerate with: python -m easeml_buildbot.config --markdown > docs/config-reference.md")
 
 
-def test_markdown_cli() -> None:
-    out = subprocess.run([sys.executable, "-m", "easeml_buildbot.config", "--markdown"],
-                         capture_output=True, text=True, check=True).stdout
+def test_markdown_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    from easeml_buildbot.config import _main
+
+    assert _main(["--markdown"]) == 0
+    out = capsys.readouterr().out
     assert out == markdown_reference()
     assert "| `condition` |" in out and "ml:" in out
