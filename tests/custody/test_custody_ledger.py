@@ -217,7 +217,7 @@ def _spawn(*args: str) -> subprocess.Popen:
 
 
 def test_processes_race_for_the_last_use(ledger_url, tmp_path):
-    H, procs = 3, 6
+    H, procs = 3, 4
     with Ledger(ledger_url) as led:
         for _ in range(H - 1):
             led.commit(led.reserve(REPO, DS, H, "full").use_id, "fail")
