@@ -62,7 +62,8 @@ SCHEMA: tuple[Key, ...] = (
         "turns it into fail (no false passes), `fn-free` into pass (no false failures)."),
     Key("adaptivity", "`none` \\| `firstChange` \\| `full`", "full", "How much the developers learn "
         "from each verdict: `full` (they see every pass/fail), `firstChange` (alias `hybrid`: "
-        "they see nothing until the verdict first changes), `none` (they see nothing)."),
+        "the test set retires at the first pass, so all they saw before was fail), `none` "
+        "(they see no verdicts)."),
     Key("steps", "integer ≥ 1", 32, "H, the number of uses (commits evaluated) one test set "
         "serves before it is retired and a new one is needed."),
     Key("email", "address or list of addresses", [], "Who receives the results."),
@@ -133,7 +134,7 @@ class EasemlConfig:
         unknown = "fail (no false passes)" if self.mode == "fp-free" else "pass (no false failures)"
         adapt = {
             "full": "even if the developers adapt to every verdict they see",
-            "firstChange": "provided the developers see nothing until the verdict first changes",
+            "firstChange": "as the test set retires at the first pass",
             "none": "provided the developers see no verdicts",
         }[self.adaptivity]
         extra = f" and {s.unlabeled} samples with predictions only" if s.unlabeled else ""
