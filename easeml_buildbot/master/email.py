@@ -232,6 +232,8 @@ class BuildFacts:
     worker: str | None = None
     builder: str | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
+    failed_step: str | None = None  # operator mail: the step that broke and its log's tail
+    log_tail: str | None = None
 
     @property
     def short_sha(self) -> str:
@@ -424,7 +426,12 @@ OPERATOR_HTML = _HTML_HEAD + """<h2 style="margin:0 0 8px 0">Service-side failur
 <tr><td>Builder</td><td>{{ f.builder or 'unknown' }}</td></tr>
 <tr><td>Worker</td><td>{{ f.worker or 'unknown' }}</td></tr>
 <tr><td>Test set</td><td><code>{{ f.dataset_id or 'unknown' }}</code></td></tr>
+{% if f.failed_step %}<tr><td>Failed step</td><td>{{ f.failed_step }}</td></tr>{% endif %}
 </table>
+{% if f.log_tail %}
+<p>End of its log:</p>
+<pre style="background:#f6f8fa;padding:8px;border-radius:4px;white-space:pre-wrap">{{ f.log_tail }}</pre>
+{% endif %}
 <p>The data scientists were told that the evaluation could not run and that you were notified.</p>
 """ + _HTML_LINKS + """</body></html>
 """
@@ -436,6 +443,13 @@ Cause:    {{ f.cause or 'not recorded; see the build log' }}
 Builder:  {{ f.builder or 'unknown' }}
 Worker:   {{ f.worker or 'unknown' }}
 Test set: {{ f.dataset_id or 'unknown' }}
+{% if f.failed_step %}Failed step: {{ f.failed_step }}
+{% endif %}
+{% if f.log_tail %}
+
+End of its log:
+{{ f.log_tail }}
+{% endif %}
 
 The data scientists were told that the evaluation could not run and that you were notified.
 
@@ -767,7 +781,7 @@ def plan_mails(facts: BuildFacts, policy: MailPolicy, *, ledger: Any = None) -> 
     ``ledger`` is ``(uses, state)`` when already read (tests); otherwise the ledger at
     ``policy.ledger_url`` is read for the build's ``easeml_use_id``.
     """
-    from buildbot.process.results import CANCELLED, EXCEPTION, RETRY, SKIPPED
+    from buildbot.process.results import CANCELLED, SKIPPED
 
     owners, dropped = filter_recipients(facts.owners, policy.allowed_domains)
     if dropped:
@@ -777,8 +791,7 @@ def plan_mails(facts: BuildFacts, policy: MailPolicy, *, ledger: Any = None) -> 
     mails: list[OutgoingMail] = []
     status = facts.status
 
-    infra = status == "infra_error" or (status is None and facts.results in (EXCEPTION, RETRY)) or (
-        status not in (None, "evaluated") and facts.results == EXCEPTION)
+    infra = _is_infra(facts)
     if facts.results in (CANCELLED, SKIPPED) and not infra:
         return []
     if infra:
@@ -915,6 +928,44 @@ def facts_from_build(build: Mapping[str, Any], build_url: str | None, users: Seq
     )
 
 
+_PRIVATE_LINE = re.compile(r"-----(BEGIN|END) |(passphrase|password|secret)\s*[:=]", re.IGNORECASE)
+
+
+@defer.inlineCallbacks
+def failed_step_tail(master, buildid: int, lines: int = 20):
+    """``(step name, last lines of its stdio)`` of a build's first failed step, for operators.
+
+    Step logs are already visible in the Buildbot UI; lines that look like key material or
+    credentials are dropped anyway.
+    """
+    from buildbot.process.results import SKIPPED, SUCCESS, WARNINGS
+
+    steps = yield master.data.get(("builds", buildid, "steps"))
+    failed = [s for s in steps or () if s.get("results") not in (None, SUCCESS, SKIPPED, WARNINGS)]
+    if not failed:
+        return None, None
+    step = failed[0]
+    logs = yield master.data.get(("steps", step["stepid"], "logs"))
+    log = next((lg for lg in logs or () if lg.get("name") == "stdio"), None)
+    if log is None:
+        return step.get("name"), None
+    content = yield master.data.get(("logs", log["logid"], "contents"))
+    text = (content or {}).get("content") or ""
+    out = []
+    for line in text.splitlines()[-lines:]:
+        if log.get("type") == "s" and line[:1] in ("o", "e", "h"):
+            line = line[1:]
+        if not _PRIVATE_LINE.search(line):
+            out.append(line[:300])
+    return step.get("name"), "\n".join(out) or None
+
+
+def _is_infra(facts: BuildFacts) -> bool:
+    from buildbot.process.results import EXCEPTION, RETRY
+
+    return facts.status == "infra_error" or (facts.status is None and facts.results in (EXCEPTION, RETRY))
+
+
 class EasemlMailGenerator:
     """Report generator: one finished build -> the planned easeml mails (``IReportGenerator``)."""
 
@@ -956,6 +1007,12 @@ class EasemlMailGenerator:
         users = yield reporter.getResponsibleUsersForBuild(master, build["buildid"])
         url = utils.getURLForBuild(master, build["builder"]["builderid"], build["number"])
         facts = facts_from_build(build, url, users, self.policy)
+        if _is_infra(facts):
+            try:
+                step, tail = yield failed_step_tail(master, build["buildid"])
+                facts = dataclasses.replace(facts, failed_step=step, log_tail=tail)
+            except Exception as exc:  # noqa: BLE001  (the mail goes out without the tail)
+                _warn("easeml email: cannot read the failed step's log: %s", exc)
         mails = yield threads.deferToThreadPool(
             master.reactor, master.reactor.getThreadPool(), plan_mails, facts, self.policy)
         if not mails:

@@ -138,3 +138,51 @@ def test_mails_through_real_master_builds(tmp_path, service_keys):
             assert bb.api("builders")  # the master still answers
             assert bb.master_proc.poll() is None
         assert len(smtp.messages) == 6
+
+
+def test_operator_mail_when_the_worker_has_no_key(tmp_path, service_keys):
+    """An operator-side failure: the worker lacks its private key. The operator gets the
+    details, the owners a short note, and no use of the test set is spent."""
+    if not _git_ok():
+        pytest.skip("needs git and unshare for the process runner")
+    repo = make_model_repo(tmp_path / "repo", public_key=service_keys.public, quality=0.8,
+                           condition="n > 0.6 +/- 0.1", reliability=0.99, adaptivity="none", steps=2,
+                           email=(OWNER,))
+    with SmtpServer() as smtp:
+        settings = {
+            "local": {"repo": str(repo.path), "branch": "main", "project": "acme/digits", "poll_interval": 1},
+            "email_enabled": True, "operator_email": "ops@example.com",
+            "allowed_email_domains": ["example.com"],
+            "smtp": {"host": smtp.host, "port": smtp.port, "from_addr": "easeml-ci@example.com"},
+        }
+        with BuildbotHarness(tmp_path / "bb", settings=settings,
+                             worker_env={"EASEML_WORKER_RUNNER": "process"}) as bb:
+            time.sleep(2)
+            head = repo.commit_model(quality=0.95, branch="main")
+            (build,) = bb.wait_for_builds(1, timeout=120)
+            props = bb.build_properties(build["buildid"])
+            assert props.get("easeml_status") == "infra_error", props
+            mails = smtp.wait_for(2, timeout=30)
+        by_rcpt = {tuple(m.rcpt_tos): m for m in mails}
+        op = by_rcpt[("ops@example.com",)].message
+        note = by_rcpt[(OWNER,)].message
+        assert op["Subject"].startswith(f"[easeml] acme/digits {head.sha[:7]}: service-side failure")
+        op_text = decoded_text(op)
+        assert "infra_error" in op_text and "worker1" in op_text
+        # the operator sees why (the failed step's log tail); the owners do not
+        assert "Failed step: evaluate" in op_text and "EASEML_WORKER_KEY" in op_text
+        assert "EASEML_WORKER_KEY" not in decoded_text(note)
+        assert f"#/builders/{build['builderid']}/builds/{build['number']}" in op_text
+        assert note["Subject"] == f"[easeml] acme/digits {head.sha[:7]}: not evaluated (service-side failure)"
+        assert "operator has been notified" in decoded_text(note)
+        assert "image/png" not in mime_parts(note) and "interval" not in decoded_text(note)
+        assert len(smtp.messages) == 2
+        # no dev mail under adaptivity none, and no use was spent
+        from easeml_buildbot.custody.ledger import Ledger
+
+        led = Ledger(f"sqlite:///{bb.master_dir / 'ledger.sqlite'}")
+        try:
+            st = led.state("acme/digits", repo.dataset_id)
+            assert st is None or st.committed == 0
+        finally:
+            led.close()
