@@ -484,7 +484,9 @@ def decrypted_dataset(
             "encrypt it with 'easeml dataset encrypt')"
         )
     ds_id = dataset_id(enc)
-    base = Path(tmp_dir) if tmp_dir is not None else secure_tmp_base()
+    # plaintext + features ~ 2x the ciphertext (no compression), plus headroom
+    base = Path(tmp_dir) if tmp_dir is not None else secure_tmp_base(
+        min_free=int(2.5 * enc.stat().st_size) + (16 << 20))
     sweep_stale(base)  # plaintext left by a process that was killed mid-evaluation
     work = private_tmpdir("ds", base)
     try:

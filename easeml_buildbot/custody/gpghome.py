@@ -32,11 +32,23 @@ if not any(isinstance(f, _DropGnupgDebug) for f in _GNUPG_LOGGER.filters):
     _GNUPG_LOGGER.addFilter(_DropGnupgDebug())
 
 
-def secure_tmp_base() -> Path | None:
-    """tmpfs (/dev/shm) when writable, so plaintext and keys never touch a disk."""
+def secure_tmp_base(min_free: int = 0) -> Path | None:
+    """tmpfs (/dev/shm) when writable and roomy enough, so plaintext never touches a disk.
+
+    None means the platform's temp dir (files there are overwritten before removal). Docker
+    gives containers a 64 MiB /dev/shm by default: ``min_free`` makes large test sets fall back
+    instead of failing with ENOSPC (or raise ``--shm-size`` on the worker).
+    """
     shm = Path("/dev/shm")
     if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
-        return shm
+        if min_free <= 0:
+            return shm
+        try:
+            st = os.statvfs(shm)
+        except OSError:
+            return None
+        if st.f_bavail * st.f_frsize >= min_free:
+            return shm
     return None
 
 

@@ -421,3 +421,23 @@ def test_kill_9_mid_evaluation_leaves_nothing_for_long(service_keys, tmp_path, d
         assert ds.n_rows == 3 and not features.parent.exists()
     assert os.listdir(base) == []
     assert scan_dirs_for(_row_needles(X, y, "csv"), [base]) == []
+
+
+def test_small_tmpfs_falls_back_to_disk(service_keys, tmp_path, data, monkeypatch):
+    """A 64 MiB Docker /dev/shm must not fail a large test set: it falls back to the temp dir."""
+    from easeml_buildbot.custody import gpghome
+
+    X, y = data
+    enc = encrypted_test_set(service_keys, tmp_path / "t.csv.gpg", X, y)
+    real = os.statvfs
+
+    class Tiny:
+        def __init__(self, st):
+            self.f_bavail, self.f_frsize = 10, 4096
+
+    monkeypatch.setattr(gpghome.os, "statvfs", lambda p: Tiny(real(p)) if str(p) == "/dev/shm" else real(p))
+    monkeypatch.setattr(gpghome.tempfile, "tempdir", str(tmp_path))
+    with decrypted_dataset(enc, service_keys.private) as ds:
+        assert not str(ds.features_path).startswith("/dev/shm/")
+        assert ds.features_path.parent.parent == tmp_path
+    assert sorted(os.listdir(tmp_path)) == ["t.csv.gpg"]

@@ -122,7 +122,8 @@ def start_postgres() -> PostgresServer:
     if bin_dir is None:
         raise FileNotFoundError("PostgreSQL server binaries not found in /usr/lib/postgresql/*/bin")
     user = _run_user()
-    base = Path(tempfile.mkdtemp(prefix="easeml-pg-"))
+    # as root: /tmp, which the unprivileged server user can traverse whatever $TMPDIR says
+    base = Path(tempfile.mkdtemp(prefix="easeml-pg-", dir="/tmp" if user else None))
     os.chmod(base, 0o700)
     if user:
         pw = pwd.getpwnam(user)
