@@ -910,7 +910,7 @@ def facts_from_build(build: Mapping[str, Any], build_url: str | None, users: Seq
             config.setdefault(key, props[prop])
     return BuildFacts(
         repo=repo,
-        sha=str(_prop(props, "easeml_sha", "got_revision", "revision") or ss.get("revision") or ""),
+        sha=str(_prop(props, "easeml_sha", "easeml_head_sha", "got_revision", "revision") or ss.get("revision") or ""),
         status=_prop(props, "easeml_status"),
         results=build.get("results"),
         pr_number=pr_number,

@@ -195,3 +195,20 @@ def test_png_and_html_structure_of_evaluation_mail():
     parts = mime_parts(mail.message)
     assert list(parts)[:3] == ["multipart/alternative", "text/plain", "multipart/related"]
     assert parts["image/png"][0]["Content-Disposition"].startswith("inline")
+
+
+def test_facts_from_a_github_pull_request_build():
+    """Properties set by the GitHub App hook: PR number, head sha; links to the forge's web UI."""
+    s = Settings.from_dict({"forge": "local", "local": {"repo": "/tmp/r"},
+                            "github": {"api_url": "https://ghe.example.com/api/v3"}})
+    policy = em.MailPolicy.from_settings(s)
+    assert policy.web_url == "https://ghe.example.com"
+    assert em.MailPolicy.from_settings(Settings.from_dict({"forge": "local", "local": {"repo": "/x"}})).web_url \
+        == "https://github.com"
+    build = {"results": SUCCESS, "builder": {"name": "easeml"}, "buildset": {"sourcestamps": [{}]},
+             "properties": {"easeml_status": ["evaluated", "easeml"], "easeml_repo": ["acme/m", "hook"],
+                            "easeml_pr": [31, "hook"], "easeml_head_sha": ["c" * 40, "hook"],
+                            "branch": ["refs/pull/31/merge", "hook"]}}
+    f = em.facts_from_build(build, None, ["octocat"], policy)  # a login, not an address
+    assert (f.pr_number, f.sha, f.author) == (31, "c" * 40, None)
+    assert f.pr_url == "https://ghe.example.com/acme/m/pull/31"
