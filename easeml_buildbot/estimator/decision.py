@@ -284,6 +284,8 @@ def decide(
     if mode not in MODES:
         raise DecisionError(f"mode must be 'fp-free' or 'fn-free', not {mode!r}")
     plan = plan or sample_size(cond, reliability, adaptivity, steps, method)
+    if plan.condition != str(cond) or len(plan.clauses) != len(cond.clauses):
+        raise DecisionError(f"the sample-size plan is for '{plan.condition}', not for '{cond}'")
     y = _as_array(labels, "labels")
     new = _as_array(new_predictions, "new predictions")
     if len(new) != len(y):
