@@ -7,7 +7,7 @@ import sys
 
 from easeml_buildbot.custody import dataset as ds_mod
 from easeml_buildbot.custody import keys as keys_mod
-from easeml_buildbot.custody.ledger import Ledger, LedgerError, format_table, normalize_url
+from easeml_buildbot.custody.ledger import Ledger, LedgerError, format_table, format_uses, normalize_url
 
 
 def _fail(message: str) -> int:
@@ -70,6 +70,15 @@ def _ledger_show(args: argparse.Namespace) -> int:
     try:
         with Ledger(args.url) as led:
             entries = led.entries(repo=args.repo)
+            if args.dataset:
+                chosen = [e for e in entries if e.dataset_id.startswith(args.dataset)]
+                if len(chosen) != 1:
+                    return _fail(f"--dataset {args.dataset}: matches {len(chosen)} test sets"
+                                 + ("" if args.repo else " (add --repo)"))
+                print(format_table(chosen))
+                print()
+                print(format_uses(led.uses(chosen[0].repo, chosen[0].dataset_id)))
+                return 0
     except (LedgerError, Exception) as exc:  # noqa: BLE001 - database errors of any driver
         return _fail(f"ledger {normalize_url(args.url).split('@')[-1]}: {exc}")
     if not entries:
@@ -119,6 +128,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lsub = ledger.add_subparsers(dest="ledger_command", metavar="ACTION", required=True)
     show = lsub.add_parser("show", help="print uses, remaining uses and retirement per test set")
     show.add_argument("--repo", help="only this repository (owner/name)")
+    show.add_argument("--dataset", metavar="ID_PREFIX", help="also list every use of this test set "
+                      "(operators: shows verdicts)")
     show.add_argument("--url", help="ledger database URL (default: $EASEML_LEDGER_URL or "
                       "sqlite:///var/ledger.sqlite)")
     show.set_defaults(func=_ledger_show)

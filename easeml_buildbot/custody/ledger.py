@@ -492,3 +492,17 @@ def format_table(entries: Sequence[LedgerEntry]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def format_uses(uses: Sequence[UseRecord]) -> str:
+    """The ``easeml ledger show --dataset`` table: one line per use (operators only)."""
+    head = ("use", "id", "state", "commit", "verdict", "reserved (UTC)", "notified / reason")
+    rows = [head] + [(
+        str(u.use_number), str(u.id), u.state, (u.commit or "")[:12], u.verdict or "",
+        u.reserved_at.strftime("%Y-%m-%d %H:%M:%S") if u.reserved_at else "",
+        u.release_reason if u.state == "released" else ", ".join(u.notified),
+    ) for u in uses]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -299,6 +299,12 @@ def test_cli_ledger_show(tmp_path, capsys):
     assert out[2].split()[:6] == [REPO, DS[:12], "full", "2/2", "0", "0"] and "yes" in out[2]
     assert out[3].split() == [REPO, DS2[:12], "firstChange", "1/5", "4", "1", "no"]
     assert len(out) == 4
+    assert easeml(["ledger", "show", "--url", url, "--repo", REPO, "--dataset", DS[:8]]) == 0
+    out = capsys.readouterr().out.splitlines()
+    uses = out[out.index("") + 3:]
+    assert [ln.split()[:3] for ln in uses] == [["1", "1", "committed"], ["2", "2", "committed"]]
+    assert easeml(["ledger", "show", "--url", url, "--dataset", DS[:8]]) == 1  # two repos share it
+    assert "matches 2 test sets" in capsys.readouterr().err
     assert easeml(["ledger", "show", "--url", "postgresql+psycopg://u:secretpw@127.0.0.1:1/x"]) == 1
     err = capsys.readouterr().err
     assert "secretpw" not in err and "Traceback" not in err and "error" in err
