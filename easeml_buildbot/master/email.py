@@ -384,7 +384,7 @@ test set can be reused without overfitting to it.
 {% endif %}
 """
 
-EXHAUSTION_HTML = _HTML_HEAD + """<h2 style="margin:0 0 8px 0">{{ f.repo }}: the test set is {{ state }}, a new one is needed</h2>
+EXHAUSTION_HTML = _HTML_HEAD + """<h2 style="margin:0 0 8px 0">{{ f.repo }}: {{ 'there is no test set yet' if state == 'missing' else 'the test set is ' + state + ', a new one is needed' }}</h2>
 <p>{{ why }}</p>
 <p>Pull requests are not evaluated until a new test set is on the base branch.
 For the current condition <code>{{ condition or 'unknown' }}</code> (reliability {{ fmt_rel(reliability) }},
@@ -397,7 +397,7 @@ test set only on its workers; models never see the labels.</p>
 """ + _HTML_LINKS + """</body></html>
 """
 
-EXHAUSTION_TEXT = """{{ f.repo }}: the test set is {{ state }}, a new one is needed
+EXHAUSTION_TEXT = """{{ f.repo }}: {{ 'there is no test set yet' if state == 'missing' else 'the test set is ' + state + ', a new one is needed' }}
 
 {{ why }}
 
@@ -580,8 +580,11 @@ def exhaustion_mail(facts: BuildFacts, *, state: str, why: str, samples: int | N
     for ext in suffix:
         if plain.endswith(ext):
             plain = plain[: -len(ext)]
-    subject = re.sub(r"[\r\n]+", " ", f"{SUBJECT_PREFIX} {facts.repo}: test set {state}, "
-                     f"a new one with {samples if samples is not None else '?'} samples is needed")
+    count = samples if samples is not None else "?"
+    subject = (f"{SUBJECT_PREFIX} {facts.repo}: no test set yet, one with {count} samples is needed"
+               if state == "missing" else
+               f"{SUBJECT_PREFIX} {facts.repo}: test set {state}, a new one with {count} samples is needed")
+    subject = re.sub(r"[\r\n]+", " ", subject)
     ctx = dict(f=facts, state=state, why=why, samples=samples, condition=condition,
                reliability=reliability, adaptivity=adaptivity, steps=steps, subject=subject,
                commands=encrypt_commands(dataset, public_key, plain), plain=plain,
@@ -745,7 +748,7 @@ def developer_may_see(adaptivity: str | None, verdict: str) -> bool:
 
 
 def _exhaustion(facts: BuildFacts, ev: Evaluation | None, policy: MailPolicy, owners: Sequence[str],
-                config: Mapping[str, Any]) -> OutgoingMail | None:
+                config: Mapping[str, Any], *, missing: bool = False) -> OutgoingMail | None:
     if not owners:
         return None
     condition = (ev.condition if ev else None) or config.get("condition") or config.get("condition_text")
@@ -758,7 +761,11 @@ def _exhaustion(facts: BuildFacts, ev: Evaluation | None, policy: MailPolicy, ow
         samples = samples_needed(condition, reliability, adaptivity, steps)
     first_pass = bool(ev and adaptivity == "firstChange" and ev.outcome == "pass")
     spent = ev is None or ev.uses_left == 0
-    if first_pass or (ev is not None and ev.retired and not spent):
+    if missing:
+        state = "missing"
+        why = (f"There is no encrypted test set at {dataset} on the base branch"
+               f"{' (' + facts.cause + ')' if facts.cause else ''}, so pull requests cannot be evaluated.")
+    elif first_pass or (ev is not None and ev.retired and not spent):
         state = "retired"
         why = ("Under adaptivity firstChange a test set is retired after its first pass: the "
                "pass was reported, so the same data cannot be trusted for the next change."
@@ -808,6 +815,17 @@ def plan_mails(facts: BuildFacts, policy: MailPolicy, *, ledger: Any = None) -> 
     if status in NO_VERDICT_STATUSES:
         cause = facts.cause or STATUS_TITLES[status]
         to = list(owners)
+        if status == "missing_dataset":
+            if cause.startswith("dataset:"):
+                # the file is there but could not be decrypted or read: a wrong or missing
+                # service key is the operator's problem, a wrong recipient key the owners'
+                if policy.operator:
+                    mails.append(OutgoingMail("operator", (policy.operator,), operator_mail(facts)))
+            else:
+                request = _exhaustion(facts, None, policy, owners, config, missing=True)
+                if request:
+                    mails.append(request)
+                to = []
         if policy.notify_author and facts.author:
             kept, _ = filter_recipients([facts.author], policy.allowed_domains)
             to += [a for a in kept if a not in to]

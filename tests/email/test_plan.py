@@ -212,3 +212,26 @@ def test_facts_from_a_github_pull_request_build():
     f = em.facts_from_build(build, None, ["octocat"], policy)  # a login, not an address
     assert (f.pr_number, f.sha, f.author) == (31, "c" * 40, None)
     assert f.pr_url == "https://ghe.example.com/acme/m/pull/31"
+
+
+def test_missing_test_set_asks_owners_for_one():
+    f = facts(status="missing_dataset", results=FAILURE, use_id=None,
+              cause="abc123456789:data/test.csv.gpg: no encrypted test set on the base branch",
+              config={"condition": "n > 0.8 +/- 0.05", "reliability": 0.999, "adaptivity": "full",
+                      "steps": 4, "samples_needed": 1234, "dataset": "data/test.csv.gpg"})
+    mails = em.plan_mails(f, POLICY)
+    assert kinds(mails) == [("exhaustion", ("owner@example.com", "lead@Sub.Example.com")),
+                            ("note", ("dev@example.com",))]
+    req = mails[0].message
+    assert req["Subject"] == "[easeml] acme/m: no test set yet, one with 1234 samples is needed"
+    text = req.get_body(("plain",)).get_content()
+    assert "no encrypted test set at data/test.csv.gpg" in text and "1234 labelled samples" in text
+    assert "easeml dataset encrypt --key easeml_pub.asc test.csv data/test.csv.gpg" in text
+
+
+def test_undecryptable_test_set_also_tells_the_operator():
+    f = facts(status="missing_dataset", results=FAILURE, use_id=None,
+              cause="dataset: cannot decrypt data/test.csv.gpg: no secret key")
+    mails = em.plan_mails(f, POLICY)
+    assert [m.kind for m in mails] == ["operator", "note"]
+    assert "no secret key" in decoded_text(mails[0].message)
