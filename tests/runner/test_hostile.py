@@ -191,7 +191,12 @@ for pid in children:
 write_predictions(1)
 '''
     src = model_dir(tmp_path / "m", script)
-    res = runner.predict(src, features_csv(tmp_path / "f.csv"), tag=tag, model={}, limits=LIMITS)
+    # enough memory for the copy-on-write children, so that only the pid limit can stop them
+    limits = Limits(memory=1 << 30, timeout=120, pids=LIMITS.pids)
+    try:
+        res = runner.predict(src, features_csv(tmp_path / "f.csv"), tag=tag, model={}, limits=limits)
+    except ModelError as exc:
+        pytest.fail(f"{exc.cause}: {exc.message}\n{exc.log[-2000:]}")
     assert "FORKS UNLIMITED" not in res.log
     n = int(res.log.split("FORK LIMIT AFTER ")[1].split()[0])
     assert 0 < n < LIMITS.pids

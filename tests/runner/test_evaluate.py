@@ -1,0 +1,188 @@
+"""``easeml worker inspect`` / ``easeml worker evaluate``: config and test set from the base,
+models from the exact commits, predictions cached, and the scored/unscored rule."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from easeml_buildbot.config import parse_config
+from easeml_buildbot.custody.dataset import dataset_id, decrypted_dataset
+from easeml_buildbot.runner.evaluate import PredictionCache, evaluate_pr, inspect_repo
+from support.models import PREDICT_PY, make_model_repo
+
+
+def easeml(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "easeml_buildbot", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def branch() -> str:
+    return f"pr-{secrets.token_hex(4)}"
+
+
+def rows_needed(repo) -> int:
+    text = subprocess.run(["git", "-C", str(repo.path), "show", f"{repo.base.sha}:.easeml.yml"],
+                          capture_output=True, text=True, check=True).stdout
+    cfg = parse_config(text)
+    return cfg.required_samples().rows
+
+
+def test_inspect_reads_the_base(digits_repo, tmp_path):
+    pr = digits_repo.commit_model(quality=0.9, branch=branch())
+    out = tmp_path / "inspect.json"
+    res = easeml("worker", "inspect", "--repo", str(digits_repo.path), "--base", digits_repo.branch,
+                 "--head", pr.sha, "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    data = json.loads(out.read_text())
+    assert data["ok"] is True and data["error"] is None
+    assert data["dataset_id"] == dataset_id(digits_repo.path / digits_repo.dataset) == digits_repo.dataset_id
+    assert data["samples_needed"] == rows_needed(digits_repo)
+    assert data["config"]["condition"] == "n > 0.8 +/- 0.1 /\\ d < 0.3 +/- 0.1"
+    assert data["protected_changed"] == []
+    assert data["base"] == digits_repo.base.sha and data["head"] == pr.sha
+
+
+def test_inspect_flags_protected_changes_and_errors(digits_repo):
+    sha = digits_repo.commit_files({".easeml.yml": "condition: n > 0.1 +/- 0.1\n",
+                                    "data/test.csv.gpg": b"tampered"}, branch=branch())
+    data = inspect_repo(digits_repo.path, digits_repo.base.sha, sha)
+    assert data["protected_changed"] == [".easeml.yml", "data/test.csv.gpg"]
+    # the config and test set still come from the base
+    assert data["ok"] and data["dataset_id"] == digits_repo.dataset_id
+    # a base without the test set: ok false, config present (the master says "missing dataset")
+    no_data = digits_repo.commit_files({"data/test.csv.gpg": None}, branch=branch())
+    data = inspect_repo(digits_repo.path, no_data)
+    assert not data["ok"] and data["config"] and data["dataset_id"] is None
+    assert "data/test.csv.gpg" in data["error"]
+    # a broken config: ok false, no config, the error names file, line and key
+    bad = digits_repo.commit_files({".easeml.yml": "condition: n > 0.8\nsteps: many\n"}, branch=branch())
+    data = inspect_repo(digits_repo.path, bad)
+    assert not data["ok"] and data["config"] == {}
+    assert ".easeml.yml:2" in data["error"] and "steps" in data["error"]
+    data = inspect_repo(digits_repo.path, "no-such-branch")
+    assert not data["ok"] and "no-such-branch" in data["error"]
+
+
+def test_evaluate_scores_head_and_base_and_caches(digits_repo, service_keys, tmp_path):
+    pr = digits_repo.commit_model(quality=0.95, branch=branch())
+    out, cache = tmp_path / "result.json", tmp_path / "cache"
+    args = ["worker", "evaluate", "--repo", str(digits_repo.path), "--head", pr.sha,
+            "--base", digits_repo.base.sha, "--key", str(service_keys.private), "--runner", "process",
+            "--cache-dir", str(cache), "--out", str(out)]
+    res = easeml(*args)
+    assert res.returncode == 0, res.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    r = json.loads(out.read_text())
+    assert r["status"] == "scored" and r["scored"] is True and r["cause"] is None
+    n = rows_needed(digits_repo)
+    assert r["samples_used"] == n and r["dataset_id"] == digits_repo.dataset_id
+    labels = digits_repo.labels[:n]
+    est = r["verdict"]["estimates"]
+    assert est["n"] == pytest.approx(pr.accuracy_on(labels))
+    assert est["o"] == pytest.approx(digits_repo.base.accuracy_on(labels))
+    assert est["d"] == pytest.approx(np.mean(pr.predictions[:n] != digits_repo.base.predictions[:n]))
+    assert r["verdict"]["outcome"] == "pass"
+    assert r["cached"] == {"head": False, "base": False}
+    # the build log shows progress, never the verdict or an estimate
+    for secret in (f"{est['n']:.3f}", f"{est['n']:.2f}", '"outcome"', "pass\n"):
+        assert secret not in res.stdout
+    # a second pull request on the same base: the base model's predictions come from the cache
+    pr2 = digits_repo.commit_model(quality=0.6, branch=branch(), flip_seed=5)
+    args[args.index("--head") + 1] = pr2.sha
+    assert easeml(*args).returncode == 0
+    r2 = json.loads(out.read_text())
+    assert r2["cached"] == {"head": False, "base": True}
+    assert "base model" in easeml(*args).stdout  # third run: both cached
+    assert r2["verdict"]["outcome"] == "fail"
+    assert r2["verdict"]["estimates"]["n"] == pytest.approx(pr2.accuracy_on(labels))
+    cached = PredictionCache(cache).get(digits_repo.base.sha, digits_repo.dataset_id, {"dockerfile": "Dockerfile"}, n)
+    assert np.array_equal(cached, digits_repo.base.predictions[:n])
+
+
+@pytest.mark.parametrize("which", ["head", "base"])
+def test_model_error_is_not_scored(digits_repo, service_keys, tmp_path, which):
+    broken = "import sys\nprint('boom', file=sys.stderr)\nsys.exit(5)\n"
+    if which == "head":
+        head, base = digits_repo.commit_model(quality=0.9, branch=branch(), predict_py=broken).sha, digits_repo.base.sha
+    else:
+        base = digits_repo.commit_model(quality=0.9, branch=branch(), predict_py=broken).sha
+        head = digits_repo.commit_model(quality=0.9, branch=branch(), start=base, predict_py=PREDICT_PY).sha
+    r = evaluate_pr(digits_repo.path, head=head, base=base, key=service_keys.private, passphrase=None,
+                    runner="process", cache_dir=tmp_path / "cache")
+    assert r["status"] == "model_error" and r["scored"] is False and r["verdict"] is None
+    assert r["cause"] == "crash" and r["failed"] == which
+    assert ("pull request's model" if which == "head" else "base commit's model") in r["message"]
+
+
+def test_label_type_mismatch_is_not_scored(digits_repo, service_keys, tmp_path):
+    words = ("import os\nn = int(os.environ['EASEML_ROWS'])\n"
+             "open(os.environ['EASEML_OUTPUT'] + '/predictions.jsonl', 'w').write('\"seven\"\\n' * n)\n")
+    head = digits_repo.commit_model(quality=0.9, branch=branch(), predict_py=words).sha
+    r = evaluate_pr(digits_repo.path, head=head, base=digits_repo.base.sha, key=service_keys.private,
+                    passphrase=None, runner="process", cache_dir=tmp_path / "cache")
+    assert (r["status"], r["cause"], r["scored"]) == ("model_error", "label_type_mismatch", False)
+
+
+def test_dataset_and_config_errors(digits_repo, service_keys_with_passphrase, service_keys, tmp_path):
+    pr = digits_repo.commit_model(quality=0.9, branch=branch())
+    r = evaluate_pr(digits_repo.path, head=pr.sha, base=digits_repo.base.sha,
+                    key=service_keys_with_passphrase.private, passphrase=service_keys_with_passphrase.passphrase,
+                    runner="process", cache_dir=tmp_path / "c")
+    assert (r["status"], r["scored"]) == ("dataset_error", False)
+    assert "different key" in r["message"] and f"{digits_repo.base.sha[:12]}:data/test.csv.gpg" in r["message"]
+    assert "easeml-eval-" not in r["message"]  # not the private temporary copy
+    bad = digits_repo.commit_files({".easeml.yml": "condition: [1]\n"}, branch=branch())
+    r = evaluate_pr(digits_repo.path, head=pr.sha, base=bad, key=service_keys.private, passphrase=None,
+                    runner="process", cache_dir=tmp_path / "c")
+    assert (r["status"], r["scored"]) == ("config_error", False) and "condition" in r["message"]
+    # more samples needed than the test set has
+    base_cfg = subprocess.run(["git", "-C", str(digits_repo.path), "show", f"{digits_repo.base.sha}:.easeml.yml"],
+                              capture_output=True, text=True, check=True).stdout
+    greedy = digits_repo.commit_files({".easeml.yml": base_cfg.replace("+/- 0.1 /", "+/- 0.01 /")},
+                                      branch=branch())
+    r = evaluate_pr(digits_repo.path, head=pr.sha, base=greedy, key=service_keys.private, passphrase=None,
+                    runner="process", cache_dir=tmp_path / "c")
+    assert r["status"] == "dataset_error" and "needs" in r["message"] and not r["scored"], r
+
+
+def test_passphrase_file(tmp_path, service_keys_with_passphrase):
+    keys = service_keys_with_passphrase
+    repo = make_model_repo(tmp_path / "repo", public_key=keys.public, quality=0.9, condition="n > 0.7 +/- 0.1")
+    pr = repo.commit_model(quality=None, branch="pr")
+    out = tmp_path / "r.json"
+    res = easeml("worker", "evaluate", "--repo", str(repo.path), "--head", pr.sha, "--base", repo.base.sha,
+                 "--key", str(keys.private), "--passphrase-file", str(keys.passphrase_file),
+                 "--runner", "process", "--cache-dir", str(tmp_path / "c"), "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    r = json.loads(out.read_text())
+    assert r["status"] == "scored", r
+    assert r["verdict"]["estimates"]["n"] == pytest.approx(pr.accuracy_on(repo.labels[: r["samples_used"]]))
+    assert keys.passphrase not in res.stdout + res.stderr
+    assert "o" not in {k for k, v in r["verdict"]["estimates"].items() if v is not None}  # n only: no base run
+    assert r["cached"] == {"head": False}
+
+
+@pytest.mark.docker
+def test_evaluate_in_docker_end_to_end(docker_client, digits_repo, service_keys, tmp_path):
+    pr = digits_repo.commit_model(quality=0.95, branch=branch())
+    out = tmp_path / "result.json"
+    res = easeml("worker", "evaluate", "--repo", str(digits_repo.path), "--head", pr.sha,
+                 "--base", digits_repo.base.sha, "--key", str(service_keys.private), "--runner", "docker",
+                 "--cache-dir", str(tmp_path / "cache"), "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    r = json.loads(out.read_text())
+    assert r["status"] == "scored" and r["runner"] == "docker"
+    n = r["samples_used"]
+    assert r["verdict"]["estimates"]["n"] == pytest.approx(pr.accuracy_on(digits_repo.labels[:n]))
+    assert r["verdict"]["outcome"] == "pass"
+    assert {"build_head", "run_head", "build_base", "run_base", "score"} <= set(r["timings"])
+    assert "Successfully built" in res.stdout
+    with decrypted_dataset(digits_repo.path / digits_repo.dataset, service_keys.private, rows=n) as ds:
+        assert ds.n_rows == n
