@@ -852,7 +852,11 @@ def plan_mails(facts: BuildFacts, policy: MailPolicy, *, ledger: Any = None) -> 
         if not policy.ledger_url or not facts.dataset_id:
             _warn("easeml email: no ledger or dataset id for %r, cannot report", facts.repo)
             return []
-        ledger = read_ledger(policy.ledger_url, facts.repo, facts.dataset_id)
+        try:
+            ledger = read_ledger(policy.ledger_url, facts.repo, facts.dataset_id)
+        except Exception as exc:  # noqa: BLE001  (logged; the build is long finished)
+            _warn("easeml email: ledger unavailable for %r, no result mail: %s", facts.repo, exc)
+            return []
     uses, state = ledger
     use = next((u for u in uses if str(u.get("use_id", u.get("id"))) == str(facts.use_id)), None)
     if use is None:
@@ -863,7 +867,9 @@ def plan_mails(facts: BuildFacts, policy: MailPolicy, *, ledger: Any = None) -> 
         owners, _ = filter_recipients(use.get("notified") or (), policy.allowed_domains)
     ev = evaluation_from(use, state, config)
     if owners:
-        scored = [u for u in uses if _result_of(u)]
+        # the history up to this use (a late report must not show later uses)
+        scored = [u for u in uses if _result_of(u)
+                  and (ev.use_number is None or (_int(u.get("use_number")) or 0) <= ev.use_number)]
         try:
             thresholds = chart_module.thresholds_from_condition(ev.condition) if ev.condition else ()
         except Exception as exc:  # noqa: BLE001  (a chart without threshold beats no chart)
