@@ -127,3 +127,38 @@ def test_truth_and_value() -> None:
     assert not cond.holds({"n": 0.9, "o": 0.85, "d": 0.2})
     assert cond.clauses[1].value({"n": 0.9, "o": 0.85}) == pytest.approx(0.05)
     assert isinstance(cond, Condition) and hash(cond) == hash(parse_condition(str(cond)))
+
+
+def test_random_conditions_round_trip() -> None:
+    """Seeded random conditions from the grammar: parse, print canonically, parse again."""
+    import random
+
+    rnd = random.Random(1903)
+
+    def number() -> tuple[str, float]:
+        digits = rnd.choice([1, 2, 3])
+        x = rnd.randint(1, 10**digits - 1) / 10**digits
+        text = rnd.choice([repr(x), f"{x:e}", repr(x).lstrip("0") if x < 1 else repr(x)])
+        return text, float(text)
+
+    for _ in range(300):
+        want, parts = [], []
+        for _ in range(rnd.randint(1, 3)):
+            names = rnd.sample(["n", "o", "d"], rnd.randint(1, 3))
+            terms, text = [], []
+            for i, v in enumerate(names):
+                sign = rnd.choice([1.0, -1.0])
+                coef_text, coef = (number() if rnd.random() < 0.3 else ("", 1.0))
+                body = f"{coef_text} * {v}" if coef_text else v
+                text.append(("-" if sign < 0 else ("+" if i else "")) + " " * rnd.randint(0, 2) + body)
+                terms.append((v, sign * coef))
+            op = rnd.choice("<>")
+            c_text, c = number()
+            e_text, e = number()
+            parts.append(f"{' '.join(text)} {op} {c_text} {rnd.choice(['+/-', '±'])} {e_text}")
+            want.append((tuple(terms), op, c, e))
+        text = " /\\ ".join(parts)
+        cond = parse_condition(text)
+        got = [(tuple((t.var, t.coef) for t in cl.terms), cl.op, cl.const, cl.eps) for cl in cond.clauses]
+        assert got == want, text
+        assert parse_condition(str(cond)) == cond

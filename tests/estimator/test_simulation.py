@@ -56,6 +56,26 @@ def test_one_variable_failure_rate_below_delta(method: str) -> None:
     assert within_delta(f_rule), f_rule / TRIALS  # the planned N really gives +/- eps
 
 
+@pytest.mark.parametrize("method", ["hoeffding", "exact"])
+def test_less_than_clause_failure_rate_below_delta(method: str) -> None:
+    """The mirror case: `n < 0.2 +/- 0.05` with true accuracy exactly 0.2 (false): a pass
+    needs the estimate to undershoot."""
+    cond = parse_condition("n < 0.2 +/- 0.05")
+    plan = sample_size(cond, RELIABILITY, "none", H, method)
+    n = plan.labels
+    rng = np.random.default_rng(5)
+    y = np.ones(n, dtype=np.int8)
+    failures = 0
+    for _ in range(TRIALS):
+        wrong = False
+        for _ in range(H):
+            pred = (rng.random(n) < 0.2).astype(np.int8)
+            v = decide(cond, y, pred, reliability=RELIABILITY, adaptivity="none", steps=H, mode="fn-free", plan=plan)
+            wrong |= v.raw == "pass"
+        failures += wrong
+    assert within_delta(failures), failures / TRIALS
+
+
 def test_too_small_n_is_caught() -> None:
     """The check has power: claiming +/- eps from a quarter of the exact N fails it."""
     rng = np.random.default_rng(7)
