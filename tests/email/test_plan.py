@@ -235,3 +235,15 @@ def test_undecryptable_test_set_also_tells_the_operator():
     mails = em.plan_mails(f, POLICY)
     assert [m.kind for m in mails] == ["operator", "note"]
     assert "no secret key" in decoded_text(mails[0].message)
+
+
+def test_chart_shows_the_history_up_to_the_reported_use():
+    from easeml_buildbot.master.chart import render_chart, thresholds_from_condition
+
+    uses = ledger_uses(5)
+    (mail, _) = em.plan_mails(facts(use_id=102), POLICY, ledger=(uses, state(5)))
+    png = mime_parts(mail.message)["image/png"][0].get_content()
+    expected = render_chart(uses[:2], thresholds_from_condition("n - o > 0.02 +/- 0.01"), highlight=2,
+                            title="acme/m: test set " + ("ab" * 32)[:12])
+    assert png == expected
+    assert "use 2 of 8, 6 left" in mail.message.get_body(("plain",)).get_content()
