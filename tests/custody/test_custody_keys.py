@@ -117,7 +117,8 @@ def test_resolve_passphrase(tmp_path, monkeypatch):
         read_passphrase_file(tmp_path / "missing")
 
 
-def test_cli_keys_create(tmp_path, capsys, monkeypatch):
+def test_cli_keys_create(tmp_path, capsys, monkeypatch, caplog):
+    caplog.set_level(logging.DEBUG)
     monkeypatch.delenv("EASEML_KEY_PASSPHRASE", raising=False)
     # no passphrase choice: refuse, with the three options named
     assert easeml(["keys", "create", "--out", str(tmp_path / "a")]) == 1
@@ -137,8 +138,17 @@ def test_cli_keys_create(tmp_path, capsys, monkeypatch):
     assert easeml(["keys", "create", "--out", str(tmp_path / "c"), "--passphrase-file", str(pfile)]) == 0
     cap = capsys.readouterr()
     assert secret not in cap.out + cap.err and "protected by a passphrase" in cap.out
+    assert secret not in caplog.text
+    body = _key_body_lines(tmp_path / "c" / "easeml_priv.asc")
+    assert not any(b.decode() in caplog.text + cap.out + cap.err for b in body)
 
     # the real gpg agrees that the exported key is protected (s2k, not plain)
     listing = subprocess.run(["gpg", "--batch", "--list-packets", str(tmp_path / "c" / "easeml_priv.asc")],
                              capture_output=True, text=True, env={**os.environ, "GNUPGHOME": str(tmp_path)})
     assert "protected" in listing.stdout or "s2k" in listing.stdout.lower()
+
+
+def test_unknown_key_type(tmp_path):
+    with pytest.raises(KeysError, match="unknown key type"):
+        create_keypair(tmp_path, passphrase=None, key_type="dsa")
+    assert not (tmp_path / "easeml_priv.asc").exists()

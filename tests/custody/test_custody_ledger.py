@@ -31,6 +31,20 @@ def led(ledger_url):
         yield ledger
 
 
+def test_result_json_accepts_numpy_values(led):
+    import numpy as np
+
+    r = led.reserve(REPO, DS, 2, "full")
+    led.commit(r.use_id, "pass", result={"n": np.float64(0.8125), "samples": np.int64(400),
+                                         "interval": np.array([0.79, 0.83]), "tags": ("a", "b")})
+    assert led.use(r.use_id).result == {"n": 0.8125, "samples": 400, "interval": [0.79, 0.83],
+                                        "tags": ["a", "b"]}
+    r2 = led.reserve(REPO, DS, 2, "full")
+    with pytest.raises(LedgerError, match="not JSON-serialisable"):
+        led.commit(r2.use_id, "pass", result={"x": object()})
+    assert led.use(r2.use_id).state == "reserved"  # nothing half-written
+
+
 def test_use_records_everything(led):
     before = dt.datetime.now(dt.timezone.utc)
     r = led.reserve(REPO, DS, steps=3, adaptivity="full", commit="c0ffee", build="http://ci/builds/7",
