@@ -38,8 +38,13 @@ def test_local_forge_evaluates_new_commits_and_advances_the_baseline(tmp_path, s
         p2 = bb.build_properties(b2["buildid"])
         assert p2["easeml_base_sha"] == better.sha  # the accepted model advanced
         assert p2["easeml_verdict"] == "fail"
-        log = bb.master_log()
-        lines = [ln for ln in log.splitlines() if "easeml: demo/models@" in ln]
+        t0 = time.monotonic()  # the console reporter runs just after the build completes
+        while time.monotonic() - t0 < 30:
+            log = bb.master_log()
+            lines = [ln for ln in log.splitlines() if "easeml: demo/models@" in ln]
+            if len(lines) >= 2:
+                break
+            time.sleep(0.2)
         assert len(lines) == 2, log[-4000:]
         assert f"@{better.sha[:12]} status=evaluated verdict=success" in lines[0]
         assert f"@{worse.sha[:12]} status=evaluated verdict=failure" in lines[1]
