@@ -94,6 +94,13 @@ class TestSetRetired(TestSetExhausted):
     __test__ = False
 
 
+class PolicyMismatch(LedgerError):
+    """The configuration's steps/adaptivity differ from those the test set was first used with.
+
+    A configuration problem (report it as such): rotate the test set to change them.
+    """
+
+
 @dataclass(frozen=True)
 class LedgerEntry:
     """The state of one (repository, test set) pair."""
@@ -283,7 +290,7 @@ class Ledger:
                 "commit a new test set"
             )
         if entry.budget != steps or entry.adaptivity != mode:
-            raise LedgerError(
+            raise PolicyMismatch(
                 f"test set {dataset_id[:12]} of {repo} was first used with steps={entry.budget}, "
                 f"adaptivity={entry.adaptivity}; the configuration now says steps={steps}, "
                 f"adaptivity={mode}. The guarantee holds only for the original values: commit a "

@@ -15,7 +15,7 @@ import pytest
 
 from easeml_buildbot.cli import main as easeml
 from easeml_buildbot.custody.ledger import (
-    Ledger, LedgerError, TestSetExhausted, TestSetRetired, normalize_url,
+    Ledger, LedgerError, PolicyMismatch, TestSetExhausted, TestSetRetired, normalize_url,
 )
 from easeml_buildbot.custody.policy import developer_may_see
 
@@ -162,7 +162,7 @@ def test_rotation_starts_a_new_entry_and_keeps_history(led):
 
 def test_budget_and_policy_fixed_per_test_set(led):
     led.reserve(REPO, DS, 3, "full")
-    with pytest.raises(LedgerError, match="first used with steps=3, adaptivity=full"):
+    with pytest.raises(PolicyMismatch, match="first used with steps=3, adaptivity=full"):
         led.reserve(REPO, DS, 10, "full")
     with pytest.raises(LedgerError, match="commit a new test set"):
         led.reserve(REPO, DS, 3, "none")
