@@ -9,7 +9,7 @@ from PIL import Image
 
 from easeml_buildbot.master.chart import Threshold, render_chart, thresholds_from_condition, use_points
 
-from conftest import ledger_uses
+from mail_helpers import ledger_uses
 
 
 def png_image(data: bytes) -> Image.Image:

@@ -20,7 +20,7 @@ from easeml_buildbot.master import email as em
 from support.gpgkeys import service_keys  # noqa: F401  (fixture)
 from support.smtp import SmtpServer
 
-from conftest import assert_no_key_material, decoded_text, mime_parts
+from mail_helpers import assert_no_key_material, decoded_text, mime_parts
 
 CONDITION = "n - o > 0.02 +/- 0.05"
 REPO = "acme/churn-model"

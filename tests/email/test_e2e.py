@@ -25,7 +25,7 @@ from support.gpgkeys import service_keys  # noqa: F401  (fixture)
 from support.models import make_model_repo
 from support.smtp import SmtpServer
 
-from conftest import assert_no_key_material, decoded_text, mime_parts
+from mail_helpers import assert_no_key_material, decoded_text, mime_parts
 
 pytestmark = pytest.mark.e2e
 

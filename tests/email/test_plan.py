@@ -10,7 +10,7 @@ from buildbot.process.results import CANCELLED, EXCEPTION, FAILURE, RETRY, SUCCE
 from easeml_buildbot.master import email as em
 from easeml_buildbot.master.settings import Settings
 
-from conftest import decoded_text, ledger_uses, mime_parts
+from mail_helpers import decoded_text, ledger_uses, mime_parts
 
 OWNERS = ("owner@example.com", "Lead <lead@Sub.Example.com>", "mallory@evil.test")
 POLICY = em.MailPolicy(sender="ci@example.com", operator="ops@example.com",
