@@ -10,6 +10,7 @@ docs/config-reference.md from the schema below, so the two cannot drift apart.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 import sys
 from dataclasses import dataclass, field
@@ -324,7 +325,7 @@ def parse_config(text: str, source: str = CONFIG_FILE) -> EasemlConfig:
     legacy = any(is_legacy for _, _, is_legacy in raw.values())
     for name, (value, line, is_legacy) in raw.items():
         label = f"ml.{name}" if is_legacy else name
-        result = _check_value(name, value, lambda msg, l=line, k=label: problems.add(l, k, msg))
+        result = _check_value(name, value, functools.partial(problems.add, line, label))
         if result is not None:
             values[name] = result
     if "condition" not in raw and not problems.items:

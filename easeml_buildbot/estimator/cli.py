@@ -76,6 +76,7 @@ def _format_samples(s: SampleSize) -> str:
         f"reliability: {s.reliability}   adaptivity: {s.adaptivity}   steps: {s.steps}   labelling: {s.labelling}",
         f"labels:      {s.labels}",
         f"unlabeled:   {s.unlabeled}",
+        f"rows:        {s.rows}   (of a fully labelled test set)",
         f"method:      {s.method}   (labels per method: "
         + ", ".join(f"{m} {n}" for m, n in s.candidates.items()) + ")",
     ]

@@ -345,7 +345,7 @@ def decide(
                 w = hoeffding_width(n, log_v)
                 intervals[v] = (max(0.0, counts[v] / n - w), min(1.0, counts[v] / n + w))
     notes = []
-    if active:
+    if mask is not None and active:
         notes.append(f"active labelling: {int(mask.sum())} of {n} rows labelled (all rows where the models "
                      "disagree); n and o are not estimated, n - o is")
     if n < plan.rows:
