@@ -1,0 +1,95 @@
+"""Runner benchmark: one pull-request evaluation on the digits test set, broken into
+checkout / build / run / parse / decrypt / score, DockerRunner beside ProcessRunner.
+
+    .venv/bin/python benchmarks/bench_runner.py [--repeats 3]
+
+The repository is made by tests/support/models.py (logistic regression trained here,
+numpy-only predict.py, test set encrypted to a fresh key). The condition
+``n - o > 0.02 +/- 0.1`` at reliability 0.99, adaptivity none, 4 steps needs 1199 of the
+1297 test rows and both models. "cold": nothing cached, both the head and the base model
+are built and run; "warm": the base model's predictions come from the worker's cache (the
+usual case for the second and later pull requests on a base). Medians over the repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from easeml_buildbot.custody.keys import create_keypair  # noqa: E402
+from easeml_buildbot.runner.base import Limits  # noqa: E402
+from easeml_buildbot.runner.evaluate import evaluate_pr  # noqa: E402
+from support.models import make_model_repo  # noqa: E402
+
+PHASES = ("checkout", "build", "run", "parse", "decrypt", "score")
+
+
+def phases(timings: dict[str, float]) -> dict[str, float]:
+    out = {p: 0.0 for p in PHASES}
+    for key, value in timings.items():
+        name = key.split("_")[0]
+        if name in out:
+            out[name] += value
+    out["total"] = timings["total"]
+    return out
+
+
+def one(repo, head: str, private_key: Path, runner: str, cache: Path, limits: Limits) -> dict[str, float]:
+    """One evaluation as ``easeml worker evaluate`` does it; returns its phase timings."""
+    r = evaluate_pr(repo.path, head=head, base=repo.base.sha, key=private_key, passphrase=None,
+                    runner=runner, cache_dir=cache, limits=limits)
+    if r["status"] != "scored":
+        raise SystemExit(f"{runner}: {r['status']} {r.get('cause')}: {r.get('message')}")
+    return {**phases(r["timings"]), "rows": r["samples_used"]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    runners = ["process"]
+    try:
+        import docker
+
+        docker.from_env().ping()
+        runners.insert(0, "docker")
+    except Exception as exc:  # noqa: BLE001
+        print(f"# no Docker daemon ({exc}); ProcessRunner only")
+    with tempfile.TemporaryDirectory(prefix="bench-runner-") as tmp:
+        t = Path(tmp)
+        keys = create_keypair(t / "keys", "bench", "bench@example.com", None)
+        t0 = time.perf_counter()
+        repo = make_model_repo(t / "repo", public_key=keys[0], quality=0.85,
+                               condition="n - o > 0.02 +/- 0.1", reliability=0.99,
+                               adaptivity="none", steps=4)
+        head = repo.commit_model(quality=None, branch="pr")
+        print(f"# repo made in {time.perf_counter() - t0:.2f}s; test set {repo.n_test} rows; "
+              f"head accuracy {head.accuracy:.3f}, base {repo.base.accuracy:.3f}")
+        limits = Limits.from_env()
+        print(f"{'runner':8} {'cache':5} {'rows':>5} " + " ".join(f"{p:>8}" for p in (*PHASES, "total")))
+        for runner in runners:
+            for mode in ("cold", "warm"):
+                runs = []
+                for i in range(args.repeats):
+                    cache = t / f"cache-{runner}-{mode}-{i}"
+                    if mode == "warm":  # the base model's predictions are already cached
+                        one(repo, head.sha, keys[1], runner, cache, limits)
+                        shutil.rmtree(cache / head.sha)
+                    runs.append(one(repo, head.sha, keys[1], runner, cache, limits))
+                med = {k: statistics.median(r[k] for r in runs) for k in (*PHASES, "total")}
+                print(f"{runner:8} {mode:5} {runs[0]['rows']:>5} "
+                      + " ".join(f"{med[p]:8.3f}" for p in (*PHASES, "total")))
+    print("# seconds, median of", args.repeats, "runs; build/run/parse summed over the models run")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
