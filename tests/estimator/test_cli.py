@@ -173,3 +173,12 @@ def test_evaluate_with_active_labelling(tmp_path: Path, capsys: pytest.CaptureFi
     assert v["estimates"]["n"] is None and v["estimates"]["d"] == pytest.approx(float(np.mean(new != old)))
     assert v["clauses"][1]["estimate"] == pytest.approx(float(np.mean(new == y) - np.mean(old == y)))
     assert rc == (0 if v["outcome"] == "pass" else 1)
+
+
+def test_estimator_core_imports_neither_buildbot_nor_twisted() -> None:
+    code = ("import sys, easeml_buildbot.estimator, easeml_buildbot.estimator.cli, easeml_buildbot.config\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('buildbot', 'twisted'))\n"
+            "print(bad); sys.exit(1 if bad else 0)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 0, p.stdout + p.stderr
