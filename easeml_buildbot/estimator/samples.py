@@ -329,6 +329,9 @@ def sample_size(
     valid = valid_methods(cond)
     if labelling == "active" and "bennett" not in valid:
         raise SampleSizeError("active labelling needs a clause 'd < p +/- eps' and a clause on 'n - o'")
+    if labelling == "active" and not all(is_difference(c) or c.variables == {"d"} for c in cond.clauses):
+        raise SampleSizeError("active labelling allows only clauses on 'd' and on 'n - o' "
+                              "(any other clause needs a label on every row)")
     if method != "auto" and method not in valid:
         raise SampleSizeError(
             f"method '{method}' does not apply to this condition: it needs a clause 'd < p +/- eps' "

@@ -118,6 +118,8 @@ def test_bennett_needs_the_pattern() -> None:
         sample_size("n - o > 0.02 +/- 0.01", 0.9999, "full", 32, "bennett")
     with pytest.raises(SampleSizeError, match="active labelling"):
         sample_size("n > 0.8 +/- 0.05", 0.9999, "full", 32, labelling="active")
+    with pytest.raises(SampleSizeError, match="only clauses on 'd' and on 'n - o'"):
+        sample_size(BENNETT + " /\\ n > 0.8 +/- 0.05", 0.9999, "full", 32, labelling="active")
 
 
 # -- the exact method and auto ----------------------------------------------------------
