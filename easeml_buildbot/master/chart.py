@@ -201,10 +201,14 @@ def render_chart(
         highlight = points[-1].number
 
     rows = max(1, len(panels))
-    fig = Figure(figsize=(6.4, 1.6 * rows + 0.6), dpi=dpi, layout="constrained")
+    height = 1.6 * rows + 0.6
+    fig = Figure(figsize=(6.4, height), dpi=dpi)
+    # fixed margins (inches) instead of a layout engine: half the rendering time
+    fig.subplots_adjust(left=0.1, right=0.98, top=1 - (0.7 if title else 0.35) / height, bottom=0.45 / height,
+                        hspace=0.42)
     axes = fig.subplots(rows, 1, sharex=True, squeeze=False)[:, 0]
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=10, y=1 - 0.12 / height, va="top")
     if not points:
         axes[0].text(0.5, 0.5, "no scored uses yet", ha="center", va="center",
                      transform=axes[0].transAxes)
@@ -224,14 +228,19 @@ def render_chart(
                 if c is not None:
                     series.append((p.number, c[0], c[1], p.outcome))
             lines = [(th.const, th.eps, th.op)]
-        for x, y, ivl, outcome in series:
+        groups: dict[tuple[str, bool, bool], list[tuple[float, float, Any]]] = {}
+        for x, y, ivl, outcome in series:  # one draw call per style, not per point
             colour = OUTCOME_COLOURS.get(outcome, OUTCOME_COLOURS["unknown"])
-            big = x == highlight
-            if ivl is not None:
-                ax.errorbar([x], [y], yerr=[[max(0.0, y - ivl[0])], [max(0.0, ivl[1] - y)]],
-                            fmt="o", color=colour, ms=7 if big else 4, capsize=3, lw=1.2)
+            groups.setdefault((colour, x == highlight, ivl is not None), []).append((x, y, ivl))
+        for (colour, big, has_ivl), pts in sorted(groups.items()):
+            xs = [p[0] for p in pts]
+            ys = [p[1] for p in pts]
+            if has_ivl:
+                err = [[max(0.0, p[1] - p[2][0]) for p in pts], [max(0.0, p[2][1] - p[1]) for p in pts]]
+                ax.errorbar(xs, ys, yerr=err, fmt="o", color=colour, ms=7 if big else 4,
+                            capsize=3, lw=1.2)
             else:
-                ax.plot([x], [y], "o", color=colour, ms=7 if big else 4)
+                ax.plot(xs, ys, "o", color=colour, ms=7 if big else 4)
         if len(series) > 1:
             ax.plot([s[0] for s in series], [s[1] for s in series], "-", color="#8c959f",
                     lw=0.8, zorder=0)
