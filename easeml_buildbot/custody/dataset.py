@@ -228,7 +228,33 @@ class _NotSimple(Exception):
     """The fast CSV path met something it does not handle; the csv module takes over."""
 
 
-def _cut_chunk(buf: bytes, idx: int, ncols: int) -> tuple[bytes, list[bytes]]:
+@dataclass(frozen=True)
+class _LabelChunk:
+    """The label bytes cut from one chunk: each ",label" (or "label," for column 0)."""
+
+    removed: np.ndarray  # uint8
+    widths: np.ndarray   # bytes per label, separator included
+    first_column: bool
+
+    def as_ints(self) -> np.ndarray | None:
+        """Fixed-width, digits-only labels (the common class-index case) parsed in numpy."""
+        if not len(self.widths):
+            return np.empty(0, dtype=np.int64)
+        w = int(self.widths[0])
+        if w > 19 or (self.widths != w).any():
+            return None
+        mat = self.removed.reshape(len(self.widths), w)
+        digits = mat[:, :-1] if self.first_column else mat[:, 1:]
+        if not ((digits >= 48) & (digits <= 57)).all():
+            return None
+        return (digits.astype(np.int64) - 48) @ (10 ** np.arange(w - 2, -1, -1, dtype=np.int64))
+
+    def as_bytes(self) -> list[bytes]:
+        parts = self.removed.tobytes().split(b",")
+        return parts[:-1] if self.first_column else parts[1:]
+
+
+def _cut_chunk(buf: bytes, idx: int, ncols: int) -> tuple[bytes, _LabelChunk]:
     """Remove column ``idx`` from every line of ``buf`` (complete, unquoted lines) with numpy.
 
     Comma positions reshape to (lines, ncols-1) exactly when every line has ncols fields;
@@ -243,13 +269,16 @@ def _cut_chunk(buf: bytes, idx: int, ncols: int) -> tuple[bytes, list[bytes]]:
     if len(per_line) and (per_line != ncols - 1).any():
         raise _NotSimple
     grid = commas.reshape(len(nl), ncols - 1)
-    starts_of_lines = np.concatenate(([0], nl[:-1] + 1))
     if idx == ncols - 1:
         lo, hi = grid[:, idx - 1], nl              # ",label" before the newline
     elif idx == 0:
-        lo, hi = starts_of_lines, grid[:, 0] + 1   # "label," at the line start
+        lo = np.concatenate(([0], nl[:-1] + 1))    # "label," at the line start
+        hi = grid[:, 0] + 1
     else:
         lo, hi = grid[:, idx - 1], grid[:, idx]    # ",label" in the middle
+    widths = hi - lo
+    if (widths == 1).any():  # an empty label: let the csv module say on which line
+        raise _NotSimple
     # runs: keep [prev_hi, lo), drop [lo, hi) per line, keep the tail
     bounds = np.empty(2 * len(lo) + 2, dtype=np.int64)
     bounds[0], bounds[-1] = 0, len(arr)
@@ -257,17 +286,21 @@ def _cut_chunk(buf: bytes, idx: int, ncols: int) -> tuple[bytes, list[bytes]]:
     pattern = np.zeros(len(bounds) - 1, dtype=bool)
     pattern[1::2] = True
     mask = np.repeat(pattern, np.diff(bounds))
-    removed = arr[mask].tobytes()
-    labels = removed.split(b",")
-    labels = labels[:-1] if idx == 0 else labels[1:]
-    if len(labels) != len(nl) or (hi - lo == 1).any():  # an empty label: let csv say where
-        raise _NotSimple
-    return arr[~mask].tobytes(), labels
+    return arr[~mask].tobytes(), _LabelChunk(arr[mask], widths, idx == 0)
 
 
-def _split_csv_fast(fh, dst, idx: int, ncols: int, rows: int | None) -> list[bytes]:
+def _labels_from_chunks(chunks: list[_LabelChunk]) -> np.ndarray:
+    ints = [c.as_ints() for c in chunks]
+    if all(v is not None for v in ints):
+        return np.concatenate(ints) if ints else np.empty(0, dtype=np.int64)
+    values = [b for c in chunks for b in c.as_bytes()]
+    return _to_label_array(np.array(values) if values else [])
+
+
+def _split_csv_fast(fh, dst, idx: int, ncols: int, rows: int | None) -> np.ndarray:
     """Stream the body of an unquoted, LF-terminated CSV through :func:`_cut_chunk`."""
-    labels: list[bytes] = []
+    chunks: list[_LabelChunk] = []
+    count = 0
     rest = b""
     while True:
         block = fh.read(_FAST_CHUNK)
@@ -279,18 +312,23 @@ def _split_csv_fast(fh, dst, idx: int, ncols: int, rows: int | None) -> list[byt
         else:
             cut = data.rfind(b"\n") + 1
             data, rest = data[:cut], data[cut:]
-        if rows is not None and len(labels) + data.count(b"\n") > rows:
-            need = rows - len(labels)
-            pos = int(np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)[need - 1])
-            data, block, rest = data[: pos + 1], b"", b""
+        if rows is not None and count + data.count(b"\n") > rows:
+            need = rows - count  # >= 0: earlier chunks never go past rows
+            if need == 0:
+                data = b""
+            else:
+                pos = int(np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)[need - 1])
+                data = data[: pos + 1]
+            block = rest = b""
         if data:
             if b'"' in data or b"\r" in data:
                 raise _NotSimple
             feats, labs = _cut_chunk(data, idx, ncols)
             dst.write(feats)
-            labels.extend(labs)
+            chunks.append(labs)
+            count += len(labs.widths)
         if not block:
-            return labels
+            return _labels_from_chunks(chunks)
 
 
 def _too_few(src: Path, rows: int | None, have: int) -> None:
@@ -316,8 +354,7 @@ def _split_csv(plain: Path, out: Path, label: str, rows: int | None, name: Path)
                     names = tuple(h for i, h in enumerate(header) if i != idx)
                     dst.write((",".join(names) + "\n").encode("utf-8"))
                     labels = _split_csv_fast(fh, dst, idx, len(header), rows)
-                arr = _to_label_array(np.array(labels) if labels else [])
-                return arr, names
+                return labels, names
             except _NotSimple:
                 pass
             except UnicodeDecodeError:

@@ -350,6 +350,38 @@ def test_cli_dataset_commands(service_keys, tmp_path, data, capsys, monkeypatch)
     assert not (tmp_path / "b.gpg").exists()
 
 
+LABEL_KINDS = {
+    "digits": lambda rng, i: str(int(rng.integers(0, 4))),
+    "widths": lambda rng, i: str(int(rng.integers(0, 4)) if i < 25 else int(rng.integers(0, 200))),
+    "zeros": lambda rng, i: f"{int(rng.integers(0, 100)):03d}",
+    "negative": lambda rng, i: str(int(rng.integers(-3, 3))),
+    "words": lambda rng, i: ["cat", "dog", "emu"][int(rng.integers(0, 3))],
+    "mixed": lambda rng, i: "7" if i < 40 else "x7",
+    "floats": lambda rng, i: f"{rng.normal():.2f}",
+}
+
+
+@pytest.mark.parametrize("label_kind", sorted(LABEL_KINDS))
+@pytest.mark.parametrize("label_pos", [0, 4])
+@pytest.mark.parametrize("rows", [None, 45])
+def test_fast_csv_labels_match_csv_module(label_kind, label_pos, rows, tmp_path, monkeypatch):
+    from easeml_buildbot.custody import dataset as dsm
+
+    monkeypatch.setattr(dsm, "_FAST_CHUNK", 61)  # many chunks: label kinds may differ per chunk
+    rng = np.random.default_rng(7)
+    lines = ["label,a,b,c,d" if label_pos == 0 else "a,b,c,d,label"]
+    for i in range(50):
+        vals = [f"{v:.2f}" for v in rng.normal(size=4)]
+        vals.insert(label_pos, LABEL_KINDS[label_kind](rng, i))
+        lines.append(",".join(vals))
+    plain = tmp_path / "p.csv"
+    plain.write_text("\n".join(lines) + "\n")
+    fast, _ = dsm._split_csv(plain, tmp_path / "fast.csv", "label", rows, plain)
+    slow, _ = dsm._split_csv_slow(plain, tmp_path / "slow.csv", "label", rows, plain)
+    assert fast.dtype == slow.dtype and fast.tolist() == slow.tolist()
+    assert (tmp_path / "fast.csv").read_bytes() == (tmp_path / "slow.csv").read_bytes()
+
+
 @pytest.mark.parametrize("label_pos", [0, 2, 4])
 @pytest.mark.parametrize("variant", ["plain", "no_final_newline", "crlf", "quoted", "blank_line"])
 @pytest.mark.parametrize("rows", [None, 1, 33, 50])
@@ -441,3 +473,19 @@ def test_small_tmpfs_falls_back_to_disk(service_keys, tmp_path, data, monkeypatc
         assert not str(ds.features_path).startswith("/dev/shm/")
         assert ds.features_path.parent.parent == tmp_path
     assert sorted(os.listdir(tmp_path)) == ["t.csv.gpg"]
+
+
+@pytest.mark.parametrize("chunk", [29, 61, 97, 1 << 20])
+def test_fast_csv_every_row_count(chunk, tmp_path, monkeypatch):
+    """rows=N yields exactly the first N rows whatever the chunk boundaries."""
+    from easeml_buildbot.custody import dataset as dsm
+
+    monkeypatch.setattr(dsm, "_FAST_CHUNK", chunk)
+    plain = tmp_path / "p.csv"
+    plain.write_text("a,label\n" + "".join(f"{i * 7},{i % 5}\n" for i in range(50)))
+    for n in range(1, 51):
+        labels, _ = dsm._split_csv(plain, tmp_path / "f.csv", "label", n, plain)
+        assert labels.tolist() == [i % 5 for i in range(n)]
+        assert (tmp_path / "f.csv").read_text() == "a\n" + "".join(f"{i * 7}\n" for i in range(n))
+    with pytest.raises(DatasetError, match="needs 51 samples, the test set has 50"):
+        dsm.split_plaintext(plain, tmp_path / "f.csv", fmt="csv", label_column="label", rows=51)
