@@ -18,6 +18,7 @@ from buildbot.reporters.base import ReporterBase
 from buildbot.reporters.generators.build import BuildStartEndStatusGenerator
 from buildbot.reporters.generators.buildrequest import BuildRequestGenerator
 from buildbot.reporters.message import MessageFormatterRenderable
+from buildbot.process.results import RETRY
 
 from easeml_buildbot.master.github_app import utcnow
 from easeml_buildbot.master.status import outcome_for
@@ -87,6 +88,11 @@ class CheckRunReporter(ReporterBase):
                 self.app.update_check_run, run, status="in_progress", started_at=utcnow(),
                 details_url=url if url and url.startswith("http") else None,
                 output={"title": "Evaluating", "summary": "The model is being evaluated on the hidden test set."})
+            return
+        if build.get("results") == RETRY:  # worker lost: Buildbot queues the build again
+            yield threads.deferToThread(
+                self.app.update_check_run, run, status="queued",
+                output={"title": "Queued again", "summary": "The worker was lost; the evaluation will be retried."})
             return
         outcome = outcome_for(build)
         yield threads.deferToThread(

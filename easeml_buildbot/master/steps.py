@@ -159,6 +159,21 @@ class ReadInspection(_MasterStep):
         return SUCCESS
 
 
+_OPEN_USES = ("easeml-open-uses", "easeml_buildbot.master.steps")
+
+
+@defer.inlineCallbacks
+def _open_use_slot(step: buildstep.BuildStep):
+    """(state object id, key) remembering the use a build request holds while it runs.
+
+    A worker lost mid-build stops the build before any master step can run, and Buildbot
+    retries the same build request; the retry releases the lost attempt's use (no result
+    reached anyone) before reserving its own.
+    """
+    oid = yield step.master.db.state.getObjectId(*_OPEN_USES)
+    return oid, f"buildrequest-{step.build.requests[0].id}"
+
+
 class ReserveUse(_MasterStep):
     """Reserve one use of the test set in the ledger before any model sees it."""
 
@@ -166,9 +181,17 @@ class ReserveUse(_MasterStep):
 
     @defer.inlineCallbacks
     def run(self):
-        from easeml_buildbot.custody.ledger import TestSetExhausted, TestSetRetired
+        from easeml_buildbot.custody.ledger import LedgerError, TestSetExhausted, TestSetRetired
 
         led = ledger_for(self.settings.ledger_url)
+        oid, key = yield _open_use_slot(self)
+        lost = yield self.master.db.state.getState(oid, key, None)
+        if lost:
+            try:
+                yield threads.deferToThread(led.release, lost, reason="the worker was lost before a result; retried")
+                yield self.note(f"released use {lost} of the earlier attempt (worker lost)")
+            except LedgerError:
+                pass  # already committed or released
         url = yield self.build.getUrl()
         kwargs = dict(repo=self.getProperty("easeml_repo"), dataset_id=self.getProperty("easeml_dataset_id"),
                       steps=int(self.getProperty("easeml_steps") or 1),
@@ -182,6 +205,7 @@ class ReserveUse(_MasterStep):
             self.setProperty("easeml_uses_left", 0, "easeml")
             yield self.note(f"not evaluated: {exc}")
             return WARNINGS
+        yield self.master.db.state.setState(oid, key, r.use_id)
         self.setProperty("easeml_use_id", r.use_id, "easeml")
         self.setProperty("easeml_use_number", r.use_number, "easeml")
         self.setProperty("easeml_uses_left", r.remaining, "easeml")
@@ -202,6 +226,8 @@ class RecordResult(_MasterStep):
         use_id = self.getProperty("easeml_use_id")
         result = self.read_private("result.json")
         self.setProperty("easeml_use_closed", True, "easeml")
+        oid, key = yield _open_use_slot(self)
+        yield self.master.db.state.setState(oid, key, None)
         if result is None:
             yield threads.deferToThread(led.release, use_id, reason="the worker produced no result (infrastructure error)")
             self.setProperty("easeml_released", True, "easeml")

@@ -199,3 +199,47 @@ def _build_for(world, sha):
         if props.get("easeml_head_sha") == sha and b.get("complete"):
             return b
     raise AssertionError(f"no build for {sha}")
+
+
+def test_worker_crash_mid_evaluation_releases_the_use_and_retries(world, scenarios, tmp_path):
+    """SIGKILL the worker while the model runs: the reserved use is released (nothing was
+    scored or shown), the check run goes back to queued, and the retried build completes."""
+    import time
+
+    from easeml_buildbot.custody.ledger import Ledger
+    from support.models import PREDICT_PY
+
+    slow = tmp_path / "slow-marker"
+    slow.write_text("1")
+    predict = PREDICT_PY.replace("def main():\n", f"def main():\n    import time\n    while os.path.exists({str(slow)!r}):\n        time.sleep(0.2)\n", 1)
+    repo = world.repo("crash", quality=0.9, condition="n > 0.8 +/- 0.1", adaptivity="full", steps=8)
+    head = repo.commit_model(quality=0.97, branch="pr-1", predict_py=predict)
+    world.send("pull_request", world.pr_payload("crash", repo, 1, head.sha))
+    build = None
+    deadline = time.monotonic() + 120
+    while build is None and time.monotonic() < deadline:
+        for b in world.bb.api("builds", order="-buildid"):
+            if b.get("complete"):
+                continue
+            if world.bb.build_properties(b["buildid"]).get("easeml_head_sha") != head.sha:
+                continue
+            running = [s for s in world.bb.steps(b["buildid"]) if s["name"] == "evaluate" and s["started_at"]]
+            if running:
+                build = b
+        time.sleep(0.3)
+    assert build is not None, "the evaluate step never started"
+    time.sleep(1.5)  # the model is now waiting on the marker
+    names = {w["workerid"]: w["name"] for w in world.bb.api("workers")}
+    index = int(names[build["workerid"]].removeprefix("worker")) - 1
+    world.bb.kill_worker(index)
+    slow.unlink()
+    world.wait_completed("crash", timeout=180)
+    world.bb.start_worker(index)
+    led = Ledger(world.ledger_url)
+    uses = led.uses("acme/crash", repo.dataset_id)
+    led.close()
+    statuses = [u.state for u in uses]
+    assert statuses.count("released") == 1 and statuses.count("committed") == 1, statuses
+    seq = world.statuses("crash")
+    assert seq[0] == QUEUED and seq[-1] == done("success")
+    assert ("update", "queued", None) in seq  # back to queued while the build is retried

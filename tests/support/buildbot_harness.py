@@ -17,6 +17,7 @@ API (stable; add keywords, never change these)::
         bb.build_properties(buildid)          # {name: value}
         bb.wait_for_builds(n, timeout=120)    # n complete builds (dicts, by buildid)
         bb.force_build(builder="easeml", **properties) # via the ForceScheduler "force"
+        bb.kill_worker(0); bb.start_worker(0)  # crash a worker (SIGKILL) and bring it back
         bb.post_webhook(event, payload, secret=..., delivery=None)  # -> (status, body)
         bb.master_log()            # text of twistd.log
 
@@ -166,15 +167,31 @@ class BuildbotHarness:
         self.master_proc = self._spawn([str(VENV_BIN / "buildbot"), "start", "--nodaemon", str(self.master_dir)],
                                        self.master_dir, env)
         self._wait(lambda: self._www_up(), "the master's web server", self.master_proc)
-        for i, wdir in enumerate(self.worker_dirs):
-            wdir.mkdir(parents=True)
+        self.worker_procs: list[subprocess.Popen | None] = [None] * len(self.worker_dirs)
+        for i in range(len(self.worker_dirs)):
+            self.start_worker(i)
+
+    def start_worker(self, index: int = 0) -> None:
+        """(Re)start worker ``index`` and wait until it is connected."""
+        wdir = self.worker_dirs[index]
+        name = f"worker{index + 1}"
+        if not (wdir / "buildbot.tac").exists():
+            wdir.mkdir(parents=True, exist_ok=True)
             shutil.copy(ROOT / "worker" / "buildbot.tac", wdir / "buildbot.tac")
-            name = f"worker{i + 1}"
             wsettings = {"master": f"127.0.0.1:{self.worker_port}", "name": name,
                          "password": self.worker_passwords[name], "maxdelay": 2, "env": self.worker_env}
             (wdir / "easeml-worker.toml").write_text(toml_dumps(wsettings))
-            proc = self._spawn([str(VENV_BIN / "twistd"), "--nodaemon", "--pidfile=", "-y", "buildbot.tac"], wdir, env)
-            self._wait(lambda n=name: self._worker_connected(n), f"worker {name} to connect", proc)
+        proc = self._spawn([str(VENV_BIN / "twistd"), "--nodaemon", "--pidfile=", "-y", "buildbot.tac"], wdir,
+                           _clean_env(self.env))
+        self.worker_procs[index] = proc
+        self._wait(lambda: self._worker_connected(name), f"worker {name} to connect", proc)
+
+    def kill_worker(self, index: int = 0) -> None:
+        """SIGKILL worker ``index`` (a crash: no goodbye to the master)."""
+        proc = self.worker_procs[index]
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
 
     def _spawn(self, argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
         out = open(cwd / "process.out", "ab")
