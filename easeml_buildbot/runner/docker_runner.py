@@ -10,7 +10,6 @@ an empty output directory. Labels and keys stay in the worker process.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import re
