@@ -1,0 +1,162 @@
+"""master/Dockerfile and worker/Dockerfile build FROM the locally made base image (no
+registry pull), and the containers they make work together: the master comes up healthy
+(create-master, upgrade-master, UI), a worker claims a name, connects and is healthy.
+
+Networking stays on loopback: the master runs with --network none and the workers join its
+network namespace, so worker -> master is 127.0.0.1 inside that namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from deploy.helpers import BASE_IMAGE, ROOT, require_docker
+
+pytestmark = pytest.mark.docker
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+# The images' own HEALTHCHECK commands, polled faster than in production.
+FAST_HEALTH = ("--health-interval", "2s", "--health-start-period", "60s")
+
+
+def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args[:3])}: {r.stderr[-2000:]}")
+    return r
+
+
+def build_context(dest: Path) -> Path:
+    """What the repository root's .dockerignore lets through, copied (the working tree may
+    hold a virtualenv and other people's files). The host's CA bundle goes in as
+    extra-ca.pem, the documented hook for TLS-intercepting proxies between a build and PyPI."""
+    dest.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, dest / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.toml", "*.sqlite")
+    for name in ("easeml_buildbot", "master", "worker"):
+        shutil.copytree(ROOT / name, dest / name, ignore=ignore)
+    if HOST_CA_BUNDLE.exists():
+        shutil.copy(HOST_CA_BUNDLE, dest / "extra-ca.pem")
+    return dest
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    require_docker(BASE_IMAGE)
+    ctx = build_context(tmp_path_factory.mktemp("ctx") / "ctx")
+    tag = uuid.uuid4().hex[:8]
+    names = {"master": f"easeml-test/master:{tag}", "worker": f"easeml-test/worker:{tag}"}
+    try:
+        for part, image in names.items():
+            docker("build", "-q", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}",
+                   "-f", str(ctx / part / "Dockerfile"), "-t", image, str(ctx), timeout=1200)
+        yield names
+    finally:
+        for image in names.values():
+            docker("rmi", "-f", image, check=False)
+
+
+@pytest.fixture
+def cleanup():
+    containers: list[str] = []
+    volumes: list[str] = []
+    yield containers, volumes
+    if os.environ.get("EASEML_KEEP_CONTAINERS"):
+        return
+    for c in reversed(containers):
+        docker("rm", "-f", "-v", c, check=False)
+    for v in volumes:
+        docker("volume", "rm", "-f", v, check=False)
+
+
+def wait_health(container: str, timeout: float = 150) -> str:
+    deadline = time.monotonic() + timeout
+    status = "?"
+    while time.monotonic() < deadline:
+        r = docker("inspect", "-f", "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}",
+                   container, check=False)
+        status = r.stdout.strip()
+        if status.endswith("healthy") and not status.endswith("unhealthy"):
+            return status
+        if status.startswith(("exited", "dead")):
+            break
+        time.sleep(2)
+    logs = docker("logs", "--tail", "40", container, check=False)
+    raise AssertionError(f"{container}: {status}\n{logs.stdout}{logs.stderr}")
+
+
+def test_images_build_from_the_local_base_and_share_layers(images):
+    inspect = json.loads(docker("image", "inspect", images["master"], images["worker"]).stdout)
+    base = json.loads(docker("image", "inspect", BASE_IMAGE).stdout)[0]
+    base_layers = base["RootFS"]["Layers"]
+    for img in inspect:
+        assert img["RootFS"]["Layers"][: len(base_layers)] == base_layers
+    m, w = (img["RootFS"]["Layers"] for img in inspect)
+    # Everything up to the installed package is shared (one dependency install).
+    assert len(set(m) & set(w)) >= len(base_layers) + 5
+    out = docker("run", "--rm", "--network", "none", images["worker"], "sh", "-c",
+                 "easeml --version && gpg --version | head -1 && git --version && flock --version").stdout
+    assert "easeml 0.1.0" in out and "gpg (GnuPG)" in out
+
+
+def test_master_and_scaled_workers_come_up_healthy(images, cleanup, tmp_path):
+    containers, volumes = cleanup
+    run = uuid.uuid4().hex[:8]
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@localhost",
+                    "commit", "-q", "--allow-empty", "-m", "init"], check=True)
+    master = f"easeml-test-master-{run}"
+    containers.append(master)
+    docker("run", "-d", "--name", master, "--network", "none", *FAST_HEALTH,
+           "-e", "EASEML_FORGE=local", "-e", "EASEML_LOCAL_REPO=/repo", "-v", f"{repo}:/repo:ro",
+           "-e", "EASEML_WORKER_PASSWORD=test-password", "-e", "EASEML_WORKER_SLOTS=2",
+           "-e", "EASEML_DB_URL=sqlite:////var/lib/buildbot/state.sqlite",
+           "-e", "EASEML_LEDGER_URL=sqlite:////var/lib/buildbot/ledger.sqlite",
+           "-e", "EASEML_SMTP_ENABLED=false", images["master"])
+    assert wait_health(master).endswith("healthy")
+
+    names_volume = f"easeml-test-names-{run}"
+    volumes.append(names_volume)
+    workers = []
+    for i in range(3):  # two slots: the third replica must refuse, naming the setting
+        w = f"easeml-test-worker-{run}-{i}"
+        containers.append(w)
+        workers.append(w)
+        docker("run", "-d", "--name", w, "--network", f"container:{master}", *FAST_HEALTH,
+               "-e", "EASEML_WORKER_MASTER=127.0.0.1:9989", "-e", "EASEML_WORKER_PASSWORD=test-password",
+               "-e", "EASEML_WORKER_SLOTS=2", "-v", "/var/run/docker.sock:/var/run/docker.sock",
+               "-v", f"{names_volume}:/var/lib/easeml/names", images["worker"])
+        if i < 2:
+            wait_health(w)
+    time.sleep(2)
+    third = docker("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", workers[2]).stdout.split()
+    assert third == ["exited", "1"]
+    assert "raise EASEML_WORKER_SLOTS" in docker("logs", workers[2]).stderr
+    name_of = {w: docker("logs", w).stdout.split()[2] for w in workers[:2]}
+    assert sorted(name_of.values()) == ["worker-1", "worker-2"]
+
+    api = docker("exec", master, "python3", "-c",
+                 "import json, urllib.request; print(urllib.request.urlopen("
+                 "'http://127.0.0.1:8010/api/v2/workers').read().decode())").stdout
+    connected = sorted(w["name"] for w in json.loads(api)["workers"] if w["connected_to"])
+    assert connected == ["worker-1", "worker-2"]
+
+    # A removed replica frees its name for the next one.
+    docker("rm", "-f", workers[0])
+    w = f"easeml-test-worker-{run}-again"
+    containers.append(w)
+    docker("run", "-d", "--name", w, "--network", f"container:{master}", *FAST_HEALTH,
+           "-e", "EASEML_WORKER_MASTER=127.0.0.1:9989", "-e", "EASEML_WORKER_PASSWORD=test-password",
+           "-e", "EASEML_WORKER_SLOTS=2", "-v", "/var/run/docker.sock:/var/run/docker.sock",
+           "-v", f"{names_volume}:/var/lib/easeml/names", images["worker"])
+    wait_health(w)
+    assert docker("logs", w).stdout.split()[2] == name_of[workers[0]]
