@@ -34,12 +34,15 @@ need_root() {
 
 build_busybox() {
   if have_image "$BB_TAG"; then log "$BB_TAG exists, skipping"; return; fi
-  local bb
-  bb=$(command -v busybox || true)
-  if [ -z "$bb" ] || ! file -L "$bb" 2>/dev/null | grep -q 'statically linked'; then
-    [ -x /bin/busybox ] && bb=/bin/busybox
-  fi
-  if [ -z "$bb" ]; then log "busybox not installed (apt-get install busybox-static); skipping $BB_TAG"; return; fi
+  local bb="" cand
+  # The rootfs has no libc: only a statically linked busybox works (Debian's busybox-static).
+  for cand in /bin/busybox /usr/bin/busybox "$(command -v busybox || true)"; do
+    [ -n "$cand" ] && [ -x "$cand" ] || continue
+    if LC_ALL=C ldd "$cand" 2>&1 | grep -qE 'not a dynamic executable|statically linked'; then
+      bb=$cand; break
+    fi
+  done
+  if [ -z "$bb" ]; then log "no static busybox (apt-get install busybox-static); skipping $BB_TAG"; return; fi
   local root
   root=$(mktemp -d)
   trap 'rm -rf "$root"' RETURN

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     if not Path(args.repo).is_dir():
         print(f"easeml worker evaluate: --repo {args.repo}: not a directory", file=sys.stderr)
         return 2
+    # SIGTERM (a stopped build) unwinds normally, so the running container and image are
+    # removed by the runner's cleanup; SIGKILL is handled by DockerRunner.reap_stale.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     result = evaluate_pr(args.repo, head=args.head, base=args.base, key=args.key,
                          passphrase=passphrase, runner=args.runner, cache_dir=args.cache_dir,
                          limits=limits, echo=lambda s: print(s, flush=True))

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 ALWAYS_EXCLUDED = (".git", "**/.git", "*.gpg", "**/*.gpg", "*.pgp", "**/*.pgp")
 LABEL = "easeml.runner"
 TAG_LABEL = "easeml.tag"
+DEADLINE_LABEL = "easeml.deadline"  # unix time after which the container may be reaped
 _RUNNING_IN = re.compile(r"Running in ([0-9a-f]{12,64})")
 _STEP_IMAGE = re.compile(r"^ ---> ([0-9a-f]{12,64})\s*$")
 _SIGNALS = {137: "SIGKILL", 139: "SIGSEGV", 134: "SIGABRT", 143: "SIGTERM", 153: "SIGXFSZ"}
@@ -223,7 +224,8 @@ class DockerRunner:
             log_config=LogConfig(type="json-file",
                                  config={"max-size": str(max(1 << 20, 4 * limits.log_bytes)),
                                          "max-file": "2"}),
-            labels={LABEL: "model", TAG_LABEL: tag[:200]},
+            labels={LABEL: "model", TAG_LABEL: tag[:200],
+                    DEADLINE_LABEL: str(int(time.time() + limits.timeout + 120))},
             detach=True,
         )
         try:
@@ -258,6 +260,31 @@ class DockerRunner:
                 container.remove(force=True)
             except docker.errors.DockerException as exc:  # pragma: no cover - daemon trouble
                 log.warning("could not remove container %s: %s", container.id[:12], exc)
+
+    def reap_stale(self, now: float | None = None) -> list[str]:
+        """Remove model containers past their deadline. A worker killed with SIGKILL
+        (Buildbot's default on interrupt) cannot clean up its container; the next run on
+        the same daemon does, so a sleeping model cannot outlive its limit by much."""
+        now = time.time() if now is None else now
+        removed = []
+        try:
+            stale = self.client.containers.list(all=True, filters={"label": f"{LABEL}=model"})
+        except docker.errors.DockerException:
+            return removed
+        for c in stale:
+            try:
+                deadline = float(c.labels.get(DEADLINE_LABEL, "inf"))
+            except ValueError:
+                continue
+            if deadline < now:
+                try:
+                    c.remove(force=True)
+                    removed.append(c.id)
+                except docker.errors.DockerException:
+                    pass
+        if removed:
+            log.warning("removed %d model container(s) left past their deadline", len(removed))
+        return removed
 
     @staticmethod
     def _follow(stream: Any, log_out: BoundedLog) -> None:
@@ -301,6 +328,7 @@ class DockerRunner:
         image: str | None = None
         steps: list[str] = []
         ws: Workspace | None = None
+        self.reap_stale()
         try:
             t0 = time.perf_counter()
             try:

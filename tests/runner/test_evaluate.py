@@ -186,3 +186,28 @@ def test_evaluate_in_docker_end_to_end(docker_client, digits_repo, service_keys,
     assert "Successfully built" in res.stdout
     with decrypted_dataset(digits_repo.path / digits_repo.dataset, service_keys.private, rows=n) as ds:
         assert ds.n_rows == n
+
+
+@pytest.mark.docker
+def test_stopped_build_removes_its_container(docker_client, digits_repo, service_keys, tmp_path):
+    """Buildbot stopping the step (SIGTERM) must not leave the model running."""
+    import signal
+    import time
+
+    sleeper = "import time\nprint('sleeping', flush=True)\ntime.sleep(10**6)\n"
+    head = digits_repo.commit_model(quality=0.9, branch=branch(), predict_py=sleeper).sha
+    proc = subprocess.Popen([sys.executable, "-m", "easeml_buildbot", "worker", "evaluate", "--repo",
+                             str(digits_repo.path), "--head", head, "--base", digits_repo.base.sha,
+                             "--key", str(service_keys.private), "--runner", "docker",
+                             "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "r.json")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    flt = {"label": f"easeml.tag=head-{head[:12]}"}
+    deadline = time.monotonic() + 120
+    while not docker_client.containers.list(filters=flt) and time.monotonic() < deadline:
+        assert proc.poll() is None, "evaluate ended before the model ran"
+        time.sleep(0.2)
+    assert docker_client.containers.list(filters=flt), "the model container never started"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert docker_client.containers.list(all=True, filters=flt) == []
+    assert docker_client.images.list(filters=flt) == []

@@ -266,3 +266,22 @@ write_predictions("x")
     for secret in ("sentinel-passphrase-4f1c", "sentinel-token-93ab", str(service_keys.private),
                    *marker_labels):
         assert secret not in res.log
+
+
+def test_containers_past_their_deadline_are_reaped(runner, docker_client, tag):
+    """A worker killed with SIGKILL leaves its container; the next run removes it."""
+    from easeml_buildbot.runner.docker_runner import DEADLINE_LABEL, LABEL, TAG_LABEL
+
+    past = docker_client.containers.run(
+        "easeml/busybox", ["sleep", "1000"], detach=True,
+        labels={LABEL: "model", TAG_LABEL: tag, DEADLINE_LABEL: str(int(time.time()) - 5)})
+    future = docker_client.containers.run(
+        "easeml/busybox", ["sleep", "1000"], detach=True,
+        labels={LABEL: "model", TAG_LABEL: tag + "-f", DEADLINE_LABEL: str(int(time.time()) + 3600)})
+    try:
+        removed = runner.reap_stale()
+        assert past.id in removed and future.id not in removed
+        future.reload()
+        assert future.status == "running"
+    finally:
+        future.remove(force=True)
