@@ -38,7 +38,7 @@ build_busybox() {
   # The rootfs has no libc: only a statically linked busybox works (Debian's busybox-static).
   for cand in /bin/busybox /usr/bin/busybox "$(command -v busybox || true)"; do
     [ -n "$cand" ] && [ -x "$cand" ] || continue
-    if LC_ALL=C ldd "$cand" 2>&1 | grep -qE 'not a dynamic executable|statically linked'; then
+    if [[ "$(LC_ALL=C ldd "$cand" 2>&1 || true)" =~ (not a dynamic executable|statically linked) ]]; then
       bb=$cand; break
     fi
   done
