@@ -74,7 +74,7 @@ class Settings:
     title: str = "easeml-buildbot"
     buildbot_url: str = "http://localhost:8010/"
     www_port: int = 8010
-    bind_address: str = "127.0.0.1"  # "0.0.0.0" (or "") to listen on every interface, e.g. in a container
+    bind_address: str = ""  # "" = every interface (Buildbot's default, containers); "127.0.0.1" for loopback only
     worker_port: int = 9989
     db_url: str = "sqlite:///state.sqlite"
     ledger_url: str = "sqlite:///ledger.sqlite"

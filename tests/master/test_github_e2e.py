@@ -110,11 +110,27 @@ def test_every_request_matched_githubs_openapi(world, scenarios):
     assert kinds <= {"jwt", "installation"}
 
 
+def test_no_secret_reaches_a_log(world, scenarios):
+    from support.github_sim_world import SECRET
+
+    texts = [world.bb.master_log()] + [(d / "twistd.log").read_text() for d in world.bb.worker_dirs]
+    texts += [world.bb.step_logs_text(b["buildid"]) for b in world.bb.api("builds")[:3]]
+    key_lines = [ln for ln in (world.base / "app.pem").read_text().splitlines() if "-----" not in ln]
+    for text in texts:
+        assert SECRET not in text
+        assert not any(tok in text for tok in world.sim.tokens)
+        assert not any(ln in text for ln in key_lines[:5])
+
+
 def test_pass(world, scenarios):
     assert world.statuses("pass") == [QUEUED, STARTED, done("success")]
     out = _summary(world, "pass")
     assert out["title"] == "Condition satisfied"
     assert "n > 0.8 +/- 0.1" in out["summary"] and "Uses of the test set left:** 7" in out["summary"]
+    build = _build_for(world, scenarios["pass"][1].sha)
+    logs = world.bb.step_logs_text(build["buildid"])
+    acc = scenarios["pass"][1].accuracy
+    assert f"{acc:.3f}" not in logs and f"{acc:.2f}" not in logs  # one bit under full, never accuracies
     first = world.calls("pass")[0][1]
     assert first["name"] == "easeml/ci" and first["head_sha"] == scenarios["pass"][1].sha
 

@@ -131,7 +131,7 @@ class BuildbotHarness:
         self.www_url = f"http://127.0.0.1:{self.www_port}/"
         self.worker_passwords = {f"worker{i + 1}": uuid.uuid4().hex for i in range(workers)}
         defaults: dict[str, Any] = {
-            "forge": "local", "buildbot_url": self.www_url, "www_port": self.www_port,
+            "forge": "local", "buildbot_url": self.www_url, "www_port": self.www_port, "bind_address": "127.0.0.1",
             "worker_port": self.worker_port, "runner": "process", "email_enabled": False,
             "local": {"repo": str(self.base_dir / "repo"), "branch": "main", "poll_interval": 2},
             "workers": [{"name": n, "password": p} for n, p in self.worker_passwords.items()],
