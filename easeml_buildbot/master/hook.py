@@ -77,6 +77,10 @@ class GitHubAppHook(BaseHookHandler):
     def __init__(self, master: Any, options: dict[str, Any] | None) -> None:
         super().__init__(master, options)
         options = options or {}
+        if options.get("settings") is None:  # mounted by name through the entry point
+            from easeml_buildbot.master.settings import Settings
+
+            options["settings"] = Settings.load()
         self.settings = options["settings"]
         self.app = options.get("app")
         self.deliveries = DeliveryLog(int(options.get("dedup_size", 10000)))
@@ -138,9 +142,7 @@ class GitHubAppHook(BaseHookHandler):
         action = payload.get("action")
         if action not in PR_ACTIONS:
             return []
-        pr = payload["pull_request"]
-        if pr.get("draft"):
-            pass  # drafts are evaluated too: the developer asked for it by pushing
+        pr = payload["pull_request"]  # drafts are evaluated too: the developer pushed
         head_sha = pr["head"]["sha"]
         repo = payload["repository"]["full_name"]
         if action != "reopened" and not self._first_time(repo, head_sha):
