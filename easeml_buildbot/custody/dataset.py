@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from easeml_buildbot.custody.gpghome import (
-    private_tmpdir, remove_tree, secure_tmp_base, sweep_stale, temporary_gpg,
+    MIN_S2K_COUNT, private_tmpdir, remove_tree, secure_tmp_base, sweep_stale, temporary_gpg,
 )
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ def _decrypt_to(enc: Path, key: Path, passphrase: str | None, plain: Path, workd
         raise DatasetError(f"{key}: this is the public key; decryption needs the private key (easeml_priv.asc)")
     if b"PRIVATE KEY" not in key_data and not (key_data[:1] and key_data[0] & 0x80):
         raise DatasetError(f"{key}: not an OpenPGP private key")
-    with temporary_gpg(ephemeral_protection=True) as gpg:  # short path: agent socket limit
+    with temporary_gpg(s2k_count=MIN_S2K_COUNT) as gpg:  # short path: agent socket limit
         res = gpg.import_keys(key_data, passphrase=passphrase)
         del key_data
         if not getattr(res, "sec_imported", 0) and not getattr(res, "sec_read", 0):

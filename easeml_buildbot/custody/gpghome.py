@@ -87,6 +87,7 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+MIN_S2K_COUNT = 65536
 _SWEPT_KINDS = ("ds", "gnupg", "check")
 
 
@@ -139,17 +140,18 @@ def sweep_stale(base: Path | None = None) -> list[Path]:
 
 
 @contextmanager
-def temporary_gpg(parent: Path | None = None, *, ephemeral_protection: bool = False) -> Iterator[gnupg.GPG]:
+def temporary_gpg(parent: Path | None = None, *, s2k_count: int | None = None) -> Iterator[gnupg.GPG]:
     """Yield a ``gnupg.GPG`` bound to a new private home; destroy the home on exit.
 
-    ``ephemeral_protection``: the agent re-protects an imported secret key with the cheapest
-    S2K count instead of calibrating ~100 ms of hashing; right for a home that lives seconds
-    on tmpfs (the key file on disk keeps its own protection), wrong for creating keys.
+    ``s2k_count`` fixes the agent's passphrase-hashing iterations instead of calibrating
+    ~100 ms per unlock. The minimum (65536) is right for a home that lives seconds on tmpfs
+    (an imported key is re-protected there, while the key file keeps its own protection),
+    and for throw-away test keys; never for a real service key.
     """
     base = parent if parent is not None else secure_tmp_base()
     home = private_tmpdir("gnupg", base)
-    if ephemeral_protection:
-        (home / "gpg-agent.conf").write_text("s2k-count 65536\n", encoding="ascii")
+    if s2k_count is not None:
+        (home / "gpg-agent.conf").write_text(f"s2k-count {max(int(s2k_count), 65536)}\n", encoding="ascii")
     try:
         gpg = gnupg.GPG(gnupghome=str(home))
         gpg.encoding = "utf-8"

@@ -98,11 +98,14 @@ def create_keypair(
     passphrase: str | None = None,
     *,
     key_type: str = "ed25519",
+    s2k_count: int | None = None,
 ) -> tuple[Path, Path]:
     """Create the service key pair and write ``out_dir/easeml_pub.asc`` and ``easeml_priv.asc``.
 
     ``key_type`` is ``ed25519`` (signing primary + cv25519 encryption subkey, fast) or
-    ``rsa`` (RSA-3072 for both). Existing key files are never overwritten.
+    ``rsa`` (RSA-3072 for both). Existing key files are never overwritten. ``s2k_count``
+    (passphrase-hashing iterations) defaults to gpg-agent's calibration (~100 ms per unlock);
+    only throw-away test keys should lower it.
     """
     out = Path(out_dir)
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -121,7 +124,7 @@ def create_keypair(
     else:
         raise KeysError(f"unknown key type {key_type!r} (use 'ed25519' or 'rsa')")
 
-    with temporary_gpg() as gpg:
+    with temporary_gpg(s2k_count=s2k_count) as gpg:
         spec = gpg.gen_key_input(
             name_real=name, name_email=email, expire_date=0,
             passphrase=passphrase, no_protection=passphrase is None, **params,

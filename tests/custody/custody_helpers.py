@@ -32,7 +32,8 @@ def scan_dirs_for(needles: list[bytes], roots: list[Path], max_size: int = 64 <<
     for root in roots:
         if not root.exists():
             continue
-        for dirpath, _dirs, files in os.walk(root):
+        walk = [(str(root.parent), [], [root.name])] if root.is_file() else os.walk(root)
+        for dirpath, _dirs, files in walk:
             for name in files:
                 p = Path(dirpath) / name
                 try:
@@ -47,7 +48,8 @@ def scan_dirs_for(needles: list[bytes], roots: list[Path], max_size: int = 64 <<
 
 def scan_roots() -> list[Path]:
     """Where custody code may put temporary files: tmpfs and the temp dir's easeml-* entries."""
-    roots = [Path("/dev/shm")]
+    shm = Path("/dev/shm")
+    roots = [p for p in shm.iterdir() if not p.name.startswith("easeml-pg-")] if shm.is_dir() else []
     tmp = Path(tempfile.gettempdir())
     roots += [p for p in tmp.iterdir() if p.name.startswith(("easeml-ds-", "easeml-gnupg-", "easeml-check-"))]
     return roots

@@ -46,13 +46,18 @@ class ServiceKeys:
         return out
 
 
-def make_service_keys(directory: str | os.PathLike[str], *, passphrase: bool = False) -> ServiceKeys:
-    """Create a key pair in ``directory`` (optionally protected by a random passphrase)."""
+def make_service_keys(directory: str | os.PathLike[str], *, passphrase: bool = False,
+                      fast: bool = True) -> ServiceKeys:
+    """Create a key pair in ``directory`` (optionally protected by a random passphrase).
+
+    ``fast``: minimum S2K iterations for the passphrase (a throw-away key; saves seconds of
+    gpg-agent calibration per key). The protection format is the same as a real key's.
+    """
     d = Path(directory)
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
     phrase = secrets.token_urlsafe(18) if passphrase else None
     pub, priv = create_keypair(d, name="easeml test service", email="easeml-test@localhost",
-                               passphrase=phrase)
+                               passphrase=phrase, s2k_count=65536 if fast else None)
     pfile = None
     if phrase is not None:
         pfile = d / "passphrase.txt"

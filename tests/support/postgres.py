@@ -17,6 +17,7 @@ import itertools
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -96,11 +97,28 @@ class PostgresServer:
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             raise RuntimeError(f"pg_ctl start failed: {r.stderr.strip()} {tail}")
 
+    def _postmaster_pid(self) -> int | None:
+        try:
+            return int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
     def stop(self) -> None:
-        if self.data_dir.exists():
-            self.run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", "immediate",
-                      "-w", "stop"], timeout=60)
-        shutil.rmtree(self.base, ignore_errors=True)
+        """Stop this server (immediate mode; SIGKILL if it lingers) and delete its files."""
+        pid = self._postmaster_pid()
+        try:
+            if self.data_dir.exists():
+                self.run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", "immediate",
+                          "-w", "-t", "20", "stop"], timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            if pid is not None:
+                try:
+                    os.kill(pid, signal.SIGKILL)  # our own postmaster, if pg_ctl could not stop it
+                except ProcessLookupError:
+                    pass
+            shutil.rmtree(self.base, ignore_errors=True)
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://{self.superuser}@127.0.0.1:{self.port}/{database}"
@@ -116,14 +134,25 @@ class PostgresServer:
         return self.url(name)
 
 
+def _base_dir() -> str:
+    try:
+        st = os.statvfs("/dev/shm")
+        if st.f_bavail * st.f_frsize >= (2 << 30) and os.access("/dev/shm", os.W_OK):
+            return "/dev/shm"
+    except OSError:
+        pass
+    return "/tmp"
+
+
 def start_postgres() -> PostgresServer:
     """Start a throw-away cluster (caller must ``stop()`` it). Raises if binaries are missing."""
     bin_dir = find_pg_bin()
     if bin_dir is None:
         raise FileNotFoundError("PostgreSQL server binaries not found in /usr/lib/postgresql/*/bin")
     user = _run_user()
-    # as root: /tmp, which the unprivileged server user can traverse whatever $TMPDIR says
-    base = Path(tempfile.mkdtemp(prefix="easeml-pg-", dir="/tmp" if user else None))
+    # tmpfs when roomy (fast, and nothing to delete from disk), else /tmp; both are
+    # traversable by the unprivileged server user, whatever $TMPDIR says
+    base = Path(tempfile.mkdtemp(prefix="easeml-pg-", dir=_base_dir()))
     os.chmod(base, 0o700)
     if user:
         pw = pwd.getpwnam(user)
