@@ -107,7 +107,11 @@ def _master_template() -> Path:
     if "master" not in _TEMPLATE_CACHE:
         import tempfile
 
-        d = Path(tempfile.mkdtemp(prefix="easeml-master-template-")) / "master"
+        import atexit
+
+        top = Path(tempfile.mkdtemp(prefix="easeml-master-template-"))
+        atexit.register(shutil.rmtree, top, True)
+        d = top / "master"
         subprocess.run([str(VENV_BIN / "buildbot"), "create-master", "-q", "--relocatable", str(d)],
                        check=True, env=_clean_env(None), capture_output=True, timeout=180)
         _TEMPLATE_CACHE["master"] = d
