@@ -2,8 +2,10 @@
 # Build the model base images locally (no registry is reachable):
 #   easeml/python:bookworm  Debian bookworm minbase + python3 + numpy (debootstrap | docker import)
 #   easeml/busybox:latest   a busybox-static rootfs (tiny; used by the fast hostile-model tests)
+#   easeml/python-sklearn:bookworm  only with EASEML_BASE_SKLEARN=1: + python3-sklearn/scipy
+#                           (about 100 s more and 815 MB, so not built by default)
 # Idempotent: an image whose tag already exists is not rebuilt (EASEML_REBUILD_BASE=1 forces).
-# Extra Debian packages for the python image: EASEML_BASE_EXTRA="python3-sklearn ...".
+# Extra Debian packages for the python image: EASEML_BASE_EXTRA="python3-pandas ...".
 set -euo pipefail
 log() { printf '[base-image] %s\n' "$*" >&2; }
 
@@ -86,3 +88,8 @@ build_python() {
 docker info >/dev/null 2>&1 || { log "no Docker daemon answers"; exit 1; }
 build_busybox
 build_python
+if [ "${EASEML_BASE_SKLEARN:-0}" = 1 ]; then
+  PY_TAG=${EASEML_SKLEARN_IMAGE:-easeml/python-sklearn:bookworm}
+  PACKAGES="$PACKAGES,python3-sklearn"
+  build_python
+fi
