@@ -816,7 +816,7 @@ def plan_mails(facts: BuildFacts, policy: MailPolicy, *, ledger: Any = None) -> 
         cause = facts.cause or STATUS_TITLES[status]
         to = list(owners)
         if status == "missing_dataset":
-            if cause.startswith("dataset:"):
+            if _is_key_problem(facts):
                 # the file is there but could not be decrypted or read: a wrong or missing
                 # service key is the operator's problem, a wrong recipient key the owners'
                 if policy.operator:
@@ -984,6 +984,11 @@ def failed_step_tail(master, buildid: int, lines: int = 20):
     return step.get("name"), "\n".join(out) or None
 
 
+def _is_key_problem(facts: BuildFacts) -> bool:
+    """The test set is there but could not be decrypted or read (service key, or wrong recipient)."""
+    return facts.status == "missing_dataset" and (facts.cause or "").startswith("dataset:")
+
+
 def _is_infra(facts: BuildFacts) -> bool:
     from buildbot.process.results import EXCEPTION, RETRY
 
@@ -1031,7 +1036,7 @@ class EasemlMailGenerator:
         users = yield reporter.getResponsibleUsersForBuild(master, build["buildid"])
         url = utils.getURLForBuild(master, build["builder"]["builderid"], build["number"])
         facts = facts_from_build(build, url, users, self.policy)
-        if _is_infra(facts):
+        if _is_infra(facts) or _is_key_problem(facts):
             try:
                 step, tail = yield failed_step_tail(master, build["buildid"])
                 facts = dataclasses.replace(facts, failed_step=step, log_tail=tail)
