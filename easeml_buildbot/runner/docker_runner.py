@@ -40,7 +40,8 @@ TAG_LABEL = "easeml.tag"
 DEADLINE_LABEL = "easeml.deadline"  # unix time after which the container may be reaped
 _RUNNING_IN = re.compile(r"Running in ([0-9a-f]{12,64})")
 _STEP_IMAGE = re.compile(r"^ ---> ([0-9a-f]{12,64})\s*$")
-_SIGNALS = {137: "SIGKILL", 139: "SIGSEGV", 134: "SIGABRT", 143: "SIGTERM", 153: "SIGXFSZ"}
+_SIGNALS = {137: "SIGKILL", 139: "SIGSEGV", 134: "SIGABRT", 143: "SIGTERM", 153: "SIGXFSZ",
+            126: "command not executable", 127: "command not found"}
 
 
 def _tag_for(tag: str) -> str:
@@ -234,7 +235,11 @@ class DockerRunner:
             stream = container.attach(stdout=True, stderr=True, stream=True, logs=True)
             follower = threading.Thread(target=self._follow, args=(stream, log_out), daemon=True)
             follower.start()
-            container.start()
+            try:
+                container.start()
+            except docker.errors.APIError as exc:  # the image's command cannot start
+                detail = exc.explanation or str(exc)
+                raise ModelError("crash", f"the model's container did not start: {detail}") from None
             timed_out = False
             try:
                 status = container.wait(timeout=limits.timeout)

@@ -188,3 +188,14 @@ def test_run_log_is_bounded(runner, tmp_path, tag):
     run_log = res.log.split("--- run ---")[1]
     assert len(run_log) < 4096 + 200
     assert "noise 0\n" in run_log and "noise 199999" in run_log and "characters cut" in run_log
+
+
+@pytest.mark.parametrize("cmd,fragment", [
+    ('CMD ["/no/such/program"]', "code 127 (command not found)"),
+    ('USER nosuchuser\nCMD ["python3", "-c", "1"]', "did not start"),
+])
+def test_command_that_cannot_start_is_a_model_error(runner, tmp_path, cmd, fragment, tag):
+    src = model_dir(tmp_path / "m", "", dockerfile=f"FROM easeml/python:bookworm\n{cmd}\n")
+    with pytest.raises(ModelError) as err:
+        runner.predict(src, features_csv(tmp_path / "f.csv"), tag=tag, model={}, limits=FAST)
+    assert err.value.cause == "crash" and fragment in err.value.message
