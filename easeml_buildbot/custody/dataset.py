@@ -183,7 +183,29 @@ def _gpg_failure(enc: Path, key: Path, res) -> DatasetError:
     return DatasetError(f"{enc}: decryption failed ({res.status or 'gpg exit ' + str(res.returncode)})")
 
 
-def _decrypt_to(enc: Path, key: Path, passphrase: str | None, plain: Path, workdir: Path) -> None:
+class _HashingReader:
+    """Feeds gpg and hashes the same bytes: the dataset id costs no second read of the file."""
+
+    def __init__(self, path: Path) -> None:
+        self._fh = open(path, "rb")
+        self._hash = hashlib.sha256()
+        self.bytes_read = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._fh.read(n)
+        self._hash.update(data)
+        self.bytes_read += len(data)
+        return data
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def _decrypt_to(enc: Path, key: Path, passphrase: str | None, plain: Path) -> str:
+    """Decrypt ``enc`` into ``plain`` (0600); return the SHA-256 of the ciphertext read."""
     if not key.is_file():
         raise DatasetError(f"{key}: private key file not found")
     key_data = key.read_bytes()
@@ -200,10 +222,16 @@ def _decrypt_to(enc: Path, key: Path, passphrase: str | None, plain: Path, workd
             pass  # create 0600 so gpg (which truncates, keeping the mode) writes a private file
         # loopback even without a passphrase: never pop up a pinentry on a worker
         extra = None if passphrase is not None else ["--pinentry-mode", "loopback"]
-        res = gpg.decrypt_file(str(enc), passphrase=passphrase, output=str(plain), extra_args=extra)
+        reader = _HashingReader(enc)
+        try:
+            res = gpg.decrypt_file(reader, passphrase=passphrase, output=str(plain), extra_args=extra)
+            size = os.fstat(reader._fh.fileno()).st_size
+        finally:
+            reader.close()
         ok = res.ok and res.returncode == 0 and "DECRYPTION_OKAY" in (res.stderr or "")
         if ok and "BADMDC" not in res.stderr and "DECRYPTION_FAILED" not in res.stderr:
-            return
+            # gpg stops at the end of the OpenPGP message: hash any trailing bytes too
+            return reader.hexdigest() if reader.bytes_read == size else dataset_id(enc)
         raise _gpg_failure(enc, key, res)
 
 
@@ -520,7 +548,6 @@ def decrypted_dataset(
             f"{enc}: not an OpenPGP encrypted file (is it the plaintext test set? "
             "encrypt it with 'easeml dataset encrypt')"
         )
-    ds_id = dataset_id(enc)
     # plaintext + features ~ 2x the ciphertext (no compression), plus headroom
     base = Path(tmp_dir) if tmp_dir is not None else secure_tmp_base(
         min_free=int(2.5 * enc.stat().st_size) + (16 << 20))
@@ -528,7 +555,7 @@ def decrypted_dataset(
     work = private_tmpdir("ds", base)
     try:
         plain = work / "plaintext"
-        _decrypt_to(enc, key, passphrase, plain, work)
+        ds_id = _decrypt_to(enc, key, passphrase, plain)
         fmt = format or _sniff_format(plain, format_from_name(enc))
         features = work / f"features.{fmt}"
         labels, names = split_plaintext(plain, features, fmt=fmt, label_column=label_column,

@@ -155,6 +155,7 @@ def temporary_gpg(parent: Path | None = None, *, s2k_count: int | None = None) -
     try:
         gpg = gnupg.GPG(gnupghome=str(home))
         gpg.encoding = "utf-8"
+        gpg.buffer_size = 1 << 20  # python-gnupg's default 16 KiB pipes large test sets slowly
         yield gpg
     finally:
         kill_agent(home)

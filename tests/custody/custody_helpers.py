@@ -70,3 +70,15 @@ def gpg_processes_for(path: Path) -> list[str]:
         if str(path).encode() in cmd and state != "Z":
             found.append(f"{pid} {state} {cmd.decode(errors='replace')}")
     return found
+
+
+def easeml(argv: list[str]) -> int:
+    """Run custody's sub-commands exactly as ``easeml`` does, without importing other parts' CLIs."""
+    import argparse
+
+    from easeml_buildbot.custody import cli
+
+    parser = argparse.ArgumentParser(prog="easeml")
+    cli.register(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)

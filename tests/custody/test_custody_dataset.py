@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from custody_helpers import scan_dirs_for, scan_roots
-from easeml_buildbot.cli import main as easeml
+from custody_helpers import easeml
 from easeml_buildbot.custody.dataset import (
     DatasetError, check_plaintext, dataset_id, decrypted_dataset, encrypt_dataset,
 )
@@ -489,3 +489,16 @@ def test_fast_csv_every_row_count(chunk, tmp_path, monkeypatch):
         assert (tmp_path / "f.csv").read_text() == "a\n" + "".join(f"{i * 7}\n" for i in range(n))
     with pytest.raises(DatasetError, match="needs 51 samples, the test set has 50"):
         dsm.split_plaintext(plain, tmp_path / "f.csv", fmt="csv", label_column="label", rows=51)
+
+
+def test_installed_easeml_entry_point(service_keys, tmp_path, data):
+    """The real ``easeml`` console script dispatches to the custody commands."""
+    import shutil
+    import sys
+
+    X, y = data
+    enc = encrypted_test_set(service_keys, tmp_path / "t.csv.gpg", X, y)
+    exe = shutil.which("easeml", path=str(Path(sys.executable).parent)) or "easeml"
+    out = subprocess.run([exe, "dataset", "id", str(enc)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == dataset_id(enc)

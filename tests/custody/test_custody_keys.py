@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from custody_helpers import gpg_processes_for, scan_dirs_for, scan_roots
-from easeml_buildbot.cli import main as easeml
+from custody_helpers import easeml
 from easeml_buildbot.custody import gpghome
 from easeml_buildbot.custody.dataset import DatasetError, decrypted_dataset
 from easeml_buildbot.custody.keys import (

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from easeml_buildbot.cli import main as easeml
+from custody_helpers import easeml
 from easeml_buildbot.custody.ledger import (
     Ledger, LedgerError, PolicyMismatch, TestSetExhausted, TestSetRetired, normalize_url,
 )
