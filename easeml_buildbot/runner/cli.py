@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +72,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     # SIGTERM (a stopped build) unwinds normally, so the running container and image are
     # removed by the runner's cleanup; SIGKILL is handled by DockerRunner.reap_stale.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    result = evaluate_pr(args.repo, head=args.head, base=args.base, key=args.key,
-                         passphrase=passphrase, runner=args.runner, cache_dir=args.cache_dir,
-                         limits=limits, echo=lambda s: print(s, flush=True))
+    try:
+        result = evaluate_pr(args.repo, head=args.head, base=args.base, key=args.key,
+                             passphrase=passphrase, runner=args.runner, cache_dir=args.cache_dir,
+                             limits=limits, echo=lambda s: print(s, flush=True))
+    except Exception as exc:  # noqa: BLE001 - a bug here must still leave a result for the master
+        # evaluate_pr returns as soon as decide() has a verdict, so nothing was scored.
+        # type and place only: an exception's message could quote data
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        print(f"worker error: {type(exc).__name__} at {where.filename}:{where.lineno}", file=sys.stderr)
+        result = {"status": "infra_error", "cause": "worker", "scored": False, "verdict": None,
+                  "message": f"the worker failed: {type(exc).__name__}", "dataset_id": None,
+                  "samples_used": 0, "timings": {}}
     _write_json(args.out, result)
     line = f"status: {result['status']}"
     if result["status"] != "scored":
