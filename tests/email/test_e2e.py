@@ -1,12 +1,14 @@
 """Through a real master build: Buildbot master + worker processes, the local forge polling a
 real git repository with a real model and a gpg-encrypted test set, delivering to aiosmtpd.
 
-One master serves four builds of a 2-use test set (adaptivity full):
+One master serves five builds of a 2-use test set (adaptivity full):
 1. a better model: owners get the full verdict with the chart, the author only the outcome;
 2. a commit that also edits .easeml.yml to add a recipient: not evaluated (protected file),
    the note goes to the base branch's recipients only, never to the added address;
-3. another model: use 2 of 2, so the owners also get the exhaustion mail;
-4. with the SMTP server down: the test set is exhausted, the build still completes, the
+3. the worker's private key is gone: the operator gets the failed step and its log, the
+   owners a short note, and the use is released;
+4. another model: use 2 of 2, so the owners also get the exhaustion mail;
+5. with the SMTP server down: the test set is exhausted, the build still completes, the
    failed delivery is retried a bounded number of times, logged, and the master lives on.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import html as htmllib
 import io
+import shutil
 import time
 
 import pytest
@@ -32,9 +35,23 @@ pytestmark = pytest.mark.e2e
 OWNER, INTRUDER, ADDED = "owner@example.com", "intruder@evil.test", "added-by-pr@example.com"
 
 
-def _git_ok() -> bool:
-    import shutil
+class _Harness(BuildbotHarness):
+    """The shared harness, waiting patiently for the first API answer.
 
+    Buildbot 4.3 writes REST responses from a thread (``rest.py: _write_json_data``); a client
+    that gives up early (the harness's 2 s probe on a loaded machine) can leave the master's
+    epoll reactor with a stale fd, after which the worker's PB connection is refused. A long
+    probe timeout avoids triggering that.
+    """
+
+    def _www_up(self) -> bool:
+        import urllib.request
+
+        with urllib.request.urlopen(self.www_url + "api/v2/builders", timeout=120) as r:
+            return r.status == 200
+
+
+def _git_ok() -> bool:
     return shutil.which("git") is not None and shutil.which("unshare") is not None
 
 
@@ -63,11 +80,13 @@ def test_mails_through_real_master_builds(tmp_path, service_keys):
             "allowed_email_domains": ["example.com"],
             "smtp": {"host": smtp.host, "port": smtp.port, "from_addr": "easeml-ci@example.com"},
         }
-        worker_env = {"EASEML_WORKER_KEY": str(service_keys.private), "EASEML_WORKER_RUNNER": "process"}
+        key = tmp_path / "worker-key.asc"  # a copy the test can take away (operator-side failure)
+        shutil.copy(service_keys.private, key)
+        worker_env = {"EASEML_WORKER_KEY": str(key), "EASEML_WORKER_RUNNER": "process"}
         if service_keys.passphrase_file:
             worker_env["EASEML_WORKER_PASSPHRASE_FILE"] = str(service_keys.passphrase_file)
         env = {"EASEML_SMTP_ATTEMPTS": "3", "EASEML_SMTP_BACKOFF": "0.5", "EASEML_SMTP_TIMEOUT": "5"}
-        with BuildbotHarness(tmp_path / "bb", settings=settings, worker_env=worker_env, env=env) as bb:
+        with _Harness(tmp_path / "bb", settings=settings, worker_env=worker_env, env=env) as bb:
             time.sleep(2)  # the poller's first run records the current head without building it
             # 1. a better model
             better = repo.commit_model(quality=0.95, branch="main")
@@ -110,24 +129,47 @@ def test_mails_through_real_master_builds(tmp_path, service_keys):
             assert sorted(note.rcpt_tos) == sorted([OWNER, "dev@example.com"])
             assert "not evaluated (protected files changed)" in note.message["Subject"]
 
-            # 3. the last use of the test set: verdict and the request for a new test set
-            repo.commit_model(quality=0.9, branch="main", files={".easeml.yml": original})
+            # 3. the worker's key is gone (operator-side): the operator gets the details, the
+            #    owners a short note, and no use of the test set is spent
+            hidden = key.with_suffix(".away")
+            key.rename(hidden)
+            third = repo.commit_model(quality=0.9, branch="main", files={".easeml.yml": original})
             (_, _, b3) = bb.wait_for_builds(3, timeout=120)
             p3 = bb.build_properties(b3["buildid"])
-            assert p3.get("easeml_status") == "evaluated", p3
-            mails = smtp.wait_for(6, timeout=30)
-            exhaustion = next(m for m in mails[3:] if "test set exhausted" in m.message["Subject"])
+            assert p3.get("easeml_status") in ("infra_error", "missing_dataset"), p3
+            assert p3.get("easeml_released") is True
+            mails = smtp.wait_for(5, timeout=30)
+            by_rcpt = {tuple(m.rcpt_tos): m.message for m in mails[3:]}
+            op, note = by_rcpt[("ops@example.com",)], by_rcpt[(OWNER, "dev@example.com")]
+            assert op["Subject"].startswith(f"[easeml] acme/digits {third.sha[:7]}: ")
+            op_text = decoded_text(op)
+            assert p3["easeml_status"] in op_text and "worker1" in op_text and p3["easeml_cause"][:40] in op_text
+            assert "Failed step: evaluate" in op_text or "Failed step: record result" in op_text
+            assert f"#/builders/{b3['builderid']}/builds/{b3['number']}" in op_text
+            assert "not evaluated" in note["Subject"]
+            assert "image/png" not in mime_parts(note) and "interval" not in decoded_text(note)
+            for m in mails[3:]:
+                assert_no_key_material(m.data, secrets=(service_keys.private.read_bytes(),))
+            hidden.rename(key)
+
+            # 4. the last use of the test set: verdict and the request for a new test set
+            repo.commit_model(quality=0.88, branch="main")
+            (_, _, _, b4) = bb.wait_for_builds(4, timeout=120)
+            p4 = bb.build_properties(b4["buildid"])
+            assert p4.get("easeml_status") == "evaluated", p4
+            mails = smtp.wait_for(8, timeout=30)
+            exhaustion = next(m for m in mails[5:] if "test set exhausted" in m.message["Subject"])
             assert exhaustion.rcpt_tos == [OWNER]
             etext = exhaustion.message.get_body(("plain",)).get_content()
-            assert f"{p3['easeml_samples_needed']} labelled samples" in etext
+            assert f"{p4['easeml_samples_needed']} labelled samples" in etext
             assert "easeml dataset encrypt --key easeml_pub.asc test.csv data/test.csv.gpg" in etext
-            assert any("use 2 of 2, 0 left" in decoded_text(m.message) for m in mails[3:])
+            assert any("use 2 of 2, 0 left" in decoded_text(m.message) for m in mails[5:])
 
-            # 4. SMTP down: the build completes, delivery is retried (bounded) and logged
+            # 5. SMTP down: the build completes, delivery is retried (bounded) and logged
             smtp.down()
             repo.commit_model(quality=0.85, branch="main")
-            builds = bb.wait_for_builds(4, timeout=120)
-            assert bb.build_properties(builds[3]["buildid"]).get("easeml_status") == "exhausted"
+            builds = bb.wait_for_builds(5, timeout=120)
+            assert bb.build_properties(builds[4]["buildid"]).get("easeml_status") == "exhausted"
             deadline = time.monotonic() + 30
             while "giving up on exhaustion mail" not in bb.master_log() and time.monotonic() < deadline:
                 time.sleep(0.3)
@@ -137,52 +179,4 @@ def test_mails_through_real_master_builds(tmp_path, service_keys):
             assert "attempt 2/3 to send exhaustion mail failed" in log
             assert bb.api("builders")  # the master still answers
             assert bb.master_proc.poll() is None
-        assert len(smtp.messages) == 6
-
-
-def test_operator_mail_when_the_worker_has_no_key(tmp_path, service_keys):
-    """An operator-side failure: the worker lacks its private key. The operator gets the
-    details, the owners a short note, and no use of the test set is spent."""
-    if not _git_ok():
-        pytest.skip("needs git and unshare for the process runner")
-    repo = make_model_repo(tmp_path / "repo", public_key=service_keys.public, quality=0.8,
-                           condition="n > 0.6 +/- 0.1", reliability=0.99, adaptivity="none", steps=2,
-                           email=(OWNER,))
-    with SmtpServer() as smtp:
-        settings = {
-            "local": {"repo": str(repo.path), "branch": "main", "project": "acme/digits", "poll_interval": 1},
-            "email_enabled": True, "operator_email": "ops@example.com",
-            "allowed_email_domains": ["example.com"],
-            "smtp": {"host": smtp.host, "port": smtp.port, "from_addr": "easeml-ci@example.com"},
-        }
-        with BuildbotHarness(tmp_path / "bb", settings=settings,
-                             worker_env={"EASEML_WORKER_RUNNER": "process"}) as bb:
-            time.sleep(2)
-            head = repo.commit_model(quality=0.95, branch="main")
-            (build,) = bb.wait_for_builds(1, timeout=120)
-            props = bb.build_properties(build["buildid"])
-            assert props.get("easeml_status") == "infra_error", props
-            mails = smtp.wait_for(2, timeout=30)
-        by_rcpt = {tuple(m.rcpt_tos): m for m in mails}
-        op = by_rcpt[("ops@example.com",)].message
-        note = by_rcpt[(OWNER,)].message
-        assert op["Subject"].startswith(f"[easeml] acme/digits {head.sha[:7]}: service-side failure")
-        op_text = decoded_text(op)
-        assert "infra_error" in op_text and "worker1" in op_text
-        # the operator sees why (the failed step's log tail); the owners do not
-        assert "Failed step: evaluate" in op_text and "EASEML_WORKER_KEY" in op_text
-        assert "EASEML_WORKER_KEY" not in decoded_text(note)
-        assert f"#/builders/{build['builderid']}/builds/{build['number']}" in op_text
-        assert note["Subject"] == f"[easeml] acme/digits {head.sha[:7]}: not evaluated (service-side failure)"
-        assert "operator has been notified" in decoded_text(note)
-        assert "image/png" not in mime_parts(note) and "interval" not in decoded_text(note)
-        assert len(smtp.messages) == 2
-        # no dev mail under adaptivity none, and no use was spent
-        from easeml_buildbot.custody.ledger import Ledger
-
-        led = Ledger(f"sqlite:///{bb.master_dir / 'ledger.sqlite'}")
-        try:
-            st = led.state("acme/digits", repo.dataset_id)
-            assert st is None or st.committed == 0
-        finally:
-            led.close()
+        assert len(smtp.messages) == 8
