@@ -14,6 +14,7 @@ not a look at the test set. Anything scored counts, whatever happens afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -164,19 +165,26 @@ class PredictionCache:
             return None
         return arr[:rows] if arr.ndim == 1 and len(arr) >= rows else None
 
-    def put(self, commit: str, dataset_id: str, model: Mapping[str, Any], preds: np.ndarray) -> None:
+    def put(self, commit: str, dataset_id: str, model: Mapping[str, Any], preds: np.ndarray) -> bool:
+        """Store atomically; a cache that cannot be written only costs a rerun later."""
         p = self._path(commit, dataset_id, model)
-        p.parent.mkdir(parents=True, exist_ok=True)
         old = self.get(commit, dataset_id, model, 0)
         if old is not None and len(old) >= len(preds):
-            return
+            return True
         arr = np.asarray(preds)
         if arr.dtype.kind == "O":
             arr = arr.astype(str)
         tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
-        os.replace(tmp, p)
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as fh:
+                np.save(fh, arr, allow_pickle=False)
+            os.replace(tmp, p)
+            return True
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            return False
 
 
 # ------------------------------------------------------------------------ evaluate
@@ -327,5 +335,6 @@ def _predictions(role: str, sha: str, repo: Path, work: Path, ds: Any, model: Ma
     for k, v in res.timings.items():
         timings[f"{k}_{role}"] = v
     echo(res.log)
-    cache.put(sha, ds.dataset_id, model, res.predictions)
+    if not cache.put(sha, ds.dataset_id, model, res.predictions):
+        echo(f"warning: cannot write the predictions cache in {cache.root}")
     return res.predictions, False

@@ -106,6 +106,15 @@ def test_evaluate_scores_head_and_base_and_caches(digits_repo, service_keys, tmp
     assert np.array_equal(cached, digits_repo.base.predictions[:n])
 
 
+def test_unwritable_cache_does_not_fail_the_evaluation(digits_repo, service_keys, tmp_path):
+    not_a_dir = tmp_path / "cache"
+    not_a_dir.write_text("a file where the cache directory should be")
+    pr = digits_repo.commit_model(quality=0.9, branch=branch())
+    r = evaluate_pr(digits_repo.path, head=pr.sha, base=digits_repo.base.sha, key=service_keys.private,
+                    passphrase=None, runner="process", cache_dir=not_a_dir)
+    assert r["status"] == "scored" and r["cached"] == {"head": False, "base": False}
+
+
 @pytest.mark.parametrize("which", ["head", "base"])
 def test_model_error_is_not_scored(digits_repo, service_keys, tmp_path, which):
     broken = "import sys\nprint('boom', file=sys.stderr)\nsys.exit(5)\n"
