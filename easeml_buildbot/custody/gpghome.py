@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,6 +63,10 @@ def kill_agent(home: Path) -> None:
         )
     except (OSError, subprocess.TimeoutExpired):  # pragma: no cover - gpgconf missing or hung
         pass
+    # the agent removes its socket as it exits: wait briefly so "stopped" means stopped
+    deadline = time.monotonic() + 2.0
+    while (home / "S.gpg-agent").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def remove_tree(path: Path) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from custody_helpers import scan_dirs_for, scan_roots
+from custody_helpers import gpg_processes_for, scan_dirs_for, scan_roots
 from custody_helpers import easeml
 from easeml_buildbot.custody.dataset import (
     DatasetError, check_plaintext, dataset_id, decrypted_dataset, encrypt_dataset,
@@ -51,6 +51,8 @@ def no_leak(temp_tracker, caplog, capsys):
     needles: list[bytes] = []
     yield needles
     assert temp_tracker.leftovers() == [], "temporary directories left behind"
+    for home in temp_tracker.created:
+        assert gpg_processes_for(home) == [], f"a gpg daemon still runs for {home}"
     assert scan_dirs_for(needles, scan_roots()) == []
     cap = capsys.readouterr()
     text = caplog.text + cap.out + cap.err

@@ -54,13 +54,16 @@ def test_create_without_passphrase(tmp_path, temp_tracker, caplog):
     assert scan_dirs_for(secret, scan_roots()) == []
 
 
-def test_home_is_private_while_in_use():
+def test_home_is_private_and_its_agent_stopped(service_keys):
     with gpghome.temporary_gpg() as gpg:
         home = Path(gpg.gnupghome)
         assert _mode(home) == 0o700
         assert str(home).startswith("/dev/shm/") or gpghome.secure_tmp_base() is None
-        gpg.list_keys()  # starts nothing, but the home works
+        assert gpg.import_keys(service_keys.private.read_bytes()).sec_imported == 1
+        # importing a secret key starts a gpg-agent for this home: the check below can see it
+        assert gpg_processes_for(home), "expected a gpg-agent for the temporary home"
     assert not home.exists()
+    assert gpg_processes_for(home) == []
 
 
 def test_create_with_passphrase_protects_the_key(service_keys_with_passphrase, tmp_path, caplog):
