@@ -190,7 +190,11 @@ def _make_engine(url: str, busy_timeout: float) -> Engine:
     if u.get_backend_name() == "sqlite":
         db = u.database
         if db and db != ":memory:" and not db.startswith("file:"):
-            Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            path = Path(db).expanduser()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # results live here (verdicts the developer may not see): private from the start;
+            # SQLite gives its -wal/-shm files the same mode
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         engine = sa.create_engine(u, connect_args={"timeout": busy_timeout})
 
         @event.listens_for(engine, "connect")

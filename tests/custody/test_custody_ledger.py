@@ -296,6 +296,10 @@ def test_url_forms(tmp_path, monkeypatch):
     assert normalize_url(None) == "sqlite:////x/y.sqlite"
     with Ledger(tmp_path / "deep" / "dir" / "l.sqlite") as led:  # parent dirs are created
         assert led.entries() == []
+        led.reserve(REPO, DS, 2, "none")
+    # verdicts the developer may not see live here: the files are private
+    for f in (tmp_path / "deep" / "dir").iterdir():
+        assert f.stat().st_mode & 0o077 == 0, f
 
 
 def test_cli_ledger_show(tmp_path, capsys):
