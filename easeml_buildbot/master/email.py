@@ -815,12 +815,17 @@ def plan_mails(facts: BuildFacts, policy: MailPolicy, *, ledger: Any = None) -> 
     if status in NO_VERDICT_STATUSES:
         cause = facts.cause or STATUS_TITLES[status]
         to = list(owners)
+        title = STATUS_TITLES[status]
         if status == "missing_dataset":
             if _is_key_problem(facts):
                 # the file is there but could not be decrypted or read: a wrong or missing
                 # service key is the operator's problem, a wrong recipient key the owners'
                 if policy.operator:
                     mails.append(OutgoingMail("operator", (policy.operator,), operator_mail(facts)))
+                title = "the test set could not be read"
+                cause = ("Either it was not encrypted to the service's public key, or the service's "
+                         "key is unavailable on the worker (the operator has been notified). "
+                         "Details: " + _WORKER_PATH.sub("<path on the worker>", cause))
             else:
                 request = _exhaustion(facts, None, policy, owners, config, missing=True)
                 if request:
@@ -830,7 +835,7 @@ def plan_mails(facts: BuildFacts, policy: MailPolicy, *, ledger: Any = None) -> 
             kept, _ = filter_recipients([facts.author], policy.allowed_domains)
             to += [a for a in kept if a not in to]
         if to:
-            mails.append(OutgoingMail("note", tuple(to), note_mail(facts, STATUS_TITLES[status], cause)))
+            mails.append(OutgoingMail("note", tuple(to), note_mail(facts, title, cause)))
         return mails
 
     if status == "exhausted":
@@ -982,6 +987,9 @@ def failed_step_tail(master, buildid: int, lines: int = 20):
         if not _PRIVATE_LINE.search(line):
             out.append(line[:300])
     return step.get("name"), "\n".join(out) or None
+
+
+_WORKER_PATH = re.compile(r"(?<![\w.:])/[^\s:'\"]+")
 
 
 def _is_key_problem(facts: BuildFacts) -> bool:

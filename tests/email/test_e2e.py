@@ -147,6 +147,9 @@ def test_mails_through_real_master_builds(tmp_path, service_keys):
             assert "Failed step: evaluate" in op_text or "Failed step: record result" in op_text
             assert f"#/builders/{b3['builderid']}/builds/{b3['number']}" in op_text
             assert "not evaluated" in note["Subject"]
+            if p3["easeml_status"] == "missing_dataset":
+                assert "could not be read" in note["Subject"]
+            assert str(tmp_path) not in decoded_text(note)  # no worker paths for data scientists
             assert "image/png" not in mime_parts(note) and "interval" not in decoded_text(note)
             for m in mails[3:]:
                 assert_no_key_material(m.data, secrets=(service_keys.private.read_bytes(),))

@@ -231,10 +231,15 @@ def test_missing_test_set_asks_owners_for_one():
 
 def test_undecryptable_test_set_also_tells_the_operator():
     f = facts(status="missing_dataset", results=FAILURE, use_id=None,
-              cause="dataset: cannot decrypt data/test.csv.gpg: no secret key")
+              cause="dataset: /srv/worker/keys/easeml_priv.asc: no secret key for data/test.csv.gpg")
     mails = em.plan_mails(f, POLICY)
     assert [m.kind for m in mails] == ["operator", "note"]
-    assert "no secret key" in decoded_text(mails[0].message)
+    assert "/srv/worker/keys/easeml_priv.asc: no secret key" in decoded_text(mails[0].message)
+    note = mails[1].message
+    assert "not evaluated (the test set could not be read)" in note["Subject"]
+    text = decoded_text(note)
+    assert "no secret key for data/test.csv.gpg" in text and "/srv/worker" not in text
+    assert "operator has been notified" in text
 
 
 def test_chart_shows_the_history_up_to_the_reported_use():
