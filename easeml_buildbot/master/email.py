@@ -108,7 +108,7 @@ class MailPolicy:
 
 
 @dataclass(frozen=True)
-class SmtpSettings:
+class SmtpTransport:
     """SMTP delivery. ``password`` may be a Buildbot ``Secret`` (rendered by the service)."""
 
     host: str = "localhost"
@@ -122,7 +122,7 @@ class SmtpSettings:
     ca_file: str | None = None  # PEM of a private CA that signs the relay's certificate
 
     @classmethod
-    def from_settings(cls, settings: Any) -> SmtpSettings:
+    def from_settings(cls, settings: Any) -> SmtpTransport:
         """From ``Settings.smtp``: ``tls`` true means STARTTLS, or SMTPS on port 465;
         the strings ``"starttls"``/``"ssl"``/``"none"`` are accepted too."""
         smtp = _get(settings, "smtp", {}) or {}
@@ -152,7 +152,7 @@ class SmtpSettings:
         )
 
     def __repr__(self) -> str:  # never show the password, even in a traceback
-        return (f"SmtpSettings(host={self.host!r}, port={self.port}, tls={self.tls!r}, "
+        return (f"SmtpTransport(host={self.host!r}, port={self.port}, tls={self.tls!r}, "
                 f"user={self.user!r}, password={'***' if self.password else None})")
 
 
@@ -1233,7 +1233,7 @@ def make_email_reporters(settings: Any, c: dict | None = None, *,
     if not policy.allowed_domains:
         _warn("easeml email: allowed_email_domains is empty, no data scientist will get mail "
                        "(set it, or '*' to allow every domain)")
-    smtp = SmtpSettings.from_settings(settings)
+    smtp = SmtpTransport.from_settings(settings)
     password = smtp.password
     if password and c is not None:
         from buildbot.plugins import util

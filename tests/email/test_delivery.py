@@ -230,7 +230,7 @@ def test_auth_over_starttls_password_never_logged(start_notifier, deliver, twist
     log = "\n".join(twisted_log)
     assert "giving up" in log
     assert password not in log
-    assert password not in repr(em.SmtpSettings(password=password))
+    assert password not in repr(em.SmtpTransport(password=password))
 
 
 def test_relay_with_untrusted_certificate_is_refused(start_notifier, deliver, twisted_log):
