@@ -80,7 +80,7 @@ class Workspace:
             os.chmod(feats, 0o444)
             os.chmod(inp, 0o755)
             os.chmod(out, 0o777)
-            os.chmod(root, 0o711)
+            os.chmod(root, 0o700)  # the daemon (root) mounts through it; other users cannot
         except BaseException:
             shutil.rmtree(root, ignore_errors=True)
             raise
