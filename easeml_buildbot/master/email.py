@@ -201,10 +201,12 @@ def filter_recipients(addresses: Iterable[str], allowed_domains: Sequence[str]) 
     """``(kept, dropped)``: bare, de-duplicated addresses, in first-seen order."""
     kept: list[str] = []
     dropped: list[str] = []
+    seen: set[str] = set()
     for _, addr in getaddresses([a for a in addresses if isinstance(a, str)]):
         addr = addr.strip()
-        if not addr or addr in kept or addr in dropped:
+        if not addr or addr.lower() in seen:
             continue
+        seen.add(addr.lower())
         (kept if address_allowed(addr, allowed_domains) else dropped).append(addr)
     return kept, dropped
 

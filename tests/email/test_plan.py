@@ -252,3 +252,9 @@ def test_chart_shows_the_history_up_to_the_reported_use():
                             title="acme/m: test set " + ("ab" * 32)[:12])
     assert png == expected
     assert "use 2 of 8, 6 left" in mail.message.get_body(("plain",)).get_content()
+
+
+def test_recipients_are_deduplicated_case_insensitively():
+    kept, dropped = em.filter_recipients(["A <a@Example.com>", "a@example.com", "b@evil.test", "B@EVIL.test"],
+                                         ("example.com",))
+    assert (kept, dropped) == (["a@Example.com"], ["b@evil.test"])
