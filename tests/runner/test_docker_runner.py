@@ -199,3 +199,38 @@ def test_command_that_cannot_start_is_a_model_error(runner, tmp_path, cmd, fragm
     with pytest.raises(ModelError) as err:
         runner.predict(src, features_csv(tmp_path / "f.csv"), tag=tag, model={}, limits=FAST)
     assert err.value.cause == "crash" and fragment in err.value.message
+
+
+@pytest.mark.parametrize("fmt,out", [("jsonl", "npy"), ("npz", "jsonl"), ("csv", "npz")])
+def test_feature_and_prediction_formats(runner, service_keys, tmp_path, fmt, out, tag):
+    from support.gpgkeys import encrypted_test_set
+
+    x = np.arange(30, dtype=float).reshape(10, 3)
+    y = (x[:, 0] % 2).astype(int)
+    enc = encrypted_test_set(service_keys, tmp_path / f"t.{fmt}.gpg", x, y)
+    script = '''
+import json
+import numpy as np
+path = os.environ["EASEML_FEATURES"]
+print("FEATURES", path)
+if path.endswith(".jsonl"):
+    x = np.array([list(json.loads(l).values()) for l in open(path)])
+elif path.endswith(".npz"):
+    x = np.load(path)["X"]
+else:
+    x = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+pred = np.mod(x[:, 0], 2).astype(int)
+out = os.environ["EASEML_OUTPUT"]
+fmt = "OUTFMT"
+if fmt == "npy":
+    np.save(out + "/predictions.npy", pred)
+elif fmt == "npz":
+    np.savez(out + "/predictions.npz", predictions=pred)
+else:
+    open(out + "/predictions.jsonl", "w").write("".join(json.dumps({"prediction": int(p)}) + "\\n" for p in pred))
+'''.replace("OUTFMT", out)
+    src = model_dir(tmp_path / "m", script)
+    with decrypted_dataset(enc, service_keys.private) as ds:
+        res = runner.predict(src, ds.features_path, tag=tag, model={}, limits=FAST)
+        assert np.array_equal(res.predictions, ds.labels)
+    assert f"FEATURES /easeml/input/features.{fmt}" in res.log
