@@ -183,3 +183,41 @@ def test_mails_through_real_master_builds(tmp_path, service_keys):
             assert bb.api("builders")  # the master still answers
             assert bb.master_proc.poll() is None
         assert len(smtp.messages) == 8
+
+
+def test_github_pull_request_mail(tmp_path, service_keys):
+    """GitHub App flavour: a signed pull_request webhook (GitHub's own example payload) to a
+    real master talking to the GitHub stand-in; the owners' mail names the PR and links it."""
+    from support.github_sim import fixtures_available
+    from support.github_sim_world import require_worker_cli, start_world
+
+    reason = fixtures_available()
+    if reason:
+        pytest.skip(reason)
+    require_worker_cli()
+    with SmtpServer() as smtp:
+        extra = {"email_enabled": True, "allowed_email_domains": ["example.com"],
+                 "operator_email": "ops@example.com",
+                 "smtp": {"host": smtp.host, "port": smtp.port, "from_addr": "easeml-ci@example.com"}}
+        world, stop = start_world(tmp_path / "gh", service_keys, workers=1, extra_settings=extra)
+        try:
+            repo = world.repo("mailed", quality=0.9, condition="n > 0.6 +/- 0.1", reliability=0.99,
+                              adaptivity="none", steps=4, email=(OWNER, INTRUDER))
+            head = repo.commit_model(quality=0.97, branch="pr-1")
+            status, body = world.send("pull_request", world.pr_payload("mailed", repo, 7, head.sha))
+            assert status == 200, body
+            (build,) = world.bb.wait_for_builds(1, timeout=120)
+            props = world.bb.build_properties(build["buildid"])
+            assert props.get("easeml_status") == "evaluated", props
+            (got,) = smtp.wait_for(1, timeout=30)
+        finally:
+            stop()
+    assert got.rcpt_tos == [OWNER]  # adaptivity none: no author mail; intruder not allowed
+    msg = got.message
+    outcome = msg["Subject"].rsplit(": ", 1)[1]
+    assert msg["Subject"] == f"[easeml] acme/mailed PR #7 {head.sha[:7]}: {outcome}"
+    text = decoded_text(msg)
+    assert "/acme/mailed/pull/7" in text and f"#/builders/{build['builderid']}/builds/{build['number']}" in text
+    assert "use 1 of 4, 3 left" in text and "none (H = 4 uses)" in text
+    assert "image/png" in mime_parts(msg)
+    assert not _label_leaks(got.data, text, repo.labels)
