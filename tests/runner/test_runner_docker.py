@@ -12,7 +12,7 @@ import pytest
 from easeml_buildbot.custody.dataset import decrypted_dataset
 from easeml_buildbot.runner.base import Limits, ModelError
 from easeml_buildbot.runner.docker_runner import DockerRunner
-from hostile import features_csv, model_dir
+from runner_sandbox import features_csv, model_dir
 
 pytestmark = pytest.mark.docker
 

@@ -13,7 +13,7 @@ import pytest
 from easeml_buildbot.custody.dataset import decrypted_dataset
 from easeml_buildbot.runner.base import Limits, ModelError
 from easeml_buildbot.runner.process_runner import ProcessRunner, command_from_dockerfile, unshare_prefix
-from hostile import PRELUDE, features_csv, model_dir
+from runner_sandbox import PRELUDE, features_csv, model_dir
 
 LIMITS = Limits(memory=1 << 30, timeout=30)
 
