@@ -243,3 +243,21 @@ def test_relay_with_untrusted_certificate_is_refused(start_notifier, deliver, tw
                                               ca_file=str(server.cert_path)))
         assert deliver(trusted, mail) is True
         assert len(server.wait_for(1)) == 1
+
+
+def test_hung_relay_times_out_and_gives_up(start_notifier, deliver, twisted_log):
+    """A relay that accepts the connection and never greets: each attempt ends at the timeout."""
+    import socket
+
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(8)
+        port = hung.getsockname()[1]
+        server = SmtpServer(port=port)  # not started: only its host/port are used
+        notifier = start_notifier(notifier_for(server, attempts=2, backoff=0.1, timeout=1))
+        mail = em.OutgoingMail("note", ("owner@example.com",), em.note_mail(facts(), "x", "y"))
+        t0 = time.monotonic()
+        assert deliver(notifier, mail) is False
+        elapsed = time.monotonic() - t0
+    assert 2.0 <= elapsed < 15, elapsed
+    assert any("giving up on note mail" in line and "after 2 attempts" in line for line in twisted_log)
