@@ -182,6 +182,15 @@ class DockerRunner:
                 continue
 
     # -------------------------------------------------------------------- run
+    def _host_cpus(self) -> float:
+        """The daemon refuses more CPUs than its host has; a limit above that means all."""
+        if not hasattr(self, "_ncpu"):
+            try:
+                self._ncpu = float(self.client.info().get("NCPU") or 1)
+            except docker.errors.DockerException:
+                self._ncpu = float(os.cpu_count() or 1)
+        return self._ncpu
+
     def _user_for(self, image: str, limits: Limits) -> str:
         try:
             user = self.client.images.get(image).attrs.get("Config", {}).get("User") or ""
@@ -213,7 +222,7 @@ class DockerRunner:
             tmpfs={"/tmp": f"rw,nosuid,nodev,size={limits.tmpfs}"},
             mem_limit=limits.memory,
             memswap_limit=limits.memory,
-            nano_cpus=int(limits.cpus * 1e9),
+            nano_cpus=int(min(limits.cpus, self._host_cpus()) * 1e9),
             pids_limit=limits.pids,
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],

@@ -76,6 +76,13 @@ write_predictions(1)
     assert "TMP OK" in res.log
 
 
+def test_more_cpus_than_the_host_means_all(runner, tmp_path, tag):
+    src = model_dir(tmp_path / "m", "write_predictions(0)\n")
+    res = runner.predict(src, features_csv(tmp_path / "f.csv"), tag=tag, model={},
+                         limits=Limits(cpus=512, timeout=60))
+    assert res.predictions.tolist() == [0] * 20
+
+
 def test_image_user_is_respected(runner, tmp_path, tag):
     dockerfile = ("FROM easeml/python:bookworm\nCOPY model.py /model.py\nUSER 4242:4242\n"
                   'CMD ["python3", "/model.py"]\n')
