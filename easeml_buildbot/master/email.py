@@ -44,6 +44,7 @@ from typing import Any
 
 import jinja2
 from buildbot.reporters.mail import MailNotifier
+from buildbot.secrets.providers.base import SecretProviderBase
 from twisted.internet import defer
 from twisted.python import log as twlog
 
@@ -1187,6 +1188,24 @@ def _safe_reason(exc: BaseException, password: Any) -> str:
 SMTP_PASSWORD_SECRET = "easeml_smtp_password"
 
 
+class EasemlSettingsSecrets(SecretProviderBase):
+    """Serves secrets read from the master's settings (the SMTP password) to Buildbot."""
+
+    name = "EasemlSettingsSecrets"
+
+    def checkConfig(self, values=None):
+        pass
+
+    def reconfigService(self, values=None):
+        self._values = dict(values or {})
+
+    def get(self, entry):
+        return getattr(self, "_values", {}).get(entry)
+
+    def __repr__(self) -> str:
+        return "EasemlSettingsSecrets(***)"
+
+
 def make_secrets_providers(settings: Any) -> list:
     """A Buildbot secrets provider serving the SMTP password as ``easeml_smtp_password``.
 
@@ -1196,23 +1215,6 @@ def make_secrets_providers(settings: Any) -> list:
     password = _get(_get(settings, "smtp", None), "password", None)
     if not password:
         return []
-    from buildbot.secrets.providers.base import SecretProviderBase
-
-    class EasemlSettingsSecrets(SecretProviderBase):
-        name = "EasemlSettingsSecrets"
-
-        def checkConfig(self, *args, **kwargs):
-            pass
-
-        def reconfigService(self, *args, **kwargs):
-            self._values = dict(kwargs.get("values") or {})
-
-        def get(self, entry):
-            return self._values.get(entry)
-
-        def __repr__(self):
-            return "EasemlSettingsSecrets(***)"
-
     return [EasemlSettingsSecrets(values={SMTP_PASSWORD_SECRET: str(password)})]
 
 

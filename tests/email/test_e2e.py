@@ -18,6 +18,7 @@ import html as htmllib
 import io
 import shutil
 import time
+import uuid
 
 import pytest
 import yaml
@@ -30,9 +31,18 @@ from support.smtp import SmtpServer
 
 from mail_helpers import assert_no_key_material, decoded_text, mime_parts
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")]
 
 OWNER, INTRUDER, ADDED = "owner@example.com", "intruder@evil.test", "added-by-pr@example.com"
+
+# master.cfg addition: the SMTP password goes through Buildbot's secrets machinery
+# (make_email_reporters(settings, c) registers the provider and passes util.Secret).
+SECRET_CFG = """
+from easeml_buildbot.master.email import EasemlMailNotifier, make_email_reporters
+_settings = Settings.load(os.environ.get("EASEML_SETTINGS") or os.path.join(basedir, "easeml.toml"))
+c["services"] = ([s for s in c["services"] if not isinstance(s, EasemlMailNotifier)]
+                 + make_email_reporters(_settings, c))
+"""
 
 
 class _Harness(BuildbotHarness):
@@ -73,12 +83,14 @@ def test_mails_through_real_master_builds(tmp_path, service_keys):
     repo = make_model_repo(tmp_path / "repo", public_key=service_keys.public, quality=0.8,
                            condition="n > 0.6 +/- 0.1", reliability=0.99, adaptivity="full", steps=2,
                            email=(OWNER, INTRUDER))
-    with SmtpServer() as smtp:
+    password = "smtp-" + uuid.uuid4().hex
+    with SmtpServer(user="ci-mailer", password=password) as smtp:
         settings = {
             "local": {"repo": str(repo.path), "branch": "main", "project": "acme/digits", "poll_interval": 1},
             "email_enabled": True, "operator_email": "ops@example.com",
             "allowed_email_domains": ["example.com"],
-            "smtp": {"host": smtp.host, "port": smtp.port, "from_addr": "easeml-ci@example.com"},
+            "smtp": {"host": smtp.host, "port": smtp.port, "from_addr": "easeml-ci@example.com",
+                     "user": "ci-mailer", "password": password},
         }
         key = tmp_path / "worker-key.asc"  # a copy the test can take away (operator-side failure)
         shutil.copy(service_keys.private, key)
@@ -86,7 +98,8 @@ def test_mails_through_real_master_builds(tmp_path, service_keys):
         if service_keys.passphrase_file:
             worker_env["EASEML_WORKER_PASSPHRASE_FILE"] = str(service_keys.passphrase_file)
         env = {"EASEML_SMTP_ATTEMPTS": "3", "EASEML_SMTP_BACKOFF": "0.5", "EASEML_SMTP_TIMEOUT": "5"}
-        with _Harness(tmp_path / "bb", settings=settings, worker_env=worker_env, env=env) as bb:
+        with _Harness(tmp_path / "bb", settings=settings, worker_env=worker_env, env=env,
+                      master_cfg_extra=SECRET_CFG) as bb:
             time.sleep(2)  # the poller's first run records the current head without building it
             # 1. a better model
             better = repo.commit_model(quality=0.95, branch="main")
@@ -182,7 +195,11 @@ def test_mails_through_real_master_builds(tmp_path, service_keys):
             assert "attempt 2/3 to send exhaustion mail failed" in log
             assert bb.api("builders")  # the master still answers
             assert bb.master_proc.poll() is None
+            # the password was rendered from the secret (AUTH succeeded) and never logged
+            assert password not in log and password not in bb.step_logs_text(builds[0]["buildid"])
         assert len(smtp.messages) == 8
+        assert {m.authenticated_as for m in smtp.messages} == {"ci-mailer"}
+        assert all(password.encode() not in m.data for m in smtp.messages)
 
 
 def test_github_pull_request_mail(tmp_path, service_keys):
