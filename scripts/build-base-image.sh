@@ -14,6 +14,11 @@ BB_TAG=${EASEML_BUSYBOX_IMAGE:-easeml/busybox:latest}
 SUITE=${EASEML_BASE_SUITE:-bookworm}
 PACKAGES="python3,python3-numpy${EASEML_BASE_EXTRA:+,${EASEML_BASE_EXTRA// /,}}"
 
+# Temporary root filesystems, removed on any exit (also on failure or Ctrl-C).
+CLEANUP=()
+cleanup() { local d; for d in "${CLEANUP[@]}"; do rm -rf "$d" "$d.log"; done; }
+trap cleanup EXIT
+
 have_image() { [ "${EASEML_REBUILD_BASE:-0}" != 1 ] && docker image inspect "$1" >/dev/null 2>&1; }
 
 # The Debian mirror this machine already uses (deb822 "URIs:" or one-line "deb URL"), so CI
@@ -49,7 +54,7 @@ build_busybox() {
   if [ -z "$bb" ]; then log "no static busybox (apt-get install busybox-static); skipping $BB_TAG"; return; fi
   local root
   root=$(mktemp -d)
-  trap 'rm -rf "$root"' RETURN
+  CLEANUP+=("$root")
   mkdir -p "$root"/{bin,tmp,etc,easeml/input,easeml/output}
   cp "$bb" "$root/bin/busybox"
   for app in sh ls cat echo sleep wc head tail env id mkdir rm cp sed awk seq dd nc wget true false printf yes; do
@@ -69,12 +74,11 @@ build_python() {
   local mirror root start
   mirror=$(debian_mirror)
   root=$(mktemp -d /var/tmp/easeml-rootfs.XXXXXX)
-  trap 'rm -rf "$root"' RETURN
+  CLEANUP+=("$root")
   start=$(date +%s)
   log "debootstrap $SUITE ($PACKAGES) from $mirror"
   debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$root" "$mirror" \
-    >"$root.log" 2>&1 || { tail -30 "$root.log" >&2; rm -f "$root.log"; exit 1; }
-  rm -f "$root.log"
+    >"$root.log" 2>&1 || { tail -30 "$root.log" >&2; exit 1; }
   # Slim the image: package caches, docs, locales are of no use to a model.
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* \
          "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/*
