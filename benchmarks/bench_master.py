@@ -55,8 +55,12 @@ def latency(base: Path, keys, runs: int) -> dict[str, float]:
             world.wait_completed("lat", i + 2, timeout=120)
             t1 = _completed_at(world, "lat", i + 1)
             led = Ledger(world.ledger_url)
-            use = [u for u in led.uses("acme/lat", repo.dataset_id) if u.commit == head.sha][0]
+            mine = [u for u in led.uses("acme/lat", repo.dataset_id) if u.commit == head.sha]
             led.close()
+            if not mine:
+                raise SystemExit(f"run {i}: no ledger use for {head.sha[:12]}; check runs "
+                                 f"{world.statuses('lat')[-3:]}; {world.calls('lat')[-1][1].get('output')}")
+            use = mine[0]
             model = sum(v for k, v in ((use.result or {}).get("timings") or {}).items()
                         if k.startswith("run_"))
             totals.append(t1 - t0)

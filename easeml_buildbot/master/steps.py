@@ -144,7 +144,8 @@ class ReadInspection(_MasterStep):
             return WARNINGS
         if not data.get("ok"):
             err = data.get("error") or "unknown error"
-            if not data.get("dataset_id") and cfg:
+            dataset = str(cfg.get("dataset") or "")
+            if cfg and dataset and f":{dataset}:" in err:  # "<base>:<dataset>: no encrypted test set ..."
                 self.status("missing_dataset", err)
             else:
                 self.status("config_error", err)

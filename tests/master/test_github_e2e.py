@@ -93,9 +93,17 @@ def scenarios(world):
     repo = world.repo("skip", quality=0.9)
     head = repo.commit_model(quality=0.97, branch="pr-1", message="tweak [skip ci]")
     world.send("pull_request", world.pr_payload("skip", repo, 1, head.sha))
+    # the base branch lost its test set / has a broken .easeml.yml: nothing to evaluate against.
+    for name, files in (("missing", {"data/test.csv.gpg": None}),
+                        ("badconfig", {".easeml.yml": "condition: n > 0.8 +/- 0.1\nstepz: 8\n"})):
+        repo = world.repo(name, quality=0.9)
+        base = repo.commit_files(files, branch="main", message="break the base")
+        head = repo.commit_model(quality=0.97, branch="pr-1", start=base)
+        s[name] = (repo, head)
+        world.send("pull_request", world.pr_payload(name, repo, 1, head.sha, base_sha=base))
     # ping and installation are acknowledged.
     s["ping"] = world.send("ping", {"zen": "Keep it logically awesome.", "hook_id": 1})
-    for name in ("pass", "fail", "none", "exhausted", "protected", "dup"):
+    for name in ("pass", "fail", "none", "exhausted", "protected", "dup", "missing", "badconfig"):
         world.wait_completed(name)
     return s
 
@@ -160,6 +168,18 @@ def test_none_adaptivity_is_neutral_and_leaks_nothing(world, scenarios):
 def test_exhausted_test_set_requires_action(world, scenarios):
     assert world.statuses("exhausted") == [QUEUED, STARTED, done("action_required")]
     assert "exhausted" in _summary(world, "exhausted")["title"].lower()
+
+
+def test_missing_test_set_requires_action(world, scenarios):
+    assert world.statuses("missing") == [QUEUED, STARTED, done("action_required")]
+    out = _summary(world, "missing")
+    assert out["title"] == "Test set missing" and "data/test.csv.gpg" in out["summary"]
+
+
+def test_broken_base_config_fails_naming_the_key(world, scenarios):
+    assert world.statuses("badconfig") == [QUEUED, STARTED, done("failure")]
+    out = _summary(world, "badconfig")
+    assert out["title"] == "Configuration error" and "stepz" in out["summary"]
 
 
 def test_config_changed_in_pr_is_protected(world, scenarios):

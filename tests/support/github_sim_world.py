@@ -30,14 +30,15 @@ class GitHubWorld:
         return make_model_repo(self.base / "repos" / name, public_key=self.keys.public, **kwargs)
 
     def pr_payload(self, name: str, repo: ModelRepo, number: int, head_sha: str, action: str = "opened",
-                   title: str = "a better model") -> dict[str, Any]:
+                   title: str = "a better model", base_sha: str | None = None) -> dict[str, Any]:
         subprocess.run(["git", "update-ref", f"refs/pull/{number}/head", head_sha], cwd=repo.path, check=True)
         self.sim.commit_messages[head_sha] = subprocess.run(
             ["git", "log", "-1", "--format=%B", head_sha], cwd=repo.path, check=True,
             capture_output=True, text=True).stdout
         p = webhook_example("pull_request", action, full_name=f"acme/{name}", clone_url=str(repo.path),
                             installation_id=INSTALLATION, repo_id=abs(hash(name)) % 10**8)
-        return adapt_pull_request(p, number=number, head_sha=head_sha, base_sha=repo.base.sha, title=title)
+        return adapt_pull_request(p, number=number, head_sha=head_sha, base_sha=base_sha or repo.base.sha,
+                                  title=title)
 
     def check_payload(self, kind: str, action: str, name: str, repo: ModelRepo, number: int, head_sha: str,
                       message: str = "update model") -> dict[str, Any]:
