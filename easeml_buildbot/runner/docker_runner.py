@@ -105,7 +105,10 @@ class DockerRunner:
             try:
                 stream = self.client.api.build(
                     fileobj=ctx, custom_context=True, tag=ref, dockerfile=rel_dockerfile,
-                    rm=True, forcerm=True, pull=False, decode=True,
+                    # nocache: a build's intermediate images are its own. With the cache, two
+                    # builds of the same Dockerfile prefix share layers, and the first one's
+                    # clean-up (which prunes its layers) pulls them from under the other.
+                    rm=True, forcerm=True, pull=False, nocache=True, decode=True,
                     network_mode=self.build_network, labels={LABEL: "model", TAG_LABEL: tag[:200]},
                 )
                 for chunk in stream:

@@ -11,7 +11,7 @@ import pytest
 
 from easeml_buildbot.custody.dataset import decrypted_dataset
 from easeml_buildbot.runner.base import Limits, ModelError
-from easeml_buildbot.runner.docker_runner import DockerRunner
+from easeml_buildbot.runner.docker_runner import TAG_LABEL, DockerRunner
 from runner_sandbox import features_csv, model_dir
 
 pytestmark = pytest.mark.docker
@@ -241,3 +241,22 @@ else:
         res = runner.predict(src, ds.features_path, tag=tag, model={}, limits=FAST)
         assert np.array_equal(res.predictions, ds.labels)
     assert f"FEATURES /easeml/input/features.{fmt}" in res.log
+
+
+def test_builds_never_share_cached_layers(docker_client, tmp_path, tag):
+    """Two builds of one Dockerfile get their own layers: a finished build's clean-up
+    (which prunes its intermediate images) can never remove a layer another build uses."""
+    keeper = DockerRunner(docker_client, keep_images=True)
+    src = model_dir(tmp_path / "m", "write_predictions()\n")
+    feats = features_csv(tmp_path / "f.csv", rows=3)
+    tags = [f"{tag}-a", f"{tag}-b"]
+    try:
+        logs = [keeper.predict(src, feats, tag=t, model={}, limits=FAST).log for t in tags]
+        assert "Using cache" not in logs[1]
+        images = [docker_client.images.list(filters={"label": f"{TAG_LABEL}={t}"}) for t in tags]
+        assert all(len(found) == 1 for found in images)
+        assert images[0][0].id != images[1][0].id
+    finally:
+        for t in tags:
+            for img in docker_client.images.list(filters={"label": f"{TAG_LABEL}={t}"}):
+                docker_client.images.remove(img.id, force=True)
