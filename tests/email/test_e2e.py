@@ -38,6 +38,28 @@ OWNER, INTRUDER, ADDED = "owner@example.com", "intruder@evil.test", "added-by-pr
 # master.cfg addition: the SMTP password goes through Buildbot's secrets machinery
 # (make_email_reporters(settings, c) registers the provider and passes util.Secret).
 SECRET_CFG = """
+# Workaround for Buildbot 4.3 writing REST responses from a thread (twisted/twisted#11625,
+# buildbot/buildbot#5107): a race corrupts the epoll reactor and the worker's PB connection is
+# then refused. Encode in the thread, write in the reactor. (The real fix belongs in configure.)
+from buildbot.www import rest as _rest
+from twisted.internet import reactor as _reactor, threads as _threads
+
+
+def _write_json_data(request, encoder, data):
+    body = "".join(encoder.iterencode(data)).encode()
+
+    def write():
+        if _rest._is_request_finished(request):
+            return
+        request.setHeader(b"content-length", str(len(body)).encode())
+        if request.method != b"HEAD":
+            request.write(body)
+
+    _threads.blockingCallFromThread(_reactor, write)
+
+
+_rest.V2RootResource._write_json_data = staticmethod(_write_json_data)
+
 from easeml_buildbot.master.email import EasemlMailNotifier, make_email_reporters
 _settings = Settings.load(os.environ.get("EASEML_SETTINGS") or os.path.join(basedir, "easeml.toml"))
 c["services"] = ([s for s in c["services"] if not isinstance(s, EasemlMailNotifier)]
@@ -46,13 +68,8 @@ c["services"] = ([s for s in c["services"] if not isinstance(s, EasemlMailNotifi
 
 
 class _Harness(BuildbotHarness):
-    """The shared harness, waiting patiently for the first API answer.
-
-    Buildbot 4.3 writes REST responses from a thread (``rest.py: _write_json_data``); a client
-    that gives up early (the harness's 2 s probe on a loaded machine) can leave the master's
-    epoll reactor with a stale fd, after which the worker's PB connection is refused. A long
-    probe timeout avoids triggering that.
-    """
+    """The shared harness, waiting patiently for the first API answer (a client that gives up
+    early makes the thread-write race in Buildbot's REST code more likely; see SECRET_CFG)."""
 
     def _www_up(self) -> bool:
         import urllib.request
