@@ -79,7 +79,8 @@ def test_operator_guide_names_only_real_variables():
     guide = (DOCS / "operator-guide.md").read_text()
     env_example = (ROOT / ".env.example").read_text()
     compose = "".join((ROOT / f).read_text() for f in
-                      ("docker-compose.yml", "worker/Dockerfile", "master/Dockerfile", "worker/buildbot.tac"))
+                      ("docker-compose.yml", "worker/Dockerfile", "master/Dockerfile", "worker/buildbot.tac",
+                       "scripts/build-base-image.sh"))
     named = set(re.findall(r"`((?:EASEML|POSTGRES|DIND)_[A-Z0-9_]+)=?", guide))
     assert named, "the guide names no variable"
     for var in named:
