@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from deploy.helpers import BASE_IMAGE, ROOT, require_docker
+from support.postgres import postgres_server, postgres_url  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.docker
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -160,3 +161,39 @@ def test_master_and_scaled_workers_come_up_healthy(images, cleanup, tmp_path):
            "-v", f"{names_volume}:/var/lib/easeml/names", images["worker"])
     wait_health(w)
     assert docker("logs", w).stdout.split()[2] == name_of[workers[0]]
+
+
+@pytest.mark.postgres
+def test_master_image_runs_on_postgresql_as_in_compose(images, cleanup, tmp_path, postgres_url):
+    """The compose configuration: Buildbot's database and the ledger on PostgreSQL through
+    `postgresql+psycopg://` URLs; the master migrates its schema and comes up healthy."""
+    import sqlalchemy as sa
+
+    from support.buildbot_harness import free_port
+
+    containers, _ = cleanup
+    url = postgres_url
+    assert url.startswith("postgresql+psycopg://")  # the driver docker-compose.yml names
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    www, pb = free_port(), free_port()
+    master = f"easeml-test-master-pg-{uuid.uuid4().hex[:8]}"
+    containers.append(master)
+    # Host networking so the container reaches the test's PostgreSQL on 127.0.0.1; the
+    # master binds to loopback only.
+    docker("run", "-d", "--name", master, "--network", "host", *FAST_HEALTH,
+           "-e", "EASEML_FORGE=local", "-e", "EASEML_LOCAL_REPO=/repo", "-v", f"{repo}:/repo:ro",
+           "-e", "EASEML_WORKER_PASSWORD=pw", "-e", f"EASEML_WWW_PORT={www}", "-e", f"EASEML_WORKER_PORT={pb}",
+           "-e", "EASEML_BIND_ADDRESS=127.0.0.1", "-e", f"EASEML_BUILDBOT_URL=http://127.0.0.1:{www}/",
+           "-e", f"EASEML_DB_URL={url}", "-e", f"EASEML_LEDGER_URL={url}",
+           "-e", "EASEML_SMTP_ENABLED=false", images["master"])
+    wait_health(master)
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            tables = set(sa.inspect(conn).get_table_names())
+            active = conn.execute(sa.text("select count(*) from masters where active = 1")).scalar()
+    finally:
+        engine.dispose()
+    assert {"builds", "changes", "masters", "workers"} <= tables
+    assert active == 1
