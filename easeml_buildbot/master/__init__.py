@@ -39,8 +39,11 @@ def app_for(settings: Settings):
 def configure(c: dict[str, Any], settings: Settings) -> dict[str, Any]:
     from buildbot.plugins import changes, schedulers, util, worker
 
+    from easeml_buildbot.master import buildbot_fixes
     from easeml_buildbot.master.console import ConsoleReporter
     from easeml_buildbot.master.factory import make_factory
+
+    buildbot_fixes.apply()
 
     c.setdefault("buildbotNetUsageData", None)
     c["title"] = settings.title

@@ -246,7 +246,8 @@ class BuildbotHarness:
 
     # -- REST API -----------------------------------------------------------------------
     def _www_up(self) -> bool:
-        with urllib.request.urlopen(self.www_url + "api/v2/builders", timeout=2) as r:
+        with urllib.request.urlopen(self.www_url, timeout=10) as r:
+            r.read()  # never hang up mid-response (see easeml_buildbot/master/buildbot_fixes.py)
             return r.status == 200
 
     def _worker_connected(self, name: str) -> bool:
