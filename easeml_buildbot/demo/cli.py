@@ -30,6 +30,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    try:
+        import aiosmtpd  # noqa: F401
+        import sklearn  # noqa: F401
+    except ImportError as exc:
+        print(f"easeml demo: needs {exc.name} (pip install 'easeml-buildbot[demo]', "
+              "or run bash scripts/demo.sh)", file=sys.stderr)
+        return 1
     from easeml_buildbot.demo.run import DemoError, DemoOptions, run_demo
 
     options = DemoOptions(directory=args.directory, runner=args.runner, port=args.port, wait=args.wait,
