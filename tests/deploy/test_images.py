@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from deploy.helpers import BASE_IMAGE, ROOT, require_docker
 from support.postgres import postgres_server, postgres_url  # noqa: F401 (fixtures)
@@ -144,6 +145,14 @@ def test_master_and_scaled_workers_come_up_healthy(images, cleanup, tmp_path):
     assert "raise EASEML_WORKER_SLOTS" in docker("logs", workers[2]).stderr
     name_of = {w: docker("logs", w).stdout.split()[2] for w in workers[:2]}
     assert sorted(name_of.values()) == ["worker-1", "worker-2"]
+
+    # docker-compose.yml's own healthcheck commands pass in these containers too.
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    for container, service in ((master, "master"), (workers[0], "worker")):
+        test = services[service]["healthcheck"]["test"]
+        assert test[0] == "CMD"
+        r = docker("exec", container, *test[1:], check=False)
+        assert r.returncode == 0, f"compose healthcheck of {service}: {r.stderr}"
 
     api = docker("exec", master, "python3", "-c",
                  "import json, urllib.request; print(urllib.request.urlopen("
