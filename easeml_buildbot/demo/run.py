@@ -280,10 +280,13 @@ def _wait_first_poll(master: Master, timeout: float = 60) -> None:
     """Commits made before the GitPoller's first poll would be taken as the starting point."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if "gitpoller: processing changes" in master.log() or "GitPoller" in master.log() and \
-                "while polling" in master.log():
+        log = master.log()
+        if "gitpoller: processing changes" in log:
             return
+        if "while polling for changes" in log:  # the poller failed: say why instead of waiting
+            raise DemoError("the master's GitPoller cannot read the demo repository:\n" + log[-3000:])
         time.sleep(0.3)
+    raise DemoError(f"the master's GitPoller did not poll within {timeout:.0f}s:\n" + master.log()[-3000:])
 
 
 def _props(master: Master, buildid: int) -> dict[str, Any]:
