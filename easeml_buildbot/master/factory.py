@@ -60,13 +60,14 @@ def make_factory(settings: Any) -> BuildFactory:
                         method="fresh", haltOnFailure=True, logEnviron=False))
     f.addStep(steps.ShellCommand(
         name="fetch base branch", doStepIf=_has_base_ref, hideStepIf=lambda r, s: r == util.SKIPPED,
-        command=util.Interpolate("git fetch -q -f %(prop:repository)s "
-                                 "+refs/heads/%(prop:easeml_base_ref)s:refs/remotes/origin/%(prop:easeml_base_ref)s"),
+        # argv, not a shell string: branch names may contain shell metacharacters
+        command=["git", "fetch", "-q", "-f", util.Property("repository"),
+                 util.Interpolate("+refs/heads/%(prop:easeml_base_ref)s:refs/remotes/origin/%(prop:easeml_base_ref)s")],
         haltOnFailure=True, logEnviron=False))
     f.addStep(es.ResolveBase(settings, haltOnFailure=True))
     f.addStep(steps.SetPropertyFromCommand(
         name="resolve base commit", doStepIf=_base_is_ref, hideStepIf=lambda r, s: r == util.SKIPPED,
-        command=util.Interpolate("git rev-parse --verify '%(prop:easeml_base_rev)s^{commit}'"),
+        command=["git", "rev-parse", "--verify", util.Interpolate("%(prop:easeml_base_rev)s^{commit}")],
         property="easeml_base_sha", haltOnFailure=True, logEnviron=False))
     f.addStep(steps.ShellCommand(name="inspect", command=_inspect_cmd, haltOnFailure=True, logEnviron=False))
     f.addStep(steps.FileUpload(name="collect inspection", workersrc=f"{OUT}/inspect.json",

@@ -101,9 +101,18 @@ def scenarios(world):
         head = repo.commit_model(quality=0.97, branch="pr-1", start=base)
         s[name] = (repo, head)
         world.send("pull_request", world.pr_payload(name, repo, 1, head.sha, base_sha=base))
+    # a base branch whose name is a shell command: argv everywhere, nothing runs it.
+    pwned = world.base / "pwned"
+    branch = f"main;touch${{IFS}}{pwned}"
+    repo = world.repo("weird", quality=0.9, condition="n > 0.8 +/- 0.1", adaptivity="full", steps=8, branch=branch)
+    head = repo.commit_model(quality=0.97, branch="pr-1")
+    s["weird"] = (repo, head, pwned)
+    payload = world.pr_payload("weird", repo, 1, head.sha)
+    payload["pull_request"]["base"]["ref"] = branch
+    world.send("pull_request", payload)
     # ping and installation are acknowledged.
     s["ping"] = world.send("ping", {"zen": "Keep it logically awesome.", "hook_id": 1})
-    for name in ("pass", "fail", "none", "exhausted", "protected", "dup", "missing", "badconfig"):
+    for name in ("pass", "fail", "none", "exhausted", "protected", "dup", "missing", "badconfig", "weird"):
         world.wait_completed(name)
     return s
 
@@ -168,6 +177,12 @@ def test_none_adaptivity_is_neutral_and_leaks_nothing(world, scenarios):
 def test_exhausted_test_set_requires_action(world, scenarios):
     assert world.statuses("exhausted") == [QUEUED, STARTED, done("action_required")]
     assert "exhausted" in _summary(world, "exhausted")["title"].lower()
+
+
+def test_branch_names_never_reach_a_shell(world, scenarios):
+    repo, head, pwned = scenarios["weird"]
+    assert world.statuses("weird") == [QUEUED, STARTED, done("success")]
+    assert not pwned.exists()
 
 
 def test_missing_test_set_requires_action(world, scenarios):
