@@ -89,6 +89,14 @@ def configure(c: dict[str, Any], settings: Settings) -> dict[str, Any]:
         else:
             services.extend(make_email_reporters(settings))
     c["services"] = list(c.get("services", [])) + services
+    # Forcing, stopping or rebuilding a build spends or wastes a use of a test set: only the
+    # operator's admin account may (nobody, when none is configured). Reading stays open.
+    if settings.admin_user:
+        www["auth"] = util.UserPasswordAuth({settings.admin_user: settings.admin_password})
+    www["authz"] = util.Authz(
+        allowRules=[util.AnyControlEndpointMatcher(role="admins")],
+        roleMatchers=[util.RolesFromUsername(roles=["admins"],
+                                             usernames=[settings.admin_user] if settings.admin_user else [])])
     c["www"] = www
     return c
 

@@ -89,6 +89,10 @@ class Settings:
     smtp: SmtpSettings = SmtpSettings()
     limits: Mapping[str, Any] = field(default_factory=dict)
     email_enabled: bool = True
+    # The only account that may force, stop or rebuild builds in the UI (each build spends a
+    # use of a test set). Without one, nobody can: the UI is read-only.
+    admin_user: str = ""
+    admin_password: str = field(repr=False, default="")
     source: str = "<defaults>"
 
     @classmethod
@@ -133,7 +137,8 @@ class Settings:
                     raise SettingsError(f"{source}: {where}.{file_key}: cannot read {fp}: {exc.strerror}") from None
             return ""
 
-        known = {f.name for f in fields(cls)} | {"workers", "github", "local", "smtp", "email"}
+        known = {f.name for f in fields(cls)} | {"workers", "github", "local", "smtp", "email",
+                                                  "admin_password_file"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise SettingsError(f"{source}: unknown key(s) {', '.join(unknown)}")
@@ -189,6 +194,8 @@ class Settings:
             workers=tuple(workers), github=github, local=local, smtp=smtp,
             limits=dict(data.get("limits", {})),
             email_enabled=_bool(data.get("email_enabled", True)),
+            admin_user=str(data.get("admin_user", "")),
+            admin_password=secret(data, "admin_password", "<top level>"),
             source=source,
         )
         s.validate()
@@ -209,6 +216,8 @@ class Settings:
                 problems.append("github.private_key_path: required when forge = 'github'")
         if self.forge == "local" and not self.local.repo:
             problems.append("local.repo: required when forge = 'local'")
+        if self.admin_user and not self.admin_password:
+            problems.append("admin_password(_file): required when admin_user is set")
         for w in self.workers:
             if not w.password:
                 problems.append(f"workers.{w.name}.password(_file): required")

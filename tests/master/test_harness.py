@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from support.buildbot_harness import BuildbotHarness
+from support.buildbot_harness import BuildbotHarness, HarnessError
 
 pytestmark = pytest.mark.e2e
 
@@ -19,6 +19,8 @@ c["schedulers"].append(schedulers.ForceScheduler(name="force-trivial", builderNa
 def test_trivial_build_runs_on_a_real_worker(tmp_path, git_repo):
     with BuildbotHarness(tmp_path / "bb", settings={"local": {"repo": str(git_repo)}},
                          worker_env={"EASEML_WORKER_RUNNER": "process"}, master_cfg_extra=TRIVIAL) as bb:
+        with pytest.raises(HarnessError, match="refused"):
+            bb.force_build(builder="trivial", scheduler="force-trivial", login=False)
         bb.force_build(builder="trivial", scheduler="force-trivial")
         (build,) = bb.wait_for_builds(1, timeout=60, builder="trivial")
         assert build["results"] == 0, bb.master_log()[-3000:]

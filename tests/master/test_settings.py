@@ -90,10 +90,21 @@ def test_example_file_parses(tmp_path):
 
     example = Path(__file__).resolve().parents[2] / "master" / "easeml.toml.example"
     text = example.read_text()
-    for f in ("secrets/worker1-password", "secrets/webhook-secret"):
+    for f in ("secrets/worker1-password", "secrets/webhook-secret", "secrets/admin-password"):
         (tmp_path / f).parent.mkdir(exist_ok=True)
         (tmp_path / f).write_text("x\n")
     p = tmp_path / "easeml.toml"
     p.write_text(text)
     s = Settings.load(p, env={})
     assert s.forge == "github" and s.github.check_name == "easeml/ci"
+
+
+def test_admin_account_needs_a_password_and_never_shows_it(tmp_path):
+    p = tmp_path / "easeml.toml"
+    p.write_text('forge = "local"\nadmin_user = "ops"\n[local]\nrepo = "r"\n')
+    with pytest.raises(SettingsError, match="admin_password"):
+        Settings.load(p, env={})
+    (tmp_path / "admin-pw").write_text("hunter2-long\n")
+    p.write_text('forge = "local"\nadmin_user = "ops"\nadmin_password_file = "admin-pw"\n[local]\nrepo = "r"\n')
+    s = Settings.load(p, env={})
+    assert s.admin_password == "hunter2-long" and "hunter2" not in repr(s)

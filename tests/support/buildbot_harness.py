@@ -134,11 +134,13 @@ class BuildbotHarness:
         self.worker_port = free_port()
         self.www_url = f"http://127.0.0.1:{self.www_port}/"
         self.worker_passwords = {f"worker{i + 1}": uuid.uuid4().hex for i in range(workers)}
+        self.admin = ("admin", uuid.uuid4().hex)  # the UI's only account that may force builds
         defaults: dict[str, Any] = {
             "forge": "local", "buildbot_url": self.www_url, "www_port": self.www_port, "bind_address": "127.0.0.1",
             "worker_port": self.worker_port, "runner": "process", "email_enabled": False,
             "local": {"repo": str(self.base_dir / "repo"), "branch": "main", "poll_interval": 2},
             "workers": [{"name": n, "password": p} for n, p in self.worker_passwords.items()],
+            "admin_user": self.admin[0], "admin_password": self.admin[1],
         }
         self.settings = _deep_merge(defaults, settings or {})
         self.settings["workers"] = defaults["workers"]
@@ -297,15 +299,30 @@ class BuildbotHarness:
         raise HarnessError(f"only {len(builds)} of {count} builds completed in {timeout}s:\n"
                            f"{self.master_log()[-6000:]}")
 
-    def force_build(self, builder: str = "easeml", scheduler: str = "force", **properties: Any) -> None:
+    def force_build(self, builder: str = "easeml", scheduler: str = "force", login: bool = True,
+                    **properties: Any) -> None:
+        """Force a build as the admin (``login=False``: anonymously, which must be refused)."""
+        import base64
+        import http.cookiejar
+
         bid = {b["name"]: b["builderid"] for b in self.api("builders")}[builder]
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        if login:
+            token = base64.b64encode(f"{self.admin[0]}:{self.admin[1]}".encode()).decode()
+            req = urllib.request.Request(f"{self.www_url}auth/login", headers={"Authorization": f"Basic {token}"})
+            with opener.open(req, timeout=10) as r:
+                r.read()
         body = {"jsonrpc": "2.0", "method": "force", "id": 1,
                 "params": {"builderid": bid, **{k: str(v) for k, v in properties.items()}}}
         req = urllib.request.Request(f"{self.www_url}api/v2/forceschedulers/{scheduler}",
                                      data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            reply = json.load(r)
+        try:
+            with opener.open(req, timeout=10) as r:
+                reply = json.load(r)
+        except urllib.error.HTTPError as e:
+            e.read()
+            raise HarnessError(f"force refused: HTTP {e.code}") from None
         if "error" in reply:
             raise HarnessError(f"force failed: {reply['error']}")
 
