@@ -110,9 +110,20 @@ def scenarios(world):
     payload = world.pr_payload("weird", repo, 1, head.sha)
     payload["pull_request"]["base"]["ref"] = branch
     world.send("pull_request", payload)
-    # ping and installation are acknowledged.
+    # check_suite.requested alone (GitHub's own suite for a push to a PR branch) schedules it.
+    repo = world.repo("suite", quality=0.9, condition="n > 0.8 +/- 0.1", adaptivity="full", steps=8)
+    head = repo.commit_model(quality=0.97, branch="pr-1")
+    s["suite"] = (repo, head)
+    world.send("check_suite", world.check_payload("check_suite", "requested", "suite", repo, 1, head.sha))
+    # ping and installation are acknowledged; unknown events ignored.
+    from support.github_sim import webhook_example
+
     s["ping"] = world.send("ping", {"zen": "Keep it logically awesome.", "hook_id": 1})
-    for name in ("pass", "fail", "none", "exhausted", "protected", "dup", "missing", "badconfig", "weird"):
+    inst = webhook_example("installation", "created", full_name="acme/suite", clone_url="x", installation_id=1)
+    s["installation"] = world.send("installation", inst)
+    s["unknown"] = world.send("star", {"action": "created"})
+    for name in ("pass", "fail", "none", "exhausted", "protected", "dup", "missing", "badconfig", "weird",
+                 "suite"):
         world.wait_completed(name)
     return s
 
@@ -217,7 +228,12 @@ def test_forged_signature_is_rejected(world, scenarios):
 
 def test_skip_ci_and_ping(world, scenarios):
     assert world.calls("skip") == []
-    assert scenarios["ping"][0] == 200
+    for key in ("ping", "installation", "unknown"):
+        assert scenarios[key][0] == 200 and "no change found" in scenarios[key][1]
+
+
+def test_check_suite_requested_alone_evaluates(world, scenarios):
+    assert world.statuses("suite") == [QUEUED, STARTED, done("success")]
 
 
 def test_rerequested_check_run_evaluates_again(world, scenarios):
