@@ -241,6 +241,16 @@ def test_rerequested_check_run_evaluates_again(world, scenarios):
     world.send("check_run", world.check_payload("check_run", "rerequested", "pass", repo, 1, head.sha))
     world.wait_completed("pass", count=2)
     assert world.statuses("pass") == [QUEUED, STARTED, done("success")] * 2
+    # same commit, same base, same test set: the recorded result is reported, no use spent
+    from easeml_buildbot.custody.ledger import Ledger
+
+    led = Ledger(world.ledger_url)
+    uses = [u for u in led.uses("acme/pass", repo.dataset_id) if u.commit == head.sha]
+    led.close()
+    assert [u.state for u in uses] == ["committed"]
+    build = _build_for(world, head.sha)
+    assert world.bb.build_properties(build["buildid"]).get("easeml_reused") is True
+    assert "Uses of the test set left:** 7" in _summary(world, "pass")["summary"]
 
 
 def test_push_to_default_branch_records_the_accepted_model(world, scenarios):
