@@ -32,7 +32,9 @@ def app_for(settings: Settings):
     key = (settings.github.app_id, settings.github.api_url, settings.github.private_key_path)
     if key not in _apps:
         _apps[key] = GitHubApp(settings.github.app_id, settings.github.private_key(),
-                               settings.github.api_url, settings.github.token_refresh_margin)
+                               settings.github.api_url, settings.github.token_refresh_margin,
+                               seconds_between_requests=settings.github.seconds_between_requests,
+                               seconds_between_writes=settings.github.seconds_between_writes)
     return _apps[key]
 
 

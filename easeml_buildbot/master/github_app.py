@@ -35,13 +35,16 @@ class GitHubApp:
     """JWT → installation token (cached until ``refresh_margin`` s before expiry) → API clients."""
 
     def __init__(self, app_id: int, private_key: str, api_url: str = "https://api.github.com",
-                 refresh_margin: int = 300, clock=time.time) -> None:
+                 refresh_margin: int = 300, clock=time.time, seconds_between_requests: float = 0.25,
+                 seconds_between_writes: float = 1.0) -> None:
         self.app_id = app_id
         self.api_url = api_url.rstrip("/")
         self.refresh_margin = refresh_margin
         self._clock = clock
+        self._pace = dict(seconds_between_requests=seconds_between_requests or None,
+                          seconds_between_writes=seconds_between_writes or None)
         self._integration = GithubIntegration(auth=Auth.AppAuth(app_id, private_key), base_url=self.api_url,
-                                              retry=_retry())
+                                              retry=_retry(), **self._pace)
         self._tokens: dict[int, _Token] = {}
         self._clients: dict[int, Github] = {}
         self._lock = threading.Lock()
@@ -73,7 +76,7 @@ class GitHubApp:
         with self._lock:
             gh = self._clients.get(installation_id)
             if gh is None:
-                gh = Github(auth=Auth.Token(token), base_url=self.api_url, retry=_retry(), lazy=True)
+                gh = Github(auth=Auth.Token(token), base_url=self.api_url, retry=_retry(), lazy=True, **self._pace)
                 self._clients[installation_id] = gh
             return gh
 

@@ -42,6 +42,10 @@ class GitHubSettings:
     check_name: str = "easeml/ci"
     # Seconds before an installation token's expiry at which a new one is fetched.
     token_refresh_margin: int = 300
+    # Client-side pacing of API calls (PyGithub's defaults follow GitHub's advice against
+    # secondary rate limits: >= 1 s between writes). Lower only for GHES or tests.
+    seconds_between_requests: float = 0.25
+    seconds_between_writes: float = 1.0
 
     def private_key(self) -> str:
         if not self.private_key_path:
@@ -151,6 +155,8 @@ class Settings:
             api_url=str(gh.get("api_url", GitHubSettings.api_url)).rstrip("/"),
             check_name=str(gh.get("check_name", GitHubSettings.check_name)),
             token_refresh_margin=int(gh.get("token_refresh_margin", 300)),
+            seconds_between_requests=float(gh.get("seconds_between_requests", 0.25)),
+            seconds_between_writes=float(gh.get("seconds_between_writes", 1.0)),
         )
         lo = dict(data.get("local", {}))
         local = LocalSettings(

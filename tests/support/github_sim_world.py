@@ -75,7 +75,8 @@ def start_world(base: Path, keys: Any, *, workers: int = 2, runner: str = "proce
     settings = {"forge": "github", "runner": runner, "ledger_url": ledger_url,
                 "github": {"app_id": 4242, "private_key_path": str(base / "app.pem"),
                            "webhook_secret": SECRET, "api_url": sim.url}}
-    settings.update(extra_settings or {})
+    for k, v in (extra_settings or {}).items():
+        settings[k] = {**settings[k], **v} if isinstance(v, dict) and isinstance(settings.get(k), dict) else v
     env = {"EASEML_WORKER_KEY": str(keys.private), "EASEML_WORKER_RUNNER": runner}
     bb = BuildbotHarness(base / "bb", settings=settings, workers=workers, worker_env=env)
     try:
