@@ -194,7 +194,13 @@ def _make_engine(url: str, busy_timeout: float) -> Engine:
             path.parent.mkdir(parents=True, exist_ok=True)
             # results live here (verdicts the developer may not see): private from the start;
             # SQLite gives its -wal/-shm files the same mode
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            # O_EXCL: only create. Opening and closing an existing database file would drop
+            # every SQLite POSIX lock this process holds on it (fcntl locks are per process,
+            # released on any close), letting another process delete our live WAL.
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            except FileExistsError:
+                pass
         engine = sa.create_engine(u, connect_args={"timeout": busy_timeout})
 
         @event.listens_for(engine, "connect")

@@ -326,3 +326,30 @@ def test_cli_ledger_show(tmp_path, capsys):
     assert easeml(["ledger", "show", "--url", "postgresql+psycopg://u:secretpw@127.0.0.1:1/x"]) == 1
     err = capsys.readouterr().err
     assert "secretpw" not in err and "Traceback" not in err and "error" in err
+
+
+def test_second_ledger_in_a_process_keeps_the_wal_alive(tmp_path):
+    """fcntl locks belong to the process: opening and closing the database file again (as a
+    second Ledger on the same path once did) dropped the live connection's SQLite locks, so
+    another process closing its last connection deleted the WAL the first one still wrote
+    into, and its later commits vanished."""
+    path = tmp_path / "ledger.sqlite"
+    url = f"sqlite:///{path}"
+    first = Ledger(url)
+    try:
+        first.reserve(REPO, DS, 8, "full")  # the pool keeps this connection open, WAL mode
+        assert Path(str(path) + "-wal").exists()
+        Ledger(url).close()  # another component of the same process opens the ledger
+        reader = ("import sys; from easeml_buildbot.custody.ledger import Ledger\n"
+                  "led = Ledger(sys.argv[1]); print(len(led.uses(sys.argv[2], sys.argv[3]))); led.close()")
+        out = subprocess.run([sys.executable, "-c", reader, url, REPO, DS],
+                             capture_output=True, text=True, check=True, timeout=60)
+        assert out.stdout.strip() == "1"
+        assert Path(str(path) + "-wal").exists(), "the other process deleted our live WAL"
+        r = first.reserve(REPO, DS, 8, "full")
+        first.commit(r.use_id, "pass", result={})
+        out = subprocess.run([sys.executable, "-c", reader, url, REPO, DS],
+                             capture_output=True, text=True, check=True, timeout=60)
+        assert out.stdout.strip() == "2", "a committed use was lost"
+    finally:
+        first.close()
