@@ -67,6 +67,39 @@ def show(repo: Path, sha: str, path: str) -> bytes | None:
     return _git(repo, "cat-file", "blob", f"{sha}:{path}")
 
 
+# tarfile's extraction filters arrived in 3.11.4 (and 3.8.17, 3.9.17, 3.10.12); Debian
+# bookworm's python3 (the worker image) is 3.11.2, so check by hand there.
+_TAR_FILTER_ERRORS = (getattr(tarfile, "FilterError", ValueError), ValueError)
+
+
+def _extract_safely(tar: tarfile.TarFile, dest: Path) -> None:
+    """Extract regular files, directories and in-tree links only (tarfile's "data" filter)."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, filter="data")
+        return
+    root = os.path.realpath(dest)
+
+    def inside(p: str) -> bool:
+        return os.path.commonpath([root, os.path.realpath(p)]) == root
+
+    members = []
+    for m in tar.getmembers():
+        target = os.path.join(root, m.name)
+        if os.path.isabs(m.name) or not inside(target):
+            raise ValueError(f"{m.name!r} is outside the destination")
+        if m.issym() and not inside(os.path.join(os.path.dirname(target), m.linkname)):
+            raise ValueError(f"{m.name!r} links outside the destination")
+        if m.islnk() and not inside(os.path.join(root, m.linkname)):
+            raise ValueError(f"{m.name!r} hard-links outside the destination")
+        if not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
+            raise ValueError(f"{m.name!r} is a special file")
+        m.mode = (m.mode & 0o755) | (0o644 if m.isfile() else 0o755 if m.isdir() else 0)
+        m.uid = m.gid = 0
+        m.uname = m.gname = ""
+        members.append(m)
+    tar.extractall(dest, members=members)
+
+
 def export_commit(repo: Path, sha: str, dest: Path) -> Path:
     """Extract the tree of ``sha`` (no .git, no untracked files) into ``dest``."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -78,8 +111,8 @@ def export_commit(repo: Path, sha: str, dest: Path) -> Path:
         tf.seek(0)
         with tarfile.open(fileobj=tf) as tar:
             try:
-                tar.extractall(dest, filter="data")
-            except tarfile.FilterError as exc:
+                _extract_safely(tar, dest)
+            except _TAR_FILTER_ERRORS as exc:
                 raise ModelError("build_failed", f"commit {sha[:12]}: unsafe file in the tree "
                                  f"({exc}); links must stay inside the repository") from None
     return dest

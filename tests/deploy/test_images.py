@@ -216,21 +216,14 @@ def test_containerised_master_and_worker_evaluate_a_commit(images, cleanup, tmp_
     from easeml_buildbot.demo.repo import COMMITS, DemoRepo
 
     containers, volumes = cleanup
-    # Known defect outside this area: `easeml worker evaluate` extracts commits with
-    # tarfile's extraction filters (Python >= 3.11.4); Debian bookworm's python3 (3.11.2),
-    # which the worker image runs, has none. Probe the image's real code path and skip,
-    # saying so, until the runner handles it; then this test runs in full.
+    # The worker image runs Debian bookworm's python3 (3.11.2, no tarfile extraction filters):
+    # the runner's commit export must work there too.
     probe = docker("run", "--rm", "--network", "none", images["worker"], "sh", "-c",
                    "cd /tmp && git init -q r && cd r && echo x > f && git add f && "
                    "git -c user.name=t -c user.email=t@t commit -qm m && python3 -c "
                    "\"from pathlib import Path; from easeml_buildbot.runner.evaluate import export_commit; "
-                   "export_commit(Path('/tmp/r'), 'HEAD', Path('/tmp/out'))\"", check=False)
-    if probe.returncode != 0:
-        reason = ("known runner defect: easeml_buildbot.runner.evaluate.export_commit fails on the "
-                  "image's Debian Python (no tarfile extraction filters before 3.11.4): "
-                  + probe.stderr.strip().splitlines()[-1][:200])
-        print(f"SKIP: {reason}")
-        pytest.skip(reason)
+                   "export_commit(Path('/tmp/r'), 'HEAD', Path('/tmp/out'))\" && cat /tmp/out/f", check=False)
+    assert probe.returncode == 0 and probe.stdout.strip() == "x", probe.stderr[-2000:]
     run = uuid.uuid4().hex[:8]
     keys = tmp_path / "keys"
     pub, priv = create_keypair(keys, "easeml test service", "easeml-test@localhost", None)

@@ -4,6 +4,7 @@ models from the exact commits, predictions cached, and the scored/unscored rule.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import stat
 import subprocess
@@ -220,3 +221,43 @@ def test_stopped_build_removes_its_container(docker_client, digits_repo, service
     proc.wait(timeout=60)
     assert docker_client.containers.list(all=True, filters=flt) == []
     assert docker_client.images.list(filters=flt) == []
+
+
+def _git_repo_with(tmp_path, links: dict[str, str]):
+    repo = tmp_path / "src"
+    repo.mkdir(parents=True)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "model").mkdir()
+    (repo / "model" / "predict.py").write_text("print('hi')\n")
+    (repo / "run.sh").write_text("#!/bin/sh\n")
+    (repo / "run.sh").chmod(0o755)
+    for name, target in links.items():
+        (repo / name).symlink_to(target)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "m"], check=True)
+    return repo
+
+
+@pytest.mark.parametrize("filters", ["tarfile filters", "pre-3.11.4 fallback"])
+def test_export_commit_keeps_in_tree_links_and_refuses_escapes(tmp_path, monkeypatch, filters):
+    """Python 3.11.2 (Debian bookworm, the worker image) has no tarfile.data_filter: the
+    fallback must accept and refuse exactly what the filter does for a git tree."""
+    import tarfile
+
+    from easeml_buildbot.runner.evaluate import ModelError, export_commit
+
+    if filters != "tarfile filters":
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    elif not hasattr(tarfile, "data_filter"):
+        pytest.skip("this Python has no tarfile extraction filters")
+    ok = _git_repo_with(tmp_path, {"latest": "model", "m.py": "model/predict.py"})
+    out = export_commit(ok, "HEAD", tmp_path / "out")
+    assert (out / "latest" / "predict.py").read_text() == "print('hi')\n"
+    assert (out / "m.py").read_text() == "print('hi')\n"
+    assert os.access(out / "run.sh", os.X_OK)
+    assert not (out / ".git").exists()
+    for i, target in enumerate(["/etc", "../../outside", "model/../../x"]):
+        bad = _git_repo_with(tmp_path / f"bad{i}", {"escape": target})
+        with pytest.raises(ModelError, match="unsafe file in the tree"):
+            export_commit(bad, "HEAD", tmp_path / f"bad{i}" / "out")
