@@ -83,13 +83,10 @@ def configure(c: dict[str, Any], settings: Settings) -> dict[str, Any]:
                                                      properties=[util.StringParameter(name="easeml_repo",
                                                                                       default=settings.local.project)]))
     if settings.email_enabled:
-        try:
-            from easeml_buildbot.master.email import make_email_reporters
-        except ImportError as exc:  # the email module is optional until it lands
-            if "easeml_buildbot.master.email" not in str(exc):
-                raise
-        else:
-            services.extend(make_email_reporters(settings))
+        from easeml_buildbot.master.email import make_email_reporters
+
+        # with ``c``: the SMTP password becomes a Buildbot secret, never a plain argument
+        services.extend(make_email_reporters(settings, c))
     c["services"] = list(c.get("services", [])) + services
     # Forcing, stopping or rebuilding a build spends or wastes a use of a test set: only the
     # operator's admin account may (nobody, when none is configured). Reading stays open.

@@ -65,11 +65,15 @@ class LocalSettings:
 class SmtpSettings:
     host: str = "localhost"
     port: int = 25
-    tls: bool = False
+    tls: str = "none"  # "none" | "starttls" | "ssl" (SMTPS); true means starttls (ssl on port 465)
     user: str = ""
     password: str = field(repr=False, default="")
     from_addr: str = "easeml-ci@localhost"
     enabled: bool = True
+    ca_file: str = ""  # PEM of a private CA that signs the relay's certificate ("" = system CAs)
+    timeout: float | None = None  # None: the mailer's defaults (or EASEML_SMTP_TIMEOUT/...)
+    attempts: int | None = None
+    backoff: float | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ class Settings:
     smtp: SmtpSettings = SmtpSettings()
     limits: Mapping[str, Any] = field(default_factory=dict)
     email_enabled: bool = True
+    email_pr_author: bool = True  # also mail the author of the pull request (allowed domains only)
     # The only account that may force, stop or rebuild builds in the UI (each build spends a
     # use of a test set). Without one, nobody can: the UI is read-only.
     admin_user: str = ""
@@ -122,6 +127,7 @@ class Settings:
                   source: str = "<dict>", env: Mapping[str, str] | None = None) -> Settings:
         env = {} if env is None else env
         base_dir = base_dir or Path.cwd()
+        file_smtp = data.get("smtp", {})
         data = _apply_env(dict(data), env)
 
         def path_of(value: str | None) -> str | None:
@@ -166,12 +172,22 @@ class Settings:
             project=str(lo.get("project", "local/demo")),
         )
         sm = dict(data.get("smtp", {}))
+        smtp_known = {f.name for f in fields(SmtpSettings)} | {"password_file"}
+        smtp_unknown = sorted(set(file_smtp) - smtp_known) if isinstance(file_smtp, Mapping) else []
+        if smtp_unknown:
+            raise SettingsError(f"{source}: smtp: unknown key(s) {', '.join(smtp_unknown)}"
+                                f" (known: {', '.join(sorted(smtp_known))})")
+        port = int(sm.get("port", 25))
         smtp = SmtpSettings(
-            host=str(sm.get("host", "localhost")), port=int(sm.get("port", 25)),
-            tls=_bool(sm.get("tls", False)), user=str(sm.get("user", "")),
+            host=str(sm.get("host", "localhost")), port=port,
+            tls=_tls_mode(sm.get("tls", False), port, source), user=str(sm.get("user", "")),
             password=secret(sm, "password", "smtp"),
             from_addr=str(sm.get("from_addr", SmtpSettings.from_addr)),
             enabled=_bool(sm.get("enabled", True)),
+            ca_file=path_of(sm.get("ca_file")) or "",
+            timeout=float(sm["timeout"]) if sm.get("timeout") not in (None, "") else None,
+            attempts=int(sm["attempts"]) if sm.get("attempts") not in (None, "") else None,
+            backoff=float(sm["backoff"]) if sm.get("backoff") not in (None, "") else None,
         )
         workers_raw = data.get("workers") or [{"name": "worker1", "password": "change-me"}]
         workers = []
@@ -200,6 +216,7 @@ class Settings:
             workers=tuple(workers), github=github, local=local, smtp=smtp,
             limits=dict(data.get("limits", {})),
             email_enabled=_bool(data.get("email_enabled", True)),
+            email_pr_author=_bool(data.get("email_pr_author", True)),
             admin_user=str(data.get("admin_user", "")),
             admin_password=secret(data, "admin_password", "<top level>"),
             source=source,
@@ -241,6 +258,21 @@ def _bool(v: Any) -> bool:
     if isinstance(v, str):
         return v.strip().lower() in ("1", "true", "yes", "on")
     return bool(v)
+
+
+def _tls_mode(v: Any, port: int, source: str) -> str:
+    """``smtp.tls`` as one of none/starttls/ssl. A typo must not silently mean plaintext."""
+    if isinstance(v, bool):
+        return ("ssl" if port == 465 else "starttls") if v else "none"
+    word = str(v).strip().lower()
+    mode = {"true": "starttls", "yes": "starttls", "on": "starttls", "1": "starttls",
+            "false": "none", "no": "none", "off": "none", "0": "none", "": "none",
+            "tls": "starttls", "smtps": "ssl"}.get(word, word)
+    if mode == "starttls" and word in ("true", "yes", "on", "1") and port == 465:
+        mode = "ssl"
+    if mode not in ("none", "starttls", "ssl"):
+        raise SettingsError(f"{source}: smtp.tls: must be true/false, 'starttls' or 'ssl', not {v!r}")
+    return mode
 
 
 def _db_url(url: str, base_dir: Path) -> str:

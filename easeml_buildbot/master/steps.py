@@ -182,7 +182,8 @@ class ReserveUse(_MasterStep):
 
     @defer.inlineCallbacks
     def run(self):
-        from easeml_buildbot.custody.ledger import LedgerError, TestSetExhausted, TestSetRetired
+        from easeml_buildbot.custody.ledger import (LedgerError, PolicyMismatch, TestSetExhausted,
+                                                    TestSetRetired)
 
         led = ledger_for(self.settings.ledger_url)
         reused = yield self._reuse(led)
@@ -204,6 +205,12 @@ class ReserveUse(_MasterStep):
                       build=url, condition=str(self.getProperty("easeml_condition") or ""))
         try:
             r = yield threads.deferToThread(led.reserve, **kwargs)
+        except PolicyMismatch as exc:
+            # steps/adaptivity changed for a test set already in use: a configuration problem,
+            # the developer fixes .easeml.yml (or rotates the test set); no use is spent
+            self.status("config_error", str(exc))
+            yield self.note(f"not evaluated: {exc}")
+            return FAILURE
         except (TestSetExhausted, TestSetRetired) as exc:
             self.status("exhausted", str(exc))
             self.setProperty("easeml_uses_left", 0, "easeml")

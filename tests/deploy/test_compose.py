@@ -96,7 +96,7 @@ def test_master_environment_is_understood_by_the_settings(compose):
     assert settings.github.webhook_secret == "hook-secret"
     assert settings.db_url == "postgresql+psycopg://easeml:s3cret@postgres:5432/easeml"
     assert settings.ledger_url == settings.db_url
-    assert settings.smtp.host == "mail.example.org" and settings.smtp.tls is True
+    assert settings.smtp.host == "mail.example.org" and settings.smtp.tls == "starttls"
     assert settings.allowed_email_domains == ("example.org", "example.com")
     assert settings.github.private_key_path == "/keys/master/github-app.private-key.pem"
     worker_env = cfg["services"]["worker"]["environment"]

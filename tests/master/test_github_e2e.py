@@ -67,6 +67,16 @@ def scenarios(world):
     head = repo.commit_model(quality=0.97, branch="pr-1")
     s["exhausted"] = (repo, head)
     world.send("pull_request", world.pr_payload("exhausted", repo, 1, head.sha))
+    # policy: the test set was first used under steps=4; the base config now says steps=8.
+    repo = world.repo("policy", quality=0.9, condition="n > 0.8 +/- 0.1", adaptivity="full", steps=8)
+    led = Ledger(world.ledger_url)
+    r = led.reserve(repo="acme/policy", dataset_id=repo.dataset_id, steps=4, adaptivity="full",
+                    commit=repo.base.sha, build="earlier", condition="n > 0.8 +/- 0.1")
+    led.commit(r.use_id, verdict="pass", result={"note": "spent by the test"}, notified=[])
+    led.close()
+    head = repo.commit_model(quality=0.97, branch="pr-1")
+    s["policy"] = (repo, head)
+    world.send("pull_request", world.pr_payload("policy", repo, 1, head.sha))
     # the PR edits .easeml.yml: protected, takes effect after merge.
     repo = world.repo("protected", quality=0.9, condition="n > 0.8 +/- 0.1", adaptivity="full", steps=8)
     cfg = (repo.path / ".easeml.yml").read_text().replace("steps: 8", "steps: 1000")
@@ -122,7 +132,7 @@ def scenarios(world):
     inst = webhook_example("installation", "created", full_name="acme/suite", clone_url="x", installation_id=1)
     s["installation"] = world.send("installation", inst)
     s["unknown"] = world.send("star", {"action": "created"})
-    for name in ("pass", "fail", "none", "exhausted", "protected", "dup", "missing", "badconfig", "weird",
+    for name in ("pass", "fail", "none", "exhausted", "policy", "protected", "dup", "missing", "badconfig", "weird",
                  "suite"):
         world.wait_completed(name)
     return s
@@ -188,6 +198,20 @@ def test_none_adaptivity_is_neutral_and_leaks_nothing(world, scenarios):
 def test_exhausted_test_set_requires_action(world, scenarios):
     assert world.statuses("exhausted") == [QUEUED, STARTED, done("action_required")]
     assert "exhausted" in _summary(world, "exhausted")["title"].lower()
+
+
+def test_changed_policy_of_a_used_test_set_is_a_config_error(world, scenarios):
+    from easeml_buildbot.custody.ledger import Ledger
+
+    assert world.statuses("policy") == [QUEUED, STARTED, done("failure")]
+    out = _summary(world, "policy")
+    assert out["title"] == "Configuration error" and "steps" in out["summary"]
+    repo, _ = scenarios["policy"]
+    led = Ledger(world.ledger_url)
+    try:  # only the earlier use: the refused build spent nothing
+        assert len(led.uses("acme/policy", repo.dataset_id, include_released=True)) == 1
+    finally:
+        led.close()
 
 
 def test_branch_names_never_reach_a_shell(world, scenarios):

@@ -108,3 +108,44 @@ def test_admin_account_needs_a_password_and_never_shows_it(tmp_path):
     p.write_text('forge = "local"\nadmin_user = "ops"\nadmin_password_file = "admin-pw"\n[local]\nrepo = "r"\n')
     s = Settings.load(p, env={})
     assert s.admin_password == "hunter2-long" and "hunter2" not in repr(s)
+
+
+@pytest.mark.parametrize("value, port, mode", [(False, 25, "none"), (True, 587, "starttls"), (True, 465, "ssl"),
+                                              ('"ssl"', 465, "ssl"), ('"starttls"', 587, "starttls"),
+                                              ('"true"', 465, "ssl")])
+def test_smtp_tls_modes(tmp_path, value, port, mode):
+    text = GOOD.replace('host = "mail"', f'host = "mail"\nport = {port}\ntls = {str(value).lower()}')
+    assert Settings.load(_write(tmp_path, text), env={}).smtp.tls == mode
+
+
+def test_smtp_typos_are_errors_not_plaintext(tmp_path):
+    with pytest.raises(SettingsError, match=r"smtp.tls: must be .*'sll'"):
+        Settings.load(_write(tmp_path, GOOD.replace('host = "mail"', 'host = "mail"\ntls = "sll"')), env={})
+    with pytest.raises(SettingsError, match=r"smtp: unknown key\(s\) ca_fil\b"):
+        Settings.load(_write(tmp_path, GOOD.replace('host = "mail"', 'host = "mail"\nca_fil = "ca.pem"')), env={})
+
+
+def test_smtp_ca_file_and_author_mail(tmp_path):
+    text = GOOD.replace('host = "mail"', 'host = "mail"\nca_file = "ca.pem"\nattempts = 2')
+    s = Settings.load(_write(tmp_path, "email_pr_author = false\n" + text), env={"EASEML_SMTP_TIMEOUT": "5"})
+    assert s.smtp.ca_file == str(tmp_path / "ca.pem") and s.smtp.attempts == 2 and s.smtp.timeout == 5.0
+    assert s.email_pr_author is False
+    assert Settings.load(_write(tmp_path), env={}).email_pr_author is True
+
+
+def test_configure_keeps_the_smtp_password_a_buildbot_secret(tmp_path):
+    """The mail notifier gets util.Secret, rendered by Buildbot's secrets provider, not the text."""
+    from buildbot.process.properties import Secret
+
+    from easeml_buildbot.master import configure
+    from easeml_buildbot.master.email import EasemlMailNotifier
+
+    text = GOOD.replace('forge = "github"', 'forge = "local"\nresults_dir = "results"') + '\n[local]\nrepo = "repo"\n'
+    s = Settings.load(_write(tmp_path, text), env={})
+    c: dict = {}
+    configure(c, s)
+    notifiers = [x for x in c["services"] if isinstance(x, EasemlMailNotifier)]
+    assert len(notifiers) == 1
+    assert any(isinstance(v, Secret) for v in notifiers[0]._config_kwargs.values())
+    assert "smtp-pass" not in repr(notifiers[0]._config_args) + repr(notifiers[0]._config_kwargs)
+    assert c["secretsProviders"]
