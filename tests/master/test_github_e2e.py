@@ -40,11 +40,22 @@ def world(tmp_path_factory, service_keys):
         stop()
 
 
+def spend_earlier_use(world, name, repo, *, steps, verdict):
+    """One committed use of ``repo``'s test set under ``steps``, as an earlier build would leave."""
+    from easeml_buildbot.custody.ledger import Ledger
+
+    led = Ledger(world.ledger_url)
+    try:
+        r = led.reserve(repo=f"acme/{name}", dataset_id=repo.dataset_id, steps=steps, adaptivity="full",
+                        commit=repo.base.sha, build="earlier", condition="n > 0.8 +/- 0.1")
+        led.commit(r.use_id, verdict=verdict, result={"note": "spent by the test"}, notified=[])
+    finally:
+        led.close()
+
+
 @pytest.fixture(scope="module")
 def scenarios(world):
     """Create every repository and send every webhook, then let the workers drain them."""
-    from easeml_buildbot.custody.ledger import Ledger
-
     s = {}
     # pass / fail under full adaptivity: the developer sees the bit.
     for name, quality in (("pass", 0.97), ("fail", 0.5)):
@@ -59,21 +70,13 @@ def scenarios(world):
     world.send("pull_request", world.pr_payload("none", repo, 1, head.sha))
     # exhausted: the only use of the test set was spent earlier.
     repo = world.repo("exhausted", quality=0.9, condition="n > 0.8 +/- 0.1", adaptivity="full", steps=1)
-    led = Ledger(world.ledger_url)
-    r = led.reserve(repo="acme/exhausted", dataset_id=repo.dataset_id, steps=1, adaptivity="full",
-                    commit=repo.base.sha, build="earlier", condition="n > 0.8 +/- 0.1")
-    led.commit(r.use_id, verdict="fail", result={"note": "spent by the test"}, notified=[])
-    led.close()
+    spend_earlier_use(world, "exhausted", repo, steps=1, verdict="fail")
     head = repo.commit_model(quality=0.97, branch="pr-1")
     s["exhausted"] = (repo, head)
     world.send("pull_request", world.pr_payload("exhausted", repo, 1, head.sha))
     # policy: the test set was first used under steps=4; the base config now says steps=8.
     repo = world.repo("policy", quality=0.9, condition="n > 0.8 +/- 0.1", adaptivity="full", steps=8)
-    led = Ledger(world.ledger_url)
-    r = led.reserve(repo="acme/policy", dataset_id=repo.dataset_id, steps=4, adaptivity="full",
-                    commit=repo.base.sha, build="earlier", condition="n > 0.8 +/- 0.1")
-    led.commit(r.use_id, verdict="pass", result={"note": "spent by the test"}, notified=[])
-    led.close()
+    spend_earlier_use(world, "policy", repo, steps=4, verdict="pass")
     head = repo.commit_model(quality=0.97, branch="pr-1")
     s["policy"] = (repo, head)
     world.send("pull_request", world.pr_payload("policy", repo, 1, head.sha))
