@@ -58,6 +58,12 @@ def make_factory(settings: Any) -> BuildFactory:
     f = BuildFactory()
     f.addStep(steps.Git(name="checkout", repourl=util.Property("repository"), mode="full",
                         method="fresh", haltOnFailure=True, logEnviron=False))
+    # The head commit's author: GitHub's pull-request events name a login, not an address.
+    # Mail to it still goes only to allowed domains, with only what the developer may see.
+    f.addStep(steps.SetPropertyFromCommand(
+        name="head commit author", command=["git", "log", "-1", "--format=%ae", "HEAD"],
+        property="easeml_author_email", hideStepIf=True, flunkOnFailure=False, warnOnFailure=False,
+        logEnviron=False))
     f.addStep(steps.ShellCommand(
         name="fetch base branch", doStepIf=_has_base_ref, hideStepIf=lambda r, s: r == util.SKIPPED,
         # argv, not a shell string: branch names may contain shell metacharacters

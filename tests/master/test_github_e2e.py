@@ -168,6 +168,11 @@ def test_pass(world, scenarios):
     out = _summary(world, "pass")
     assert out["title"] == "Condition satisfied"
     assert "n > 0.8 +/- 0.1" in out["summary"] and "Uses of the test set left:** 7" in out["summary"]
+    # the author's address for mail comes from the head commit (the webhook names a login only)
+    repo, head = scenarios["pass"]
+    (build,) = [b for b in world.bb.api("builds")
+                if world.bb.build_properties(b["buildid"]).get("got_revision") == head.sha]
+    assert world.bb.build_properties(build["buildid"])["easeml_author_email"] == "dev@example.com"
     build = _build_for(world, scenarios["pass"][1].sha)
     logs = world.bb.step_logs_text(build["buildid"])
     acc = scenarios["pass"][1].accuracy
