@@ -12,8 +12,12 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+from twisted.internet import defer, threads
+
 from buildbot.plugins import steps, util
 from buildbot.process.factory import BuildFactory
+from buildbot.steps.source.git import GitPush
+from buildbot.util.git_credential import GitCredentialOptions
 
 from easeml_buildbot.master import steps as es
 
@@ -36,6 +40,65 @@ def _inspect_cmd(props: Any) -> str:
             f"--head {shlex.quote(str(head))} --out {OUT}/inspect.json")
 
 
+class InstallationTokenAuth:
+    """Mixin for Buildbot's Git steps: authenticate HTTPS clones with the GitHub App's
+    installation token, so private repositories work.
+
+    Buildbot 4.3 renders ``auth_credentials`` without the build's properties, so a per-build
+    token (the installation and the URL come from the webhook) cannot go through it. Instead,
+    once the step has rendered ``repourl``, the token is minted (or taken from the cache) on
+    the master, registered with ``useSecret`` so Buildbot redacts it from every log, and
+    handed to Buildbot's own credential machinery: a credential-store file on the worker that
+    exists only while git runs (never a URL or ``.git/config``). Git sends it only when the
+    server asks for authentication.
+    """
+
+    def __init__(self, *args: Any, settings: Any = None, **kwargs: Any):
+        self.easeml_settings = settings
+        super().__init__(*args, **kwargs)
+
+    @defer.inlineCallbacks
+    def _easeml_use_installation_token(self):
+        settings = self.easeml_settings
+        inst = self.build.getProperty("easeml_installation_id")
+        url = str(self.repourl or "")
+        if settings is None or settings.forge != "github" or not inst or \
+                not url.startswith(("https://", "http://")):
+            return
+        from easeml_buildbot.master import app_for
+
+        token = yield threads.deferToThread(app_for(settings).clone_token, int(inst))
+        self.build.properties.useSecret(token, "github installation token")
+        self._git_auth.git_credential_options = GitCredentialOptions(
+            credentials=[f"url={url}\nusername=x-access-token\npassword={token}\n"])
+
+
+class GitCheckout(InstallationTokenAuth, steps.Git):
+    """Buildbot's Git checkout, with the installation token for private repositories."""
+
+    @defer.inlineCallbacks
+    def run_vc(self, branch, revision, patch):
+        yield self._easeml_use_installation_token()
+        res = yield super().run_vc(branch, revision, patch)
+        return res
+
+
+class GitFetchRef(InstallationTokenAuth, GitPush):
+    """``git fetch -q -f REPOURL REFSPEC`` (``branch`` is the refspec), with Buildbot's Git
+    credential handling: GitPush runs exactly one git command against ``repourl``."""
+
+    name = "fetch base branch"
+
+    @defer.inlineCallbacks
+    def run(self):
+        yield self._easeml_use_installation_token()
+        res = yield super().run()
+        return res
+
+    def _doPush(self):
+        return self._dovccmd(["fetch", "-q", "-f", self.repourl, self.branch])
+
+
 def _evaluate_cmd(runner: str):
     @util.renderer
     def render(props: Any) -> str:
@@ -56,20 +119,20 @@ def _evaluate_cmd(runner: str):
 def make_factory(settings: Any) -> BuildFactory:
     es.ensure_private_dir(settings.results_dir)
     f = BuildFactory()
-    f.addStep(steps.Git(name="checkout", repourl=util.Property("repository"), mode="full",
-                        method="fresh", haltOnFailure=True, logEnviron=False))
+    f.addStep(GitCheckout(name="checkout", repourl=util.Property("repository"), mode="full",
+                          method="fresh", haltOnFailure=True, logEnviron=False, settings=settings))
     # The head commit's author: GitHub's pull-request events name a login, not an address.
     # Mail to it still goes only to allowed domains, with only what the developer may see.
     f.addStep(steps.SetPropertyFromCommand(
         name="head commit author", command=["git", "log", "-1", "--format=%ae", "HEAD"],
         property="easeml_author_email", hideStepIf=True, flunkOnFailure=False, warnOnFailure=False,
         logEnviron=False))
-    f.addStep(steps.ShellCommand(
-        name="fetch base branch", doStepIf=_has_base_ref, hideStepIf=lambda r, s: r == util.SKIPPED,
+    f.addStep(GitFetchRef(
+        doStepIf=_has_base_ref, hideStepIf=lambda r, s: r == util.SKIPPED,
         # argv, not a shell string: branch names may contain shell metacharacters
-        command=["git", "fetch", "-q", "-f", util.Property("repository"),
-                 util.Interpolate("+refs/heads/%(prop:easeml_base_ref)s:refs/remotes/origin/%(prop:easeml_base_ref)s")],
-        haltOnFailure=True, logEnviron=False))
+        repourl=util.Property("repository"),
+        branch=util.Interpolate("+refs/heads/%(prop:easeml_base_ref)s:refs/remotes/origin/%(prop:easeml_base_ref)s"),
+        haltOnFailure=True, logEnviron=False, settings=settings))
     f.addStep(es.ResolveBase(settings, haltOnFailure=True))
     f.addStep(steps.SetPropertyFromCommand(
         name="resolve base commit", doStepIf=_base_is_ref, hideStepIf=lambda r, s: r == util.SKIPPED,

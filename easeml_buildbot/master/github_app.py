@@ -45,7 +45,7 @@ class GitHubApp:
                           seconds_between_writes=seconds_between_writes or None)
         self._integration = GithubIntegration(auth=Auth.AppAuth(app_id, private_key), base_url=self.api_url,
                                               retry=_retry(), **self._pace)
-        self._tokens: dict[int, _Token] = {}
+        self._tokens: dict[tuple[int, tuple], _Token] = {}  # (installation, permissions) -> token
         self._clients: dict[int, Github] = {}
         self._lock = threading.Lock()
         self.tokens_fetched = 0  # for tests and metrics
@@ -54,10 +54,20 @@ class GitHubApp:
         return f"GitHubApp(app_id={self.app_id}, api_url={self.api_url!r})"
 
     def installation_token(self, installation_id: int) -> str:
+        """The master's own token (check runs, commits): every permission the App has."""
+        return self._token(installation_id, None)
+
+    def clone_token(self, installation_id: int) -> str:
+        """A token for workers to clone with: ``contents: read`` only, so a worker that leaks
+        it cannot write check runs or read anything but code. Cached like the master's."""
+        return self._token(installation_id, {"contents": "read"})
+
+    def _token(self, installation_id: int, permissions: dict[str, str] | None) -> str:
+        key = (installation_id, tuple(sorted((permissions or {}).items())))
         with self._lock:
-            tok = self._tokens.get(installation_id)
+            tok = self._tokens.get(key)
             if tok is None or tok.expires_at - self.refresh_margin <= self._clock():
-                auth = self._integration.get_access_token(installation_id)
+                auth = self._integration.get_access_token(installation_id, permissions=permissions)
                 expires = auth.expires_at
                 if expires is None:
                     exp = self._clock() + 3600
@@ -66,8 +76,9 @@ class GitHubApp:
                         expires = expires.replace(tzinfo=timezone.utc)
                     exp = expires.timestamp()
                 tok = _Token(auth.token, exp)
-                self._tokens[installation_id] = tok
-                self._clients.pop(installation_id, None)
+                self._tokens[key] = tok
+                if permissions is None:
+                    self._clients.pop(installation_id, None)
                 self.tokens_fetched += 1
             return tok.token
 

@@ -40,6 +40,15 @@ def test_installation_token_is_cached_until_near_expiry(sim):
     assert t1 not in repr(app)
 
 
+def test_clone_token_is_read_only_and_cached_apart(sim):
+    app = GitHubApp(77, sim.app_key, sim.url)
+    full, clone = app.installation_token(5), app.clone_token(5)
+    assert clone != full and app.clone_token(5) == clone and app.installation_token(5) == full
+    assert sim.token_permissions[clone] == {"contents": "read"}
+    assert sim.token_permissions[full] == {}  # everything the App was granted
+    assert app.tokens_fetched == 2 and sim.errors() == []
+
+
 def test_check_run_calls_validate_against_openapi(sim):
     app = GitHubApp(77, sim.app_key, sim.url)
     run = app.create_check_run(5, "o/r", name="easeml/ci", head_sha="a" * 40, status="queued",

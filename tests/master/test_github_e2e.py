@@ -15,7 +15,7 @@ import pytest
 
 from support.github_sim import fixtures_available
 
-from support.github_sim_world import require_worker_cli, start_world
+from support.github_sim_world import INSTALLATION, require_worker_cli, start_world
 
 pytestmark = pytest.mark.e2e
 
@@ -54,7 +54,23 @@ def spend_earlier_use(world, name, repo, *, steps, verdict):
 
 
 @pytest.fixture(scope="module")
-def scenarios(world):
+def private_host(world):
+    """The repositories over HTTP that only an unexpired installation token of ours opens."""
+    import time
+
+    from support.git_http import GitHttpServer
+
+    def allowed(token):  # unexpired, ours, and read-only: the master's own token is refused
+        inst, exp = world.sim.tokens.get(token, (None, 0))
+        return (inst == INSTALLATION and exp > time.time()
+                and world.sim.token_permissions.get(token) == {"contents": "read"})
+
+    with GitHttpServer(world.base / "repos", allowed=allowed) as host:
+        yield host
+
+
+@pytest.fixture(scope="module")
+def scenarios(world, private_host):
     """Create every repository and send every webhook, then let the workers drain them."""
     s = {}
     # pass / fail under full adaptivity: the developer sees the bit.
@@ -128,6 +144,13 @@ def scenarios(world):
     head = repo.commit_model(quality=0.97, branch="pr-1")
     s["suite"] = (repo, head)
     world.send("check_suite", world.check_payload("check_suite", "requested", "suite", repo, 1, head.sha))
+    # a private repository: clone and base fetch authenticate with the installation token.
+    repo = world.repo("private", quality=0.9, condition="n > 0.8 +/- 0.1", adaptivity="full", steps=8)
+    head = repo.commit_model(quality=0.97, branch="pr-1")
+    s["private"] = (repo, head)
+    payload = world.pr_payload("private", repo, 1, head.sha)
+    payload["repository"]["clone_url"] = private_host.url("private")
+    world.send("pull_request", payload)
     # ping and installation are acknowledged; unknown events ignored.
     from support.github_sim import webhook_example
 
@@ -135,7 +158,7 @@ def scenarios(world):
     inst = webhook_example("installation", "created", full_name="acme/suite", clone_url="x", installation_id=1)
     s["installation"] = world.send("installation", inst)
     s["unknown"] = world.send("star", {"action": "created"})
-    for name in ("pass", "fail", "none", "exhausted", "policy", "protected", "dup", "missing", "badconfig", "weird",
+    for name in ("pass", "fail", "none", "exhausted", "policy", "private", "protected", "dup", "missing", "badconfig", "weird",
                  "suite"):
         world.wait_completed(name)
     return s
@@ -220,6 +243,20 @@ def test_changed_policy_of_a_used_test_set_is_a_config_error(world, scenarios):
         assert len(led.uses("acme/policy", repo.dataset_id, include_released=True)) == 1
     finally:
         led.close()
+
+
+def test_private_repository_clones_with_the_installation_token(world, scenarios, private_host):
+    assert world.statuses("private") == [QUEUED, STARTED, done("success")]
+    refused = [p for p, ok in private_host.requests if not ok]
+    served = [p for p, ok in private_host.requests if ok]
+    assert refused and any(p.endswith("/git-upload-pack") for p in served)
+    (build,) = [b for b in world.bb.api("builds")
+                if world.bb.build_properties(b["buildid"]).get("easeml_repo") == "acme/private"]
+    logs = world.bb.step_logs_text(build["buildid"])
+    assert "fetch" in logs  # the checkout and base-fetch logs are there, and hold no token
+    assert not any(tok in logs for tok in world.sim.tokens)
+    assert not any(tok in p.read_text(errors="replace") for p in world.bb.worker_dirs[0].parent.rglob("*")
+                   if p.is_file() and p.stat().st_size < 1 << 20 for tok in world.sim.tokens)
 
 
 def test_branch_names_never_reach_a_shell(world, scenarios):

@@ -148,6 +148,7 @@ class GitHubSim:
         self.commit_messages: dict[str, str] = {}
         self.check_runs: dict[int, dict[str, Any]] = {}
         self.tokens: dict[str, tuple[int, float]] = {}  # token -> (installation id, expiry)
+        self.token_permissions: dict[str, dict[str, str]] = {}  # token -> permissions asked for ({} = all)
         self._ids = itertools.count(1000)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -297,9 +298,12 @@ class GitHubSim:
             token = "ghs_" + secrets.token_hex(18)
             inst_id = int(r.path.split("/")[3])
             exp = time.time() + self.token_ttl
+            asked = dict((r.body or {}).get("permissions") or {}) if isinstance(r.body, dict) else {}
             with self._lock:
                 self.tokens[token] = (inst_id, exp)
-            return 201, {"token": token, "expires_at": _iso(exp), "permissions": {"checks": "write"},
+                self.token_permissions[token] = asked
+            granted = asked or {"checks": "write", "contents": "read", "pull_requests": "read", "metadata": "read"}
+            return 201, {"token": token, "expires_at": _iso(exp), "permissions": granted,
                          "repository_selection": "all"}
         if r.path.startswith("/repos/") and r.auth != "installation":
             r.errors.append(f"{r.method} {r.path}: needs an installation token, got {r.auth}")
