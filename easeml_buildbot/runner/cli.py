@@ -44,21 +44,14 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _passphrase(args: argparse.Namespace) -> str | None:
-    if args.passphrase_file:
-        from easeml_buildbot.custody.keys import read_passphrase_file
-        return read_passphrase_file(args.passphrase_file)
-    from easeml_buildbot.custody.keys import PASSPHRASE_ENV
-    return os.environ.get(PASSPHRASE_ENV) or None
-
-
 def _evaluate(args: argparse.Namespace) -> int:
+    from easeml_buildbot.custody.keys import KeysError, resolve_passphrase
     from easeml_buildbot.runner.base import Limits
     from easeml_buildbot.runner.evaluate import evaluate_pr
 
     try:
-        passphrase = _passphrase(args)
-    except Exception as exc:  # noqa: BLE001 - KeysError names the file
+        passphrase = resolve_passphrase(args.passphrase_file, required=False)
+    except KeysError as exc:  # names the file
         print(f"easeml worker evaluate: {exc}", file=sys.stderr)
         return 2
     try:

@@ -179,6 +179,16 @@ def test_passphrase_file(tmp_path, service_keys_with_passphrase):
     assert r["cached"] == {"head": False}
 
 
+
+def test_unreadable_passphrase_file_is_a_usage_error(tmp_path):
+    missing = tmp_path / "no-such-passphrase"
+    res = easeml("worker", "evaluate", "--repo", str(tmp_path), "--head", "h", "--base", "b",
+                 "--key", str(tmp_path / "k.asc"), "--passphrase-file", str(missing),
+                 "--runner", "process", "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "r.json"))
+    assert res.returncode == 2
+    assert f"{missing}: cannot read passphrase file" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "r.json").exists()
+
 @pytest.mark.docker
 def test_evaluate_in_docker_end_to_end(docker_client, digits_repo, service_keys, tmp_path):
     pr = digits_repo.commit_model(quality=0.95, branch=branch())
