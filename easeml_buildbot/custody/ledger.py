@@ -19,6 +19,7 @@ SQLite is the default (``sqlite:///path``); PostgreSQL via ``postgresql+psycopg:
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -165,6 +166,11 @@ class Reservation:
     dataset_id: str
 
 
+def _retired(repo: str, dataset_id: str, reason: str | None) -> TestSetRetired:
+    return TestSetRetired(f"test set {dataset_id[:12]} of {repo} is retired ({reason}); "
+                          "commit a new test set")
+
+
 def _now() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
 
@@ -295,10 +301,7 @@ class Ledger:
             raise LedgerError("repo and dataset_id are required")
         entry = self._get_or_create_entry(repo, dataset_id, steps, mode, condition, samples_needed)
         if entry.retired:
-            raise TestSetRetired(
-                f"test set {dataset_id[:12]} of {repo} is retired ({entry.retired_reason}); "
-                "commit a new test set"
-            )
+            raise _retired(repo, dataset_id, entry.retired_reason)
         if entry.budget != steps or entry.adaptivity != mode:
             raise PolicyMismatch(
                 f"test set {dataset_id[:12]} of {repo} was first used with steps={entry.budget}, "
@@ -317,10 +320,7 @@ class Ledger:
             if got is None:
                 cur = conn.execute(sa.select(t).where(t.c.id == entry.id)).one()
                 if cur.retired:
-                    raise TestSetRetired(
-                        f"test set {dataset_id[:12]} of {repo} is retired ({cur.retired_reason}); "
-                        "commit a new test set"
-                    )
+                    raise _retired(repo, dataset_id, cur.retired_reason)
                 raise TestSetExhausted(
                     f"test set {dataset_id[:12]} of {repo} has no uses left "
                     f"({cur.uses} of {cur.budget} spent); commit a new test set"
@@ -347,9 +347,7 @@ class Ledger:
         notified_list = sorted({str(a) for a in notified})
         u, t = uses_table, testsets
         with self.engine.begin() as conn:
-            use = conn.execute(sa.select(u).where(u.c.id == use_id)).first()
-            if use is None:
-                raise LedgerError(f"no use with id {use_id} in the ledger")
+            use = self._use_row(conn, use_id)
             if use.state != "reserved":
                 if use.state == "committed" and use.verdict == verdict:
                     return self._entry(conn, use.testset_id)
@@ -377,9 +375,7 @@ class Ledger:
             raise LedgerError("release needs a reason (why nothing was scored)")
         u, t = uses_table, testsets
         with self.engine.begin() as conn:
-            use = conn.execute(sa.select(u).where(u.c.id == use_id)).first()
-            if use is None:
-                raise LedgerError(f"no use with id {use_id} in the ledger")
+            use = self._use_row(conn, use_id)
             if use.state == "released":
                 return self._entry(conn, use.testset_id)
             if use.state != "reserved":
@@ -396,14 +392,19 @@ class Ledger:
         """Record more recipients of a use's result (e.g. after the email went out)."""
         u = uses_table
         with self.engine.begin() as conn:
-            use = conn.execute(sa.select(u).where(u.c.id == use_id)).first()
-            if use is None:
-                raise LedgerError(f"no use with id {use_id} in the ledger")
+            use = self._use_row(conn, use_id)
             merged = sorted(set(use.notified or []) | {str(a) for a in addresses})
             conn.execute(sa.update(u).where(u.c.id == use_id).values(notified=merged))
         return self.use(use_id)
 
     # -- queries -----------------------------------------------------------
+    @staticmethod
+    def _use_row(conn: sa.Connection, use_id: int) -> sa.Row:
+        use = conn.execute(sa.select(uses_table).where(uses_table.c.id == use_id)).first()
+        if use is None:
+            raise LedgerError(f"no use with id {use_id} in the ledger")
+        return use
+
     def _entry(self, conn: sa.Connection, testset_id: int) -> LedgerEntry:
         row = conn.execute(sa.select(testsets).where(testsets.c.id == testset_id)).one()
         return self._entry_from_row(conn, row)
@@ -481,7 +482,6 @@ class Ledger:
 
 def _jsonable(value: Mapping[str, Any]) -> dict[str, Any]:
     """Round-trip through json so numpy scalars and tuples are stored as plain JSON."""
-    import json
 
     def default(o: Any) -> Any:
         if hasattr(o, "tolist"):
@@ -498,6 +498,14 @@ def _jsonable(value: Mapping[str, Any]) -> dict[str, Any]:
         raise LedgerError(f"result is not JSON-serialisable: {exc}") from None
 
 
+def _render_table(rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns, a dashed rule under the first (header) row."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def format_table(entries: Sequence[LedgerEntry]) -> str:
     """The ``easeml ledger show`` table."""
     head = ("repo", "dataset", "adaptivity", "uses", "remaining", "pending", "retired")
@@ -505,10 +513,7 @@ def format_table(entries: Sequence[LedgerEntry]) -> str:
         e.repo, e.short_id, e.adaptivity, f"{e.uses}/{e.budget}", str(e.remaining), str(e.pending),
         ("yes: " + (e.retired_reason or "")) if e.retired else "no",
     ) for e in entries]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return _render_table(rows)
 
 
 def format_uses(uses: Sequence[UseRecord]) -> str:
@@ -519,7 +524,4 @@ def format_uses(uses: Sequence[UseRecord]) -> str:
         u.reserved_at.strftime("%Y-%m-%d %H:%M:%S") if u.reserved_at else "",
         u.release_reason if u.state == "released" else ", ".join(u.notified),
     ) for u in uses]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return _render_table(rows)
