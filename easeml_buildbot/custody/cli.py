@@ -7,7 +7,7 @@ import sys
 
 from easeml_buildbot.custody import dataset as ds_mod
 from easeml_buildbot.custody import keys as keys_mod
-from easeml_buildbot.custody.ledger import Ledger, LedgerError, format_table, format_uses, normalize_url
+from easeml_buildbot.custody.ledger import Ledger, format_table, format_uses, normalize_url
 
 
 def _fail(message: str) -> int:
@@ -79,7 +79,7 @@ def _ledger_show(args: argparse.Namespace) -> int:
                 print()
                 print(format_uses(led.uses(chosen[0].repo, chosen[0].dataset_id)))
                 return 0
-    except (LedgerError, Exception) as exc:  # noqa: BLE001 - database errors of any driver
+    except Exception as exc:  # noqa: BLE001 - LedgerError and database errors of any driver
         return _fail(f"ledger {normalize_url(args.url).split('@')[-1]}: {exc}")
     if not entries:
         print("no test set has been used yet" + (f" in {args.repo}" if args.repo else ""))
