@@ -80,6 +80,7 @@ def resolve_passphrase(
 
 
 def _write_private(path: Path, data: bytes, mode: int) -> None:
+    """Create ``path`` (never overwrite) with ``mode``; a failed write leaves no partial file."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         os.fchmod(fd, mode)
@@ -87,6 +88,11 @@ def _write_private(path: Path, data: bytes, mode: int) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+    except BaseException as exc:
+        path.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise KeysError(f"{path}: cannot write the key file: {exc.strerror or exc}") from None
+        raise
     finally:
         os.close(fd)
 
@@ -162,7 +168,6 @@ def key_fingerprint(key_path: str | os.PathLike[str]) -> str:
     if not fprs:
         raise KeysError(f"{p}: no OpenPGP key found in this file")
     return fprs[0]
-
 
 def check_private_key_file(path: str | os.PathLike[str]) -> Path:
     """Return ``path`` if it is a readable file; warn when others may read it (like ssh)."""

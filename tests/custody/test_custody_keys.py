@@ -155,3 +155,26 @@ def test_unknown_key_type(tmp_path):
     with pytest.raises(KeysError, match="unknown key type"):
         create_keypair(tmp_path, passphrase=None, key_type="dsa")
     assert not (tmp_path / "easeml_priv.asc").exists()
+
+
+def test_failed_key_write_leaves_no_partial_files(tmp_path, monkeypatch):
+    """A write that fails midway (disk full) removes what it started, so a retry can succeed."""
+    import errno
+
+    from easeml_buildbot.custody import keys as keys_mod
+
+    real_fsync = os.fsync
+
+    def fsync_full_for_private_key(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("easeml_priv.asc"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(keys_mod.os, "fsync", fsync_full_for_private_key)
+    out = tmp_path / "keys"
+    with pytest.raises(KeysError, match=r"easeml_priv\.asc: cannot write the key file: No space left"):
+        create_keypair(out, passphrase=None, s2k_count=65536)
+    assert sorted(p.name for p in out.iterdir()) == []
+    monkeypatch.setattr(keys_mod.os, "fsync", real_fsync)
+    pub, priv = create_keypair(out, passphrase=None, s2k_count=65536)
+    assert pub.is_file() and priv.is_file()
