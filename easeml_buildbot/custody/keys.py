@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 from pathlib import Path
 
 from easeml_buildbot.custody.gpghome import temporary_gpg
@@ -168,17 +167,3 @@ def key_fingerprint(key_path: str | os.PathLike[str]) -> str:
     if not fprs:
         raise KeysError(f"{p}: no OpenPGP key found in this file")
     return fprs[0]
-
-def check_private_key_file(path: str | os.PathLike[str]) -> Path:
-    """Return ``path`` if it is a readable file; warn when others may read it (like ssh)."""
-    p = Path(path).expanduser()
-    try:
-        st = p.stat()
-    except OSError as exc:
-        raise KeysError(f"{p}: private key not readable: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise KeysError(f"{p}: private key is not a regular file")
-    if st.st_mode & 0o077:
-        log.warning("%s: private key is accessible by group/others (mode %o); use chmod 600",
-                    p, stat.S_IMODE(st.st_mode))
-    return p
