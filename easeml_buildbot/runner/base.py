@@ -157,18 +157,6 @@ class Limits:
         return dataclasses.asdict(self)
 
 
-def bounded(text: str, limit: int) -> str:
-    """Keep the head and the tail of ``text`` within ``limit`` characters."""
-    if limit <= 0:
-        return f"[log suppressed: {len(text)} characters]\n" if text else ""
-    if len(text) <= limit:
-        return text
-    head = limit // 3
-    tail = limit - head
-    cut = len(text) - head - tail
-    return f"{text[:head]}\n[... {cut} characters cut ...]\n{text[-tail:]}"
-
-
 def model_path(repo_dir: Path, relative: str, field_name: str) -> Path:
     """Resolve a path from the ``model:`` section inside the checkout (no escaping it)."""
     root = Path(repo_dir).resolve()
