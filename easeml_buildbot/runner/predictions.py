@@ -40,7 +40,7 @@ def find_predictions(out_dir: Path) -> Path:
 
 
 def _scalar(value: object, where: str) -> object:
-    if isinstance(value, (bool, int, float, str)) and value is not None:
+    if isinstance(value, (bool, int, float, str)):
         return value
     raise ModelError("unparsable", f"{where}: a prediction must be a number or a string, "
                      f"got {type(value).__name__}")
