@@ -376,8 +376,6 @@ class DockerRunner:
             exc.log = full_log()
             exc.timings = {**timings, **exc.timings}
             raise
-        except docker.errors.ImageNotFound as exc:
-            raise RunnerUnavailable(f"docker: {exc}") from None
         except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
             raise RunnerUnavailable(f"docker: {exc}") from None
         finally:
