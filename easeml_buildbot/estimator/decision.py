@@ -25,6 +25,7 @@ from easeml_buildbot.estimator.samples import (
     bernoulli_kl,
     bennett_width,
     d_bound,
+    is_difference,
     sample_size,
 )
 
@@ -191,8 +192,6 @@ def _labelled_mask(y: np.ndarray, labelled: Sequence[bool] | np.ndarray | None) 
 
 
 def _check_active(cond: Condition, new: np.ndarray, old: np.ndarray | None, mask: np.ndarray) -> None:
-    from easeml_buildbot.estimator.samples import is_difference
-
     bad = [str(c) for c in cond.clauses if not (is_difference(c) or c.variables == {"d"})]
     if bad or old is None:
         raise DecisionError(
@@ -227,13 +226,14 @@ def _betting_bounds(clause: Clause, log_half: float, indicators: Mapping[str, np
 
 
 def _clause_bounds(clause: Clause, technique: str, log_dc: float, counts: Mapping[str, int],
-                   n: int, indicators: Mapping[str, np.ndarray], cond: Condition) -> tuple[float, float, float]:
+                   n: int, indicators: Mapping[str, np.ndarray], p: float | None) -> tuple[float, float, float]:
+    """(estimate, lower, upper) of the clause's left-hand side; ``p`` is the condition's d bound."""
     parts = technique.split("+")
     base = parts[0]
     if "betting" in parts:
         # union bound: the plan's bound and the betting bound, each at half the share
         log_half = log_dc - math.log(2.0)
-        value, lo1, hi1 = _clause_bounds(clause, base, log_half, counts, n, indicators, cond)
+        value, lo1, hi1 = _clause_bounds(clause, base, log_half, counts, n, indicators, p)
         lo2, hi2 = _betting_bounds(clause, log_half, indicators)
         return value, max(lo1, lo2), min(hi1, hi2)
     est = {v: counts[v] / n for v in counts}
@@ -252,7 +252,6 @@ def _clause_bounds(clause: Clause, technique: str, log_dc: float, counts: Mappin
         w = hoeffding_width(n, log_dc, r)
         return value, value - w, value + w
     if base in ("bennett", "bennett-paper"):
-        p = d_bound(cond)
         assert p is not None
         budget = -log_dc + (math.log(2.0) if base == "bennett-paper" else 0.0)
         w = bennett_width(n, p, budget)
@@ -314,10 +313,10 @@ def decide(
         indicators["d"] = new != old
     counts = {v: int(np.count_nonzero(z)) for v, z in indicators.items()}
 
-    m = len(cond.clauses)
+    p = d_bound(cond)
     verdicts = []
     for cs, clause in zip(plan.clauses, cond.clauses):
-        value, lo, hi = _clause_bounds(clause, cs.technique, cs.log_delta, counts, n, indicators, cond)
+        value, lo, hi = _clause_bounds(clause, cs.technique, cs.log_delta, counts, n, indicators, p)
         verdicts.append(ClauseVerdict(cs.index, str(clause), value, lo, hi,
                                       _outcome(clause.op, clause.const, lo, hi), cs.technique, n))
 
@@ -333,7 +332,7 @@ def decide(
 
     # per-variable intervals for reports: one-sided bounds at the clause share split over
     # the condition's variables (each side holds with prob. >= 1 - that share)
-    log_v = plan.clauses[0].log_delta + math.log(m) - math.log(m * max(1, len(cond.variables)))
+    log_v = plan.clauses[0].log_delta - math.log(max(1, len(cond.variables)))
     estimates: dict[str, float | None] = {"n": None, "o": None, "d": None}
     intervals: dict[str, tuple[float, float] | None] = {"n": None, "o": None, "d": None}
     for v in ("n", "o", "d"):
