@@ -170,7 +170,8 @@ class ModelRunner(Protocol):
     """Builds/starts the model of a checkout and returns its predictions for the features."""
 
     def predict(self, repo_dir: str | os.PathLike[str], features_path: str | os.PathLike[str], *,
-                tag: str, model: Mapping[str, Any], limits: Limits) -> RunResult: ...
+                tag: str, model: Mapping[str, Any], limits: Limits,
+                n_rows: int | None = None) -> RunResult: ...
 
 
 class BoundedLog:

@@ -331,8 +331,9 @@ class DockerRunner:
     # ---------------------------------------------------------------- predict
     def predict(self, repo_dir: str | os.PathLike[str], features_path: str | os.PathLike[str], *,
                 tag: str, model: Mapping[str, Any] | None = None, limits: Limits | None = None,
-                exclude: Sequence[str] = ()) -> RunResult:
-        """Build the checkout's image, run it on the features, return its predictions."""
+                exclude: Sequence[str] = (), n_rows: int | None = None) -> RunResult:
+        """Build the checkout's image, run it on the features, return its predictions
+        (``n_rows``: the features' row count when the caller knows it)."""
         model = dict(model or {})
         limits = (limits or Limits.from_env()).lowered_by(model)
         repo = Path(repo_dir).resolve()
@@ -353,7 +354,7 @@ class DockerRunner:
                                           exclude=exclude, log_out=build_log)
             finally:
                 timings["build"] = time.perf_counter() - t0
-            ws = Workspace.create(features_path, prefix="easeml-run-")
+            ws = Workspace.create(features_path, prefix="easeml-run-", n_rows=n_rows)
             t0 = time.perf_counter()
             try:
                 code = self.run(image, ws, limits=limits, log_out=run_log, tag=tag)

@@ -357,7 +357,7 @@ def _predictions(role: str, sha: str, repo: Path, work: Path, ds: Any, model: Ma
     echo(f"{role} model {sha[:12]}: building and running ({getattr(runner, 'name', 'runner')})")
     try:
         res = runner.predict(checkout, ds.features_path, tag=f"{role}-{sha[:12]}", model=model,
-                             limits=limits, exclude=exclude)
+                             limits=limits, exclude=exclude, n_rows=ds.n_rows)
     except ModelError as exc:
         for k, v in exc.timings.items():
             timings[f"{k}_{role}"] = v

@@ -141,9 +141,10 @@ class ProcessRunner:
 
     def predict(self, repo_dir: str | os.PathLike[str], features_path: str | os.PathLike[str], *,
                 tag: str = "", model: Mapping[str, Any] | None = None, limits: Limits | None = None,
-                exclude: Sequence[str] = ()) -> RunResult:
+                exclude: Sequence[str] = (), n_rows: int | None = None) -> RunResult:
         """Run the model on the features and return its predictions (``tag``/``exclude`` are
-        accepted for the runner interface; there is no image here)."""
+        accepted for the runner interface; there is no image here; ``n_rows``: the features'
+        row count when the caller knows it)."""
         model = dict(model or {})
         limits = (limits or Limits.from_env()).lowered_by(model)
         repo = Path(repo_dir).resolve()
@@ -152,7 +153,7 @@ class ProcessRunner:
         ws: Workspace | None = None
         try:
             argv = self.command(repo, model)
-            ws = Workspace.create(features_path, prefix="easeml-proc-")
+            ws = Workspace.create(features_path, prefix="easeml-proc-", n_rows=n_rows)
             scratch = ws.root / "tmp"
             scratch.mkdir()
             env = {

@@ -65,11 +65,15 @@ class Workspace:
     n_rows: int
 
     @classmethod
-    def create(cls, features_path: str | os.PathLike[str], prefix: str) -> "Workspace":
+    def create(cls, features_path: str | os.PathLike[str], prefix: str,
+               n_rows: int | None = None) -> "Workspace":
+        """``n_rows``: the caller's row count (custody knows it from the split); counted
+        from the file only when not given, since that means parsing all of it."""
         src = Path(features_path)
         if not src.is_file():
             raise FileNotFoundError(f"{src}: features file not found")
-        n_rows = count_rows(src)
+        if n_rows is None:
+            n_rows = count_rows(src)
         root = Path(tempfile.mkdtemp(prefix=prefix, dir=run_base_dir()))
         try:
             inp, out = root / "input", root / "output"

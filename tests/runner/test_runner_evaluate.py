@@ -116,6 +116,21 @@ def test_unwritable_cache_does_not_fail_the_evaluation(digits_repo, service_keys
     assert r["status"] == "scored" and r["cached"] == {"head": False, "base": False}
 
 
+
+def test_runners_get_the_row_count_from_custody(digits_repo, service_keys, tmp_path, monkeypatch):
+    """The decrypted test set knows its rows: the runner must not parse the features again."""
+    from easeml_buildbot.runner import workspace
+
+    def recount(path):
+        raise AssertionError(f"features re-counted: {path}")
+
+    monkeypatch.setattr(workspace, "count_rows", recount)
+    pr = digits_repo.commit_model(quality=0.9, branch=branch())
+    r = evaluate_pr(digits_repo.path, head=pr.sha, base=digits_repo.base.sha, key=service_keys.private,
+                    passphrase=None, runner="process", cache_dir=tmp_path / "cache")
+    assert r["status"] == "scored", r
+    assert r["verdict"]["estimates"]["n"] == pytest.approx(pr.accuracy_on(digits_repo.labels[: r["samples_used"]]))
+
 @pytest.mark.parametrize("which", ["head", "base"])
 def test_model_error_is_not_scored(digits_repo, service_keys, tmp_path, which):
     broken = "import sys\nprint('boom', file=sys.stderr)\nsys.exit(5)\n"

@@ -23,6 +23,7 @@ def test_workspace_layout_and_removal(tmp_path, monkeypatch):
     assert ws.features.name == "features.csv" and ws.features.read_text() == src.read_text()
     assert (mode(ws.root), mode(ws.features), mode(ws.output)) == (0o700, 0o444, 0o777)
     assert list(ws.output.iterdir()) == [] and ws.n_rows == 2
+    assert Workspace.create(src, prefix="t-", n_rows=7).n_rows == 7  # the caller's count wins
     (ws.output / "sub").mkdir(mode=0o500)  # a model may leave an unremovable-looking dir
     ws.remove()
     assert not ws.root.exists()
