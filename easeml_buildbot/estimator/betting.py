@@ -20,8 +20,6 @@ worst-case variance would need.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
 TRUNCATION = 0.5
@@ -49,12 +47,12 @@ def _rejects(y: np.ndarray, lam_star: np.ndarray, a: float, m: float, log_delta:
     return bool(log_k.max() >= -log_delta)
 
 
-def lower_bound(y: np.ndarray, a: float, b: float, log_delta: float, tol: float = 1e-5) -> tuple[float, Callable[[float], bool]]:
+def lower_bound(y: np.ndarray, a: float, b: float, log_delta: float, tol: float = 1e-5) -> float:
     """The betting lower bound on the mean of ``y`` (values in [a, b]) at failure
-    probability exp(log_delta), and the exact test ``rejects(m)`` it was bisected from."""
+    probability exp(log_delta), bisected on the exact test "μ > m"."""
     y = np.asarray(y, dtype=np.float64)
     if len(y) == 0:
-        return a, lambda m: False
+        return a
     lam_star = _plugin_lambdas(y, a, b, log_delta)
 
     def rejects(m: float) -> bool:
@@ -62,28 +60,18 @@ def lower_bound(y: np.ndarray, a: float, b: float, log_delta: float, tol: float 
 
     lo, hi = a + tol * (b - a), b  # m = b is never rejected (every y - b <= 0)
     if not rejects(lo):
-        return a, rejects
+        return a
     while hi - lo > tol * (b - a):
         mid = (lo + hi) / 2.0
         if rejects(mid):
             lo = mid
         else:
             hi = mid
-    return lo, rejects
+    return lo
 
 
 def bounds(y: np.ndarray, a: float, b: float, log_delta: float) -> tuple[float, float]:
     """(lower, upper) one-sided betting bounds, each failing with probability <= exp(log_delta)."""
     y = np.asarray(y, dtype=np.float64)
-    lo, _ = lower_bound(y, a, b, log_delta)
-    neg_lo, _ = lower_bound(-y, -b, -a, log_delta)
-    return lo, -neg_lo
-
-
-def rejects_at(y: np.ndarray, a: float, b: float, m: float, log_delta: float, upper: bool = False) -> bool:
-    """Test at a single point: lower side "μ > m" (or, with upper=True, "μ < m")."""
-    y = np.asarray(y, dtype=np.float64)
-    if upper:
-        y, a, b, m = -y, -b, -a, -m
-    return _rejects(y, _plugin_lambdas(y, a, b, log_delta), a, m, log_delta)
+    return lower_bound(y, a, b, log_delta), -lower_bound(-y, -b, -a, log_delta)
 
