@@ -130,12 +130,22 @@ def read_labels(path: Path, label_column: str) -> np.ndarray:
         text = path.read_text()
     except (OSError, ValueError) as exc:
         raise LocalRunError(f"{path}: cannot read labels: {exc}") from None
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if path.suffix == ".jsonl":
-        return np.asarray([json.loads(ln) for ln in lines])
+        values = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    values.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise LocalRunError(f"{path}:{lineno}: not JSON: {exc.msg}") from None
+        return np.asarray(values)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     rows = list(csv.reader(lines))
     if rows and label_column in rows[0]:
         i = rows[0].index(label_column)
+        short = next((n for n, r in enumerate(rows[1:], 2) if len(r) <= i), None)
+        if short is not None:
+            raise LocalRunError(f"{path}: row {short} has no {label_column!r} column")
         return np.asarray([r[i] for r in rows[1:]])
     if rows and len(rows[0]) == 1 and rows[0][0] in ("label", "labels", "y", "target"):
         rows = rows[1:]

@@ -18,7 +18,7 @@ from deploy.helpers import BASE_IMAGE, require_docker
 from easeml_buildbot.cli import main as easeml
 from easeml_buildbot.config import load_config
 from easeml_buildbot.scaffold import TEMPLATE_FILES, scaffold
-from easeml_buildbot.scaffold.local import run_local
+from easeml_buildbot.scaffold.local import LocalRunError, run_local
 
 
 def tree_digest(root: Path) -> dict[str, tuple[str, int, int]]:
@@ -170,3 +170,19 @@ def test_scaffolded_model_runs_in_docker(tmp_path, digits, capsys):
     acc = float(out.split("accuracy on the dev set (column 'label'): ")[1].split()[0])
     # The same weights in the container and in the process give the same answers.
     assert acc == pytest.approx(process.accuracy, abs=1e-4) and acc > 0.85
+
+
+def test_run_local_names_the_label_file_and_line_it_cannot_read(tmp_path, digits):
+    """Bad input to run-local is a LocalRunError naming the file and line, not a traceback."""
+    x, y = digits
+    repo = tmp_path / "repo"
+    scaffold(repo)
+    dev = write_dev_csv(tmp_path / "dev.csv", x[:3], None)
+    bad_json = tmp_path / "labels.jsonl"
+    bad_json.write_text("1\n\n{oops\n2\n")
+    with pytest.raises(LocalRunError, match=r"labels\.jsonl:3: not JSON"):
+        run_local(repo_dir=repo, features=dev, labels=bad_json)
+    short = tmp_path / "labels.csv"
+    short.write_text("id,label\n1,0\n2\n3,1\n")
+    with pytest.raises(LocalRunError, match=r"labels\.csv: row 3 has no 'label' column"):
+        run_local(repo_dir=repo, features=dev, labels=short)
