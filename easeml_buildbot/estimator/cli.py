@@ -190,7 +190,7 @@ def read_column(path: str | Path, column: str | None = None) -> np.ndarray:
             rows = [r or [""] for r in csv.reader(fh)]  # a blank line is an empty cell (no label)
     except OSError as exc:
         raise InputError(f"{p}: cannot read: {exc.strerror or exc}") from None
-    except ValueError as exc:
+    except (ValueError, csv.Error) as exc:  # csv.Error is no ValueError (e.g. a cell beyond the field limit)
         raise InputError(f"{p}: {exc}") from None
     if not rows:
         raise InputError(f"{p}: empty file")

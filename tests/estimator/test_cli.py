@@ -133,6 +133,14 @@ def test_evaluate_input_errors(eval_files, tmp_path: Path, capsys: pytest.Captur
     assert rc == 2 and f"{bad}:2: not JSON" in err
 
 
+def test_evaluate_unparsable_csv_is_a_user_error(eval_files, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A cell beyond the csv module's field limit is reported with the file, not as a traceback."""
+    huge = tmp_path / "huge.csv"
+    huge.write_text("prediction\n" + "1" * 200_000 + "\n")
+    rc, out, err = run(capsys, "evaluate", "--config", str(eval_files["pass"]), "--labels", str(eval_files["y"]),
+                       "--new", str(huge), "--old", str(eval_files["old"]))
+    assert rc == 2 and out == "" and err.startswith(f"easeml: {huge}: ") and "field limit" in err
+
 def test_read_column_formats(tmp_path: Path) -> None:
     (tmp_path / "a.csv").write_text("x,label\n1,cat\n2,dog\n")
     assert read_column(tmp_path / "a.csv", "label").tolist() == ["cat", "dog"]
