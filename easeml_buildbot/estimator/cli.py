@@ -122,17 +122,18 @@ def cmd_samples(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.path)
-        summary = cfg.summary()
+        if args.json:  # one sample-size computation either way (summary() makes its own)
+            out = json.dumps({"ok": True, "config": cfg.to_dict(), "samples": cfg.required_samples().to_dict()},
+                             indent=2)
+        else:
+            out = cfg.summary()
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
     except SampleSizeError as exc:
         print(f"{args.path}: {exc}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps({"ok": True, "config": cfg.to_dict(), "samples": cfg.required_samples().to_dict()}, indent=2))
-    else:
-        print(summary)
+    print(out)
     return 0
 
 
