@@ -8,6 +8,7 @@ predictions shows up before the push instead of spending a use of the hidden tes
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import tempfile
 from collections.abc import Mapping
@@ -16,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from easeml_buildbot.runner.base import Limits, ModelError, ModelRunner, RunnerUnavailable
+from easeml_buildbot.runner.evaluate import make_runner as runner_of
 
 FORMATS = ("csv", "jsonl", "npz")
 
@@ -183,33 +187,30 @@ def _load_model_config(repo_dir: Path, config_path: Path | None) -> tuple[Mappin
     return dict(cfg.model or {}), cfg.label_column
 
 
-def _limits(timeout: float | None) -> Any:
-    from easeml_buildbot.runner.base import Limits
-
-    limits = Limits.from_env() if hasattr(Limits, "from_env") else Limits()
-    if timeout is not None:
-        import dataclasses
-
-        names = {f.name for f in dataclasses.fields(limits)}
-        for name in ("timeout", "wall_time", "run_timeout", "timeout_s"):
-            if name in names:
-                limits = dataclasses.replace(limits, **{name: timeout})
-                break
-    return limits
+def _limits(timeout: float | None) -> Limits:
+    """The operator limits a worker here would apply (``EASEML_*`` variables), with ``--timeout``."""
+    try:
+        limits = Limits.from_env()
+    except ValueError as exc:
+        raise LocalRunError(str(exc)) from None
+    if timeout is None:
+        return limits
+    if not timeout > 0:
+        raise LocalRunError(f"--timeout: must be positive, got {timeout:g}")
+    return dataclasses.replace(limits, timeout=timeout)
 
 
-def make_runner(docker: bool) -> tuple[Any, str]:
+RUNNER_NOTES = {"docker": "docker (the image is built from the Dockerfile, no network)",
+                "process": "process (a local subprocess: not a sandbox)"}
+
+
+def make_runner(docker: bool) -> tuple[ModelRunner, str]:
     """The runner the CI worker would use: Docker when asked (and reachable), else a process."""
-    if docker:
-        from easeml_buildbot.runner.docker_runner import DockerRunner
-
-        try:
-            return DockerRunner(), "docker (the image is built from the Dockerfile, no network)"
-        except Exception as exc:  # noqa: BLE001 - the docker SDK raises many kinds
-            raise LocalRunError(f"--docker: no Docker daemon answers ({exc})") from None
-    from easeml_buildbot.runner.process_runner import ProcessRunner
-
-    return ProcessRunner(), "process (a local subprocess: not a sandbox)"
+    kind = "docker" if docker else "process"
+    try:
+        return runner_of(kind), RUNNER_NOTES[kind]
+    except RunnerUnavailable as exc:
+        raise LocalRunError(f"--docker: {exc}") from None
 
 
 def run_local(*, repo_dir: Path, features: Path, labels: Path | None = None,
@@ -221,8 +222,7 @@ def run_local(*, repo_dir: Path, features: Path, labels: Path | None = None,
     if not features.exists():
         raise LocalRunError(f"{features}: no such file")
     model, label_column = _load_model_config(repo_dir, config_path)
-    from easeml_buildbot.runner.base import ModelError, RunnerUnavailable
-
+    limits = _limits(timeout)
     runner, runner_name = make_runner(docker)
     with tempfile.TemporaryDirectory(prefix="easeml-run-local-") as tmp:
         feats, y = split_dev_set(features, label_column, Path(tmp))
@@ -231,14 +231,12 @@ def run_local(*, repo_dir: Path, features: Path, labels: Path | None = None,
             y, label_source = read_labels(labels, label_column), str(labels)
         try:
             result = runner.predict(repo_dir, feats, tag=f"easeml-local-{repo_dir.name.lower()}",
-                                    model=model, limits=_limits(timeout))
+                                    model=model, limits=limits)
         except RunnerUnavailable as exc:
             raise LocalRunError(f"the {runner_name.split()[0]} runner cannot run here: {exc}") from None
         except ModelError as exc:
-            cause = getattr(exc, "cause", "error")
-            message = getattr(exc, "message", str(exc))
             return LocalReport(runner=runner_name, n_rows=0, predictions=np.asarray([]), timings={},
-                               error=f"{cause}: {message}", log=getattr(exc, "log", "") or "")
+                               error=f"{exc.cause}: {exc.message}", log=exc.log)
     preds = np.asarray(result.predictions)
     acc = None
     if y is not None:

@@ -186,3 +186,16 @@ def test_run_local_names_the_label_file_and_line_it_cannot_read(tmp_path, digits
     short.write_text("id,label\n1,0\n2\n3,1\n")
     with pytest.raises(LocalRunError, match=r"labels\.csv: row 3 has no 'label' column"):
         run_local(repo_dir=repo, features=dev, labels=short)
+
+
+def test_run_local_names_the_limit_it_cannot_use(tmp_path, digits, monkeypatch):
+    """A bad --timeout or EASEML_* limit is a LocalRunError naming it, not a traceback."""
+    x, _ = digits
+    repo = tmp_path / "repo"
+    scaffold(repo)
+    dev = write_dev_csv(tmp_path / "dev.csv", x[:3], None)
+    with pytest.raises(LocalRunError, match="--timeout: must be positive"):
+        run_local(repo_dir=repo, features=dev, timeout=0)
+    monkeypatch.setenv("EASEML_TIMEOUT", "soon")
+    with pytest.raises(LocalRunError, match="EASEML_TIMEOUT"):
+        run_local(repo_dir=repo, features=dev)
