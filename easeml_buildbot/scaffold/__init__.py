@@ -6,11 +6,5 @@ same file the tests check and the demo uses.
 
 from easeml_buildbot.scaffold.init import ScaffoldError, ScaffoldResult, TEMPLATE_FILES, scaffold
 
-__all__ = ["ScaffoldError", "ScaffoldResult", "TEMPLATE_FILES", "scaffold", "template_text"]
+__all__ = ["ScaffoldError", "ScaffoldResult", "TEMPLATE_FILES", "scaffold"]
 
-
-def template_text(name: str) -> str:
-    """The text of one template file (by its name under ``templates/``)."""
-    from importlib.resources import files
-
-    return files("easeml_buildbot.scaffold").joinpath("templates", name).read_text()
