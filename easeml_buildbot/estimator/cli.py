@@ -16,12 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from easeml_buildbot.config import CONFIG_FILE, ConfigError, EasemlConfig, load_config
+from easeml_buildbot.config import CONFIG_FILE, KEYS, ConfigError, EasemlConfig, load_config
 from easeml_buildbot.estimator.condition import ConditionSyntaxError, parse_condition
 from easeml_buildbot.estimator.decision import DecisionError, Verdict, decide
-from easeml_buildbot.estimator.samples import ADAPTIVITIES, METHODS, SampleSize, SampleSizeError, sample_size
+from easeml_buildbot.estimator.samples import ADAPTIVITIES, LABELLINGS, METHODS, SampleSize, SampleSizeError, sample_size
 
 EXIT_USAGE = 2
+PLAN_SETTINGS = ("reliability", "adaptivity", "steps", "method")  # sample_size() keywords, also config keys
 
 
 class InputError(ValueError):
@@ -35,11 +36,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "verdict over H uses of one test set holds with the given reliability.")
     p.add_argument("config", nargs="?", help=f"a {CONFIG_FILE} to read the settings from")
     p.add_argument("--condition", "-c", help="e.g. 'n - o > 0.02 +/- 0.01' (instead of a config)")
-    p.add_argument("--reliability", "-r", type=float, help="1 - delta (default 0.9999)")
-    p.add_argument("--adaptivity", "-a", choices=ADAPTIVITIES + ("hybrid",), help="default full")
-    p.add_argument("--steps", "-H", type=int, help="uses of one test set (default 32)")
-    p.add_argument("--method", "-m", choices=METHODS + ("binomial",), help="default auto (fewest labels)")
-    p.add_argument("--labelling", choices=("full", "active"), default="full",
+    p.add_argument("--reliability", "-r", type=float, help=f"1 - delta (default {KEYS['reliability'].default})")
+    p.add_argument("--adaptivity", "-a", choices=ADAPTIVITIES + ("hybrid",), help=f"default {KEYS['adaptivity'].default}")
+    p.add_argument("--steps", "-H", type=int, help=f"uses of one test set (default {KEYS['steps'].default})")
+    p.add_argument("--method", "-m", choices=METHODS + ("binomial",),
+                   help=f"default {KEYS['method'].default} (fewest labels)")
+    p.add_argument("--labelling", choices=LABELLINGS, default="full",
                    help="active: label only the samples on which the two models disagree")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_samples)
@@ -87,7 +89,7 @@ def _format_samples(s: SampleSize) -> str:
 
 
 def cmd_samples(args: argparse.Namespace) -> int:
-    settings: dict[str, Any] = {"reliability": 0.9999, "adaptivity": "full", "steps": 32, "method": "auto"}
+    settings: dict[str, Any] = {k: KEYS[k].default for k in PLAN_SETTINGS}  # the .easeml.yml defaults
     if args.config and args.condition:
         return _err("give either a config file or --condition, not both")
     if args.config:
@@ -97,7 +99,7 @@ def cmd_samples(args: argparse.Namespace) -> int:
             print(exc, file=sys.stderr)
             return EXIT_USAGE
         condition: Any = cfg.condition
-        settings.update(reliability=cfg.reliability, adaptivity=cfg.adaptivity, steps=cfg.steps, method=cfg.method)
+        settings.update({k: getattr(cfg, k) for k in PLAN_SETTINGS})
     elif args.condition:
         try:
             condition = parse_condition(args.condition)
@@ -105,12 +107,9 @@ def cmd_samples(args: argparse.Namespace) -> int:
             return _err(f"--condition: {exc}")
     else:
         return _err(f"give a {CONFIG_FILE} or --condition (see 'easeml samples --help')")
-    for key in ("reliability", "adaptivity", "steps", "method"):
-        if getattr(args, key) is not None:
-            settings[key] = getattr(args, key)
+    settings.update({k: getattr(args, k) for k in PLAN_SETTINGS if getattr(args, k) is not None})
     try:
-        s = sample_size(condition, settings["reliability"], settings["adaptivity"], settings["steps"],
-                        settings["method"], labelling=args.labelling)
+        s = sample_size(condition, labelling=args.labelling, **settings)
     except SampleSizeError as exc:
         return _err(str(exc))
     print(json.dumps(s.to_dict(), indent=2) if args.json else _format_samples(s))
