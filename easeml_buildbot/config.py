@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from easeml_buildbot.estimator.condition import Condition, ConditionSyntaxError, parse_condition
+from easeml_buildbot.estimator.decision import MODES
 from easeml_buildbot.estimator.samples import (
     ADAPTIVITIES,
     ADAPTIVITY_ALIASES,
@@ -31,7 +32,6 @@ from easeml_buildbot.estimator.samples import (
 )
 
 CONFIG_FILE = ".easeml.yml"
-MODES = ("fp-free", "fn-free")
 _EMAIL = re.compile(r"^[^@\s<>,;]+@[^@\s<>,;]+\.[^@\s<>,;]+$")
 
 
