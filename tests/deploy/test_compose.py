@@ -88,7 +88,8 @@ def test_master_environment_is_understood_by_the_settings(compose):
     env = ENV_EXAMPLE.read_text() + (
         "\nEASEML_GITHUB_APP_ID=12345\nEASEML_GITHUB_WEBHOOK_SECRET=hook-secret\n"
         "POSTGRES_PASSWORD=s3cret\nEASEML_SMTP_HOST=mail.example.org\n"
-        "EASEML_ALLOWED_EMAIL_DOMAINS=example.org,example.com\n")
+        "EASEML_ALLOWED_EMAIL_DOMAINS=example.org,example.com\n"
+        "EASEML_ADMIN_USER=ops\nEASEML_ADMIN_PASSWORD=ui-secret\n")
     cfg = _config(compose, env)
     master_env = {k: "" if v is None else str(v) for k, v in cfg["services"]["master"]["environment"].items()}
     settings = Settings.from_dict({"workers": [{"name": "worker-1", "password": "x"}]}, env=master_env)
@@ -99,6 +100,7 @@ def test_master_environment_is_understood_by_the_settings(compose):
     assert settings.smtp.host == "mail.example.org" and settings.smtp.tls == "starttls"
     assert settings.allowed_email_domains == ("example.org", "example.com")
     assert settings.github.private_key_path == "/keys/master/github-app.private-key.pem"
+    assert settings.admin_user == "ops" and settings.admin_password == "ui-secret"
     worker_env = cfg["services"]["worker"]["environment"]
     # The names the worker's buildbot.tac and the build steps read.
     tac = (ROOT / "worker" / "buildbot.tac").read_text()
