@@ -149,6 +149,8 @@ def binomial_samples(t: float, e: float, log_delta: float) -> int:
             hi = mid
         else:
             lo = mid
+    if log_delta < EXACT_LOG_FLOOR:  # Chernoff: N times a constant tail, monotone, no saw-tooth
+        return hi
     # the tail saw-tooths in N: take the smallest N such that all N' in [N, N + window] work
     window = max(20, hi // 20)
     ns = np.arange(max(1, hi - window), min(hoeff, hi + window) + 1)

@@ -197,3 +197,27 @@ def test_exact_switches_to_chernoff_where_floats_underflow() -> None:
         c_lo, c_hi = chernoff_bounds(k, n, math.log(1e-6))
         e_lo, e_hi = clopper_pearson(k, n, math.log(1e-6))
         assert c_lo <= e_lo <= k / n <= e_hi <= c_hi
+
+
+def test_exact_plan_for_huge_steps_needs_no_saw_tooth_scan() -> None:
+    """Where the exact method falls back to Chernoff the tail is N times a constant, monotone
+    in N, so no window of N is scanned: steps 10^8 (a typo away from 10) plans in a 2 GiB
+    address space instead of allocating a window of ~10^9 candidate N."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import math, resource\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))\n"
+            "from easeml_buildbot.estimator.samples import _chernoff_log_tail, log_use_delta, sample_size\n"
+            "s = sample_size('n > 0.8 +/- 0.05', 0.9999, 'full', 10**8, 'exact')\n"
+            "c = s.clauses[0]\n"
+            "tail = lambda n: float(_chernoff_log_tail(n, 0.8, 0.05))\n"
+            "assert c.technique == 'binomial' and c.log_delta == log_use_delta(0.9999, 'full', 10**8)\n"
+            "assert tail(s.labels) <= c.log_delta < tail(s.labels - 1), s.labels\n"
+            "print(s.labels)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OPENBLAS_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert int(p.stdout) < sample_size("n > 0.8 +/- 0.05", 0.9999, "full", 10**8, "hoeffding").labels
