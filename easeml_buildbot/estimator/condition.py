@@ -25,7 +25,6 @@ VARIABLES: dict[str, str] = {
     "o": "accuracy of the old model",
     "d": "fraction of test samples where the two models' predictions differ",
 }
-OPERATORS = ("<", ">")
 
 _NUMBER = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -174,7 +173,7 @@ class _Parser:
                 if self.at_end():
                     raise self.error("expected a clause after '/\\'")
                 clauses.append(self.clause())
-            elif self.peek("&&") or self.peek("&") or self.peek("and") or self.peek("AND"):
+            elif self.peek("&") or self.peek("and") or self.peek("AND"):
                 raise self.error("clauses are joined with '/\\' (AND)")
             else:
                 raise self.error(f"expected '/\\' or end of condition, found {self.describe_here()}")
@@ -218,7 +217,7 @@ class _Parser:
 
     def expr(self) -> list[Term]:
         terms: list[Term] = []
-        seen: dict[str, int] = {}
+        seen: set[str] = set()
         first = True
         while True:
             self.skip_ws()
@@ -233,7 +232,7 @@ class _Parser:
             term = self.term(sign)
             if term.var in seen:
                 raise self.error(f"variable '{term.var}' appears twice in one clause", term_pos)
-            seen[term.var] = term_pos
+            seen.add(term.var)
             terms.append(term)
             first = False
         return terms
