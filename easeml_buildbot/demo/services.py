@@ -18,15 +18,6 @@ from typing import Any
 BIN = Path(sys.executable).parent
 CHECKOUT = Path(__file__).resolve().parents[2]
 
-# Used only when the package runs outside a checkout (no master/ or worker/ beside it):
-# the same three lines as master/master.cfg.
-FALLBACK_MASTER_CFG = '''\
-import os
-from easeml_buildbot.master import Settings, configure
-c = BuildmasterConfig = {}
-configure(c, Settings.load(os.environ.get("EASEML_SETTINGS") or os.path.join(basedir, "easeml.toml")))
-'''
-
 
 class ServiceError(RuntimeError):
     """A demo service did not start; the message carries the tail of its log."""
@@ -100,13 +91,11 @@ class Processes:
         self.procs.clear()
 
 
-def template(relative: str, fallback: str | None = None) -> str:
+def template(relative: str) -> str:
     path = CHECKOUT / relative
-    if path.exists():
-        return path.read_text()
-    if fallback is None:
+    if not path.exists():
         raise ServiceError(f"{path}: missing (run the demo from a checkout of easeml-buildbot)")
-    return fallback
+    return path.read_text()
 
 
 def wait_until(cond, what: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
@@ -143,7 +132,7 @@ class Master:
                            env=clean_env(), capture_output=True, text=True, timeout=timeout)
         if r.returncode != 0:
             raise ServiceError(f"buildbot create-master failed:\n{r.stdout}{r.stderr}")
-        (self.dir / "master.cfg").write_text(template("master/master.cfg", FALLBACK_MASTER_CFG))
+        (self.dir / "master.cfg").write_text(template("master/master.cfg"))
         (self.dir / "easeml.toml").write_text(toml_dumps(self.settings))
         self.proc = self.procs.spawn([str(BIN / "buildbot"), "start", "--nodaemon", str(self.dir)],
                                      self.dir, clean_env())
