@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from easeml_buildbot.custody.gpghome import (
-    MIN_S2K_COUNT, private_tmpdir, remove_tree, secure_tmp_base, sweep_stale, temporary_gpg,
+    MIN_S2K_COUNT, on_tmpfs, overwrite_file, private_tmpdir, remove_tree, secure_tmp_base, sweep_stale,
+    temporary_gpg,
 )
 
 log = logging.getLogger(__name__)
@@ -570,15 +571,8 @@ def decrypted_dataset(
 
 
 def _wipe_file(path: Path) -> None:
-    if not str(path).startswith("/dev/shm/") and path.is_file():
-        try:
-            size = path.stat().st_size
-            with open(path, "r+b", buffering=0) as fh:
-                buf = b"\0" * (1 << 20)
-                while size > 0:
-                    size -= fh.write(buf[: min(size, len(buf))])
-        except OSError:
-            pass
+    if not on_tmpfs(path):
+        overwrite_file(path)
     path.unlink(missing_ok=True)
 
 

@@ -69,26 +69,33 @@ def kill_agent(home: Path) -> None:
         time.sleep(0.01)
 
 
+def on_tmpfs(path: str | os.PathLike[str]) -> bool:
+    return os.fspath(path).startswith("/dev/shm/")
+
+
+def overwrite_file(path: str | os.PathLike[str]) -> None:
+    """Zero a regular file in place and sync it, so removing it leaves no plaintext on a disk
+    (unsynced zeros could be dropped with the file before they reach it)."""
+    try:
+        if os.path.isfile(path) and not os.path.islink(path):
+            left = os.path.getsize(path)
+            with open(path, "r+b", buffering=0) as fh:
+                chunk = b"\0" * (1 << 20)
+                while left > 0:
+                    left -= fh.write(chunk[: min(left, len(chunk))])
+                os.fsync(fh.fileno())
+    except OSError:
+        pass
+
+
 def remove_tree(path: Path) -> None:
     """Remove a directory tree, overwriting regular files first when not on tmpfs."""
     if not path.exists():
         return
-    on_tmpfs = str(path).startswith("/dev/shm/")
-    if not on_tmpfs:
+    if not on_tmpfs(path):
         for root, _dirs, files in os.walk(path):
             for name in files:
-                p = os.path.join(root, name)
-                try:
-                    if os.path.isfile(p) and not os.path.islink(p):
-                        size = os.path.getsize(p)
-                        with open(p, "r+b", buffering=0) as fh:
-                            chunk = b"\0" * (1 << 20)
-                            left = size
-                            while left > 0:
-                                left -= fh.write(chunk[: min(left, len(chunk))])
-                            os.fsync(fh.fileno())
-                except OSError:
-                    pass
+                overwrite_file(os.path.join(root, name))
     shutil.rmtree(path, ignore_errors=True)
 
 

@@ -234,6 +234,26 @@ def test_fallback_dir_when_no_tmpfs(service_keys, tmp_path, data, no_leak):
     assert scan_dirs_for(_row_needles(X, y, "csv"), [base]) == []
 
 
+
+def test_fallback_dir_plaintext_is_synced_before_unlink(service_keys, tmp_path, data, monkeypatch):
+    """Off tmpfs, the zeros over the plaintext must reach the disk before the file goes."""
+    X, y = data
+    enc = encrypted_test_set(service_keys, tmp_path / "t.csv.gpg", X, y)
+    base = tmp_path / "disk"
+    base.mkdir()
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    with decrypted_dataset(enc, service_keys.private, tmp_dir=base) as ds:
+        assert not (ds.features_path.parent / "plaintext").exists()
+        assert any(p.endswith("/plaintext") for p in synced), synced
+    assert os.listdir(base) == []
+
 def test_encryption_parameters(service_keys, tmp_path, data):
     """AES-256, binary (not armored), not compressed, integrity-protected (checked by gpg)."""
     X, y = data
