@@ -16,6 +16,7 @@ import hmac
 import json
 import re
 from collections import OrderedDict
+from collections.abc import Hashable
 from typing import Any
 
 from twisted.internet import defer, threads
@@ -53,22 +54,23 @@ def has_skip(message: str | None) -> bool:
 
 
 class DeliveryLog:
-    """Bounded memory of delivery ids seen, so a redelivered event schedules nothing twice."""
+    """Bounded memory of keys seen (delivery ids, scheduled heads), so a redelivered event
+    schedules nothing twice."""
 
     def __init__(self, size: int = 10000) -> None:
         self.size = size
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen: OrderedDict[Hashable, None] = OrderedDict()
 
-    def claim(self, delivery: str) -> bool:
-        if delivery in self._seen:
+    def claim(self, key: Hashable) -> bool:
+        if key in self._seen:
             return False
-        self._seen[delivery] = None
+        self._seen[key] = None
         while len(self._seen) > self.size:
             self._seen.popitem(last=False)
         return True
 
-    def forget(self, delivery: str) -> None:
-        self._seen.pop(delivery, None)
+    def forget(self, key: Hashable) -> None:
+        self._seen.pop(key, None)
 
 
 class GitHubAppHook(BaseHookHandler):
@@ -84,7 +86,8 @@ class GitHubAppHook(BaseHookHandler):
         self.settings = options["settings"]
         self.app = options.get("app")
         self.deliveries = DeliveryLog(int(options.get("dedup_size", 10000)))
-        self._scheduled_heads: OrderedDict[tuple[str, str], None] = OrderedDict()
+        # pull_request.synchronize and check_suite.requested both announce a push: build once
+        self.scheduled_heads = DeliveryLog()  # (repo, head sha)
 
     @defer.inlineCallbacks
     def getChanges(self, request: Any):
@@ -145,16 +148,22 @@ class GitHubAppHook(BaseHookHandler):
         pr = payload["pull_request"]  # drafts are evaluated too: the developer pushed
         head_sha = pr["head"]["sha"]
         repo = payload["repository"]["full_name"]
-        if action != "reopened" and not self._first_time(repo, head_sha):
+        claim = action != "reopened"
+        if claim and not self.scheduled_heads.claim((repo, head_sha)):
             return []
-        message = yield self._commit_message(payload, head_sha)
-        if has_skip(message) or has_skip(pr.get("title")):
-            log.msg(f"easeml: {repo}#{pr['number']} {head_sha[:12]}: [skip ci]")
-            return []
-        change = yield self._change(payload, number=pr["number"], head_sha=head_sha,
-                                    base_ref=pr["base"]["ref"], base_sha=pr["base"]["sha"],
-                                    title=pr.get("title") or "", revlink=pr.get("html_url"),
-                                    event=f"pull_request.{action}", delivery=delivery)
+        try:
+            message = yield self._commit_message(payload, head_sha)
+            if has_skip(message) or has_skip(pr.get("title")):
+                log.msg(f"easeml: {repo}#{pr['number']} {head_sha[:12]}: [skip ci]")
+                return []
+            change = yield self._change(payload, number=pr["number"], head_sha=head_sha,
+                                        base_ref=pr["base"]["ref"], base_sha=pr["base"]["sha"],
+                                        title=pr.get("title") or "", revlink=pr.get("html_url"),
+                                        event=f"pull_request.{action}", delivery=delivery)
+        except Exception:
+            if claim:  # nothing was scheduled: GitHub's redelivery must be able to schedule it
+                self.scheduled_heads.forget((repo, head_sha))
+            raise
         return [change]
 
     @defer.inlineCallbacks
@@ -186,24 +195,19 @@ class GitHubAppHook(BaseHookHandler):
         for pr in prs:
             if pr.get("base", {}).get("repo", {}).get("id") not in (None, payload["repository"].get("id")):
                 continue  # a PR into another repository that happens to contain this commit
-            if not rerun and not self._first_time(repo, head_sha):
+            if not rerun and not self.scheduled_heads.claim((repo, head_sha)):
                 continue
-            change = yield self._change(payload, number=pr["number"], head_sha=head_sha,
-                                        base_ref=pr["base"]["ref"], base_sha=pr["base"]["sha"],
-                                        title=f"{event} for #{pr['number']}", revlink=pr.get("url"),
-                                        event=event, delivery=delivery)
+            try:
+                change = yield self._change(payload, number=pr["number"], head_sha=head_sha,
+                                            base_ref=pr["base"]["ref"], base_sha=pr["base"]["sha"],
+                                            title=f"{event} for #{pr['number']}", revlink=pr.get("url"),
+                                            event=event, delivery=delivery)
+            except Exception:
+                if not rerun:  # see handle_pull_request
+                    self.scheduled_heads.forget((repo, head_sha))
+                raise
             changes.append(change)
         return changes
-
-    def _first_time(self, repo: str, head_sha: str) -> bool:
-        """pull_request.synchronize and check_suite.requested both announce a push: build once."""
-        key = (repo, head_sha)
-        if key in self._scheduled_heads:
-            return False
-        self._scheduled_heads[key] = None
-        while len(self._scheduled_heads) > 10000:
-            self._scheduled_heads.popitem(last=False)
-        return True
 
     @defer.inlineCallbacks
     def _commit_message(self, payload: dict[str, Any], sha: str):

@@ -51,3 +51,73 @@ def test_delivery_log_is_bounded_and_forgets_on_request():
     for d in "bcd":
         assert log.claim(d)
     assert log.claim("a")  # evicted as the oldest
+
+
+class _Request:
+    def __init__(self, body: bytes, headers: dict[bytes, bytes]):
+        import io
+
+        self.content = io.BytesIO(body)
+        self._headers = headers
+
+    def getHeader(self, name: bytes):
+        return self._headers.get(name)
+
+
+class _FlakyState:
+    """Buildbot's state table (the accepted model) that fails its first ``failures`` reads."""
+
+    def __init__(self, failures: int):
+        self.failures = failures
+
+    def getObjectId(self, *names):
+        from twisted.internet import defer
+
+        if self.failures:
+            self.failures -= 1
+            return defer.fail(RuntimeError("database is locked"))
+        return defer.succeed(1)
+
+    def getState(self, oid, name, default=None):
+        from twisted.internet import defer
+
+        return defer.succeed(default)
+
+
+def test_a_delivery_that_failed_is_scheduled_when_github_redelivers_it():
+    """The first attempt breaks after the head was claimed; the redelivery (same delivery id)
+    must still schedule the build, not be taken for a duplicate of the failed attempt."""
+    import json
+    import types
+
+    from easeml_buildbot.master.hook import GitHubAppHook
+    from easeml_buildbot.master.settings import Settings
+
+    settings = Settings.from_dict({"forge": "local", "local": {"repo": "/x"},
+                                   "github": {"webhook_secret": "s"}})
+    master = types.SimpleNamespace(db=types.SimpleNamespace(state=_FlakyState(failures=1)))
+    hook = GitHubAppHook(master, {"settings": settings, "app": None})
+    repo = {"id": 7, "full_name": "o/r", "clone_url": "https://github.com/o/r.git"}
+    for event, sha, payload in (
+            ("pull_request", "a" * 40, {"action": "synchronize", "repository": repo, "installation": {"id": 5},
+                              "pull_request": {"number": 3, "title": "t", "head": {"sha": "a" * 40},
+                                               "base": {"ref": "main", "sha": "b" * 40}}}),
+            ("check_suite", "c" * 40, {"action": "requested", "repository": repo, "installation": {"id": 5},
+                             "check_suite": {"head_sha": "c" * 40, "head_commit": {"message": "m"},
+                                             "pull_requests": [{"number": 4, "url": "u",
+                                                                "base": {"ref": "main", "sha": "b" * 40,
+                                                                         "repo": {"id": 7}}}]}})):
+        body = json.dumps(payload).encode()
+        headers = {b"X-Hub-Signature-256": sign("s", body).encode(), b"X-GitHub-Event": event.encode(),
+                   b"X-GitHub-Delivery": f"delivery-{event}".encode(), b"Content-Type": b"application/json"}
+        master.db.state.failures = 1
+        failures = []
+        hook.getChanges(_Request(body, headers)).addErrback(failures.append)
+        assert len(failures) == 1 and "database is locked" in str(failures[0].value)
+        results = []
+        hook.getChanges(_Request(body, headers)).addCallback(results.append)
+        (changes, _), = results
+        assert [c["revision"] for c in changes] == [sha]
+        results.clear()  # a third delivery of the same head: a duplicate now
+        hook.getChanges(_Request(body, {**headers, b"X-GitHub-Delivery": b"another"})).addCallback(results.append)
+        assert results == [([], "git")]
