@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from buildbot.secrets.providers.base import SecretProviderBase
 from twisted.internet import defer
 from twisted.python import log as twlog
 
+from easeml_buildbot.custody.policy import developer_may_see
 from easeml_buildbot.master import chart as chart_module
 
 logger = logging.getLogger(__name__)
@@ -124,31 +124,21 @@ class SmtpTransport:
 
     @classmethod
     def from_settings(cls, settings: Any) -> SmtpTransport:
-        """From ``Settings.smtp``: ``tls`` true means STARTTLS, or SMTPS on port 465;
-        the strings ``"starttls"``/``"ssl"``/``"none"`` are accepted too."""
+        """From ``Settings.smtp`` (``EASEML_SMTP_*`` overrides already applied): ``tls`` true
+        means STARTTLS, or SMTPS on port 465; ``"starttls"``/``"ssl"``/``"none"`` too."""
+        from easeml_buildbot.master.settings import tls_mode
+
         smtp = _get(settings, "smtp", {}) or {}
         port = int(_get(smtp, "port", 25) or 25)
-        tls = _get(smtp, "tls", False)
-        if isinstance(tls, str):
-            tls = {"true": "starttls", "yes": "starttls", "1": "starttls", "false": "none",
-                   "no": "none", "0": "none", "": "none", "smtps": "ssl", "tls": "starttls"
-                   }.get(tls.strip().lower(), tls.strip().lower())
-        else:
-            tls = ("ssl" if port == 465 else "starttls") if tls else "none"
-        if tls not in ("none", "starttls", "ssl"):
-            raise ValueError(f"smtp.tls: must be true/false, 'starttls' or 'ssl', not {tls!r}")
         return cls(
             host=str(_get(smtp, "host", cls.host)),
             port=port,
-            tls=tls,
+            tls=tls_mode(_get(smtp, "tls", False), port, _get(settings, "source", "settings")),
             user=_get(smtp, "user", None) or None,
             password=_get(smtp, "password", None) or None,
-            timeout=float(_get(smtp, "timeout", None)
-                          or os.environ.get("EASEML_SMTP_TIMEOUT") or cls.timeout),
-            attempts=max(1, int(_get(smtp, "attempts", None)
-                                or os.environ.get("EASEML_SMTP_ATTEMPTS") or cls.attempts)),
-            backoff=float(_get(smtp, "backoff", None)
-                          or os.environ.get("EASEML_SMTP_BACKOFF") or cls.backoff),
+            timeout=float(_get(smtp, "timeout", None) or cls.timeout),
+            attempts=max(1, int(_get(smtp, "attempts", None) or cls.attempts)),
+            backoff=float(_get(smtp, "backoff", None) or cls.backoff),
             ca_file=_get(smtp, "ca_file", None) or None,
         )
 
@@ -736,15 +726,6 @@ def samples_needed(condition: str | None, reliability: float | None, adaptivity:
     except Exception as exc:  # noqa: BLE001  (a mail must not fail over a hint)
         _warn("easeml email: cannot compute the sample size: %s", exc)
         return None
-
-
-def developer_may_see(adaptivity: str | None, verdict: str) -> bool:
-    """Custody's policy; if it is unavailable, fail closed (authors see nothing)."""
-    try:
-        from easeml_buildbot.custody.policy import developer_may_see as policy
-    except ImportError:
-        return False
-    return bool(policy(adaptivity, verdict))
 
 
 # --------------------------------------------------------------------------- planning

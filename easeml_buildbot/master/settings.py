@@ -71,7 +71,7 @@ class SmtpSettings:
     from_addr: str = "easeml-ci@localhost"
     enabled: bool = True
     ca_file: str = ""  # PEM of a private CA that signs the relay's certificate ("" = system CAs)
-    timeout: float | None = None  # None: the mailer's defaults (or EASEML_SMTP_TIMEOUT/...)
+    timeout: float | None = None  # None: the mailer's defaults (EASEML_SMTP_TIMEOUT/... set these)
     attempts: int | None = None
     backoff: float | None = None
 
@@ -180,7 +180,7 @@ class Settings:
         port = int(sm.get("port", 25))
         smtp = SmtpSettings(
             host=str(sm.get("host", "localhost")), port=port,
-            tls=_tls_mode(sm.get("tls", False), port, source), user=str(sm.get("user", "")),
+            tls=tls_mode(sm.get("tls", False), port, source), user=str(sm.get("user", "")),
             password=secret(sm, "password", "smtp"),
             from_addr=str(sm.get("from_addr", SmtpSettings.from_addr)),
             enabled=_bool(sm.get("enabled", True)),
@@ -260,7 +260,7 @@ def _bool(v: Any) -> bool:
     return bool(v)
 
 
-def _tls_mode(v: Any, port: int, source: str) -> str:
+def tls_mode(v: Any, port: int, source: str) -> str:
     """``smtp.tls`` as one of none/starttls/ssl. A typo must not silently mean plaintext."""
     if isinstance(v, bool):
         return ("ssl" if port == 465 else "starttls") if v else "none"

@@ -190,6 +190,17 @@ def test_reporters_from_master_settings():
     assert em.make_email_reporters(s.with_(email_enabled=False)) == []
 
 
+@pytest.mark.parametrize("value, port", [(False, 25), (True, 587), (True, 465), ("ssl", 465), ("starttls", 587),
+                                         ("true", 465), ("on", 587), ("off", 25)])
+def test_transport_reads_smtp_tls_like_the_settings_do(value, port):
+    """A plain mapping (no ``Settings``) gets the same mode as ``easeml.toml`` would."""
+    smtp = {"host": "127.0.0.1", "port": port, "tls": value}
+    expected = Settings.from_dict({"forge": "local", "local": {"repo": "/r"}, "smtp": smtp}).smtp.tls
+    assert em.SmtpTransport.from_settings({"smtp": smtp}).tls == expected
+    with pytest.raises(ValueError, match=r"smtp.tls: must be .*'sll'"):
+        em.SmtpTransport.from_settings({"smtp": {**smtp, "tls": "sll"}})
+
+
 def test_png_and_html_structure_of_evaluation_mail():
     (mail, _) = em.plan_mails(facts(), POLICY, ledger=(ledger_uses(3), state(3)))
     parts = mime_parts(mail.message)
