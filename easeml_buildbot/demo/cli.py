@@ -54,5 +54,4 @@ def _demo(args: argparse.Namespace) -> int:
         print("easeml demo: unexpected outcome for " + ", ".join(c.sha[:10] for c in wrong), file=sys.stderr)
     if result.ledger_agrees is False:
         print("easeml demo: the ledger disagrees with the announced results", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if wrong or result.ledger_agrees is False else 0
