@@ -27,22 +27,25 @@ def within_delta(failures: int, trials: int = TRIALS, delta: float = DELTA) -> b
 
 
 def one_var_trials(n: int, rng: np.random.Generator, use_decide: bool, method: str = "exact",
-                   trials: int = TRIALS) -> int:
-    """False passes over H models of true accuracy exactly 0.8 (the condition is false)."""
-    cond = parse_condition(ONE_VAR)
+                   trials: int = TRIALS, condition: str = ONE_VAR) -> int:
+    """False passes over H models whose true accuracy is exactly the threshold of a one-clause
+    condition on n (so the condition is false)."""
+    cond = parse_condition(condition)
+    (clause,) = cond.clauses
     plan = sample_size(cond, RELIABILITY, "none", H, method)
     y = np.ones(n, dtype=np.int8)
     failures = 0
     for _ in range(trials):
         wrong = False
         for _ in range(H):
-            pred = (rng.random(n) < 0.8).astype(np.int8)
+            pred = (rng.random(n) < clause.const).astype(np.int8)
             if use_decide:
                 v = decide(cond, y, pred, reliability=RELIABILITY, adaptivity="none", steps=H,
                            mode="fn-free", plan=plan)
                 wrong |= v.raw == "pass"
             else:  # the paper's rule with a claimed half-width eps: pass iff estimate - eps > C
-                wrong |= pred.mean() - 0.05 > 0.8
+                assert clause.op == ">"
+                wrong |= pred.mean() - clause.eps > clause.const
         failures += wrong
     return failures
 
@@ -62,19 +65,9 @@ def test_one_variable_failure_rate_below_delta(method: str) -> None:
 def test_less_than_clause_failure_rate_below_delta(method: str) -> None:
     """The mirror case: `n < 0.2 +/- 0.05` with true accuracy exactly 0.2 (false): a pass
     needs the estimate to undershoot."""
-    cond = parse_condition("n < 0.2 +/- 0.05")
-    plan = sample_size(cond, RELIABILITY, "none", H, method)
-    n = plan.labels
-    rng = np.random.default_rng(5)
-    y = np.ones(n, dtype=np.int8)
-    failures = 0
-    for _ in range(TRIALS):
-        wrong = False
-        for _ in range(H):
-            pred = (rng.random(n) < 0.2).astype(np.int8)
-            v = decide(cond, y, pred, reliability=RELIABILITY, adaptivity="none", steps=H, mode="fn-free", plan=plan)
-            wrong |= v.raw == "pass"
-        failures += wrong
+    cond = "n < 0.2 +/- 0.05"
+    n = sample_size(cond, RELIABILITY, "none", H, method).labels
+    failures = one_var_trials(n, np.random.default_rng(5), use_decide=True, method=method, condition=cond)
     assert within_delta(failures), failures / TRIALS
 
 
