@@ -128,14 +128,13 @@ def _port(preferred: int | None) -> int:
 
     if preferred == 0:
         return free_port()
-    for port in ([preferred] if preferred else [8010]):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                if preferred:
-                    raise DemoError(f"--port {preferred}: in use") from None
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred or 8010))
+            return preferred or 8010
+        except OSError:
+            if preferred:
+                raise DemoError(f"--port {preferred}: in use") from None
     return free_port()
 
 
