@@ -1,7 +1,8 @@
 """``easeml samples``, ``easeml check-config`` and ``easeml evaluate``.
 
 User errors (bad condition, bad config, unreadable input) print one clear message naming
-the file/line/field to stderr and return 2 (``evaluate``: 0 pass, 1 fail).
+the file/line/field to stderr and return 2 (``evaluate``: 0 pass, 1 fail), except
+``check-config``, whose answer is the validation itself: 0 valid, 1 invalid.
 """
 
 from __future__ import annotations
