@@ -270,7 +270,7 @@ def _collect(root: yaml.Node, data: Any, problems: _Problems) -> dict[str, tuple
     for key, value in data.items():
         line = lines.get(str(key))
         if key == "ml":
-            seq = next(v for k, v in root.value if k.value == "ml")
+            seq = [v for k, v in root.value if k.value == "ml"][-1]  # the node YAML kept (the last)
             if not isinstance(value, list):
                 problems.add(line, "ml", "the legacy form is a list of single-key maps ('- condition: ...')")
                 continue

@@ -124,6 +124,13 @@ def test_each_error_names_file_line_and_key(text: str, line: int, key: str, mess
     assert (int(m.group(1)), m.group(2)) == (line, key)
 
 
+def test_repeated_ml_key_is_checked_as_yaml_kept_it() -> None:
+    """YAML keeps the last of two 'ml:' keys; its entries are checked (with their own lines)
+    rather than crashing on, or zipping against, the first one's node."""
+    problems = _problems("ml: x\nml:\n  - condition: n > 0.5 +/- 0.1\n  - stepz: 3\n")
+    assert "base:.easeml.yml:2: key 'ml': appears more than once" in problems
+    assert any(p.startswith("base:.easeml.yml:4: key 'ml.stepz': unknown key") for p in problems), problems
+
 def test_every_problem_is_reported_at_once() -> None:
     problems = _problems("condtion: n > 0.5 +/- 0.1\nreliability: 2\nmode: maybe\nsteps: -1\n")
     assert len(problems) == 5  # 4 bad keys + the missing condition
