@@ -200,10 +200,9 @@ class PredictionCache:
 
     def put(self, commit: str, dataset_id: str, model: Mapping[str, Any], preds: np.ndarray) -> bool:
         """Store atomically; a cache that cannot be written only costs a rerun later."""
+        if self.get(commit, dataset_id, model, len(preds)) is not None:
+            return True  # a run at least as long is cached: keep it
         p = self._path(commit, dataset_id, model)
-        old = self.get(commit, dataset_id, model, 0)
-        if old is not None and len(old) >= len(preds):
-            return True
         arr = np.asarray(preds)
         if arr.dtype.kind == "O":
             arr = arr.astype(str)

@@ -107,6 +107,16 @@ def test_evaluate_scores_head_and_base_and_caches(digits_repo, service_keys, tmp
     assert np.array_equal(cached, digits_repo.base.predictions[:n])
 
 
+
+def test_cache_keeps_the_longer_run(tmp_path):
+    """A shorter run (a racing worker) never replaces a longer cached one: its prefix serves both."""
+    cache = PredictionCache(tmp_path / "cache")
+    assert cache.put("c0ffee", "ds", {}, np.arange(10))
+    assert cache.put("c0ffee", "ds", {}, np.arange(5))
+    assert np.array_equal(cache.get("c0ffee", "ds", {}, 10), np.arange(10))
+    assert cache.put("c0ffee", "ds", {}, np.arange(12))
+    assert np.array_equal(cache.get("c0ffee", "ds", {}, 12), np.arange(12))
+
 def test_unwritable_cache_does_not_fail_the_evaluation(digits_repo, service_keys, tmp_path):
     not_a_dir = tmp_path / "cache"
     not_a_dir.write_text("a file where the cache directory should be")
