@@ -384,10 +384,8 @@ def _split_csv(plain: Path, out: Path, label: str, rows: int | None, name: Path)
                     dst.write((",".join(names) + "\n").encode("utf-8"))
                     labels = _split_csv_fast(fh, dst, idx, len(header), rows)
                 return labels, names
-            except _NotSimple:
-                pass
-            except UnicodeDecodeError:
-                pass
+            except (_NotSimple, UnicodeDecodeError):
+                pass  # the csv module handles it, or names the line/byte that is wrong
     return _split_csv_slow(plain, out, label, rows, name)
 
 
