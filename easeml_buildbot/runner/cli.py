@@ -29,7 +29,7 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
 def _inspect(args: argparse.Namespace) -> int:
     from easeml_buildbot.runner.evaluate import inspect_repo
 
-    if not Path(args.repo, ".git").exists() and not Path(args.repo).is_dir():
+    if not Path(args.repo).is_dir():
         print(f"easeml worker inspect: --repo {args.repo}: not a directory", file=sys.stderr)
         return 2
     data = inspect_repo(args.repo, args.base, args.head)
