@@ -16,6 +16,7 @@ condition comes from a repository that may be hostile.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -159,8 +160,11 @@ class _Parser:
         end = m.end()
         if end < len(self.text) and (self.text[end].isalnum() or self.text[end] in "._"):
             raise self.error(f"malformed number '{self.text[self.pos:end + 1]}'")
+        value = float(m.group(0))
+        if not math.isfinite(value):  # 'inf' would neither mean anything nor parse back
+            raise self.error(f"number '{m.group(0)}' is out of range")
         self.pos = end
-        return float(m.group(0))
+        return value
 
     # -- grammar -----------------------------------------------------------------
     def condition(self) -> Condition:

@@ -79,6 +79,8 @@ INVALID = [
     ("n > 0.1 +- 0.1", 9, "expected '+/-'"),
     ("(n - o) > 0.1 +/- 0.1", 1, "expected a variable"),
     ("n > 0.1 +/- 0.1 /\\ /\\ o > 0.1 +/- 0.1", 20, "expected a variable"),
+    ("n > 1e400 +/- 0.1", 5, "out of range"),  # would print as 'inf', which does not parse back
+    ("1e999 * n > 0.1 +/- 0.1", 1, "out of range"),
 ]
 
 
