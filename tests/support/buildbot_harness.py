@@ -200,9 +200,9 @@ class BuildbotHarness:
             proc.wait()
 
     def _spawn(self, argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
-        out = open(cwd / "process.out", "ab")
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        with open(cwd / "process.out", "ab") as out:  # the child keeps its own descriptor
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
         self._procs.append(proc)
         return proc
 
@@ -210,24 +210,23 @@ class BuildbotHarness:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise HarnessError(f"process for {what} exited with {proc.returncode}:\n{self._tail(proc)}")
+                raise HarnessError(f"process for {what} exited with {proc.returncode}:\n{self._tail()}")
             try:
                 if cond():
                     return
             except (OSError, urllib.error.URLError, ValueError):
                 pass
             time.sleep(0.2)
-        raise HarnessError(f"timed out waiting for {what}:\n{self._tail(proc)}")
+        raise HarnessError(f"timed out waiting for {what}:\n{self._tail()}")
 
-    def _tail(self, proc: subprocess.Popen) -> str:
-        cwd = Path(proc.args[-1]) if "buildbot" in proc.args[0] else None
+    def _tail(self) -> str:
+        """The end of every process's output and log (the failing one may not be the culprit)."""
         texts = []
         for d in [self.master_dir, *self.worker_dirs]:
             for name in ("process.out", "twistd.log"):
                 p = d / name
                 if p.exists():
                     texts.append(f"--- {p}\n" + p.read_text(errors="replace")[-4000:])
-        del cwd
         return "\n".join(texts)
 
     def stop(self, timeout: float = 20) -> None:
@@ -294,7 +293,7 @@ class BuildbotHarness:
             if len(builds) >= count:
                 return builds
             if self.master_proc.poll() is not None:
-                raise HarnessError(f"master exited:\n{self._tail(self.master_proc)}")
+                raise HarnessError(f"master exited:\n{self._tail()}")
             time.sleep(0.3)
         raise HarnessError(f"only {len(builds)} of {count} builds completed in {timeout}s:\n"
                            f"{self.master_log()[-6000:]}")

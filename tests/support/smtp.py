@@ -13,7 +13,6 @@ import datetime
 import email
 import email.policy
 import ipaddress
-import socket
 import ssl
 import tempfile
 import threading
@@ -26,6 +25,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
+from support.buildbot_harness import free_port
+
 
 @dataclass
 class Received:
@@ -34,12 +35,6 @@ class Received:
     data: bytes
     message: EmailMessage = field(repr=False)
     authenticated_as: str | None = None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def self_signed_cert(directory: Path, host: str = "localhost") -> tuple[Path, Path]:
