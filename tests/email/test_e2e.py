@@ -35,48 +35,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore:Requiring AUTH
 
 OWNER, INTRUDER, ADDED = "owner@example.com", "intruder@evil.test", "added-by-pr@example.com"
 
-# master.cfg addition: the SMTP password goes through Buildbot's secrets machinery
-# (make_email_reporters(settings, c) registers the provider and passes util.Secret).
-SECRET_CFG = """
-# Workaround for Buildbot 4.3 writing REST responses from a thread (twisted/twisted#11625,
-# buildbot/buildbot#5107): a race corrupts the epoll reactor and the worker's PB connection is
-# then refused. Encode in the thread, write in the reactor. (The real fix belongs in configure.)
-from buildbot.www import rest as _rest
-from twisted.internet import reactor as _reactor, threads as _threads
-
-
-def _write_json_data(request, encoder, data):
-    body = "".join(encoder.iterencode(data)).encode()
-
-    def write():
-        if _rest._is_request_finished(request):
-            return
-        request.setHeader(b"content-length", str(len(body)).encode())
-        if request.method != b"HEAD":
-            request.write(body)
-
-    _threads.blockingCallFromThread(_reactor, write)
-
-
-_rest.V2RootResource._write_json_data = staticmethod(_write_json_data)
-
-from easeml_buildbot.master.email import EasemlMailNotifier, make_email_reporters
-_settings = Settings.load(os.environ.get("EASEML_SETTINGS") or os.path.join(basedir, "easeml.toml"))
-c["services"] = ([s for s in c["services"] if not isinstance(s, EasemlMailNotifier)]
-                 + make_email_reporters(_settings, c))
-"""
-
-
-class _Harness(BuildbotHarness):
-    """The shared harness, waiting patiently for the first API answer (a client that gives up
-    early makes the thread-write race in Buildbot's REST code more likely; see SECRET_CFG)."""
-
-    def _www_up(self) -> bool:
-        import urllib.request
-
-        with urllib.request.urlopen(self.www_url + "api/v2/builders", timeout=120) as r:
-            return r.status == 200
-
 
 def _git_ok() -> bool:
     return shutil.which("git") is not None and shutil.which("unshare") is not None
@@ -115,8 +73,8 @@ def test_mails_through_real_master_builds(tmp_path, service_keys):
         if service_keys.passphrase_file:
             worker_env["EASEML_WORKER_PASSPHRASE_FILE"] = str(service_keys.passphrase_file)
         env = {"EASEML_SMTP_ATTEMPTS": "3", "EASEML_SMTP_BACKOFF": "0.5", "EASEML_SMTP_TIMEOUT": "5"}
-        with _Harness(tmp_path / "bb", settings=settings, worker_env=worker_env, env=env,
-                      master_cfg_extra=SECRET_CFG) as bb:
+        # configure() makes the SMTP password a Buildbot secret (util.Secret) for the notifier
+        with BuildbotHarness(tmp_path / "bb", settings=settings, worker_env=worker_env, env=env) as bb:
             time.sleep(2)  # the poller's first run records the current head without building it
             # 1. a better model
             better = repo.commit_model(quality=0.95, branch="main")
