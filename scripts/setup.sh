@@ -17,6 +17,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || pkgs+=(postgresql)
   # `docker compose config` validates docker-compose.yml in tests/deploy (Debian's compose v1).
   command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || pkgs+=(docker-compose)
+  # npm fetches GitHub's REST description and webhook examples for the master's e2e tests.
+  command -v npm >/dev/null || pkgs+=(nodejs npm)
   if [ ${#pkgs[@]} -gt 0 ]; then
     log "installing system packages: ${pkgs[*]}"
     apt-get update -qq
