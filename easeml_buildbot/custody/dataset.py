@@ -17,7 +17,6 @@ import csv
 import hashlib
 import io
 import json
-import logging
 import os
 import zipfile
 from collections.abc import Iterator
@@ -31,8 +30,6 @@ from easeml_buildbot.custody.gpghome import (
     MIN_S2K_COUNT, on_tmpfs, overwrite_file, private_tmpdir, remove_tree, secure_tmp_base, sweep_stale,
     temporary_gpg,
 )
-
-log = logging.getLogger(__name__)
 
 FORMATS = ("csv", "jsonl", "npz")
 _EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".npz": "npz"}
