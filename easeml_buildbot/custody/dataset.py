@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import os
+import shutil
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -578,14 +578,10 @@ def write_decrypted(ds: DecryptedDataset, out_dir: str | os.PathLike[str]) -> tu
     feats = out / f"features.{ds.format}"
     labels = out / ("labels.npy" if ds.format == "npz" else "labels.txt")
     with open(ds.features_path, "rb") as src, _open_private(feats, "wb") as dst:
-        while chunk := src.read(1 << 20):
-            dst.write(chunk)
+        shutil.copyfileobj(src, dst, 1 << 20)
     with _open_private(labels, "wb") as dst:
         if ds.format == "npz":
             np.save(dst, ds.labels, allow_pickle=False)
         else:
-            text = io.StringIO()
-            for v in ds.labels.tolist():
-                text.write(f"{v}\n")
-            dst.write(text.getvalue().encode("utf-8"))
+            dst.write("".join(f"{v}\n" for v in ds.labels.tolist()).encode("utf-8"))
     return feats, labels
