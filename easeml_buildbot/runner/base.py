@@ -95,7 +95,7 @@ class Limits:
     log_bytes: int = 64 << 10        # bytes of build log and of run log kept (head + tail)
     user: str = "65534:65534"        # the user the model runs as when the image names none
 
-    # name in the environment / in the repo's model: section -> (field, parser)
+    # operator environment variable -> field (the repo's model: section uses the field names)
     _ENV = {
         "EASEML_MEMORY": "memory", "EASEML_CPUS": "cpus", "EASEML_PIDS": "pids",
         "EASEML_TIMEOUT": "timeout", "EASEML_BUILD_TIMEOUT": "build_timeout",
