@@ -13,6 +13,7 @@ docker-compose and the tests all run the same configuration.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 from easeml_buildbot.master.settings import (GitHubSettings, LocalSettings, Settings, SettingsError,
@@ -23,6 +24,8 @@ __all__ = ["configure", "Settings", "SettingsError", "WorkerSettings", "GitHubSe
 
 BUILDER_NAME = "easeml"
 _apps: dict[tuple, Any] = {}
+_ledgers: dict[str, Any] = {}
+_ledgers_lock = threading.Lock()
 
 
 def app_for(settings: Settings):
@@ -36,6 +39,18 @@ def app_for(settings: Settings):
                                seconds_between_requests=settings.github.seconds_between_requests,
                                seconds_between_writes=settings.github.seconds_between_writes)
     return _apps[key]
+
+
+def ledger_for(url: str):
+    """One Ledger (one SQLAlchemy engine) per URL per master process: build steps and mail
+    share it, from reactor threads."""
+    from easeml_buildbot.custody.ledger import Ledger
+
+    with _ledgers_lock:
+        led = _ledgers.get(url)
+        if led is None:
+            led = _ledgers[url] = Ledger(url)
+        return led
 
 
 def configure(c: dict[str, Any], settings: Settings) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from twisted.python import log as twlog
 
 from easeml_buildbot.custody.policy import developer_may_see
 from easeml_buildbot.master import chart as chart_module
+from easeml_buildbot.master import ledger_for
 
 logger = logging.getLogger(__name__)
 
@@ -652,19 +653,11 @@ def _int(value: Any) -> int | None:
 
 def read_ledger(ledger_url: str, repo: str, dataset_id: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The test set's uses (oldest first, as dicts with ``result`` parsed) and its state."""
-    from easeml_buildbot.custody.ledger import Ledger
-
-    led = Ledger(ledger_url)
-    try:
-        uses = [_as_dict(u) for u in led.uses(repo, dataset_id)]
-        for u in uses:
-            u["result"] = _result_of(u)
-        state = _as_dict(led.state(repo, dataset_id))
-    finally:
-        close = getattr(led, "close", None) or getattr(led, "dispose", None)
-        if callable(close):
-            close()
-    return uses, state
+    led = ledger_for(ledger_url)  # the master's own: no engine and schema check per mail
+    uses = [_as_dict(u) for u in led.uses(repo, dataset_id)]
+    for u in uses:
+        u["result"] = _result_of(u)
+    return uses, _as_dict(led.state(repo, dataset_id))
 
 
 def evaluation_from(use: Mapping[str, Any], state: Mapping[str, Any],

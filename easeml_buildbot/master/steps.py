@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +18,8 @@ from twisted.internet import defer, threads
 from buildbot.process import buildstep
 from buildbot.process.results import FAILURE, SKIPPED, SUCCESS, WARNINGS
 
+from easeml_buildbot.master import ledger_for
 from easeml_buildbot.master.accepted import get_accepted, set_accepted
-
-_ledgers: dict[str, Any] = {}
-_ledgers_lock = threading.Lock()
-
-
-def ledger_for(url: str):
-    """One Ledger (one SQLAlchemy engine) per URL per master process."""
-    from easeml_buildbot.custody.ledger import Ledger
-
-    with _ledgers_lock:
-        led = _ledgers.get(url)
-        if led is None:
-            led = _ledgers[url] = Ledger(url)
-        return led
-
 
 def evaluating(step: buildstep.BuildStep) -> bool:
     """doStepIf: nothing has decided the build's outcome yet."""
