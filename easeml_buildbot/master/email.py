@@ -1127,6 +1127,7 @@ class EasemlMailNotifier(MailNotifier):
         result = defer.Deferred()
         use_auth = bool(self.smtpUser and self.smtpPassword)
         data = unicode2bytes(m.as_string())
+        tls = self._tls_options()  # reads ca_file: once per mail, for STARTTLS and SMTPS alike
         factory = ESMTPSenderFactory(
             unicode2bytes(self.smtpUser) if self.smtpUser else None,
             unicode2bytes(self.smtpPassword) if self.smtpPassword else None,
@@ -1139,11 +1140,11 @@ class EasemlMailNotifier(MailNotifier):
             requireTransportSecurity=self.useTls,
             requireAuthentication=use_auth,
             hostname=self.relayhost if self.useTls or use_auth else None,
-            contextFactory=self._tls_options(),
+            contextFactory=tls,
         )
         r = getattr(self.master, "reactor", None) or reactor
         if self.useSmtps:
-            r.connectSSL(self.relayhost, self.smtpPort, factory, self._tls_options())
+            r.connectSSL(self.relayhost, self.smtpPort, factory, tls)
         else:
             r.connectTCP(self.relayhost, self.smtpPort, factory, timeout=self.timeout)
         return result
