@@ -339,7 +339,13 @@ def sample_size(
             f"method '{method}' does not apply to this condition: it needs a clause 'd < p +/- eps' "
             "and a clause on 'n - o' (valid here: " + ", ".join(valid) + ")"
         )
-    plans = {m: _plan(cond, m, log_use, labelling) for m in (valid if method == "auto" else (method,))}
+    try:
+        plans = {m: _plan(cond, m, log_use, labelling) for m in (valid if method == "auto" else (method,))}
+    except (OverflowError, ZeroDivisionError, MemoryError) as exc:
+        # eps near 0 or a huge coefficient: no finite test set decides the condition
+        raise SampleSizeError(
+            f"'{cond}' needs more samples than can be computed ({exc.__class__.__name__}): "
+            "widen a tolerance (+/- eps) or use smaller coefficients") from None
     chosen = min(plans, key=lambda m: (plans[m][0], plans[m][1], valid.index(m)))
     labels, unlabeled, sizes = plans[chosen]
     return SampleSize(

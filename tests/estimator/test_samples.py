@@ -221,3 +221,10 @@ def test_exact_plan_for_huge_steps_needs_no_saw_tooth_scan() -> None:
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert p.returncode == 0, p.stderr[-2000:]
     assert int(p.stdout) < sample_size("n > 0.8 +/- 0.05", 0.9999, "full", 10**8, "hoeffding").labels
+
+
+@pytest.mark.parametrize("condition", ["1e300 * n > 0.5 +/- 0.1", "n > 0.5 +/- 1e-200"])
+def test_uncomputable_sizes_are_a_clear_error(condition):
+    """Overflow or division by zero inside a bound is the user's tolerance, not a crash."""
+    with pytest.raises(SampleSizeError, match="needs more samples than can be computed"):
+        sample_size(condition, 0.9999, "full", 32)
