@@ -77,7 +77,7 @@ class CheckRunReporter(ReporterBase):
             return
         run = self._runs.get(brid)
         if run is None:
-            run = yield threads.deferToThread(self.app.find_check_run, inst, repo, None, self.check_name, sha)
+            run = yield threads.deferToThread(self.app.find_check_run, inst, repo, self.check_name, sha)
             if run is None:
                 run = yield threads.deferToThread(
                     self.app.create_check_run, inst, repo, name=self.check_name, head_sha=sha,

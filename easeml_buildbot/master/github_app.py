@@ -110,13 +110,10 @@ class GitHubApp:
             kwargs["output"] = output
         return self.repo(installation_id, full_name).create_check_run(**kwargs)
 
-    def find_check_run(self, installation_id: int, full_name: str, check_run_id: int | None,
-                       name: str, head_sha: str) -> CheckRun | None:
-        repo = self.repo(installation_id, full_name)
-        if check_run_id:
-            return repo.get_check_run(check_run_id)
-        runs = list(repo.get_commit(head_sha).get_check_runs(check_name=name))
-        return runs[0] if runs else None
+    def find_check_run(self, installation_id: int, full_name: str, name: str, head_sha: str) -> CheckRun | None:
+        """A check run ``name`` on ``head_sha`` (for a reporter that lost track of its run)."""
+        runs = self.repo(installation_id, full_name).get_commit(head_sha).get_check_runs(check_name=name)
+        return next(iter(runs), None)
 
     def update_check_run(self, run: CheckRun, **fields: Any) -> None:
         run.edit(**{k: v for k, v in fields.items() if v is not None})

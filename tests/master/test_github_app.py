@@ -57,7 +57,7 @@ def test_check_run_calls_validate_against_openapi(sim):
     app.update_check_run(run, status="in_progress")
     app.update_check_run(run, status="completed", conclusion="neutral",
                          output={"title": "t", "summary": "s"})
-    found = app.find_check_run(5, "o/r", None, "easeml/ci", "a" * 40)
+    found = app.find_check_run(5, "o/r", "easeml/ci", "a" * 40)
     assert found is not None and found.id == run.id and found.conclusion == "neutral"
     assert sim.errors() == []
     assert [v for v, _ in sim.check_run_calls("o/r")] == ["create", "update", "update"]
