@@ -21,12 +21,7 @@ from buildbot.reporters.message import MessageFormatterRenderable
 from buildbot.process.results import RETRY
 
 from easeml_buildbot.master.github_app import utcnow
-from easeml_buildbot.master.status import outcome_for
-
-
-def _prop(build: dict[str, Any], name: str) -> Any:
-    v = (build.get("properties") or {}).get(name)
-    return v[0] if isinstance(v, (list, tuple)) else v
+from easeml_buildbot.master.status import build_properties, outcome_for
 
 
 class CheckRunReporter(ReporterBase):
@@ -61,9 +56,8 @@ class CheckRunReporter(ReporterBase):
 
     @defer.inlineCallbacks
     def _report(self, phase: str, build: dict[str, Any]):
-        repo = _prop(build, "easeml_repo")
-        inst = _prop(build, "easeml_installation_id")
-        sha = _prop(build, "easeml_head_sha")
+        props = build_properties(build)
+        repo, inst, sha = props.get("easeml_repo"), props.get("easeml_installation_id"), props.get("easeml_head_sha")
         if not (repo and inst and sha):
             return  # not a GitHub App build (local forge, forced build)
         brid = build.get("buildrequestid") or (build.get("buildrequest") or {}).get("buildrequestid")

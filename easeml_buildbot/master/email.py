@@ -50,6 +50,7 @@ from twisted.python import log as twlog
 from easeml_buildbot.custody.policy import developer_may_see
 from easeml_buildbot.master import chart as chart_module
 from easeml_buildbot.master import ledger_for
+from easeml_buildbot.master.status import build_properties
 
 logger = logging.getLogger(__name__)
 
@@ -664,7 +665,7 @@ def evaluation_from(use: Mapping[str, Any], state: Mapping[str, Any],
                     config: Mapping[str, Any] | None = None) -> Evaluation:
     """Owner-visible facts of one ledger use: only named aggregate fields are read."""
     result = _result_of(use)
-    verdict = result.get("verdict") if isinstance(result.get("verdict"), Mapping) else result
+    verdict = chart_module.verdict_of(result)
     cfg = result.get("config") if isinstance(result.get("config"), Mapping) else {}
     sources = (verdict, result, cfg, config or {}, use, state)
     estimates = {k: _float(v) for k, v in (verdict.get("estimates") or {}).items()}
@@ -887,7 +888,7 @@ def _prop(props: Mapping[str, Any], *names: str) -> Any:
 def facts_from_build(build: Mapping[str, Any], build_url: str | None, users: Sequence[str],
                      policy: MailPolicy) -> BuildFacts:
     """Read the easeml_* properties (and Buildbot's own) of a finished build."""
-    props = {k: v[0] for k, v in (build.get("properties") or {}).items()}
+    props = build_properties(build)
     ss = ((build.get("buildset") or {}).get("sourcestamps") or [{}])[0] or {}
     branch = _prop(props, "branch") or ss.get("branch")
     pr = _prop(props, "easeml_pr", "github.number", "pr_number")

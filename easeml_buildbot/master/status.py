@@ -23,13 +23,14 @@ class Outcome:
     summary: str  # Markdown
 
 
-def _props(build: Mapping[str, Any]) -> dict[str, Any]:
+def build_properties(build: Mapping[str, Any]) -> dict[str, Any]:
+    """``{name: value}`` of a build dict's ``properties`` (Buildbot keeps ``(value, source)``)."""
     return {k: v[0] if isinstance(v, (list, tuple)) else v for k, v in (build.get("properties") or {}).items()}
 
 
 def outcome_for(build: Mapping[str, Any]) -> Outcome:
     """Map a completed build dict (with properties) to the check run's conclusion and text."""
-    p = _props(build)
+    p = build_properties(build)
     status = p.get("easeml_status") or "infra_error"
     cause = p.get("easeml_cause") or ""
     lines = _facts(p)
@@ -109,7 +110,7 @@ def _code(text: str) -> str:
 
 def console_line(build: Mapping[str, Any]) -> str:
     """One log line per finished build for the local forge (no accuracies, ever)."""
-    p = _props(build)
+    p = build_properties(build)
     o = outcome_for(build)
     return (f"easeml: {p.get('easeml_repo', '?')}@{str(p.get('easeml_head_sha') or p.get('got_revision') or '?')[:12]} "
             f"status={p.get('easeml_status', 'infra_error')} verdict={o.conclusion} "
