@@ -87,12 +87,10 @@ def thresholds_from_condition(condition: Any) -> tuple[Threshold, ...]:
     return tuple(out)
 
 
-def _verdict_of(result: Mapping[str, Any]) -> Mapping[str, Any]:
-    for key in ("verdict",):
-        inner = result.get(key)
-        if isinstance(inner, Mapping):
-            return inner
-    return result
+def verdict_of(result: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The verdict in a ledger ``result`` (worker JSON with ``verdict``, or a bare verdict)."""
+    inner = result.get("verdict")
+    return inner if isinstance(inner, Mapping) else result
 
 
 def _pair(value: Any) -> tuple[float, float] | None:
@@ -126,7 +124,7 @@ def use_points(uses: Sequence[Mapping[str, Any]]) -> list[UsePoint]:
         result = use.get("result", use) if isinstance(use, Mapping) else {}
         if not isinstance(result, Mapping):
             continue
-        verdict = _verdict_of(result)
+        verdict = verdict_of(result)
         raw_est = verdict.get("estimates") or {}
         estimates = {k: v for k, v in ((k, _number(v)) for k, v in raw_est.items()) if v is not None}
         if not estimates:
