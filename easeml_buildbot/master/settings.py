@@ -160,16 +160,16 @@ class Settings:
             webhook_secret=secret(gh, "webhook_secret", "github"),
             api_url=str(gh.get("api_url", GitHubSettings.api_url)).rstrip("/"),
             check_name=str(gh.get("check_name", GitHubSettings.check_name)),
-            token_refresh_margin=int(gh.get("token_refresh_margin", 300)),
-            seconds_between_requests=float(gh.get("seconds_between_requests", 0.25)),
-            seconds_between_writes=float(gh.get("seconds_between_writes", 1.0)),
+            token_refresh_margin=int(gh.get("token_refresh_margin", GitHubSettings.token_refresh_margin)),
+            seconds_between_requests=float(gh.get("seconds_between_requests", GitHubSettings.seconds_between_requests)),
+            seconds_between_writes=float(gh.get("seconds_between_writes", GitHubSettings.seconds_between_writes)),
         )
         lo = dict(data.get("local", {}))
         local = LocalSettings(
             repo=path_of(lo.get("repo")) or "",
-            branch=str(lo.get("branch", "main")),
-            poll_interval=int(lo.get("poll_interval", 10)),
-            project=str(lo.get("project", "local/demo")),
+            branch=str(lo.get("branch", LocalSettings.branch)),
+            poll_interval=int(lo.get("poll_interval", LocalSettings.poll_interval)),
+            project=str(lo.get("project", LocalSettings.project)),
         )
         sm = dict(data.get("smtp", {}))
         smtp_known = {f.name for f in fields(SmtpSettings)} | {"password_file"}
@@ -177,9 +177,9 @@ class Settings:
         if smtp_unknown:
             raise SettingsError(f"{source}: smtp: unknown key(s) {', '.join(smtp_unknown)}"
                                 f" (known: {', '.join(sorted(smtp_known))})")
-        port = int(sm.get("port", 25))
+        port = int(sm.get("port", SmtpSettings.port))
         smtp = SmtpSettings(
-            host=str(sm.get("host", "localhost")), port=port,
+            host=str(sm.get("host", SmtpSettings.host)), port=port,
             tls=tls_mode(sm.get("tls", False), port, source), user=str(sm.get("user", "")),
             password=secret(sm, "password", "smtp"),
             from_addr=str(sm.get("from_addr", SmtpSettings.from_addr)),
@@ -200,7 +200,7 @@ class Settings:
         if isinstance(domains, str):
             domains = [d.strip() for d in domains.split(",") if d.strip()]
         s = cls(
-            forge=str(data.get("forge", "github")),
+            forge=str(data.get("forge", cls.forge)),
             title=str(data.get("title", cls.title)),
             buildbot_url=str(data.get("buildbot_url", cls.buildbot_url)),
             www_port=int(data.get("www_port", cls.www_port)),
