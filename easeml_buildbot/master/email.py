@@ -607,27 +607,16 @@ def note_mail(facts: BuildFacts, title: str, text: str) -> EmailMessage:
 # --------------------------------------------------------------------------- ledger
 
 
-def _as_dict(obj: Any) -> dict[str, Any]:
-    if obj is None:
+def _as_dict(record: Any) -> dict[str, Any]:
+    """A ledger ``UseRecord``/``LedgerEntry`` (frozen dataclasses; None: no state) as a dict."""
+    if record is None:
         return {}
-    if isinstance(obj, Mapping):
-        return dict(obj)
-    if dataclasses.is_dataclass(obj):
-        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-    if hasattr(obj, "_asdict"):
-        return dict(obj._asdict())
-    return {k: v for k, v in vars(obj).items() if not k.startswith("_")}
+    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
 
 
 def _result_of(use: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The use's ``result`` JSON (the ledger's JSON column gives a dict), or {} when none."""
     result = use.get("result")
-    if isinstance(result, str):
-        import json
-
-        try:
-            result = json.loads(result)
-        except ValueError:
-            result = None
     return result if isinstance(result, Mapping) else {}
 
 
