@@ -98,13 +98,11 @@ class MailPolicy:
         if isinstance(domains, str):
             domains = [d for d in re.split(r"[\s,]+", domains) if d]
         return cls(
-            sender=str(_get(smtp, "sender", None) or _get(smtp, "from_addr", None)
-                       or _get(settings, "email_from", None) or cls.sender),
+            sender=str(_get(smtp, "from_addr", None) or cls.sender),
             operator=_get(settings, "operator_email", None) or None,
             allowed_domains=tuple(str(d).lower().lstrip("@") for d in domains),
             ledger_url=_get(settings, "ledger_url", None),
             notify_author=bool(_get(settings, "email_pr_author", True)),
-            public_key=str(_get(settings, "public_key_name", None) or DEFAULT_PUBLIC_KEY),
             buildbot_url=_get(settings, "buildbot_url", None),
             web_url=_web_url(settings),
         )
@@ -151,9 +149,6 @@ class SmtpTransport:
 
 def _web_url(settings: Any) -> str:
     """github.com for api.github.com; ``https://host`` for GitHub Enterprise's ``/api/v3``."""
-    explicit = _get(settings, "github_web_url", None)
-    if explicit:
-        return str(explicit).rstrip("/")
     api = str(_get(_get(settings, "github", None), "api_url", "") or "")
     m = re.match(r"(https?://)([^/]+)(/api/v3)?/?$", api)
     if not m or m.group(2) == "api.github.com":
@@ -880,33 +875,31 @@ def facts_from_build(build: Mapping[str, Any], build_url: str | None, users: Seq
     props = build_properties(build)
     ss = ((build.get("buildset") or {}).get("sourcestamps") or [{}])[0] or {}
     branch = _prop(props, "branch") or ss.get("branch")
-    pr = _prop(props, "easeml_pr", "github.number", "pr_number")
+    pr = _prop(props, "easeml_pr")
     if pr is None and branch:
         m = _PR_REF.search(str(branch))
         pr = m.group(1) if m else None
-    repo = str(_prop(props, "easeml_repo", "repository_name", "project") or ss.get("project") or "unknown")
+    repo = str(_prop(props, "easeml_repo", "project") or ss.get("project") or "unknown")
     pr_number = _int(pr)
-    pr_url = _prop(props, "easeml_pr_url", "pullrequesturl")
-    if pr_url is None and pr_number is not None and "/" in repo:
-        pr_url = f"{policy.web_url}/{repo}/pull/{pr_number}"
-    owners = _prop(props, "easeml_email", "easeml_recipients") or ()
+    pr_url = f"{policy.web_url}/{repo}/pull/{pr_number}" if pr_number is not None and "/" in repo else None
+    owners = _prop(props, "easeml_email") or ()
     if isinstance(owners, str):
         owners = [a for a in re.split(r"[\s,;]+", owners) if a]
     author = _prop(props, "easeml_author_email")
     if author is None:
         emails = [u for u in users if isinstance(u, str) and "@" in parseaddr(u)[1]]
         author = emails[0] if emails else None
-    config = dict(_prop(props, "easeml_config") or {})
+    config: dict[str, Any] = {}
     for prop, key in (("easeml_condition", "condition"), ("easeml_adaptivity", "adaptivity"),
                       ("easeml_reliability", "reliability"), ("easeml_steps", "steps"),
                       ("easeml_mode", "mode"), ("easeml_dataset_path", "dataset"),
                       ("easeml_samples_needed", "samples_needed"),
                       ("easeml_uses_left", "uses_left"), ("easeml_retired", "retired")):
         if props.get(prop) is not None:
-            config.setdefault(key, props[prop])
+            config[key] = props[prop]
     return BuildFacts(
         repo=repo,
-        sha=str(_prop(props, "easeml_sha", "easeml_head_sha", "got_revision", "revision") or ss.get("revision") or ""),
+        sha=str(_prop(props, "easeml_head_sha", "got_revision", "revision") or ss.get("revision") or ""),
         status=_prop(props, "easeml_status"),
         results=build.get("results"),
         pr_number=pr_number,
