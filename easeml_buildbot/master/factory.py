@@ -34,7 +34,7 @@ def _has_base_ref(step: Any) -> bool:
 
 @util.renderer
 def _inspect_cmd(props: Any) -> str:
-    head = props.getProperty("got_revision") or props.getProperty("revision") or "HEAD"
+    head = es.head_revision(props) or "HEAD"
     base = props.getProperty("easeml_base_sha")
     return (f"mkdir -p {OUT} && easeml worker inspect --repo . --base {shlex.quote(str(base))} "
             f"--head {shlex.quote(str(head))} --out {OUT}/inspect.json")
@@ -102,7 +102,7 @@ class GitFetchRef(InstallationTokenAuth, GitPush):
 def _evaluate_cmd(runner: str):
     @util.renderer
     def render(props: Any) -> str:
-        head = props.getProperty("got_revision") or props.getProperty("revision")
+        head = es.head_revision(props)
         base = props.getProperty("easeml_base_sha")
         return (
             f"mkdir -p {OUT} && exec easeml worker evaluate --repo . --head {shlex.quote(str(head))} "

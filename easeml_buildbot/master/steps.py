@@ -30,6 +30,11 @@ def has_open_use(step: buildstep.BuildStep) -> bool:
     return bool(step.build.getProperty("easeml_use_id")) and not step.build.getProperty("easeml_use_closed")
 
 
+def head_revision(props: Any) -> str | None:
+    """The commit under evaluation: what the checkout got, else what was asked for."""
+    return props.getProperty("got_revision") or props.getProperty("revision")
+
+
 def private_path(results_dir: str, build_props: Any, name: str) -> str:
     return os.path.join(results_dir, f"{build_props.getProperty('buildername')}-"
                                      f"{build_props.getProperty('buildnumber')}-{name}")
@@ -186,7 +191,7 @@ class ReserveUse(_MasterStep):
         kwargs = dict(repo=self.getProperty("easeml_repo"), dataset_id=self.getProperty("easeml_dataset_id"),
                       steps=int(self.getProperty("easeml_steps") or 1),
                       adaptivity=self.getProperty("easeml_adaptivity") or "none",
-                      commit=self.getProperty("got_revision") or self.getProperty("revision"),
+                      commit=head_revision(self),
                       build=url, condition=str(self.getProperty("easeml_condition") or ""))
         try:
             r = yield threads.deferToThread(led.reserve, **kwargs)
@@ -217,7 +222,7 @@ class ReserveUse(_MasterStep):
         from easeml_buildbot.custody.policy import developer_may_see
 
         repo, dataset = self.getProperty("easeml_repo"), self.getProperty("easeml_dataset_id")
-        head = self.getProperty("got_revision") or self.getProperty("revision")
+        head = head_revision(self)
         base = self.getProperty("easeml_base_sha")
         uses = yield threads.deferToThread(led.uses, repo, dataset, include_released=False)
         prior = [u for u in uses if u.state == "committed" and u.commit == head
@@ -306,7 +311,7 @@ class RecordAccepted(_MasterStep):
         if getattr(self.build, "easeml_outcome", None) != "pass":
             yield self.note("not accepted: the verdict was not pass")
             return SKIPPED
-        sha = self.getProperty("got_revision") or self.getProperty("revision")
+        sha = head_revision(self)
         yield set_accepted(self.master, self.getProperty("easeml_repo"), sha, self.getProperty("branch") or "")
         yield self.note(f"{sha} is now the accepted model")
         return SUCCESS
