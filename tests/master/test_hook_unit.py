@@ -1,11 +1,15 @@
-"""Pure parts of the webhook dialect: signatures, skip markers, delivery de-duplication."""
+"""The webhook dialect without a master: signatures, skip markers, delivery de-duplication."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import io
+import json
+import types
 
 import pytest
+from twisted.internet import defer
 
 from easeml_buildbot.master.hook import DeliveryLog, SignatureError, has_skip, verify_signature
 
@@ -55,8 +59,6 @@ def test_delivery_log_is_bounded_and_forgets_on_request():
 
 class _Request:
     def __init__(self, body: bytes, headers: dict[bytes, bytes]):
-        import io
-
         self.content = io.BytesIO(body)
         self._headers = headers
 
@@ -65,59 +67,54 @@ class _Request:
 
 
 class _FlakyState:
-    """Buildbot's state table (the accepted model) that fails its first ``failures`` reads."""
+    """Buildbot's state table (the accepted model) that fails its next ``failures`` reads."""
 
-    def __init__(self, failures: int):
-        self.failures = failures
+    failures = 0
 
     def getObjectId(self, *names):
-        from twisted.internet import defer
-
         if self.failures:
             self.failures -= 1
             return defer.fail(RuntimeError("database is locked"))
         return defer.succeed(1)
 
     def getState(self, oid, name, default=None):
-        from twisted.internet import defer
-
         return defer.succeed(default)
 
 
-def test_a_delivery_that_failed_is_scheduled_when_github_redelivers_it():
+REPO = {"id": 7, "full_name": "o/r", "clone_url": "https://github.com/o/r.git"}
+PR_SYNC = {"action": "synchronize", "repository": REPO, "installation": {"id": 5},
+           "pull_request": {"number": 3, "title": "t", "head": {"sha": "a" * 40},
+                            "base": {"ref": "main", "sha": "b" * 40}}}
+SUITE = {"action": "requested", "repository": REPO, "installation": {"id": 5},
+         "check_suite": {"head_sha": "c" * 40, "head_commit": {"message": "m"},
+                         "pull_requests": [{"number": 4, "url": "u",
+                                            "base": {"ref": "main", "sha": "b" * 40, "repo": {"id": 7}}}]}}
+
+
+@pytest.mark.parametrize("event, payload, sha", [("pull_request", PR_SYNC, "a" * 40),
+                                                 ("check_suite", SUITE, "c" * 40)])
+def test_a_delivery_that_failed_is_scheduled_when_github_redelivers_it(event, payload, sha):
     """The first attempt breaks after the head was claimed; the redelivery (same delivery id)
     must still schedule the build, not be taken for a duplicate of the failed attempt."""
-    import json
-    import types
-
     from easeml_buildbot.master.hook import GitHubAppHook
     from easeml_buildbot.master.settings import Settings
 
-    settings = Settings.from_dict({"forge": "local", "local": {"repo": "/x"},
-                                   "github": {"webhook_secret": "s"}})
-    master = types.SimpleNamespace(db=types.SimpleNamespace(state=_FlakyState(failures=1)))
-    hook = GitHubAppHook(master, {"settings": settings, "app": None})
-    repo = {"id": 7, "full_name": "o/r", "clone_url": "https://github.com/o/r.git"}
-    for event, sha, payload in (
-            ("pull_request", "a" * 40, {"action": "synchronize", "repository": repo, "installation": {"id": 5},
-                              "pull_request": {"number": 3, "title": "t", "head": {"sha": "a" * 40},
-                                               "base": {"ref": "main", "sha": "b" * 40}}}),
-            ("check_suite", "c" * 40, {"action": "requested", "repository": repo, "installation": {"id": 5},
-                             "check_suite": {"head_sha": "c" * 40, "head_commit": {"message": "m"},
-                                             "pull_requests": [{"number": 4, "url": "u",
-                                                                "base": {"ref": "main", "sha": "b" * 40,
-                                                                         "repo": {"id": 7}}}]}})):
-        body = json.dumps(payload).encode()
-        headers = {b"X-Hub-Signature-256": sign("s", body).encode(), b"X-GitHub-Event": event.encode(),
-                   b"X-GitHub-Delivery": f"delivery-{event}".encode(), b"Content-Type": b"application/json"}
-        master.db.state.failures = 1
-        failures = []
-        hook.getChanges(_Request(body, headers)).addErrback(failures.append)
-        assert len(failures) == 1 and "database is locked" in str(failures[0].value)
-        results = []
-        hook.getChanges(_Request(body, headers)).addCallback(results.append)
-        (changes, _), = results
-        assert [c["revision"] for c in changes] == [sha]
-        results.clear()  # a third delivery of the same head: a duplicate now
-        hook.getChanges(_Request(body, {**headers, b"X-GitHub-Delivery": b"another"})).addCallback(results.append)
-        assert results == [([], "git")]
+    settings = Settings.from_dict({"forge": "local", "local": {"repo": "/x"}, "github": {"webhook_secret": "s"}})
+    state = _FlakyState()
+    hook = GitHubAppHook(types.SimpleNamespace(db=types.SimpleNamespace(state=state)),
+                         {"settings": settings, "app": None})
+    body = json.dumps(payload).encode()
+    headers = {b"X-Hub-Signature-256": sign("s", body).encode(), b"X-GitHub-Event": event.encode(),
+               b"X-GitHub-Delivery": b"delivery-1", b"Content-Type": b"application/json"}
+
+    def deliver(headers):
+        out = []
+        hook.getChanges(_Request(body, headers)).addBoth(out.append)
+        return out[0]
+
+    state.failures = 1
+    failed = deliver(headers)
+    assert "database is locked" in str(failed.value)
+    changes, _ = deliver(headers)  # GitHub's redelivery
+    assert [c["revision"] for c in changes] == [sha]
+    assert deliver({**headers, b"X-GitHub-Delivery": b"delivery-2"}) == ([], "git")  # same head again
