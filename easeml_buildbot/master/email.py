@@ -282,6 +282,12 @@ _HTML_LINKS = """<p>
 </p>
 """
 
+_TEXT_LINKS = """{% if f.pr_url %}Pull request: {{ f.pr_url }}
+{% endif %}
+{% if f.build_url %}Build:        {{ f.build_url }}
+{% endif %}
+"""
+
 EVALUATION_HTML = _HTML_HEAD + """<h2 style="margin:0 0 8px 0">{{ f.repo }}{% if f.pr_number %} #{{ f.pr_number }}{% endif %}
  <span style="font-family:monospace">{{ f.short_sha }}</span>:
 <span style="color:#fff;background:{{ badge }};padding:2px 8px;border-radius:4px">{{ e.outcome|upper }}</span></h2>
@@ -334,11 +340,7 @@ Estimates:
   {{ name }} = {{ est }}  interval {{ ivl }}  ({{ label }})
 {% endfor %}
 
-{% if f.pr_url %}Pull request: {{ f.pr_url }}
-{% endif %}
-{% if f.build_url %}Build:        {{ f.build_url }}
-{% endif %}
-{% if e.retired or e.uses_left == 0 %}
+""" + _TEXT_LINKS + """{% if e.retired or e.uses_left == 0 %}
 
 This test set is now {{ 'retired' if e.retired else 'exhausted' }}. A separate mail explains how to provide a new one.
 {% endif %}
@@ -368,11 +370,7 @@ on its hidden test set: {{ outcome }}.
 Only the outcome is shared with authors: estimates stay with the repository owners so the
 test set can be reused without overfitting to it.
 
-{% if f.pr_url %}Pull request: {{ f.pr_url }}
-{% endif %}
-{% if f.build_url %}Build:        {{ f.build_url }}
-{% endif %}
-"""
+""" + _TEXT_LINKS
 
 EXHAUSTION_HTML = _HTML_HEAD + """<h2 style="margin:0 0 8px 0">{{ f.repo }}: {{ 'there is no test set yet' if state == 'missing' else 'the test set is ' + state + ', a new one is needed' }}</h2>
 <p>{{ why }}</p>
@@ -403,11 +401,7 @@ Encrypt it with the service's public key and commit it to the base branch:
 Keep the plain file {{ plain }} out of the repository. The service decrypts the test set
 only on its workers; models never see the labels.
 
-{% if f.pr_url %}Pull request: {{ f.pr_url }}
-{% endif %}
-{% if f.build_url %}Build:        {{ f.build_url }}
-{% endif %}
-"""
+""" + _TEXT_LINKS
 
 OPERATOR_HTML = _HTML_HEAD + """<h2 style="margin:0 0 8px 0">Service-side failure: {{ f.repo }}{% if f.pr_number %} #{{ f.pr_number }}{% endif %} {{ f.short_sha }}</h2>
 <table cellpadding="4" style="border-collapse:collapse">
@@ -443,11 +437,7 @@ End of its log:
 
 The data scientists were told that the evaluation could not run and that you were notified.
 
-{% if f.pr_url %}Pull request: {{ f.pr_url }}
-{% endif %}
-{% if f.build_url %}Build:        {{ f.build_url }}
-{% endif %}
-"""
+""" + _TEXT_LINKS
 
 NOTE_HTML = _HTML_HEAD + """<h2 style="margin:0 0 8px 0">{{ f.repo }}{% if f.pr_number %} #{{ f.pr_number }}{% endif %}
  <span style="font-family:monospace">{{ f.short_sha }}</span>: not evaluated ({{ title }})</h2>
@@ -459,11 +449,7 @@ NOTE_TEXT = """{{ f.repo }}{% if f.pr_number %} #{{ f.pr_number }}{% endif %} {{
 
 {{ text }}
 
-{% if f.pr_url %}Pull request: {{ f.pr_url }}
-{% endif %}
-{% if f.build_url %}Build:        {{ f.build_url }}
-{% endif %}
-"""
+""" + _TEXT_LINKS
 
 
 def _fmt_rel(value: float | None) -> str:
