@@ -80,7 +80,7 @@ class CheckRunReporter(ReporterBase):
         if phase == "in_progress" and not build.get("complete"):
             yield threads.deferToThread(
                 self.app.update_check_run, run, status="in_progress", started_at=utcnow(),
-                details_url=url if url and url.startswith("http") else None,
+                details_url=url,
                 output={"title": "Evaluating", "summary": "The model is being evaluated on the hidden test set."})
             return
         if build.get("results") == RETRY:  # worker lost: Buildbot queues the build again
@@ -91,6 +91,6 @@ class CheckRunReporter(ReporterBase):
         outcome = outcome_for(build)
         yield threads.deferToThread(
             self.app.update_check_run, run, status="completed", conclusion=outcome.conclusion,
-            completed_at=utcnow(), details_url=url if url and url.startswith("http") else None,
+            completed_at=utcnow(), details_url=url,
             output={"title": outcome.title, "summary": outcome.summary[:65000]})
         self._runs.pop(brid, None)

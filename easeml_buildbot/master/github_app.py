@@ -102,7 +102,7 @@ class GitHubApp:
                          status: str, details_url: str | None = None, external_id: str | None = None,
                          output: dict[str, Any] | None = None) -> CheckRun:
         kwargs: dict[str, Any] = {"name": name, "head_sha": head_sha, "status": status}
-        if details_url and details_url.startswith(("http://", "https://")):
+        if _web_link(details_url):
             kwargs["details_url"] = details_url
         if external_id:
             kwargs["external_id"] = external_id
@@ -116,7 +116,14 @@ class GitHubApp:
         return next(iter(runs), None)
 
     def update_check_run(self, run: CheckRun, **fields: Any) -> None:
+        if not _web_link(fields.get("details_url")):
+            fields.pop("details_url", None)
         run.edit(**{k: v for k, v in fields.items() if v is not None})
+
+
+def _web_link(url: str | None) -> bool:
+    """GitHub accepts only http(s) details URLs (a Buildbot without buildbotURL has none)."""
+    return bool(url) and url.startswith(("http://", "https://"))
 
 
 def utcnow() -> datetime:

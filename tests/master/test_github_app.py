@@ -84,3 +84,16 @@ def test_transient_errors_on_updates_are_retried_but_creates_are_not(sim):
     app.update_check_run(run, status="completed", conclusion="success", output={"title": "t", "summary": "s"})
     assert sim.check_runs[run.id]["conclusion"] == "success"
     assert [v for v, _ in sim.check_run_calls("o/r")] == ["create", "create", "update", "update", "update"]
+
+
+def test_details_url_is_sent_only_when_it_is_a_web_link(sim):
+    """A master without an http(s) buildbotURL has no link GitHub would accept: leave it out."""
+    app = GitHubApp(77, sim.app_key, sim.url)
+    run = app.create_check_run(5, "o/r", name="easeml/ci", head_sha="c" * 40, status="queued",
+                               details_url="#/builds/1")
+    app.update_check_run(run, status="in_progress", details_url="#/builds/1")
+    app.update_check_run(run, status="completed", conclusion="success", details_url="https://ci.example/b/1",
+                         output={"title": "t", "summary": "s"})
+    bodies = [b for _, b in sim.check_run_calls("o/r")]
+    assert ["details_url" in b for b in bodies] == [False, False, True]
+    assert bodies[-1]["details_url"] == "https://ci.example/b/1" and sim.errors() == []
