@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, threads
+from twisted.python import log
 
 from buildbot.process import buildstep
 from buildbot.process.results import FAILURE, SKIPPED, SUCCESS, WARNINGS
@@ -65,7 +66,8 @@ class _MasterStep(buildstep.BuildStep):
         if cause:
             self.setProperty("easeml_cause", cause[:4000], "easeml")
 
-    def read_private(self, name: str) -> dict[str, Any] | None:
+    def read_private(self, name: str, *, keep: bool = False) -> dict[str, Any] | None:
+        """A JSON file the worker uploaded; removed after reading unless ``keep``."""
         path = private_path(self.settings.results_dir, self.build, name)
         try:
             with open(path) as fh:
@@ -73,10 +75,14 @@ class _MasterStep(buildstep.BuildStep):
         except (OSError, ValueError):
             return None
         finally:
-            try:
-                os.unlink(path)  # the ledger is where results live; no copies on disk
-            except OSError:
-                pass
+            if not keep:
+                self.forget_private(name)
+
+    def forget_private(self, name: str) -> None:
+        try:  # the ledger is where results live; no copies on disk
+            os.unlink(private_path(self.settings.results_dir, self.build, name))
+        except OSError:
+            pass
 
 
 class ResolveBase(_MasterStep):
@@ -254,11 +260,24 @@ class RecordResult(_MasterStep):
 
     @defer.inlineCallbacks
     def run(self):
-        from easeml_buildbot.custody.policy import developer_may_see
-
         led = ledger_for(self.settings.ledger_url)
         use_id = self.getProperty("easeml_use_id")
-        result = self.read_private("result.json")
+        # kept until the ledger has it: if recording fails (database down), the use stays
+        # spent and its result stays in the master-private directory for the operator
+        result = self.read_private("result.json", keep=True)
+        try:
+            outcome = yield self._record(led, use_id, result)
+        except Exception:
+            log.err(None, f"easeml: use {use_id} could not be recorded; its result stays in "
+                          f"{private_path(self.settings.results_dir, self.build, 'result.json')}")
+            raise
+        self.forget_private("result.json")
+        return outcome
+
+    @defer.inlineCallbacks
+    def _record(self, led, use_id, result):
+        from easeml_buildbot.custody.policy import developer_may_see
+
         self.setProperty("easeml_use_closed", True, "easeml")
         oid, key = yield _open_use_slot(self)
         yield self.master.db.state.setState(oid, key, None)
