@@ -34,17 +34,18 @@ def toml_value(v: Any) -> str:
 
 
 def toml_dumps(data: dict[str, Any]) -> str:
-    """Scalars first, then tables and arrays of tables (all our settings files need)."""
+    """Enough TOML for settings files: scalars and lists of scalars first, then tables and
+    arrays of tables; ``None`` values are left out (the setting's default applies)."""
     lines, tables = [], []
     for k, v in data.items():
-        if isinstance(v, dict) or (isinstance(v, list) and v and all(isinstance(x, dict) for x in v)):
+        if isinstance(v, dict) or (isinstance(v, (list, tuple)) and v and all(isinstance(x, dict) for x in v)):
             tables.append((k, v))
-        else:
+        elif v is not None:
             lines.append(f"{k} = {toml_value(v)}")
     for k, v in tables:
         for item in ([v] if isinstance(v, dict) else v):
             lines.append(f"\n[{k}]" if isinstance(v, dict) else f"\n[[{k}]]")
-            lines += [f"{kk} = {toml_value(vv)}" for kk, vv in item.items()]
+            lines += [f"{kk} = {toml_value(vv)}" for kk, vv in item.items() if vv is not None]
     return "\n".join(lines) + "\n"
 
 

@@ -46,6 +46,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from easeml_buildbot.demo.services import toml_dumps
+
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 _TEMPLATE_CACHE: dict[str, Path] = {}
@@ -55,36 +57,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def toml_dumps(data: dict[str, Any]) -> str:
-    """Enough TOML for settings files: scalars, lists of scalars, tables, arrays of tables."""
-
-    def scalar(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(scalar(x) for x in v) + "]"
-        return json.dumps(str(v))
-
-    lines: list[str] = []
-    tables: list[tuple[str, Any]] = []
-    for k, v in data.items():
-        if isinstance(v, dict) or (isinstance(v, (list, tuple)) and v and all(isinstance(x, dict) for x in v)):
-            tables.append((k, v))
-        elif v is not None:
-            lines.append(f"{k} = {scalar(v)}")
-    for k, v in tables:
-        if isinstance(v, dict):
-            lines.append(f"\n[{k}]")
-            lines += [f"{kk} = {scalar(vv)}" for kk, vv in v.items() if vv is not None]
-        else:
-            for item in v:
-                lines.append(f"\n[[{k}]]")
-                lines += [f"{kk} = {scalar(vv)}" for kk, vv in item.items() if vv is not None]
-    return "\n".join(lines) + "\n"
 
 
 def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
