@@ -94,6 +94,7 @@ class Limits:
     output: int = 256 << 20          # bytes the model may write to /easeml/output (per file)
     log_bytes: int = 64 << 10        # bytes of build log and of run log kept (head + tail)
     user: str = "65534:65534"        # the user the model runs as when the image names none
+    gpus: int = 0                    # operator: GPUs of this worker; after lowered_by: granted (-1 all)
 
     # operator environment variable -> field (the repo's model: section uses the field names)
     _ENV = {
@@ -101,6 +102,7 @@ class Limits:
         "EASEML_TIMEOUT": "timeout", "EASEML_BUILD_TIMEOUT": "build_timeout",
         "EASEML_TMPFS": "tmpfs", "EASEML_OUTPUT_LIMIT": "output",
         "EASEML_LOG_BYTES": "log_bytes", "EASEML_RUN_USER": "user",
+        "EASEML_WORKER_GPUS": "gpus",
     }
     LOWERABLE = ("memory", "cpus", "pids", "timeout", "build_timeout", "tmpfs", "output")
 
@@ -108,6 +110,9 @@ class Limits:
     def _convert(name: str, value: Any) -> Any:
         if name in ("memory", "tmpfs", "output", "log_bytes"):
             return parse_bytes(value, default_unit="m" if name != "log_bytes" else "")
+        if name == "gpus":
+            from easeml_buildbot.gpus import parse_offer
+            return parse_offer(value, "gpus")
         if name in ("cpus", "timeout", "build_timeout"):
             v = float(value)
         elif name == "pids":
@@ -151,7 +156,23 @@ class Limits:
             except (TypeError, ValueError) as exc:
                 raise ModelError("bad_model_config", f"model.{name}: {exc}") from None
             values[name] = min(getattr(self, name), asked)
+        values["gpus"] = self._granted_gpus(model.get("gpus"))
         return dataclasses.replace(self, **values)
+
+    def _granted_gpus(self, asked: Any) -> int:
+        """``model.gpus`` against this worker's GPUs: a model gets none unless it asks, and
+        asking for more than the worker has is an error (the master schedules GPU builds on
+        workers that advertise enough, so this is a mis-scheduled build, not a silent CPU run)."""
+        from easeml_buildbot.gpus import describe, parse_request, satisfies
+
+        try:
+            request = parse_request(asked)
+        except ValueError as exc:
+            raise ModelError("bad_model_config", f"model.gpus: {exc}") from None
+        if request and not satisfies(self.gpus, request):
+            raise ModelError("bad_model_config", f"model.gpus asks for {describe(request)}; this "
+                             f"worker has {self.gpus} (EASEML_WORKER_GPUS)")
+        return request
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

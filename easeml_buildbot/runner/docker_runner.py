@@ -26,6 +26,8 @@ import requests.exceptions
 from docker.types import LogConfig, Mount, Ulimit
 from docker.utils.build import tar as build_tar
 
+from easeml_buildbot.gpus import device_requests
+
 from easeml_buildbot.runner.base import (
     BoundedLog, Limits, ModelError, RunnerUnavailable, RunResult, model_path,
 )
@@ -227,6 +229,7 @@ class DockerRunner:
             memswap_limit=limits.memory,
             nano_cpus=int(min(limits.cpus, self._host_cpus()) * 1e9),
             pids_limit=limits.pids,
+            device_requests=device_requests(limits.gpus) or None,  # model.gpus (docs/operator-guide.md)
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             ipc_mode="private",
