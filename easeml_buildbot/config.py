@@ -76,9 +76,15 @@ SCHEMA: tuple[Key, ...] = (
         "`betting` plans a few more labels but decides far more often when the models rarely "
         "disagree (see docs/statistics.md)."),
     Key("label_column", "string", "label", "Name of the label column in the test set."),
+    Key("model.gpus", "integer ≥ 0 \\| `all`", 0, "GPUs the model needs: only workers that "
+        "advertise at least that many (`EASEML_WORKER_GPUS`) take the build, and the container "
+        "gets them (`all`: every GPU of a worker that has one). When no such worker is connected, "
+        "the build fails saying so (see docs/operator-guide.md)."),
 )
-KEYS = {k.name: k for k in SCHEMA}
+KEYS = {k.name: k for k in SCHEMA if "." not in k.name}  # dotted rows live inside a mapping
 LEGACY_KEYS = ("script", "condition", "reliability", "mode", "adaptivity", "steps", "data_mode", "email")
+#: Spellings of the first ease.ml/ci release, read as the current legacy key.
+LEGACY_ALIASES = {"dataMode": "data_mode"}
 
 
 @dataclass(frozen=True)
@@ -239,6 +245,14 @@ def _check_value(name: str, value: Any, add: Callable[[str], None]) -> Any:
         if not isinstance(value, dict):
             add(f"must be a mapping (see docs/model-contract.md), not {type(value).__name__}")
             return None
+        if "gpus" in value:
+            from easeml_buildbot.gpus import ALL, parse_request
+            try:
+                n = parse_request(value["gpus"])
+            except ValueError as exc:
+                add(f"gpus: {exc}")
+                return None
+            value = {**value, "gpus": "all" if n == ALL else n}
         return value
     if name == "method":
         m = METHOD_ALIASES.get(value, value) if isinstance(value, str) else value
@@ -280,6 +294,7 @@ def _collect(root: yaml.Node, data: Any, problems: _Problems) -> dict[str, tuple
                     problems.add(iline, "ml", "each entry must be one 'key: value' (e.g. '- steps: 32')")
                     continue
                 ((k2, v2),) = item.items()
+                k2 = LEGACY_ALIASES.get(k2, k2)
                 if k2 not in LEGACY_KEYS and k2 not in KEYS:
                     problems.add(iline, f"ml.{k2}", "unknown key" + _did_you_mean(str(k2), LEGACY_KEYS + tuple(KEYS)))
                     continue
@@ -415,7 +430,7 @@ dataset: data/test.csv.gpg
 
 A top-level `ml:` list of single-key maps is accepted too, with the keys {legacy}
 (`hybrid` is an alias of `firstChange`; `script` is kept as `model.script`, `data_mode`
-is kept as given). Keys of the new form may appear beside `ml:` but not twice.
+is kept as given; the first release's spelling `dataMode` is read as `data_mode`). Keys of the new form may appear beside `ml:` but not twice.
 
 ```yaml
 ml:
