@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from easeml_buildbot.custody.keys import KeysError, private_key_material
 from easeml_buildbot.custody.gpghome import (
     MIN_S2K_COUNT, on_tmpfs, overwrite_file, private_tmpdir, remove_tree, secure_tmp_base, sweep_stale,
     temporary_gpg,
@@ -206,11 +207,10 @@ def _decrypt_to(enc: Path, key: Path, passphrase: str | None, plain: Path) -> st
     """Decrypt ``enc`` into ``plain`` (0600); return the SHA-256 of the ciphertext read."""
     if not key.is_file():
         raise DatasetError(f"{key}: private key file not found")
-    key_data = key.read_bytes()
-    if b"PUBLIC KEY BLOCK" in key_data:
-        raise DatasetError(f"{key}: this is the public key; decryption needs the private key (easeml_priv.asc)")
-    if b"PRIVATE KEY" not in key_data and not (key_data[:1] and key_data[0] & 0x80):
-        raise DatasetError(f"{key}: not an OpenPGP private key")
+    try:  # also ease.ml/ci's easeml_sec.asc (public + private block)
+        key_data = private_key_material(key.read_bytes(), key)
+    except KeysError as exc:
+        raise DatasetError(str(exc)) from None
     with temporary_gpg(s2k_count=MIN_S2K_COUNT) as gpg:  # short path: agent socket limit
         res = gpg.import_keys(key_data, passphrase=passphrase)
         del key_data

@@ -100,7 +100,7 @@ def remove_tree(path: Path) -> None:
 
 
 MIN_S2K_COUNT = 65536
-_SWEPT_KINDS = ("ds", "gnupg", "check")
+_SWEPT_KINDS = ("ds", "gnupg", "check", "key")
 
 
 def private_tmpdir(kind: str, base: Path | None = None) -> Path:

@@ -8,11 +8,16 @@ never printed or logged.
 
 from __future__ import annotations
 
+import atexit
+import base64
+import binascii
 import logging
 import os
+import re
+from collections.abc import MutableMapping
 from pathlib import Path
 
-from easeml_buildbot.custody.gpghome import temporary_gpg
+from easeml_buildbot.custody.gpghome import private_tmpdir, remove_tree, secure_tmp_base, temporary_gpg
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +25,9 @@ PUBLIC_KEY_NAME = "easeml_pub.asc"
 PRIVATE_KEY_NAME = "easeml_priv.asc"
 PASSPHRASE_ENV = "EASEML_KEY_PASSPHRASE"
 PRIVATE_KEY_ENV = "EASEML_PRIVATE_KEY"
+KEY_B64_ENV = "EASEML_WORKER_KEY_B64"
+_ARMORED_PRIVATE = re.compile(rb"-----BEGIN PGP PRIVATE KEY BLOCK-----.*?-----END PGP PRIVATE KEY BLOCK-----\r?\n?",
+                              re.S)
 DEFAULT_NAME = "ease.ml CI service"
 DEFAULT_EMAIL = "easeml-ci@localhost"
 
@@ -167,3 +175,56 @@ def key_fingerprint(key_path: str | os.PathLike[str]) -> str:
     if not fprs:
         raise KeysError(f"{p}: no OpenPGP key found in this file")
     return fprs[0]
+
+
+def private_key_material(data: bytes, where: str | os.PathLike[str]) -> bytes:
+    """The private key in ``data`` (the bytes of a key file), ready for ``gpg --import``.
+
+    Accepts an armored private key block, a binary secret key (a packet of tag 5), and a file
+    holding *both* blocks: ease.ml/ci's ``easeml_sec.asc`` is the public block followed by the
+    private one. Only the private block(s) are returned. A file with only a public key, or no
+    key at all, raises :class:`KeysError` naming ``where`` (never quoting the file).
+    """
+    blocks = _ARMORED_PRIVATE.findall(data)
+    if blocks:
+        return b"".join(blocks)
+    head = data.lstrip()[:1]
+    if head and head[0] & 0x80:
+        tag = (head[0] & 0x3F) if head[0] & 0x40 else ((head[0] >> 2) & 0x0F)
+        if tag == 5:  # Secret-Key packet
+            return data
+    if b"PUBLIC KEY BLOCK" in data:
+        raise KeysError(f"{where}: this is the public key; decryption needs the private key "
+                        "(easeml_priv.asc, or ease.ml/ci's easeml_sec.asc holding both blocks)")
+    raise KeysError(f"{where}: not an OpenPGP private key")
+
+
+def key_from_env(environ: MutableMapping[str, str] | None = None) -> Path | None:
+    """Take the private key from ``$EASEML_WORKER_KEY_B64`` (base64 of the key file, as the
+    original ease.ml/ci kept it in a GitHub secret) into a 0600 file in a new 0700 directory,
+    on tmpfs where there is one; return its path, or None when the variable is unset.
+
+    The variable is removed from ``environ`` (a Buildbot worker sends its whole environment
+    to the master and hands it to every build step). The file is removed when the process
+    exits; after a crash the next decryption on the machine sweeps it
+    (``gpghome.sweep_stale``). Errors never quote the value.
+    """
+    environ = os.environ if environ is None else environ
+    raw = environ.pop(KEY_B64_ENV, None)
+    if raw is None or not raw.strip():
+        return None
+    try:
+        data = base64.b64decode("".join(raw.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise KeysError(f"{KEY_B64_ENV}: not valid base64 (encode the key file with `base64 -w0`)") from None
+    material = private_key_material(data, KEY_B64_ENV)
+    directory = private_tmpdir("key", secure_tmp_base())
+    path = directory / PRIVATE_KEY_NAME
+    try:
+        _write_private(path, material, 0o600)
+    except BaseException:
+        remove_tree(directory)
+        raise
+    atexit.register(remove_tree, directory)
+    del data, material
+    return path
