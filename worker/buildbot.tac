@@ -5,8 +5,10 @@
 #
 # Settings come from easeml-worker.toml next to this file, overridden by the
 # environment: EASEML_WORKER_MASTER (host:port), EASEML_WORKER_NAME,
-# EASEML_WORKER_PASSWORD (or EASEML_WORKER_PASSWORD_FILE). The [env] table is exported to
-# the build steps (EASEML_WORKER_KEY, EASEML_WORKER_RUNNER, EASEML_WORKER_CACHE_DIR, ...).
+# EASEML_WORKER_PASSWORD (or EASEML_WORKER_PASSWORD_FILE), EASEML_WORKER_GPUS. The [env]
+# table is exported to the build steps (EASEML_WORKER_KEY, EASEML_WORKER_RUNNER,
+# EASEML_WORKER_CACHE_DIR, ...). EASEML_WORKER_KEY_B64 (environment only) is the private key,
+# base64-encoded: see below.
 import os
 import sys
 import tomllib
@@ -52,6 +54,33 @@ for key, value in (settings.get("env") or {}).items():
         value = _resolve(value)
     os.environ.setdefault(key, value)
 os.environ.setdefault("EASEML_WORKER_CACHE_DIR", os.path.join(basedir, "cache"))
+
+# GPUs: EASEML_WORKER_GPUS (or `gpus` above) is the number this worker offers. It is sent to
+# the master as worker info (info/easeml_gpus, Buildbot's own mechanism), so only builds
+# whose model.gpus fits come here, and build steps see it (the runner grants device requests).
+from easeml_buildbot.gpus import parse_offer  # noqa: E402
+
+try:
+    gpus = parse_offer(_setting("gpus", (settings.get("env") or {}).get("EASEML_WORKER_GPUS")))
+except ValueError as exc:
+    raise SystemExit(f"{settings_path}: {exc}")
+os.environ["EASEML_WORKER_GPUS"] = str(gpus)
+os.makedirs(os.path.join(basedir, "info"), exist_ok=True)
+with open(os.path.join(basedir, "info", "easeml_gpus"), "w") as fh:
+    fh.write(f"{gpus}\n")
+
+# EASEML_WORKER_KEY_B64: the private key base64-encoded (as ease.ml/ci's GitHub secrets held
+# it). Decoded once into a 0600 file in a private directory (tmpfs when there is one) that
+# EASEML_WORKER_KEY then names; the variable itself is dropped before the worker connects, so
+# neither the master (which receives the worker's environment) nor any build step sees it.
+from easeml_buildbot.custody.keys import KeysError, key_from_env  # noqa: E402
+
+try:
+    key_path = key_from_env(os.environ)
+except KeysError as exc:
+    raise SystemExit(f"EASEML_WORKER_KEY_B64: {exc}")
+if key_path is not None:
+    os.environ["EASEML_WORKER_KEY"] = str(key_path)
 
 application = service.Application("buildbot-worker")
 logfile = LogFile.fromFullPath(os.path.join(basedir, "twistd.log"), rotateLength=10_000_000, maxRotatedFiles=10)

@@ -56,7 +56,7 @@ def ledger_for(url: str):
 def configure(c: dict[str, Any], settings: Settings) -> dict[str, Any]:
     from buildbot.plugins import changes, schedulers, util, worker
 
-    from easeml_buildbot.master import buildbot_fixes
+    from easeml_buildbot.master import buildbot_fixes, gpus
     from easeml_buildbot.master.console import ConsoleReporter
     from easeml_buildbot.master.factory import make_factory
 
@@ -70,7 +70,8 @@ def configure(c: dict[str, Any], settings: Settings) -> dict[str, Any]:
     c["protocols"] = {"pb": {"port": _endpoint(settings, settings.worker_port)}}
     c["workers"] = [worker.Worker(w.name, w.password, max_builds=w.max_builds) for w in settings.workers]
     c["builders"] = [util.BuilderConfig(name=BUILDER_NAME, workernames=[w.name for w in settings.workers],
-                                        factory=make_factory(settings), collapseRequests=False)]
+                                        factory=make_factory(settings), collapseRequests=False,
+                                        canStartBuild=gpus.can_start_build)]
     services: list[Any] = [ConsoleReporter()]
     www: dict[str, Any] = {"port": _endpoint(settings, settings.www_port),
                            "plugins": {}, "change_hook_dialects": {}}

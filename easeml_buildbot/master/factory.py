@@ -20,6 +20,7 @@ from buildbot.steps.source.git import GitPush
 from buildbot.util.git_credential import GitCredentialOptions
 
 from easeml_buildbot.master import steps as es
+from easeml_buildbot.master.gpus import RequireGpus
 
 OUT = "../easeml-out"
 
@@ -142,6 +143,9 @@ def make_factory(settings: Any) -> BuildFactory:
     f.addStep(steps.FileUpload(name="collect inspection", workersrc=f"{OUT}/inspect.json",
                                masterdest=_private_dest(settings, "inspect.json"),
                                mode=0o600, haltOnFailure=True, hideStepIf=True))
+    # model.gpus: on a worker with too few GPUs the build is queued again for one that has
+    # them (RETRY), before any use is reserved (master/gpus.py)
+    f.addStep(RequireGpus(settings, doStepIf=es.evaluating, hideStepIf=lambda r, s: r == util.SKIPPED))
     f.addStep(es.ReadInspection(settings, doStepIf=es.evaluating))
     f.addStep(es.ReserveUse(settings, doStepIf=es.evaluating, haltOnFailure=True))
     f.addStep(steps.ShellCommand(name="evaluate", command=_evaluate_cmd(settings.runner),

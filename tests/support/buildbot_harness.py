@@ -25,7 +25,8 @@ API (stable; add keywords, never change these)::
 ``workers``) and written as TOML; nested tables are dicts, ``workers`` is filled in for
 you. ``worker_env`` becomes the workers' ``[env]`` table (EASEML_WORKER_KEY, ...).
 ``master_cfg_extra`` is Python appended to master/master.cfg (e.g. an extra builder).
-``env`` is added to both processes' environment. Start-up is ~5-10 s on this machine.
+``env`` is added to both processes' environment. ``worker_settings[i]`` adds top-level keys
+to worker i's easeml-worker.toml (e.g. ``{"gpus": 2}``). Start-up is ~5-10 s on this machine.
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ class BuildbotHarness:
     def __init__(self, base_dir: str | os.PathLike[str], settings: dict[str, Any] | None = None,
                  workers: int = 1, worker_env: dict[str, str] | None = None,
                  master_cfg_extra: str = "", env: dict[str, str] | None = None,
-                 start_timeout: float = 90) -> None:
+                 start_timeout: float = 90,
+                 worker_settings: list[dict[str, Any]] | None = None) -> None:
         self.base_dir = Path(base_dir)
         self.master_dir = self.base_dir / "master"
         self.worker_dirs = [self.base_dir / f"worker{i + 1}" for i in range(workers)]
@@ -117,6 +119,7 @@ class BuildbotHarness:
         self.settings = _deep_merge(defaults, settings or {})
         self.settings["workers"] = defaults["workers"]
         self.worker_env = dict(worker_env or {})
+        self.worker_settings = list(worker_settings or [])  # per worker, top-level keys (gpus = 2)
         self.master_cfg_extra = master_cfg_extra
         self.env = dict(env or {})
         self.start_timeout = start_timeout
@@ -158,6 +161,8 @@ class BuildbotHarness:
             shutil.copy(ROOT / "worker" / "buildbot.tac", wdir / "buildbot.tac")
             wsettings = {"master": f"127.0.0.1:{self.worker_port}", "name": name,
                          "password": self.worker_passwords[name], "maxdelay": 2, "env": self.worker_env}
+            if index < len(self.worker_settings):
+                wsettings.update(self.worker_settings[index])
             (wdir / "easeml-worker.toml").write_text(toml_dumps(wsettings))
         proc = self._spawn([str(VENV_BIN / "twistd"), "--nodaemon", "--pidfile=", "-y", "buildbot.tac"], wdir,
                            _clean_env(self.env))
