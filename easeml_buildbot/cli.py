@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "easeml_buildbot.custody.cli",
     "easeml_buildbot.runner.cli",
     "easeml_buildbot.scaffold.cli",
+    "easeml_buildbot.scaffold.migrate",
     "easeml_buildbot.demo.cli",
 )
 
