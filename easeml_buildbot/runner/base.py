@@ -131,8 +131,9 @@ class Limits:
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         for key, value in (settings or {}).items():
-            if key not in {f.name for f in dataclasses.fields(cls)}:
-                raise ValueError(f"limits: unknown key {key!r}")
+            if key not in {f.name for f in dataclasses.fields(cls)} or key == "gpus":
+                raise ValueError(f"limits: unknown key {key!r}" + (
+                    " (GPUs belong to a worker: EASEML_WORKER_GPUS)" if key == "gpus" else ""))
             values[key] = cls._convert(key, value)
         for var, name in cls._ENV.items():
             if env.get(var, "").strip():
