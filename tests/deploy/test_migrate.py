@@ -2,7 +2,8 @@
 README and scripts document (first-release `.easeml.yml` with `dataMode`, headerless TSV test
 set `data_test/test.txt.enc`, `easeml_sec.asc` holding both key blocks with a passphrase, a
 script that hands `y_pred` to `libs/easeml.py`'s `eval_accuracy`), becomes one of ours and is
-evaluated by `easeml worker evaluate --runner process` with the key taken from base64."""
+evaluated by `easeml worker evaluate` (process runner, and Docker) with the key taken from
+base64."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from deploy.helpers import require_docker
 from easeml_buildbot.cli import main as easeml
 from easeml_buildbot.config import load_config
 from easeml_buildbot.custody.dataset import encrypt_dataset
@@ -99,7 +101,10 @@ def easemlci_repo(tmp_path, service_keys_with_passphrase):
     return repo, sec, keys
 
 
-def test_migrated_repository_evaluates(easemlci_repo, tmp_path, capsys):
+@pytest.mark.parametrize("runner", ["process", "docker"])
+def test_migrated_repository_evaluates(easemlci_repo, tmp_path, capsys, runner):
+    if runner == "docker":  # the generated Dockerfile, built and run in the real sandbox
+        require_docker("easeml/python:bookworm")
     repo, sec, keys = easemlci_repo
     out = tmp_path / "migrated"
     rc = easeml(["migrate", str(repo), "--out", str(out), "--key", str(sec),
@@ -133,7 +138,7 @@ def test_migrated_repository_evaluates(easemlci_repo, tmp_path, capsys):
         proc = subprocess.run(
             [sys.executable, "-m", "easeml_buildbot.cli", "worker", "evaluate", "--repo", str(out),
              "--head", sha, "--base", sha, "--key", str(key), "--passphrase-file", str(keys.passphrase_file),
-             "--runner", "process", "--cache-dir", str(tmp_path / "cache"), "--out", str(result_path)],
+             "--runner", runner, "--cache-dir", str(tmp_path / "cache"), "--out", str(result_path)],
             capture_output=True, text=True, timeout=300,
             env={k: v for k, v in os.environ.items() if not k.startswith("EASEML_")})
     finally:
