@@ -12,6 +12,16 @@ Rules (see docs/custody.md):
   timeout), PostgreSQL re-checks the condition on the locked row (READ COMMITTED).
 * Retirement follows :mod:`policy`: after H uses, or at the first pass under ``firstChange``.
 * A new dataset id (a rotated test set) is a new entry; old entries and their history stay.
+* Reserving is idempotent per (test set, head, base): the use row carries a ``claim``
+  (``head:base``) under a unique index while it is reserved or committed, so a duplicate
+  delivery gets the existing use back (``Reservation.fresh`` is False), never a second one,
+  race-safe across processes and masters (the index decides; the loser's transaction rolls
+  back, its ``uses + 1`` with it). A release drops the claim.
+* Each ledger has an ``instance_id`` created with its schema (table ``easeml_ledger``): the
+  master keeps it, and every test set's reservation count, in Buildbot's own database and
+  refuses a ledger that is new or behind (see ``easeml_buildbot.master.steps``).
+* The promise a test set was first used for (steps, adaptivity, condition, reliability, mode,
+  method) is bound to it: a later change is a ``PolicyMismatch``.
 
 SQLite is the default (``sqlite:///path``); PostgreSQL via ``postgresql+psycopg://``; same code.
 """
@@ -22,6 +32,7 @@ import datetime as _dt
 import json
 import os
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,23 +48,37 @@ from easeml_buildbot.custody import policy
 DEFAULT_LEDGER_URL = "sqlite:///var/ledger.sqlite"
 LEDGER_URL_ENV = "EASEML_LEDGER_URL"
 
+SCHEMA_VERSION = 2
+
 metadata = sa.MetaData()
+
+ledger_meta = sa.Table(
+    "easeml_ledger", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
 
 testsets = sa.Table(
     "easeml_testsets", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("repo", sa.String(255), nullable=False),
     sa.Column("dataset_id", sa.String(64), nullable=False),
-    sa.Column("budget", sa.Integer, nullable=False),
+    # counts are 64-bit: ``steps`` is the operator's/owner's number, int4 overflows at 2**31
+    sa.Column("budget", sa.BigInteger, nullable=False),
     sa.Column("adaptivity", sa.String(16), nullable=False),
-    sa.Column("uses", sa.Integer, nullable=False, default=0),
+    sa.Column("uses", sa.BigInteger, nullable=False, default=0),
     sa.Column("retired", sa.Boolean, nullable=False, default=False),
     sa.Column("retired_reason", sa.Text, nullable=True),
     sa.Column("retired_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("retired_by_use", sa.Integer, nullable=True),
-    sa.Column("condition", sa.Text, nullable=True),
-    sa.Column("samples_needed", sa.Integer, nullable=True),
+    sa.Column("condition", sa.Text, nullable=True),   # normalized (str(parse_condition(...)))
+    sa.Column("samples_needed", sa.BigInteger, nullable=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    # the rest of the promise, bound at the first use (NULL on entries older than schema 2:
+    # adopted at their next use)
+    sa.Column("reliability", sa.Text, nullable=True),
+    sa.Column("mode", sa.String(16), nullable=True),
+    sa.Column("method", sa.String(16), nullable=True),
     sa.UniqueConstraint("repo", "dataset_id", name="uq_easeml_testsets_repo_dataset"),
     sa.CheckConstraint("uses >= 0 AND uses <= budget", name="ck_easeml_testsets_uses"),
 )
@@ -62,7 +87,7 @@ uses_table = sa.Table(
     "easeml_uses", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("testset_id", sa.Integer, sa.ForeignKey("easeml_testsets.id"), nullable=False, index=True),
-    sa.Column("use_number", sa.Integer, nullable=False),
+    sa.Column("use_number", sa.BigInteger, nullable=False),
     sa.Column("state", sa.String(16), nullable=False),  # reserved | committed | released
     sa.Column("commit_sha", sa.String(64), nullable=True),
     sa.Column("build", sa.Text, nullable=True),
@@ -73,7 +98,20 @@ uses_table = sa.Table(
     sa.Column("result", sa.JSON, nullable=True),
     sa.Column("notified", sa.JSON, nullable=True),
     sa.Column("release_reason", sa.Text, nullable=True),
+    sa.Column("base_sha", sa.String(64), nullable=True),
+    # "head:base" while reserved or committed, NULL once released (NULLs never collide)
+    sa.Column("claim", sa.String(160), nullable=True),
 )
+claim_index = sa.Index("uq_easeml_uses_claim", uses_table.c.testset_id, uses_table.c.claim, unique=True)
+
+# (table, column, DDL type) added by schema 2; budget/uses/samples_needed/use_number widened
+_ADDED_COLUMNS = (
+    ("easeml_testsets", "reliability", "TEXT"), ("easeml_testsets", "mode", "VARCHAR(16)"),
+    ("easeml_testsets", "method", "VARCHAR(16)"), ("easeml_uses", "base_sha", "VARCHAR(64)"),
+    ("easeml_uses", "claim", "VARCHAR(160)"),
+)
+_WIDENED_COLUMNS = (("easeml_testsets", "budget"), ("easeml_testsets", "uses"),
+                    ("easeml_testsets", "samples_needed"), ("easeml_uses", "use_number"))
 
 
 class LedgerError(Exception):
@@ -96,10 +134,40 @@ class TestSetRetired(TestSetExhausted):
 
 
 class PolicyMismatch(LedgerError):
-    """The configuration's steps/adaptivity differ from those the test set was first used with.
+    """The configuration's promise (steps, adaptivity, condition, reliability, mode, method)
+    differs from the one the test set was first used with.
 
     A configuration problem (report it as such): rotate the test set to change them.
     """
+
+
+def normalize_condition(text: str | None) -> str | None:
+    """The canonical text of a condition (``str(parse_condition(text))``), so that spacing or
+    spelling differences are not a changed promise; unparsable text is kept, spaces collapsed."""
+    if text is None or str(text).strip() == "":
+        return None
+    from easeml_buildbot.estimator.condition import parse_condition
+
+    try:
+        return str(parse_condition(str(text)))
+    except Exception:  # noqa: BLE001 - any parse problem: compare the text itself
+        return " ".join(str(text).split())
+
+
+def normalize_reliability(value: Any) -> str | None:
+    """``0.9999``, ``"0.9999"`` and ``0.99990`` are the same promise: ``repr(float(value))``."""
+    if value is None or value == "":
+        return None
+    try:
+        return repr(float(value))
+    except (TypeError, ValueError):
+        return str(value).strip()
+
+
+def _normalize_word(value: Any) -> str | None:
+    if value is None or str(value).strip() == "":
+        return None
+    return str(value).strip()
 
 
 @dataclass(frozen=True)
@@ -122,6 +190,10 @@ class LedgerEntry:
     condition: str | None
     samples_needed: int | None
     created_at: _dt.datetime
+    reliability: str | None = None
+    mode: str | None = None
+    method: str | None = None
+    reservations: int = 0     # every use row ever made (reserved, committed or released): only grows
 
     @property
     def short_id(self) -> str:
@@ -147,6 +219,7 @@ class UseRecord:
     result: Mapping[str, Any] | None = field(repr=False)
     notified: tuple[str, ...]
     release_reason: str | None
+    base: str | None = None
 
     @property
     def developer_may_see(self) -> bool:
@@ -164,6 +237,9 @@ class Reservation:
     adaptivity: str
     repo: str
     dataset_id: str
+    fresh: bool = True   # False: a use already held this (head, base); nothing new was spent
+    state: str = "reserved"  # of that use: reserved (its build is still running) or committed
+    reservations: int = 0    # the test set's reservation count after this call (only grows)
 
 
 def _retired(repo: str, dataset_id: str, reason: str | None) -> TestSetRetired:
@@ -241,12 +317,90 @@ class Ledger:
         for attempt in range(5):
             try:
                 metadata.create_all(self.engine)
+                self._migrate()
+                self._ensure_instance()
+                self._file_identity = self._sqlite_identity()
                 return
             except (OperationalError, ProgrammingError, IntegrityError):
-                # another process created the same tables at the same moment
+                # another process created (or migrated) the same tables at the same moment
                 if attempt == 4:
                     raise
                 time.sleep(0.1 * (attempt + 1))
+
+    def _migrate(self) -> None:
+        """Bring a ledger made by an older version to schema 2; existing rows stay as they are.
+
+        New columns are added (NULL: the promise is adopted at the entry's next use), the claim
+        index is created, and on PostgreSQL the int4 count columns become bigint (SQLite's
+        INTEGER is 64-bit already).
+        """
+        pg = self.engine.dialect.name == "postgresql"
+        with self.engine.begin() as conn:
+            for table, column, ddl in _ADDED_COLUMNS:
+                have = {c["name"] for c in sa.inspect(conn).get_columns(table)}
+                if column not in have:
+                    conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN "
+                                         f"{'IF NOT EXISTS ' if pg else ''}{column} {ddl}")
+            if pg:
+                for table, column in _WIDENED_COLUMNS:
+                    col = {c["name"]: c for c in sa.inspect(conn).get_columns(table)}[column]
+                    if not isinstance(col["type"], sa.BigInteger):
+                        conn.exec_driver_sql(f"ALTER TABLE {table} ALTER COLUMN {column} TYPE BIGINT")
+            claim_index.create(conn, checkfirst=True)
+
+    def _ensure_instance(self) -> None:
+        with self.engine.begin() as conn:
+            have = conn.execute(sa.select(ledger_meta.c.value).where(ledger_meta.c.key == "instance_id")).first()
+            if have is None:
+                conn.execute(sa.insert(ledger_meta).values(key="instance_id", value=uuid.uuid4().hex))
+                conn.execute(sa.insert(ledger_meta).values(key="created_at", value=_now().isoformat()))
+            version = conn.execute(sa.select(ledger_meta.c.value).where(
+                ledger_meta.c.key == "schema_version")).first()
+            if version is None:
+                conn.execute(sa.insert(ledger_meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+            elif int(version[0]) < SCHEMA_VERSION:
+                conn.execute(sa.update(ledger_meta).where(ledger_meta.c.key == "schema_version")
+                             .values(value=str(SCHEMA_VERSION)))
+
+    def _sqlite_path(self) -> Path | None:
+        u = sa.engine.make_url(self.url)
+        if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:" \
+                or u.database.startswith("file:"):
+            return None
+        return Path(u.database).expanduser()
+
+    def _sqlite_identity(self) -> tuple[int, int] | None:
+        path = self._sqlite_path()
+        if path is None:
+            return None
+        st = path.stat()
+        return (st.st_dev, st.st_ino)
+
+    def instance_id(self) -> str:
+        """This ledger's identity, read from the database now (not cached).
+
+        Raises LedgerError when the database has no identity, or (SQLite) when the file this
+        ledger opened was deleted or replaced since: its open connections would keep writing
+        to a file nobody will read again.
+        """
+        if self._file_identity is not None:
+            try:
+                now = self._sqlite_identity()
+            except OSError:
+                now = None
+            if now != self._file_identity:
+                raise LedgerError(f"the ledger file {self._sqlite_path()} was deleted or replaced "
+                                  "while the master was running")
+        try:
+            with self.engine.connect() as conn:
+                row = conn.execute(sa.select(ledger_meta.c.value).where(
+                    ledger_meta.c.key == "instance_id")).first()
+                conn.rollback()
+        except (OperationalError, ProgrammingError) as exc:
+            raise LedgerError(f"the ledger database has no instance record ({type(exc).__name__})") from None
+        if row is None:
+            raise LedgerError("the ledger database has no instance record")
+        return row[0]
 
     def close(self) -> None:
         self.engine.dispose()
@@ -262,7 +416,7 @@ class Ledger:
 
     # -- entries -----------------------------------------------------------
     def _get_or_create_entry(self, repo: str, dataset_id: str, budget: int, adaptivity: str,
-                             condition: str | None, samples_needed: int | None) -> sa.Row:
+                             promise: Mapping[str, str | None], samples_needed: int | None) -> sa.Row:
         sel = sa.select(testsets).where(testsets.c.repo == repo, testsets.c.dataset_id == dataset_id)
         with self.engine.connect() as conn:
             row = conn.execute(sel).first()
@@ -273,8 +427,7 @@ class Ledger:
             with self.engine.begin() as conn:
                 conn.execute(sa.insert(testsets).values(
                     repo=repo, dataset_id=dataset_id, budget=budget, adaptivity=adaptivity, uses=0,
-                    retired=False, condition=condition, samples_needed=samples_needed,
-                    created_at=_now(),
+                    retired=False, samples_needed=samples_needed, created_at=_now(), **promise,
                 ))
         except IntegrityError:
             pass  # created concurrently by another build: use that one
@@ -285,64 +438,150 @@ class Ledger:
             raise LedgerError(f"could not create the ledger entry for {repo} {dataset_id[:12]}")
         return row
 
+    def _bind_promise(self, entry: sa.Row, steps: int, mode: str, promise: Mapping[str, str | None]) -> None:
+        """Refuse a promise other than the one the test set was first used with; an entry
+        without a field (made before it was recorded) adopts the given value."""
+        was = {"steps": entry.budget, "adaptivity": entry.adaptivity}
+        now = {"steps": steps, "adaptivity": mode}
+        adopt = {}
+        for name, value in promise.items():
+            recorded = getattr(entry, name)
+            if name == "condition":
+                recorded = normalize_condition(recorded)
+            if value is None:
+                continue
+            if recorded is None:
+                adopt[name] = value
+            else:
+                was[name], now[name] = recorded, value
+        changed = [k for k in now if was[k] != now[k]]
+        if changed:
+            shown = ["steps", "adaptivity"] + [k for k in changed if k not in ("steps", "adaptivity")]
+
+            def show(d: Mapping[str, Any]) -> str:
+                return ", ".join(f"{k}={d[k]}" for k in shown)
+            raise PolicyMismatch(
+                f"test set {entry.dataset_id[:12]} of {entry.repo} was first used with {show(was)}; "
+                f"the configuration now says {show(now)}. The guarantee holds only for the original "
+                "values: commit a new test set to change them"
+            )
+        if adopt:
+            t = testsets
+            with self.engine.begin() as conn:
+                for name, value in adopt.items():
+                    conn.execute(sa.update(t).where(t.c.id == entry.id, t.c[name].is_(None))
+                                 .values({name: value}))
+
     def reserve(self, repo: str, dataset_id: str, steps: int, adaptivity: str, commit: str | None = None,
                 build: str | None = None, condition: str | None = None,
-                samples_needed: int | None = None) -> Reservation:
+                samples_needed: int | None = None, *, base: str | None = None,
+                reliability: Any = None, mode: str | None = None,
+                method: str | None = None) -> Reservation:
         """Spend one use of the test set, before the model's result is computed.
 
-        Raises TestSetRetired / TestSetExhausted when no use is left, and LedgerError when
-        the test set was first used under a different budget or adaptivity (the guarantee
-        was computed for those: rotate the test set to change them).
+        With both ``commit`` (the head) and ``base``, reserving is idempotent: while a use for
+        the same (test set, head, base) is reserved or committed, that use is returned with
+        ``fresh=False`` and nothing is spent (a duplicate delivery of the same pull request).
+
+        Raises TestSetRetired / TestSetExhausted when no use is left, and PolicyMismatch when
+        the test set was first used under a different promise (steps, adaptivity, condition,
+        reliability, mode, method: the guarantee was computed for those; rotate the test set
+        to change them).
         """
-        mode = policy.normalize_adaptivity(adaptivity)
-        if not isinstance(steps, int) or steps < 1:
+        adapt = policy.normalize_adaptivity(adaptivity)
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise LedgerError(f"steps (the budget H) must be a positive integer, got {steps!r}")
         if not repo or not dataset_id:
             raise LedgerError("repo and dataset_id are required")
-        entry = self._get_or_create_entry(repo, dataset_id, steps, mode, condition, samples_needed)
+        promise = {"condition": normalize_condition(condition),
+                   "reliability": normalize_reliability(reliability),
+                   "mode": _normalize_word(mode), "method": _normalize_word(method)}
+        claim = f"{commit}:{base}" if commit and base else None
+        entry = self._get_or_create_entry(repo, dataset_id, steps, adapt, promise, samples_needed)
+        if claim is not None:
+            held = self._claimed(entry.id, claim)
+            if held is not None:
+                return held
         if entry.retired:
             raise _retired(repo, dataset_id, entry.retired_reason)
-        if entry.budget != steps or entry.adaptivity != mode:
-            raise PolicyMismatch(
-                f"test set {dataset_id[:12]} of {repo} was first used with steps={entry.budget}, "
-                f"adaptivity={entry.adaptivity}; the configuration now says steps={steps}, "
-                f"adaptivity={mode}. The guarantee holds only for the original values: commit a "
-                "new test set to change them"
-            )
+        self._bind_promise(entry, steps, adapt, promise)
         t = testsets
-        with self.engine.begin() as conn:
-            got = conn.execute(
-                sa.update(t)
-                .where(t.c.id == entry.id, t.c.uses < t.c.budget, t.c.retired == sa.false())
-                .values(uses=t.c.uses + 1)
-                .returning(t.c.uses, t.c.budget)
-            ).first()
-            if got is None:
-                cur = conn.execute(sa.select(t).where(t.c.id == entry.id)).one()
-                if cur.retired:
-                    raise _retired(repo, dataset_id, cur.retired_reason)
-                raise TestSetExhausted(
-                    f"test set {dataset_id[:12]} of {repo} has no uses left "
-                    f"({cur.uses} of {cur.budget} spent); commit a new test set"
-                )
-            use_number, budget = got
-            use_id = conn.execute(sa.insert(uses_table).values(
-                testset_id=entry.id, use_number=use_number, state="reserved",
-                commit_sha=commit, build=None if build is None else str(build), condition=condition,
-                reserved_at=_now(), notified=[],
-            ).returning(uses_table.c.id)).scalar_one()
+        try:
+            with self.engine.begin() as conn:
+                got = conn.execute(
+                    sa.update(t)
+                    .where(t.c.id == entry.id, t.c.uses < t.c.budget, t.c.retired == sa.false())
+                    .values(uses=t.c.uses + 1)
+                    .returning(t.c.uses, t.c.budget)
+                ).first()
+                if got is None:
+                    # (PostgreSQL) a twin may have taken the last use while we waited for the row
+                    held = claim and self._claimed(entry.id, claim, conn)
+                    if held:
+                        return held
+                    cur = conn.execute(sa.select(t).where(t.c.id == entry.id)).one()
+                    if cur.retired:
+                        raise _retired(repo, dataset_id, cur.retired_reason)
+                    raise TestSetExhausted(
+                        f"test set {dataset_id[:12]} of {repo} has no uses left "
+                        f"({cur.uses} of {cur.budget} spent); commit a new test set"
+                    )
+                use_number, budget = got
+                use_id = conn.execute(sa.insert(uses_table).values(
+                    testset_id=entry.id, use_number=use_number, state="reserved",
+                    commit_sha=commit, base_sha=base, claim=claim,
+                    build=None if build is None else str(build), condition=promise["condition"],
+                    reserved_at=_now(), notified=[],
+                ).returning(uses_table.c.id)).scalar_one()
+                made = self._reservations(conn, entry.id)
+        except IntegrityError:
+            # a twin reserved the same (head, base) first: its transaction won, ours (and our
+            # uses + 1) rolled back; report the twin's use
+            held = claim and self._claimed(entry.id, claim)
+            if not held:
+                raise
+            return held
         return Reservation(use_id=use_id, use_number=use_number, remaining=budget - use_number,
-                           budget=budget, adaptivity=mode, repo=repo, dataset_id=dataset_id)
+                           budget=budget, adaptivity=adapt, repo=repo, dataset_id=dataset_id,
+                           reservations=made)
+
+    @staticmethod
+    def _reservations(conn: sa.Connection, testset_id: int) -> int:
+        return conn.execute(sa.select(sa.func.count()).select_from(uses_table)
+                            .where(uses_table.c.testset_id == testset_id)).scalar_one()
+
+    def _claimed(self, testset_id: int, claim: str, conn: sa.Connection | None = None) -> Reservation | None:
+        """The use holding ``claim`` (reserved or committed), as a not-fresh Reservation."""
+        def query(c: sa.Connection) -> Reservation | None:
+            r = c.execute(sa.select(uses_table, testsets.c.budget, testsets.c.uses.label("spent"),
+                                    testsets.c.adaptivity, testsets.c.repo, testsets.c.dataset_id)
+                          .join(testsets, testsets.c.id == uses_table.c.testset_id)
+                          .where(uses_table.c.testset_id == testset_id, uses_table.c.claim == claim)).first()
+            if r is None:
+                return None
+            return Reservation(use_id=r.id, use_number=r.use_number, remaining=max(r.budget - r.spent, 0),
+                               budget=r.budget, adaptivity=r.adaptivity, repo=r.repo,
+                               dataset_id=r.dataset_id, fresh=False, state=r.state,
+                               reservations=self._reservations(c, testset_id))
+        if conn is not None:
+            return query(conn)
+        with self.engine.connect() as c:
+            out = query(c)
+            c.rollback()
+            return out
 
     def commit(self, use_id: int, verdict: str, result: Mapping[str, Any] | None = None,
                notified: Iterable[str] = ()) -> LedgerEntry:
         """Record the outcome of a reserved use (before it is reported); retire per policy.
 
+        ``verdict`` is ``pass``/``fail``, or None for a use that is spent without a verdict: the
+        model saw the test set's features and then crashed, timed out or predicted garbage
+        (``result`` says what happened). It counts like any other use.
         Committing the same use again with the same verdict is a no-op (safe to retry).
         Returns the entry's state; ``state.retired_by_use == use_id`` when this use retired it.
         """
-        if verdict not in policy.VERDICTS:
-            raise LedgerError(f"verdict must be 'pass' or 'fail', got {verdict!r}")
+        if verdict is not None and verdict not in policy.VERDICTS:
+            raise LedgerError(f"verdict must be 'pass', 'fail' or None (spent, no verdict), got {verdict!r}")
         result_json = None if result is None else _jsonable(result)
         notified_list = sorted({str(a) for a in notified})
         u, t = uses_table, testsets
@@ -382,7 +621,7 @@ class Ledger:
                 raise LedgerError(f"use {use_id} is {use.state}: a scored use is never given back")
             done = conn.execute(
                 sa.update(u).where(u.c.id == use_id, u.c.state == "reserved").values(
-                    state="released", release_reason=reason, finished_at=_now())
+                    state="released", release_reason=reason, finished_at=_now(), claim=None)
             ).rowcount
             if done == 1:
                 conn.execute(sa.update(t).where(t.c.id == use.testset_id).values(uses=t.c.uses - 1))
@@ -425,6 +664,8 @@ class Ledger:
             retired_by_use=row.retired_by_use, pending=counts.get("reserved", 0),
             committed=counts.get("committed", 0), condition=row.condition,
             samples_needed=row.samples_needed, created_at=_utc(row.created_at),
+            reliability=row.reliability, mode=row.mode, method=row.method,
+            reservations=sum(counts.values()),
         )
 
     def state(self, repo: str, dataset_id: str) -> LedgerEntry | None:
@@ -453,7 +694,7 @@ class Ledger:
             use_number=r.use_number, state=r.state, commit=r.commit_sha, build=r.build,
             condition=r.condition, reserved_at=_utc(r.reserved_at), finished_at=_utc(r.finished_at),
             verdict=r.verdict, result=r.result, notified=tuple(r.notified or ()),
-            release_reason=r.release_reason,
+            release_reason=r.release_reason, base=r.base_sha,
         )
 
     def use(self, use_id: int) -> UseRecord:

@@ -48,11 +48,15 @@ def visible_verdict(adaptivity: str, verdict: str | None) -> str | None:
     return verdict if developer_may_see(adaptivity, verdict) else None
 
 
-def retirement(adaptivity: str, verdict: str, uses: int, budget: int) -> str | None:
-    """Why a test set retires after a use with ``verdict`` (``uses`` spent of ``budget``), or None."""
+def retirement(adaptivity: str, verdict: str | None, uses: int, budget: int) -> str | None:
+    """Why a test set retires after a use with ``verdict`` (``uses`` spent of ``budget``), or None.
+
+    ``verdict`` None is a use spent without a verdict (the model saw the features, then
+    failed): it counts against the budget and retires nothing else.
+    """
     mode = normalize_adaptivity(adaptivity)
-    if verdict not in VERDICTS:
-        raise PolicyError(f"unknown verdict {verdict!r} (use 'pass' or 'fail')")
+    if verdict is not None and verdict not in VERDICTS:
+        raise PolicyError(f"unknown verdict {verdict!r} (use 'pass', 'fail' or None)")
     if mode == "firstChange" and verdict == "pass":
         return "first pass under adaptivity firstChange"
     if uses >= budget:

@@ -8,12 +8,13 @@ developers). Ledger calls block (SQLAlchemy) and run through ``deferToThread``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, threads
+from twisted.internet import defer, reactor, task, threads
 from twisted.python import log
 
 from buildbot.process import buildstep
@@ -123,6 +124,7 @@ class ReadInspection(_MasterStep):
                             ("easeml_reliability", ("reliability",)),
                             ("easeml_steps", ("steps",)),
                             ("easeml_mode", ("mode",)),
+                            ("easeml_method", ("method",)),
                             ("easeml_email", ("email",)),
                             ("easeml_dataset_path", ("dataset",))):
             value = _cfg(cfg, *names)
@@ -157,6 +159,8 @@ class ReadInspection(_MasterStep):
 
 
 _OPEN_USES = ("easeml-open-uses", "easeml_buildbot.master.steps")
+_LEDGER_GUARD = ("easeml-ledger", "easeml_buildbot.master.steps")
+DUPLICATE_POLL = 1.0  # seconds between looks at a twin build's use
 
 
 @defer.inlineCallbacks
@@ -165,10 +169,67 @@ def _open_use_slot(step: buildstep.BuildStep):
 
     A worker lost mid-build stops the build before any master step can run, and Buildbot
     retries the same build request; the retry releases the lost attempt's use (no result
-    reached anyone) before reserving its own.
+    reached anyone) before reserving its own. The key is cleared only after the ledger has
+    the use's outcome, so a master killed in between leaves the retry a committed use, which
+    it reports instead of spending another.
     """
     oid = yield step.master.db.state.getObjectId(*_OPEN_USES)
     return oid, f"buildrequest-{step.build.requests[0].id}"
+
+
+def _testset_key(repo: str, dataset_id: str) -> str:
+    digest = hashlib.sha256(f"{repo}\0{dataset_id}".encode()).hexdigest()[:40]
+    return f"reservations-{digest}"
+
+
+class LedgerGuard:
+    """The ledger must be the one this service has been using, and not behind it.
+
+    Buildbot's own database (``master.db.state``, shared by every master) keeps the ledger's
+    ``instance_id`` (created with the ledger's schema) and, per test set, the highest
+    reservation count the ledger has reported. A deleted or replaced ledger has another
+    instance id; one restored from an old backup has fewer reservations than Buildbot saw.
+    Either way the budgets it would hand out are not the real ones: refuse to evaluate.
+    """
+
+    def __init__(self, step: buildstep.BuildStep, led: Any) -> None:
+        self.step, self.led = step, led
+
+    @defer.inlineCallbacks
+    def problem(self, repo: str, dataset_id: str):
+        """None when the ledger may be used for (repo, dataset_id), else why not."""
+        from easeml_buildbot.custody.ledger import LedgerError
+
+        db = self.step.master.db.state
+        try:
+            instance = yield threads.deferToThread(self.led.instance_id)
+        except LedgerError as exc:
+            return f"the test-set ledger is unusable: {exc}"
+        oid = yield db.getObjectId(*_LEDGER_GUARD)
+        recorded = yield db.getState(oid, "instance_id", None)
+        if recorded is None:  # the first evaluation of this service: adopt this ledger
+            recorded = yield db.atomicCreateState(oid, "instance_id", lambda: instance)
+        if recorded != instance:
+            return (f"the test-set ledger is not the one this service has been using (its instance "
+                    f"{instance[:12]}, Buildbot recorded {str(recorded)[:12]}): it was deleted, "
+                    "replaced or re-created, so its budgets are not the real ones")
+        seen = yield db.getState(oid, _testset_key(repo, dataset_id), 0)
+        entry = yield threads.deferToThread(self.led.state, repo, dataset_id)
+        have = entry.reservations if entry is not None else 0
+        if have < int(seen or 0):
+            return (f"the test-set ledger is behind: Buildbot has seen {seen} reservations of test set "
+                    f"{dataset_id[:12]} of {repo}, the ledger holds {have} (restored from an old copy?)")
+        return None
+
+    @defer.inlineCallbacks
+    def saw(self, repo: str, dataset_id: str, reservations: int):
+        """Remember that the ledger reported ``reservations`` for the test set."""
+        db = self.step.master.db.state
+        oid = yield db.getObjectId(*_LEDGER_GUARD)
+        key = _testset_key(repo, dataset_id)
+        seen = yield db.getState(oid, key, 0)
+        if int(reservations) > int(seen or 0):
+            yield db.setState(oid, key, int(reservations))
 
 
 class ReserveUse(_MasterStep):
@@ -182,36 +243,61 @@ class ReserveUse(_MasterStep):
                                                     TestSetRetired)
 
         led = ledger_for(self.settings.ledger_url)
-        reused = yield self._reuse(led)
-        if reused:
-            return SUCCESS
+        repo, dataset = self.getProperty("easeml_repo"), self.getProperty("easeml_dataset_id")
+        guard = LedgerGuard(self, led)
+        problem = yield guard.problem(repo, dataset)
+        if problem:
+            log.msg(f"easeml: refusing to evaluate {repo}@{str(head_revision(self))[:12]}: {problem}")
+            self.status("infra_error", problem + "; no use was handed out and nothing was evaluated. "
+                        "The operator has been told; evaluations resume once the ledger is restored.")
+            yield self.note(f"not evaluated: {problem}")
+            return FAILURE
         oid, key = yield _open_use_slot(self)
         lost = yield self.master.db.state.getState(oid, key, None)
         if lost:
-            try:
-                yield threads.deferToThread(led.release, lost, reason="the worker was lost before a result; retried")
-                yield self.note(f"released use {lost} of the earlier attempt (worker lost)")
-            except LedgerError:
-                pass  # already committed or released
+            yield self._settle_lost(led, lost)
+            yield self.master.db.state.setState(oid, key, None)
+        reused = yield self._reuse(led)
+        if reused:
+            return SUCCESS
         url = yield self.build.getUrl()
-        kwargs = dict(repo=self.getProperty("easeml_repo"), dataset_id=self.getProperty("easeml_dataset_id"),
+        kwargs = dict(repo=repo, dataset_id=dataset,
                       steps=int(self.getProperty("easeml_steps") or 1),
                       adaptivity=self.getProperty("easeml_adaptivity") or "none",
-                      commit=head_revision(self),
-                      build=url, condition=str(self.getProperty("easeml_condition") or ""))
-        try:
-            r = yield threads.deferToThread(led.reserve, **kwargs)
-        except PolicyMismatch as exc:
-            # steps/adaptivity changed for a test set already in use: a configuration problem,
-            # the developer fixes .easeml.yml (or rotates the test set); no use is spent
-            self.status("config_error", str(exc))
-            yield self.note(f"not evaluated: {exc}")
-            return FAILURE
-        except (TestSetExhausted, TestSetRetired) as exc:
-            self.status("exhausted", str(exc))
-            self.setProperty("easeml_uses_left", 0, "easeml")
-            yield self.note(f"not evaluated: {exc}")
-            return WARNINGS
+                      commit=head_revision(self), base=self.getProperty("easeml_base_sha"),
+                      build=url, condition=str(self.getProperty("easeml_condition") or "") or None,
+                      reliability=self.getProperty("easeml_reliability"),
+                      mode=self.getProperty("easeml_mode"), method=self.getProperty("easeml_method"),
+                      samples_needed=self.getProperty("easeml_samples_needed"))
+        deadline = reactor.seconds() + max(int(getattr(self.settings, "build_timeout", 3600) or 3600), 60) * 2
+        while True:
+            try:
+                r = yield threads.deferToThread(led.reserve, **kwargs)
+            except PolicyMismatch as exc:
+                # the promise changed for a test set already in use: a configuration problem,
+                # fixed in .easeml.yml (or by rotating the test set); no use is spent
+                self.status("config_error", str(exc))
+                yield self.note(f"not evaluated: {exc}")
+                return FAILURE
+            except (TestSetExhausted, TestSetRetired) as exc:
+                self.status("exhausted", str(exc))
+                self.setProperty("easeml_uses_left", 0, "easeml")
+                yield self.note(f"not evaluated: {exc}")
+                return WARNINGS
+            yield guard.saw(repo, dataset, r.reservations)
+            if r.fresh:
+                break
+            use = yield self._await_twin(led, r.use_id, deadline)
+            if use is None:
+                self.status("infra_error", f"another build of this commit holds use {r.use_number} of the "
+                            "test set and did not finish; nothing was evaluated here")
+                yield self.note(f"gave up waiting for the build holding use {r.use_number}")
+                return FAILURE
+            if use.state == "committed":
+                yield self._report_existing(led, use, "another build of this commit against the same base "
+                                                      "already holds a use")
+                return SUCCESS
+            # the twin gave its use back (nothing saw the features): reserve again
         yield self.master.db.state.setState(oid, key, r.use_id)
         self.setProperty("easeml_use_id", r.use_id, "easeml")
         self.setProperty("easeml_use_number", r.use_number, "easeml")
@@ -219,14 +305,71 @@ class ReserveUse(_MasterStep):
         yield self.note(f"use {r.use_number} reserved (id {r.use_id}); {r.remaining} left after this one")
         return SUCCESS
 
+    @defer.inlineCallbacks
+    def _settle_lost(self, led, lost):
+        """The earlier attempt of this build request held use ``lost``: give it back if it is
+        still reserved (the worker was lost before a result); a committed one stays (the master
+        died after recording it) and the reservation below reports it."""
+        from easeml_buildbot.custody.ledger import LedgerError
+
+        try:
+            use = yield threads.deferToThread(led.use, lost)
+        except LedgerError:
+            return
+        if use.state == "reserved":
+            yield threads.deferToThread(led.release, lost, reason="the worker was lost before a result; retried")
+            yield self.note(f"released use {use.use_number} of the earlier attempt (worker lost)")
+        else:
+            yield self.note(f"the earlier attempt's use {use.use_number} is already {use.state}")
+
+    @defer.inlineCallbacks
+    def _await_twin(self, led, use_id, deadline):
+        """Wait (without blocking the reactor) until the twin build's use is committed or
+        released; None when ``deadline`` passes first."""
+        noted = False
+        while True:
+            use = yield threads.deferToThread(led.use, use_id)
+            if use.state != "reserved":
+                return use
+            if not noted:
+                yield self.note(f"another build of this commit against the same base holds use "
+                                f"{use.use_number}; waiting for its result instead of spending a second use")
+                noted = True
+            if reactor.seconds() > deadline:
+                return None
+            yield task.deferLater(reactor, DUPLICATE_POLL, lambda: None)
+
+    @defer.inlineCallbacks
+    def _report_existing(self, led, use, why: str):
+        """Report a committed use's recorded outcome again, spending nothing."""
+        from easeml_buildbot.custody.policy import developer_may_see
+
+        result = use.result or {}
+        state = yield threads.deferToThread(led.state, use.repo, use.dataset_id)
+        self.setProperty("easeml_use_id", use.id, "easeml")
+        self.setProperty("easeml_use_closed", True, "easeml")
+        self.setProperty("easeml_reused", True, "easeml")
+        if result.get("samples_used") is not None:
+            self.setProperty("easeml_samples_used", int(result["samples_used"]), "easeml")
+        if state is not None:
+            self.setProperty("easeml_uses_left", state.remaining, "easeml")
+        if use.verdict in ("pass", "fail"):
+            self.status("evaluated")
+            self.build.easeml_outcome = use.verdict
+            if developer_may_see(self.getProperty("easeml_adaptivity") or "none", use.verdict):
+                self.setProperty("easeml_verdict", use.verdict, "easeml")
+        else:  # spent without a verdict (the model failed after seeing the features)
+            self.status(_failure_kind(result.get("status")), _failure_cause(result))
+        yield self.note(f"{why} (use {use.use_number}); reporting its result, no new use spent")
 
     @defer.inlineCallbacks
     def _reuse(self, led):
         """A re-run of a commit already scored against the same base and test set reports the
         recorded result again instead of spending a use: a deterministic re-evaluation tells
-        the developer nothing new, so it must not cost the test set anything."""
-        from easeml_buildbot.custody.policy import developer_may_see
+        the developer nothing new, so it must not cost the test set anything.
 
+        Uses recorded since the ledger keeps claims are found by ``reserve`` itself; this
+        covers those recorded before (their base is in the result JSON)."""
         repo, dataset = self.getProperty("easeml_repo"), self.getProperty("easeml_dataset_id")
         head = head_revision(self)
         base = self.getProperty("easeml_base_sha")
@@ -235,26 +378,28 @@ class ReserveUse(_MasterStep):
                  and (u.result or {}).get("base") == base and u.verdict in ("pass", "fail")]
         if not prior:
             return False
-        use = prior[-1]
-        state = yield threads.deferToThread(led.state, repo, dataset)
-        self.setProperty("easeml_use_id", use.id, "easeml")
-        self.setProperty("easeml_use_closed", True, "easeml")
-        self.setProperty("easeml_reused", True, "easeml")
-        if (use.result or {}).get("samples_used") is not None:
-            self.setProperty("easeml_samples_used", int(use.result["samples_used"]), "easeml")
-        if state is not None:
-            self.setProperty("easeml_uses_left", state.remaining, "easeml")
-        self.status("evaluated")
-        self.build.easeml_outcome = use.verdict
-        if developer_may_see(self.getProperty("easeml_adaptivity") or "none", use.verdict):
-            self.setProperty("easeml_verdict", use.verdict, "easeml")
-        yield self.note(f"{str(head)[:12]} was already scored against {str(base)[:12]} on this test set "
-                        f"(use {use.use_number}); reporting that result again, no new use spent")
+        yield self._report_existing(led, prior[-1], f"{str(head)[:12]} was already scored against "
+                                                    f"{str(base)[:12]} on this test set")
         return True
 
 
+def _failure_kind(status: str | None) -> str:
+    return {"model_error": "model_error", "config_error": "config_error",
+            "dataset_error": "missing_dataset"}.get(status or "", "infra_error")
+
+
+def _failure_cause(result: dict[str, Any]) -> str:
+    return f"{result.get('cause') or result.get('status')}: {result.get('message') or ''}".strip()
+
+
 class RecordResult(_MasterStep):
-    """Commit the reserved use with the result (or release it if nothing was scored)."""
+    """Commit the reserved use with the result; release it only if nothing saw the features.
+
+    result.json's ``spent`` (written by the worker) is true once a model was started with the
+    test set's features, whatever happened next: such a use is committed (counted) even
+    without a verdict. A missing result.json after the evaluate step started is counted too:
+    nobody can tell whether the features were seen.
+    """
 
     name = "record result"
 
@@ -274,42 +419,76 @@ class RecordResult(_MasterStep):
         self.forget_private("result.json")
         return outcome
 
+    def _evaluate_started(self) -> bool:
+        for s in getattr(self.build, "executedSteps", ()):
+            if getattr(s, "name", None) == "evaluate":
+                return getattr(s, "results", None) != SKIPPED
+        return False
+
     @defer.inlineCallbacks
     def _record(self, led, use_id, result):
-        from easeml_buildbot.custody.policy import developer_may_see
-
         self.setProperty("easeml_use_closed", True, "easeml")
         oid, key = yield _open_use_slot(self)
+        outcome = yield self._settle(led, use_id, result)
+        # only now: a master killed before this line leaves the retry a committed use to report
         yield self.master.db.state.setState(oid, key, None)
+        return outcome
+
+    def _left(self, state) -> None:
+        remaining = getattr(state, "remaining", None)
+        if remaining is not None:
+            self.setProperty("easeml_uses_left", remaining, "easeml")
+        if getattr(state, "retired", False):
+            self.setProperty("easeml_retired", True, "easeml")
+
+    @defer.inlineCallbacks
+    def _settle(self, led, use_id, result):
+        from easeml_buildbot.custody.policy import developer_may_see
+
         if result is None:
-            yield threads.deferToThread(led.release, use_id, reason="the worker produced no result (infrastructure error)")
-            self.setProperty("easeml_released", True, "easeml")
-            self.status("infra_error", "the evaluation step produced no result; the test-set use was released")
-            yield self.note("no result.json: use released")
+            if not self._evaluate_started():
+                state = yield threads.deferToThread(led.release, use_id, reason="the evaluation never started")
+                self._left(state)
+                self.setProperty("easeml_released", True, "easeml")
+                self.status("infra_error", "the evaluation did not start; the test-set use was released")
+                yield self.note("evaluation never started: use released")
+                return FAILURE
+            # the model may have seen the features (nothing proves otherwise): counted
+            state = yield threads.deferToThread(
+                led.commit, use_id, verdict=None,
+                result={"status": "infra_error", "cause": "no_result", "spent": True,
+                        "message": "the evaluation step produced no result.json"})
+            self._left(state)
+            self.status("infra_error", "the evaluation step produced no result; the test-set use counts "
+                        "(the model may have seen the test set)")
+            yield self.note("no result.json: use counted")
             return FAILURE
         if result.get("samples_used") is not None:
             self.setProperty("easeml_samples_used", int(result["samples_used"]), "easeml")
         status = result.get("status")
         if not result.get("scored") or status != "scored" or not result.get("verdict"):
-            reason = (result.get("message") or status or "not scored")
-            yield threads.deferToThread(led.release, use_id, reason=reason[:500])
-            self.setProperty("easeml_released", True, "easeml")
-            kind = {"model_error": "model_error", "config_error": "config_error",
-                    "dataset_error": "missing_dataset"}.get(status, "infra_error")
-            cause = f"{result.get('cause') or status}: {result.get('message') or ''}".strip()
-            self.status(kind, cause)
-            yield self.note(f"not scored ({result.get('cause') or status}); use released")
+            cause = _failure_cause(result)
+            if result.get("spent") is False:  # the worker says no model saw the features
+                reason = (result.get("message") or status or "not scored")
+                state = yield threads.deferToThread(led.release, use_id, reason=reason[:500])
+                self._left(state)
+                self.setProperty("easeml_released", True, "easeml")
+                self.status(_failure_kind(status), cause)
+                yield self.note(f"not scored ({result.get('cause') or status}); nothing saw the test set: use released")
+                return FAILURE
+            state = yield threads.deferToThread(led.commit, use_id, verdict=None, result=result,
+                                                notified=list(self.getProperty("easeml_email") or []))
+            self._left(state)
+            self.status(_failure_kind(status), cause)
+            yield self.note(f"not scored ({result.get('cause') or status}) after the model saw the test set: "
+                            "use counted")
             return FAILURE
         verdict = result["verdict"]
         outcome = verdict.get("outcome")
         adaptivity = self.getProperty("easeml_adaptivity") or "none"
         emails = list(self.getProperty("easeml_email") or [])
         state = yield threads.deferToThread(led.commit, use_id, verdict=outcome, result=result, notified=emails)
-        remaining = getattr(state, "remaining", None)
-        if remaining is not None:
-            self.setProperty("easeml_uses_left", remaining, "easeml")
-        if getattr(state, "retired", False):
-            self.setProperty("easeml_retired", True, "easeml")
+        self._left(state)
         self.status("evaluated")
         visible = developer_may_see(adaptivity, outcome)
         if visible:
