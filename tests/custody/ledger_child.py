@@ -1,6 +1,7 @@
 """A separate process that uses the ledger (for race and crash tests). Not a test module.
 
     python ledger_child.py race URL REPO DATASET STEPS READY_FILE GO_FILE
+    python ledger_child.py dup URL REPO DATASET STEPS READY_FILE GO_FILE HEAD BASE
     python ledger_child.py reserve-and-hang URL REPO DATASET STEPS
     python ledger_child.py hang-in-transaction URL REPO DATASET
 """
@@ -19,8 +20,9 @@ from easeml_buildbot.custody.ledger import Ledger, LedgerError, testsets
 def main(argv: list[str]) -> int:
     mode, url, repo, ds = argv[:4]
     led = Ledger(url)
-    if mode == "race":
+    if mode in ("race", "dup"):
         steps, ready, go = int(argv[4]), Path(argv[5]), Path(argv[6])
+        claim = dict(commit=argv[7], base=argv[8]) if mode == "dup" else dict(commit="race")
         ready.touch()
         deadline = time.monotonic() + 60
         while not go.exists():
@@ -29,11 +31,11 @@ def main(argv: list[str]) -> int:
                 return 3
             time.sleep(0.002)
         try:
-            r = led.reserve(repo, ds, steps, "full", commit="race", build=str(ready.name))
+            r = led.reserve(repo, ds, steps, "full", build=str(ready.name), **claim)
         except LedgerError as exc:
             print(f"LOST {type(exc).__name__}", flush=True)
             return 0
-        print(f"WON {r.use_id} {r.use_number}", flush=True)
+        print(f"{'WON' if getattr(r, 'fresh', True) else 'DUP'} {r.use_id} {r.use_number}", flush=True)
         return 0
     if mode == "reserve-and-hang":
         r = led.reserve(repo, ds, int(argv[4]), "full", commit="doomed", build="crash-test")
