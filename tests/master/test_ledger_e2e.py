@@ -146,18 +146,18 @@ def test_a_model_that_saw_the_features_and_crashed_spends_its_use(world):
     head = world.repo.commit_model(quality=0.9, branch="main", predict_py=crashing_model(),
                                    message="prints its input, exits 1")
     ((b, p),) = world.next_builds()
+    import sqlite3  # an operator's online backup (the live ledger is in WAL mode)
+
+    world.backup = world.ledger_path.with_suffix(".backup")
+    src, dst = sqlite3.connect(world.ledger_path), sqlite3.connect(world.backup)
+    src.backup(dst)  # for stage 4: an old copy of the ledger
+    src.close(), dst.close()
     assert p["easeml_status"] == "model_error", (p, world.bb.master_log()[-4000:])
     (use,) = world.uses(head.sha)
     assert (use.state, use.verdict) == ("committed", None)  # counted: the model saw the features
     assert not p.get("easeml_released")
     with Ledger(world.ledger_path) as led:
         assert p["easeml_uses_left"] == led.state(PROJECT, world.repo.dataset_id).remaining == 7
-    world.backup = world.ledger_path.with_suffix(".backup")
-    import sqlite3  # an operator's online backup (the live ledger is in WAL mode)
-
-    src, dst = sqlite3.connect(world.ledger_path), sqlite3.connect(world.backup)
-    src.backup(dst)  # for stage 4: an old copy of the ledger
-    src.close(), dst.close()
 
 
 def test_concurrent_builds_of_one_head_and_base_spend_one_use(world):
