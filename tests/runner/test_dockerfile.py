@@ -1,0 +1,96 @@
+"""The Dockerfile parser (line numbers, continuations, escape, comments, heredocs, JSON form)
+and the build sandbox's rules, each refusal naming its line and why."""
+
+from __future__ import annotations
+
+import pytest
+
+from easeml_buildbot.runner.dockerfile import DockerfileError, check_sandbox, parse, sandbox_problems
+
+
+def test_parser_handles_the_syntax():
+    text = (
+        "# escape=`\n"
+        "\n"
+        "# a comment\n"
+        "from   easeml/busybox AS Build\n"
+        "Run echo a `\n"
+        "  # comment inside a continuation\n"
+        "\n"
+        "  && echo b\n"
+        'cmd ["python3", "-c", "print(1)"]\n'
+        "COPY --chown=1:1 --from=build /a /b\n"
+    )
+    df = parse(text)
+    assert df.escape == "`"
+    assert [(i.line, i.keyword) for i in df.instructions] == [(4, "FROM"), (5, "RUN"), (9, "CMD"), (10, "COPY")]
+    assert df.instructions[1].args == "echo a && echo b"
+    assert df.instructions[2].json == ("python3", "-c", "print(1)")
+    assert df.instructions[3].flag("chown") == "1:1" and df.instructions[3].flag("from") == "build"
+    assert [u.ref for u in df.base_images()] == ["easeml/busybox"]  # --from=build is a stage
+
+
+def test_heredoc_bodies_are_not_instructions():
+    df = parse("FROM x\nRUN <<EOF\nFROM y\nEOF\nCOPY <<-END /f\n\thello\n\tEND\n")
+    run, copy = df.instructions[1], df.instructions[2]
+    assert run.heredocs[0].body == "FROM y" and run.heredocs[0].line == 3
+    assert copy.heredocs[0].body == "hello" and copy.line == 5
+    assert [u.ref for u in df.base_images()] == ["x"]
+    with pytest.raises(DockerfileError, match=r"Dockerfile:2: heredoc <<EOF is never closed"):
+        parse("FROM x\nRUN <<EOF\necho\n")
+
+
+def test_base_images_expand_meta_args_and_find_every_pull():
+    df = parse("ARG PY=3.11\nARG TAG\nFROM python:${PY}-slim AS a\nFROM a\nFROM scratch\n"
+               "COPY --from=0 /x /x\nCOPY --from=ghcr.io/acme/tools:1 /t /t\n"
+               "RUN --mount=type=bind,from=alpine@sha256:" + "a" * 64 + ",target=/m true\n")
+    assert [(u.line, u.ref, u.how) for u in df.base_images()] == [
+        (3, "python:3.11-slim", "FROM"), (7, "ghcr.io/acme/tools:1", "COPY --from"),
+        (8, "alpine@sha256:" + "a" * 64, "RUN --mount from=")]
+    with pytest.raises(DockerfileError, match=r"Dockerfile:2: FROM uses \$TAG, which has no default"):
+        parse("ARG TAG\nFROM python:$TAG\n").base_images()
+
+
+def test_unknown_instruction_names_its_line():
+    with pytest.raises(DockerfileError, match=r"Dockerfile:3: unknown instruction 'FORM'"):
+        parse("FROM x\n\nFORM y\n")
+
+
+@pytest.mark.parametrize("text,line,why", [
+    ("FROM x\nADD http://127.0.0.1:8000/secret /s\n", 2, "worker host's network"),
+    ("FROM x\nadd HTTPS://example.com/a.tgz /a\n", 2, "worker host's network"),
+    ("FROM x\nADD git@github.com:acme/private.git /src\n", 2, "worker host's network"),
+    ("FROM x\nADD [\"git://h/r\", \"/r\"]\n", 2, "worker host's network"),
+    ("FROM x\nCOPY https://h/f /f\n", 2, "worker host's network"),
+    ("FROM x\nARG U=http://127.0.0.1/s\nADD $U /s\n", 3, "uses a variable"),
+    ("FROM x\nRUN --network=host wget http://127.0.0.1/\n", 2, "--network=host is not allowed"),
+    ("FROM x\nRUN \\\n  --network=default true\n", 2, "--network=default is not allowed"),
+    ("FROM x\nRUN --mount=type=ssh git clone x\n", 2, "SSH agent"),
+    ("FROM x\nRUN --mount=type=secret,id=aws cat /run/secrets/aws\n", 2, "secret of the worker"),
+    ("FROM x\nRUN --mount=type=cache,target=/root/.cache pip install x\n", 2, "shared with builds"),
+    ("FROM x\nRUN --security=insecure true\n", 2, "all capabilities"),
+    ("# syntax=docker/dockerfile:1.4\nFROM x\n", 1, "frontend image"),
+    ("# Syntax = evil/frontend\nFROM x\n", 1, "frontend image"),
+    ("FROM x\nONBUILD ADD http://h/f /f\n", 2, "worker host's network"),
+    # hidden in a heredoc body for a heredoc-aware reader, an instruction for the classic builder
+    ("FROM x\nRUN <<EOF\nADD http://127.0.0.1/s /s\nEOF\n", 3, "worker host's network"),
+])
+def test_sandbox_refuses_ways_out(text, line, why):
+    problems = sandbox_problems(text)
+    assert problems, "not refused"
+    assert any(p.line == line and why in p.message for p in problems), [str(p) for p in problems]
+    with pytest.raises(DockerfileError) as err:
+        check_sandbox(text)
+    assert f"Dockerfile:{line}:" in str(err.value)
+
+
+@pytest.mark.parametrize("text", [
+    "FROM easeml/python:bookworm\nWORKDIR /m\nCOPY --chown=1000 model.py /m/\nADD weights.tar /m/\n"
+    'RUN python3 -c "print(1)"\nCMD ["python3", "/m/model.py"]\n',
+    "FROM x AS build\nRUN --mount=type=tmpfs,target=/t true\nFROM x\nCOPY --from=build /a /a\n",
+    "# escape=`\nFROM x\nRUN echo `\n  ok\n",
+    "FROM x\n# ADD http://commented/out /x\nONBUILD RUN echo later\n",
+    "FROM x\nRUN echo http://not-a-source.example/ > /url.txt\n",
+])
+def test_sandbox_accepts_ordinary_dockerfiles(text):
+    assert sandbox_problems(text) == []
