@@ -90,6 +90,7 @@ class Limits:
     pids: int = 256                  # processes + threads
     timeout: float = 600.0           # seconds of wall time for the model run
     build_timeout: float = 900.0     # seconds of wall time for the image build
+    build_disk: int = 10 << 30       # bytes the build may add to its base images (layers)
     tmpfs: int = 256 << 20           # bytes of scratch space at /tmp
     output: int = 256 << 20          # bytes the model may write to /easeml/output (per file)
     log_bytes: int = 64 << 10        # bytes of build log and of run log kept (head + tail)
@@ -100,15 +101,17 @@ class Limits:
     _ENV = {
         "EASEML_MEMORY": "memory", "EASEML_CPUS": "cpus", "EASEML_PIDS": "pids",
         "EASEML_TIMEOUT": "timeout", "EASEML_BUILD_TIMEOUT": "build_timeout",
+        "EASEML_BUILD_DISK": "build_disk",
         "EASEML_TMPFS": "tmpfs", "EASEML_OUTPUT_LIMIT": "output",
         "EASEML_LOG_BYTES": "log_bytes", "EASEML_RUN_USER": "user",
         "EASEML_WORKER_GPUS": "gpus",
     }
-    LOWERABLE = ("memory", "cpus", "pids", "timeout", "build_timeout", "tmpfs", "output")
+    LOWERABLE = ("memory", "cpus", "pids", "timeout", "build_timeout", "build_disk", "tmpfs",
+                 "output")
 
     @staticmethod
     def _convert(name: str, value: Any) -> Any:
-        if name in ("memory", "tmpfs", "output", "log_bytes"):
+        if name in ("memory", "tmpfs", "output", "log_bytes", "build_disk"):
             return parse_bytes(value, default_unit="m" if name != "log_bytes" else "")
         if name == "gpus":
             from easeml_buildbot.gpus import parse_offer

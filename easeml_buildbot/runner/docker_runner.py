@@ -10,12 +10,12 @@ an empty output directory. Labels and keys stay in the worker process.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,12 @@ from easeml_buildbot.gpus import device_requests
 
 from easeml_buildbot.runner.base import (
     BoundedLog, Limits, ModelError, RunnerUnavailable, RunResult, model_path,
+)
+from easeml_buildbot.runner.build_cgroup import BuildCgroup, CgroupUnavailable
+from easeml_buildbot.runner.dockerfile import Dockerfile, DockerfileError, check_sandbox
+from easeml_buildbot.runner.image_cache import ImageCache, Lease, context_digest
+from easeml_buildbot.runner.images import (
+    DEFAULT_DOMAIN, AllowedImages, BadReference, Reference, normalize, parse_reference,
 )
 from easeml_buildbot.runner.predictions import find_predictions, parse_predictions
 from easeml_buildbot.runner.workspace import CONTAINER_INPUT_DIR, CONTAINER_OUTPUT_DIR, Workspace
@@ -46,10 +52,7 @@ _SIGNALS = {137: "SIGKILL", 139: "SIGSEGV", 134: "SIGABRT", 143: "SIGTERM", 153:
             126: "command not executable", 127: "command not found"}
 
 
-def _tag_for(tag: str) -> str:
-    """A unique, valid image reference per build: easeml-model/<tag>:<random>."""
-    name = re.sub(r"[^a-z0-9._-]+", "-", tag.lower()).strip("-._")[:100] or "model"
-    return f"easeml-model/{name}:{uuid.uuid4().hex[:12]}"
+_MAX_DOCKERFILE = 1 << 20  # bytes of a Dockerfile read (the daemon's own limit is larger)
 
 
 def _dockerignore(context: Path) -> list[str]:
@@ -71,48 +74,107 @@ class DockerRunner:
     name = "docker"
 
     def __init__(self, client: docker.DockerClient | None = None, *,
-                 build_network: str | None = None, keep_images: bool = False) -> None:
+                 build_network: str | None = None, keep_images: bool = False,
+                 build_args: Mapping[str, str] | None = None,
+                 allowed_images: AllowedImages | None = None,
+                 image_cache: ImageCache | None = None,
+                 build_cgroup: bool | None = None) -> None:
         try:
             self.client = client or docker.from_env(timeout=120)
             self.client.ping()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise RunnerUnavailable(f"no Docker daemon answers: {exc}") from None
         # The build never sees the test set, but offline builds are reproducible and cannot
-        # fetch surprises; EASEML_BUILD_NETWORK=default lets RUN steps reach the network.
+        # fetch surprises; EASEML_BUILD_NETWORK names the network RUN steps get.
         self.build_network = build_network or os.environ.get("EASEML_BUILD_NETWORK", "none")
         self.keep_images = keep_images
+        # Build arguments come from the operator only (e.g. an egress proxy), never from the
+        # repository or the worker's environment.
+        self.build_args = dict(build_args or {})
+        self.allowed_images = allowed_images or AllowedImages.from_env()
+        self.cache = image_cache or ImageCache(self.client)
+        if build_cgroup is None:
+            build_cgroup = os.environ.get("EASEML_BUILD_CGROUP", "on").strip().lower() not in (
+                "off", "0", "false", "no")
+        self.build_cgroup = build_cgroup
+        self._leases: dict[str, list[Lease]] = {}
+        self._leases_lock = threading.Lock()
 
     # ------------------------------------------------------------------ build
     def build(self, repo_dir: Path, *, tag: str, model: Mapping[str, Any], limits: Limits,
               exclude: Sequence[str] = (), log_out: BoundedLog) -> tuple[str, list[str]]:
-        """Build the image; returns (image reference, intermediate image ids)."""
-        context = model_path(repo_dir, str(model.get("context") or "."), "context")
-        dockerfile = model_path(repo_dir, str(model.get("dockerfile") or "Dockerfile"), "dockerfile")
+        """Build the image (or find it in the cache); returns (image reference, ids of the
+        step images this build made). The image is held (no prune removes it) until
+        :meth:`_remove_images` releases it."""
+        repo = Path(repo_dir).resolve()
+        context = model_path(repo, str(model.get("context") or "."), "context")
+        dockerfile = model_path(repo, str(model.get("dockerfile") or "Dockerfile"), "dockerfile")
         if not dockerfile.is_file():
             raise ModelError("dockerfile_missing",
-                             f"no Dockerfile at {dockerfile.relative_to(Path(repo_dir).resolve())} "
+                             f"no Dockerfile at {dockerfile.relative_to(repo)} "
                              "(set model.dockerfile in .easeml.yml)")
         if context not in dockerfile.parents:
             raise ModelError("bad_model_config", "model.dockerfile must be inside model.context")
         rel_dockerfile = str(dockerfile.relative_to(context))
-        self._check_base_images(dockerfile)
+        text = dockerfile.read_bytes()[:_MAX_DOCKERFILE].decode("utf-8", errors="replace")
+        try:
+            parsed = check_sandbox(text, path=str(dockerfile.relative_to(repo)))
+        except DockerfileError as exc:
+            raise ModelError("build_failed", str(exc)) from None
+        bases = self._check_base_images(parsed, log_out)
         patterns = _dockerignore(context) + list(ALWAYS_EXCLUDED) + [
             p for e in exclude for p in (e, f"{e.rstrip('/')}/**")]
         ctx = build_tar(str(context), exclude=patterns, dockerfile=(rel_dockerfile, None))
-        ref = _tag_for(tag)
+        settings = {"network": self.build_network, "build_args": self.build_args}
+        ref = self.cache.ref_for(self.cache.key(context_digest(ctx), rel_dockerfile, settings, bases))
+        lease = self.cache.lease()
+        try:
+            if self.cache.lookup(ref):
+                ctx.close()
+                log_out.write(f"using the cached image {ref} (same build context, Dockerfile, "
+                              "base images and build settings)\n")
+                steps: list[str] = []
+            else:
+                steps = self._build(ctx, ref, rel_dockerfile, limits, log_out)
+                self.cache.touch(ref)
+        except BaseException:
+            lease.release()
+            raise
+        with self._leases_lock:
+            self._leases.setdefault(ref, []).append(lease)
+        return ref, steps
+
+    def _build(self, ctx: Any, ref: str, rel_dockerfile: str, limits: Limits,
+               log_out: BoundedLog) -> list[str]:
         steps: list[str] = []
-        state: dict[str, Any] = {"running": None, "error": None, "done": False}
+        state: dict[str, Any] = {"running": None, "error": None, "limit": None, "done": False}
+        cgroup = BuildCgroup(pids=limits.pids, cpus=min(limits.cpus, self._host_cpus()),
+                             memory=limits.memory)
+        if self.build_cgroup:
+            try:
+                cgroup.create()
+            except CgroupUnavailable as exc:
+                ctx.close()
+                raise RunnerUnavailable(f"{exc}; the build's pid and CPU limits need it "
+                                        "(EASEML_BUILD_CGROUP=off builds without them)") from None
 
         def consume() -> None:
             try:
-                stream = self.client.api.build(
-                    fileobj=ctx, custom_context=True, tag=ref, dockerfile=rel_dockerfile,
-                    # nocache: a build's intermediate images are its own. With the cache, two
-                    # builds of the same Dockerfile prefix share layers, and the first one's
-                    # clean-up (which prunes its layers) pulls them from under the other.
-                    rm=True, forcerm=True, pull=False, nocache=True, decode=True,
-                    network_mode=self.build_network, labels={LABEL: "model", TAG_LABEL: tag[:200]},
-                )
+                stream = self._post_build(ctx, {
+                    "t": ref, "dockerfile": rel_dockerfile,
+                    # The layer cache is on: nothing removes an image while a build holds
+                    # the cache (see image_cache.py). rm/forcerm remove step *containers*.
+                    "rm": True, "forcerm": True, "pull": False, "nocache": False,
+                    "networkmode": self.build_network,
+                    "labels": json.dumps({LABEL: "model"}),
+                    # only the operator's build arguments; the SDK would add the worker's
+                    # proxy settings from ~/.docker/config.json (use_config_proxy)
+                    "buildargs": json.dumps(self.build_args),
+                    # with the build's cgroup the memory limit is its (one counter of OOM
+                    # kills for the whole build); without, per step container
+                    **({"cgroupparent": cgroup.parent} if self.build_cgroup else
+                       {"memory": limits.memory, "memswap": limits.memory}),
+                }, state)
                 for chunk in stream:
                     text = chunk.get("stream") or chunk.get("status") or ""
                     if text:
@@ -120,71 +182,203 @@ class DockerRunner:
                         m = _RUNNING_IN.search(text)
                         if m:
                             state["running"] = m.group(1)
+                            if state["limit"]:
+                                self._kill(m.group(1))
                         if text.startswith("Step "):
                             state["from"] = " : FROM " in text.upper()
+                            state["running"] = None
                         m = _STEP_IMAGE.match(text)
                         if m and not state.get("from"):  # never the base image itself
                             steps.append(m.group(1))
+                            state["running"] = None
+                            self._check_disk(state, steps, limits)
                     if "error" in chunk:
                         state["error"] = str(chunk.get("error") or "").strip()
                         log_out.write(state["error"] + "\n")
-            except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-                state["error"] = state["error"] or f"docker: {exc}"
+            except (docker.errors.DockerException, requests.exceptions.RequestException,
+                    AttributeError, OSError, ValueError) as exc:
+                # (a hang-up of ours ends the stream with whatever the closed socket raises)
+                state["error"] = state["error"] or state["limit"] or f"docker: {exc}"
             finally:
                 state["done"] = True
                 ctx.close()
 
         worker = threading.Thread(target=consume, name=f"easeml-build-{ref}", daemon=True)
-        worker.start()
-        worker.join(limits.build_timeout)
-        if worker.is_alive():
-            # Stop the step that is running; the daemon then fails the build and removes it.
-            if state["running"]:
-                try:
-                    self.client.api.kill(state["running"])
-                except docker.errors.DockerException:
-                    pass
-            worker.join(30)
-            self._remove_images([ref, *steps])
-            raise ModelError("build_timeout", f"the image build ran longer than "
-                             f"{limits.build_timeout:g}s and was stopped", log=log_out.getvalue())
-        if state["error"]:
-            self._remove_images([ref, *steps])
-            raise ModelError("build_failed", state["error"], log=log_out.getvalue())
+        watcher = threading.Thread(target=self._watch_disk, args=(state, steps, limits),
+                                   name=f"easeml-build-disk-{ref}", daemon=True)
         try:
-            self.client.images.get(ref)
-        except docker.errors.ImageNotFound:
-            self._remove_images(steps)
-            raise ModelError("build_failed", "the build ended without an image",
-                             log=log_out.getvalue()) from None
-        return ref, steps
-
-    def _check_base_images(self, dockerfile: Path) -> None:
-        """Fail fast, with a useful message, when a FROM image is not on this worker: no
-        registry is reachable, and the daemon would otherwise try to pull it."""
-        stages: set[str] = set()
-        for line in dockerfile.read_text(encoding="utf-8", errors="replace").splitlines():
-            parts = line.split()
-            if len(parts) < 2 or parts[0].upper() != "FROM":
-                continue
-            args = [a for a in parts[1:] if not a.startswith("--")]
-            if not args:
-                continue
-            image = args[0]
-            if len(args) >= 3 and args[1].upper() == "AS":
-                stages.add(args[2].lower())
-            if "$" in image or image.lower() in stages or image == "scratch":
-                continue
+            worker.start()
+            watcher.start()
+            worker.join(limits.build_timeout)
+            if worker.is_alive():
+                # Stop the step that is running; the daemon then fails the build and removes it.
+                state["limit"] = state["limit"] or "timeout"
+                self._cancel(state)
+                worker.join(30)
+                self._drop_failed(ref, steps)
+                raise ModelError("build_timeout", f"the image build ran longer than "
+                                 f"{limits.build_timeout:g}s and was stopped", log=log_out.getvalue())
+            watcher.join(5)
+            why = state["limit"] if state["limit"] not in (None, "timeout") else None
+            why = why or (self._cgroup_limit_hit(cgroup, limits, state["error"])
+                          if state["error"] and self.build_cgroup else None)
+            if why:
+                self._drop_failed(ref, steps)
+                log_out.write(why + "\n")
+                raise ModelError("build_failed", why, log=log_out.getvalue())
+            if state["error"]:
+                self._drop_failed(ref, steps)
+                raise ModelError("build_failed", state["error"], log=log_out.getvalue())
             try:
-                self.client.images.get(image)
+                self.client.images.get(ref)
             except docker.errors.ImageNotFound:
+                self._drop_failed(ref, steps)
+                raise ModelError("build_failed", "the build ended without an image",
+                                 log=log_out.getvalue()) from None
+            return steps
+        finally:
+            state["done"] = True
+            if self.build_cgroup:
+                cgroup.remove()
+
+    def _post_build(self, ctx: Any, params: Mapping[str, Any],
+                    state: dict[str, Any]) -> Iterable[dict[str, Any]]:
+        """POST /build with the classic builder (``version=1``: it takes per-build
+        ``cgroupparent`` and memory limits; the SDK's ``build()`` has no ``cgroup_parent``).
+        No registry credentials are sent: base images are pulled before the build."""
+        api = self.client.api
+        response = api._post(api._url("/build"), data=ctx, params={"version": "1", **params},
+                             headers={"Content-Type": "application/x-tar"}, stream=True,
+                             timeout=None)
+        state["response"] = response  # closing it cancels the build
+        return api._stream_helper(response, decode=True)
+
+    def _kill(self, container_id: str) -> None:
+        try:
+            self.client.api.kill(container_id)
+        except docker.errors.DockerException:
+            pass
+
+    def _watch_disk(self, state: dict[str, Any], steps: list[str], limits: Limits) -> None:
+        """Stop the build when its layers plus the running step's writes exceed the build
+        disk limit (checked every 0.2 s during a step and as each step ends)."""
+        while not state["done"] and not state["limit"]:
+            self._check_disk(state, steps, limits)
+            time.sleep(0.2)
+
+    def _check_disk(self, state: dict[str, Any], steps: list[str], limits: Limits) -> None:
+        layer = state.setdefault("layers", {})
+        try:
+            for sid in list(steps):
+                if sid not in layer:
+                    attrs = self.client.api.inspect_image(sid)
+                    parent = attrs.get("Parent") or ""
+                    psize = int(self.client.api.inspect_image(parent).get("Size") or 0) if parent else 0
+                    layer[sid] = max(0, int(attrs.get("Size") or 0) - psize)
+            used = sum(layer.values())
+            running = state["running"]
+            if running:
+                found = self.client.api.containers(all=True, filters={"id": running}, size=True)
+                used += int((found[0].get("SizeRw") if found else 0) or 0)
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            return
+        if used > limits.build_disk and not state["limit"]:
+            state["limit"] = (f"the build wrote more than {limits.build_disk >> 20} MiB "
+                              f"to its image layers (the build disk limit, "
+                              f"EASEML_BUILD_DISK) and was stopped")
+            self._cancel(state)
+
+    def _cancel(self, state: dict[str, Any]) -> None:
+        """Stop the build: kill its running step and hang up (the daemon cancels it)."""
+        if state["running"]:
+            self._kill(state["running"])
+        response = state.get("response")
+        if response is not None:
+            try:
+                response.close()
+            except Exception:  # noqa: BLE001 - closing a dead connection
+                pass
+
+    @staticmethod
+    def _cgroup_limit_hit(cgroup: BuildCgroup, limits: Limits, error: str) -> str | None:
+        """Why a failed step was stopped, from the build cgroup's counters."""
+        events = cgroup.events()
+        killed = "non-zero code: 137" in error
+        if events.get("oom_kill") or (killed and events.get("memory_failcnt")):
+            return (f"a build step used more than {limits.memory >> 20} MiB of memory and was "
+                    "killed (the memory limit, EASEML_MEMORY)")
+        if events.get("pids_max"):
+            return (f"a build step reached the limit of {limits.pids} processes (the pids "
+                    "limit, EASEML_PIDS)")
+        return None
+
+    def _drop_failed(self, ref: str, steps: list[str]) -> None:
+        """A failed build's image and step images stay until the next prune (removing
+        them here could pull a shared layer from under a concurrent build)."""
+        try:
+            ids = [self.client.images.get(ref).id]
+            self.client.images.remove(ref, noprune=True)  # the tag only, never a layer
+        except docker.errors.DockerException:
+            ids = []
+        self.cache.add_orphans([*ids, *steps])
+
+    def _check_base_images(self, df: Dockerfile, log_out: BoundedLog) -> dict[str, str]:
+        """Every image the build reads (FROM, COPY --from, RUN --mount from=) is allowed,
+        and present: an image on the operator's list EASEML_ALLOWED_IMAGES is pulled (by
+        digest when pinned) with the worker's own Docker credentials; any other image must
+        already be on this worker. Returns {reference: image id} (part of the cache key)."""
+        ids: dict[str, str] = {}
+        try:
+            uses = df.base_images()
+        except DockerfileError as exc:
+            raise ModelError("build_failed", str(exc)) from None
+        for use in uses:
+            where = f"{df.path}:{use.line}: {use.how} {use.ref}"
+            try:
+                parsed = parse_reference(use.ref)
+            except BadReference as exc:
+                raise ModelError("build_failed", f"{where}: {exc}") from None
+            if parsed.name.startswith(f"{DEFAULT_DOMAIN}/easeml-model/"):
+                raise ModelError("build_failed", f"{where}: the images of other models are not "
+                                 "a base image")
+            local = self._local_image(use.ref, parsed)
+            if local is None and self.allowed_images.allows(parsed):
+                repository, tag = parsed.pull_args
+                log_out.write(f"pulling {parsed} (allowed by {self.allowed_images.describe()})\n")
+                try:
+                    # no auth_config: the SDK uses the worker's ~/.docker/config.json and its
+                    # credential helpers, nothing of the repository
+                    self.client.images.pull(repository, tag=tag)
+                except docker.errors.APIError as exc:
+                    raise ModelError("build_failed", f"{where}: pulling the image failed: "
+                                     f"{exc.explanation or exc}") from None
+                local = self._local_image(use.ref, parsed)
+            if local is None:
+                if self.allowed_images.allows(parsed):
+                    raise ModelError("build_failed", f"{where}: the image was pulled but is not "
+                                     "on this worker under that name")
                 have = sorted({t for i in self.client.images.list() for t in i.tags
                                if not t.startswith("easeml-model/")})[:10]
-                raise ModelError("build_failed", f"base image {image!r} is not on this worker "
-                                 f"(no registry is reachable; available: {', '.join(have) or 'none'})"
-                                 ) from None
-            except docker.errors.APIError:
-                continue
+                raise ModelError("build_failed", f"{where}: image {str(parsed)!r} is not allowed "
+                                 f"on this worker ({self.allowed_images.describe()}; images on "
+                                 f"this worker: {', '.join(have) or 'none'})")
+            ids[str(parsed)] = local
+        return ids
+
+    def _local_image(self, ref: str, parsed: Reference) -> str | None:
+        """The id of the local image the daemon would use for ``ref`` when it is there by
+        that name (never an image id prefix, which the daemon also accepts)."""
+        try:
+            img = self.client.images.get(ref)
+        except docker.errors.ImageNotFound:
+            return None
+        except docker.errors.APIError:
+            return None
+        names = {normalize(t) for t in img.attrs.get("RepoTags") or [] if "<none>" not in t}
+        digests = {normalize(d) for d in img.attrs.get("RepoDigests") or [] if "<none>" not in d}
+        if parsed.digest:
+            return img.id if f"{parsed.name}@{parsed.digest}" in digests else None
+        return img.id if str(parsed) in names else None
 
     # -------------------------------------------------------------------- run
     def _host_cpus(self) -> float:
@@ -315,21 +509,20 @@ class DockerRunner:
             pass
 
     def _remove_images(self, refs: Iterable[str]) -> None:
-        """Remove our image (by its unique tag) and untagged leftovers of a failed build;
-        an image that carries any other tag (a base image) is never touched."""
-        if self.keep_images:
-            return
+        """Release images this runner built or found in the cache: they stay cached (the
+        LRU budget decides, between builds, what goes), unless ``keep_images`` is off and
+        the budget is 0."""
         for ref in refs:
-            try:
-                img = self.client.images.get(ref)
-                if ref.startswith("easeml-model/"):
-                    if any(not t.startswith("easeml-model/") for t in img.tags):
-                        continue
-                    self.client.images.remove(ref, noprune=False)
-                elif not img.tags:
-                    self.client.images.remove(img.id, noprune=False)
-            except docker.errors.DockerException:
-                pass
+            with self._leases_lock:
+                held = self._leases.get(ref) or []
+                lease = held.pop() if held else None
+                if not held:
+                    self._leases.pop(ref, None)
+            if lease is not None:
+                self.cache.touch(ref)
+                lease.release()
+        if not self.keep_images:
+            self.cache.prune()
 
     # ---------------------------------------------------------------- predict
     def predict(self, repo_dir: str | os.PathLike[str], features_path: str | os.PathLike[str], *,

@@ -3,8 +3,10 @@ answers), the locally built base images, service keys (real gpg) and a model rep
 
 from __future__ import annotations
 
+import os
 import secrets
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,12 @@ from support.gpgkeys import service_keys, service_keys_with_passphrase  # noqa: 
 from support.models import BUSYBOX_IMAGE, DEFAULT_BASE_IMAGE, make_model_repo
 
 ROOT = Path(__file__).resolve().parents[2]
+
+# The runners of these tests keep no model image after a run (a budget of 0: each is pruned
+# when its run ends), so that every test builds what it checks and the shared daemon is left
+# as it was; tests of the cache make their own ImageCache.
+os.environ.setdefault("EASEML_IMAGE_CACHE_BYTES", "0")
+os.environ.setdefault("EASEML_IMAGE_CACHE_DIR", tempfile.mkdtemp(prefix="easeml-image-cache-"))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,237 @@
+"""The model's image build against the real daemon: hostile Dockerfiles meet the build
+sandbox (no way out to the worker's network, limits on memory, CPU, processes and disk,
+nothing of the worker's environment) and the cache shares layers without the old race."""
+
+from __future__ import annotations
+
+import http.server
+import re
+import secrets
+import threading
+import time
+
+import docker
+import pytest
+
+from easeml_buildbot.runner.base import BoundedLog, Limits, ModelError
+from easeml_buildbot.runner.docker_runner import DockerRunner
+from easeml_buildbot.runner.image_cache import REPOSITORY, ImageCache
+from runner_sandbox import features_csv, model_dir
+from support.models import BUSYBOX_IMAGE, DEFAULT_BASE_IMAGE
+
+pytestmark = pytest.mark.docker
+
+# the operator limits of issue 11's report: 256 MiB, 64 processes
+LIMITS = Limits(memory=256 << 20, pids=64, cpus=0.5, timeout=60, build_timeout=120,
+                build_disk=256 << 20)
+
+
+@pytest.fixture(scope="module")
+def runner(docker_client):
+    return DockerRunner(docker_client)
+
+
+def _build_fails(runner, tmp_path, dockerfile, tag, limits=LIMITS, extra=None):
+    src = model_dir(tmp_path / "m", "write_predictions()\n", dockerfile=dockerfile, extra=extra)
+    log = BoundedLog(1 << 20)
+    with pytest.raises(ModelError) as err:
+        ref, _ = runner.build(src, tag=tag, model={}, limits=limits, log_out=log)
+        runner._remove_images([ref])
+    assert err.value.cause == "build_failed", err.value
+    return err.value, log.getvalue()
+
+
+@pytest.fixture
+def secret_server():
+    """A secret served on the worker's loopback (what `ADD <url>` fetched in issue 11)."""
+    secret = f"worker-secret-{secrets.token_hex(8)}"
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            hits.append(self.path)
+            body = secret.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/secret", secret, hits
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_add_url_is_refused_before_the_daemon_fetches_it(runner, tmp_path, tag, secret_server):
+    url, secret, hits = secret_server
+    err, log = _build_fails(runner, tmp_path, f"FROM {BUSYBOX_IMAGE}\nWORKDIR /m\n"
+                            f"ADD {url} /m/secret\nRUN cat /m/secret\n", tag)
+    assert "Dockerfile:3: ADD http://127.0.0.1" in err.message
+    assert "worker host's network" in err.message
+    assert not hits, "the daemon fetched the URL"
+    assert secret not in log and secret not in err.message
+
+
+@pytest.mark.parametrize("line,why", [
+    ("RUN --network=host true", "--network=host is not allowed"),
+    ("RUN --mount=type=secret,id=x true", "type=secret is not allowed"),
+    ("COPY --from=127.0.0.1:5999/elsewhere:1 / /x", "is not allowed on this worker"),
+    ("COPY --from=easeml-model/cache:abc / /x", "images of other models"),
+])
+def test_other_ways_out_are_refused_with_their_line(runner, tmp_path, tag, line, why):
+    err, _ = _build_fails(runner, tmp_path, f"FROM {BUSYBOX_IMAGE}\n{line}\n", tag)
+    assert "Dockerfile:2:" in err.message and why in err.message, err.message
+
+
+def test_build_memory_is_limited(runner, tmp_path, tag):
+    err, log = _build_fails(runner, tmp_path, f"FROM {DEFAULT_BASE_IMAGE}\nRUN python3 -c \""
+                            "x = bytearray(1 << 30); x[::4096] = b'1' * len(x[::4096]); "
+                            "print('ALLOC' + 'ATED')\"\n", tag)
+    assert "ALLOCATED" not in log
+    assert "more than 256 MiB of memory" in err.message, err.message
+
+
+FORKS = """
+import os, time
+n = 0
+try:
+    for n in range(400):
+        if os.fork() == 0:
+            time.sleep(30)
+            os._exit(0)
+    print("FORKED", "ALL")
+except OSError:
+    print("FORK FAILED AT", n)
+    raise
+"""
+
+BUSY = """
+import os, time
+t0 = time.time()
+pids = [os.fork() for _ in range(2)]
+if 0 in pids:
+    while time.time() - t0 < 3:
+        pass
+    os._exit(0)
+for p in pids:
+    os.waitpid(p, 0)
+c = os.times()
+print("CPU RATIO %.2f" % ((c.children_user + c.children_system) / (time.time() - t0)))
+raise SystemExit(1)
+"""
+
+
+def test_build_processes_are_limited(runner, tmp_path, tag):
+    err, log = _build_fails(runner, tmp_path, f"FROM {DEFAULT_BASE_IMAGE}\nCOPY f.py /f.py\n"
+                            "RUN python3 /f.py\n", tag, extra={"f.py": FORKS})
+    assert "FORKED ALL" not in log, log
+    n = int(re.search(r"FORK FAILED AT (\d+)", log).group(1))
+    print("build forks under pids=64:", n)
+    assert 0 < n < 64
+    assert "limit of 64 processes" in err.message, err.message
+
+
+def test_build_cpu_is_limited(runner, tmp_path, tag):
+    # two busy processes for 3 s of wall time: on 2 cores unlimited they get ~6 s of CPU
+    _, log = _build_fails(runner, tmp_path, f"FROM {DEFAULT_BASE_IMAGE}\nCOPY c.py /c.py\n"
+                          "RUN python3 /c.py\n", tag, extra={"c.py": BUSY})
+    ratio = float(re.search(r"CPU RATIO ([0-9.]+)", log).group(1))
+    print("build CPU ratio under cpus=0.5:", ratio)
+    assert ratio < 0.5 * 1.3
+
+
+@pytest.mark.parametrize("tail", ["", " && sleep 60"])
+def test_build_disk_is_limited(runner, tmp_path, tag, tail):
+    t0 = time.monotonic()
+    err, log = _build_fails(runner, tmp_path, f"FROM {BUSYBOX_IMAGE}\n"
+                            f"RUN dd if=/dev/zero of=/big bs=1M count=512{tail}\nRUN echo NEXT$((1+1))\n", tag)
+    assert "more than 256 MiB to its image layers" in err.message, err.message
+    assert "NEXT2" not in log
+    assert time.monotonic() - t0 < 40
+
+
+def test_nothing_of_the_worker_environment_enters_the_build(docker_client, tmp_path, tag, monkeypatch):
+    marker = f"worker-env-{secrets.token_hex(6)}"
+    monkeypatch.setenv("EASEML_TEST_MARKER", marker)
+    monkeypatch.setenv("HTTP_PROXY", f"http://{marker}.invalid:3128")
+    # the worker's Docker config has a proxy: the SDK would pass it as build arguments
+    cfg = tmp_path / "docker-config"
+    cfg.mkdir()
+    (cfg / "config.json").write_text('{"proxies": {"default": {"httpProxy": "http://%s:1", '
+                                     '"noProxy": "%s"}}}' % (marker, marker))
+    monkeypatch.setenv("DOCKER_CONFIG", str(cfg))
+    runner = DockerRunner(docker.from_env(timeout=120))
+    src = model_dir(tmp_path / "m", "write_predictions()\n", dockerfile=(
+        f"FROM {BUSYBOX_IMAGE}\nARG HTTP_PROXY\nARG http_proxy\nARG no_proxy\nRUN env; echo ENV DONE\n"))
+    log = BoundedLog(1 << 20)
+    ref, _ = runner.build(src, tag=tag, model={}, limits=LIMITS, log_out=log)
+    runner._remove_images([ref])
+    assert "ENV DONE" in log.getvalue()
+    assert marker not in log.getvalue()
+
+
+def test_concurrent_builds_share_layers_and_prune_waits(docker_client, tmp_path, tag):
+    """The race behind the old nocache: two builds of one Dockerfile prefix, the first
+    finishes and cleans up while the second still builds on the shared layers. Now the
+    second uses the first's layers (cache on), and the clean-up (a prune to a budget of 0)
+    waits until no build holds the cache."""
+    cache = ImageCache(docker_client, tmp_path / "cache", budget=0)
+    runner = DockerRunner(docker_client, image_cache=cache)
+    prefix = f"FROM {BUSYBOX_IMAGE}\nRUN echo {tag} > /prefix\n"
+    fast = model_dir(tmp_path / "a", "", dockerfile=prefix + "RUN echo fast\n")
+    slow = model_dir(tmp_path / "b", "", dockerfile=prefix + "RUN sleep 4\nRUN cat /prefix\n")
+    log_a, log_b = BoundedLog(1 << 20), BoundedLog(1 << 20)
+    ref_a, _ = runner.build(fast, tag=tag, model={}, limits=LIMITS, log_out=log_a)
+    result: dict = {}
+
+    def build_b():
+        try:
+            result["ref"] = runner.build(slow, tag=tag, model={}, limits=LIMITS, log_out=log_b)[0]
+        except Exception as exc:  # noqa: BLE001
+            result["error"] = exc
+
+    t = threading.Thread(target=build_b)
+    t.start()
+    while "sleep 4" not in log_b.getvalue() and t.is_alive():
+        time.sleep(0.05)
+    runner._remove_images([ref_a])           # A is done: release and prune (budget 0) ...
+    assert cache.prune() is None             # ... which waits: B holds the cache
+    t.join(60)
+    assert "error" not in result, result.get("error")
+    assert "Using cache" in log_b.getvalue()  # B built on A's prefix layer
+    assert tag in log_b.getvalue().split("RUN cat /prefix")[1]
+    runner._remove_images([result["ref"]])
+    assert not docker_client.images.list(name=REPOSITORY, filters={"label": "easeml.runner=model"}) \
+        or all(not (set(i.tags) & {ref_a, result["ref"]})
+               for i in docker_client.images.list(name=REPOSITORY))
+
+
+def test_same_model_builds_once_and_lru_keeps_the_budget(docker_client, tmp_path, tag):
+    cache = ImageCache(docker_client, tmp_path / "cache", budget=1 << 40)
+    runner = DockerRunner(docker_client, image_cache=cache)
+    feats = features_csv(tmp_path / "f.csv", rows=3)
+    refs = []
+    try:
+        # the same model in two pull requests (two checkouts): one build
+        for name in ("pr1", "pr2"):
+            src = model_dir(tmp_path / name, f"write_predictions()  # {tag}\n")
+            res = runner.predict(src, feats, tag=tag, model={}, limits=LIMITS)
+            refs.append(res.log.split("Successfully tagged ")[-1].split()[0]
+                        if "Successfully tagged" in res.log else None)
+        assert refs[0] and refs[1] is None, "the second PR built again"
+        # another model: over a budget that fits one model, the older one is evicted
+        other = model_dir(tmp_path / "other", f"write_predictions(2)  # {tag}\n")
+        res = runner.predict(other, feats, tag=tag, model={}, limits=LIMITS)
+        refs.append(res.log.split("Successfully tagged ")[-1].split()[0])
+        _, per_ref = cache.usage()
+        cache.budget = per_ref[refs[2]]
+        assert cache.prune() <= cache.budget
+        assert not cache._exists(refs[0]) and cache._exists(refs[2])
+    finally:
+        cache.budget = 0
+        cache.prune()
