@@ -15,6 +15,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   command -v debootstrap >/dev/null || pkgs+=(debootstrap)
   [ -x /bin/busybox ] || pkgs+=(busybox-static)
   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || pkgs+=(postgresql)
+  # a real OCI registry on loopback for the base-image pull tests (tests/support/registry.py)
+  command -v docker-registry >/dev/null || pkgs+=(docker-registry)
   # `docker compose config` validates docker-compose.yml in tests/deploy (Debian's compose v1).
   command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || pkgs+=(docker-compose)
   # npm fetches GitHub's REST description and webhook examples for the master's e2e tests.
