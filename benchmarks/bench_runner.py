@@ -51,10 +51,83 @@ def one(repo, head: str, private_key: Path, runner: str, cache: Path, limits: Li
     return {**phases(r["timings"]), "rows": r["samples_used"]}
 
 
+SLOW_DOCKERFILE = """\
+FROM {base}
+WORKDIR /model
+# the slow dependency step (a pip install or a compile): ~10 s, no network
+RUN echo deps-{salt} > /deps && sleep 10
+COPY model.py /model/model.py
+CMD ["python3", "/model/model.py"]
+"""
+
+
+def bench_build_cache(repeats: int = 1) -> None:
+    """Cold vs warm build of a model with a slow dependency step: the DockerRunner (with its
+    image cache) beside the same image built by hand with ``docker build``. "cold": no layer
+    cached; "next PR": the model code changed, the dependency layer is reused; "same model":
+    the same build context again (another PR or a re-run) finds the image itself."""
+    import secrets
+    import subprocess
+
+    import docker
+
+    from easeml_buildbot.runner.base import BoundedLog
+    from easeml_buildbot.runner.docker_runner import DockerRunner
+    from easeml_buildbot.runner.image_cache import ImageCache
+    from support.models import DEFAULT_BASE_IMAGE
+
+    client = docker.from_env(timeout=300)
+    limits = Limits.from_env()
+    rows: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-build-") as tmp:
+        t = Path(tmp)
+        for i in range(repeats):
+            salt = secrets.token_hex(6)  # a fresh prefix: nothing cached from earlier runs
+            dirs = []
+            for n, body in enumerate(("print(1)\n", "print(2)\n")):
+                d = t / f"{i}-pr{n}"
+                d.mkdir()
+                (d / "Dockerfile").write_text(SLOW_DOCKERFILE.format(base=DEFAULT_BASE_IMAGE, salt=salt))
+                (d / "model.py").write_text(body)
+                dirs.append(d)
+            cache = ImageCache(client, t / f"cache-{i}", budget=1 << 40)
+            runner = DockerRunner(client, image_cache=cache, keep_images=True)
+            refs = []
+            for label, d in (("cold", dirs[0]), ("next PR", dirs[1]), ("same model", dirs[1])):
+                t0 = time.perf_counter()
+                ref, _ = runner.build(d, tag="bench", model={}, limits=limits, log_out=BoundedLog(1 << 16))
+                rows.setdefault(f"runner {label}", []).append(time.perf_counter() - t0)
+                runner._remove_images([ref])
+                refs.append(ref)
+            cli_tags = []
+            salt2 = secrets.token_hex(6)
+            for label, d in (("cold", dirs[0]), ("next PR", dirs[1]), ("same model", dirs[1])):
+                (d / "Dockerfile").write_text(SLOW_DOCKERFILE.format(base=DEFAULT_BASE_IMAGE, salt=salt2))
+                tag_ = f"easeml-bench/cli:{salt2}-{len(cli_tags)}"
+                t0 = time.perf_counter()
+                subprocess.run(["docker", "build", "-q", "--network=none", "-t", tag_, str(d)],
+                               check=True, capture_output=True)
+                rows.setdefault(f"docker build {label}", []).append(time.perf_counter() - t0)
+                cli_tags.append(tag_)
+            for tag_ in cli_tags:
+                subprocess.run(["docker", "rmi", tag_], capture_output=True)
+            cache.budget = 0
+            cache.prune()
+    print(f"{'build':26} {'seconds':>8}")
+    for label, values in rows.items():
+        print(f"{label:26} {statistics.median(values):8.2f}")
+    print("# the dependency step sleeps 10 s; median of", repeats)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--build-cache", action="store_true",
+                    help="only the cold/warm image build with a slow dependency step")
     args = ap.parse_args()
+    if args.build_cache:
+        bench_build_cache(args.repeats)
+        return 0
     runners = ["process"]
     try:
         import docker
