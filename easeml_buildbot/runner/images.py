@@ -148,4 +148,6 @@ def _normalize_pattern(raw: str) -> str:
         parts = [DEFAULT_DOMAIN, *(["library"] if len(parts) == 1 else []), *parts]
     if parts[0] == "index.docker.io":
         parts[0] = DEFAULT_DOMAIN
+    if parts[0] == DEFAULT_DOMAIN and len(parts) == 2:
+        parts.insert(1, "library")
     return "/".join(parts)

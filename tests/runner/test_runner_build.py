@@ -308,3 +308,51 @@ def test_base_image_outside_the_list_is_refused(docker_client, registry_image, t
     assert f"Dockerfile:2: FROM {name}:1: image '{name}:1' is not allowed" in err.message
     assert "EASEML_ALLOWED_IMAGES = ghcr.io/acme/*" in err.message
     assert _gone(docker_client, f"{name}:1")
+
+
+def test_pulls_authenticate_with_the_workers_docker_config(docker_client, tmp_path_factory, tmp_path,
+                                                           tag, monkeypatch):
+    """A registry that wants credentials: the worker's Docker config (DOCKER_CONFIG) has
+    them and the pull works; a worker without them cannot pull (nothing else supplies any)."""
+    import base64
+    import json
+
+    from easeml_buildbot.runner.images import AllowedImages
+    from support.registry import start_registry
+
+    user, password = "easeml", secrets.token_hex(8)
+    reg = start_registry(tmp_path_factory.mktemp("registry-auth"), users={user: password})
+    if reg is None:
+        pytest.skip("docker-registry is not installed (scripts/setup.sh installs it)")
+    name = f"{reg.host}/easeml-test/private-{secrets.token_hex(4)}"
+    try:
+        docker_client.images.get(BUSYBOX_IMAGE).tag(name, tag="1")
+        for line in docker_client.api.push(name, tag="1", stream=True, decode=True,
+                                           auth_config={"username": user, "password": password}):
+            assert "error" not in line, line
+        docker_client.images.remove(f"{name}:1")
+        allowed = AllowedImages.parse(f"{reg.host}/easeml-test/*")
+        src = model_dir(tmp_path / "m", "", dockerfile=f"FROM {name}:1\nRUN echo private base\n")
+        configs = {}
+        for who, auths in (("stranger", {}),
+                           ("worker", {reg.host: {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}})):
+            d = tmp_path / f"docker-{who}"
+            d.mkdir()
+            (d / "config.json").write_text(json.dumps({"auths": auths}))
+            configs[who] = d
+        monkeypatch.setenv("DOCKER_CONFIG", str(configs["stranger"]))
+        stranger = DockerRunner(docker.from_env(timeout=120), allowed_images=allowed)
+        err, _ = _build_fails(stranger, tmp_path / "s", f"FROM {name}:1\n", tag)
+        assert "pulling the image failed" in err.message
+        assert password not in err.message
+        monkeypatch.setenv("DOCKER_CONFIG", str(configs["worker"]))
+        worker = DockerRunner(docker.from_env(timeout=120), allowed_images=allowed)
+        log = BoundedLog(1 << 20)
+        ref, _ = worker.build(src, tag=tag, model={}, limits=LIMITS, log_out=log)
+        worker._remove_images([ref])
+        assert "private base" in log.getvalue() and password not in log.getvalue()
+    finally:
+        for img in docker_client.images.list(name=name):
+            for t in img.tags:
+                docker_client.images.remove(t)
+        reg.stop()

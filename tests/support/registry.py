@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,15 +48,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_registry(directory: Path) -> Registry | None:
-    """Start a registry storing under ``directory``; None when the package is missing."""
+def _htpasswd(path: Path, users: dict[str, str]) -> None:
+    """The registry accepts bcrypt entries only; glibc's crypt(3) (libxcrypt) makes them."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+
+        path.write_text("".join(f"{u}:{crypt.crypt(p, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n"
+                                for u, p in users.items()))
+
+
+def start_registry(directory: Path, users: dict[str, str] | None = None) -> Registry | None:
+    """Start a registry storing under ``directory`` (with basic auth for ``users`` when
+    given); None when the package is missing."""
     binary = shutil.which("docker-registry")
     if binary is None:
         return None
     directory.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     cfg = directory / "config.yml"
-    cfg.write_text(CONFIG.format(root=directory / "storage", port=port))
+    text = CONFIG.format(root=directory / "storage", port=port)
+    if users:
+        _htpasswd(directory / "htpasswd", users)
+        text += f"auth:\n  htpasswd:\n    realm: easeml-test\n    path: {directory / 'htpasswd'}\n"
+    cfg.write_text(text)
     log = directory / "registry.log"
     proc = subprocess.Popen([binary, "serve", str(cfg)], stdout=log.open("wb"),
                             stderr=subprocess.STDOUT)
@@ -65,6 +83,9 @@ def start_registry(directory: Path) -> Registry | None:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1) as r:
                 if r.status == 200:
                     return Registry(f"127.0.0.1:{port}", proc, log)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 401 and users:  # up, and asking for credentials
+                return Registry(f"127.0.0.1:{port}", proc, log)
         except OSError:
             if proc.poll() is not None:
                 break
