@@ -124,12 +124,16 @@ class Dockerfile:
                     out[k] = _unquote(v) if sep else None
         return out
 
-    def base_images(self) -> list[ImageUse]:
+    def base_images(self, build_args: Mapping[str, str] | None = None) -> list[ImageUse]:
         """Every image reference the build would pull or read, with variables of the
-        references expanded from the meta ``ARG`` defaults; stages of this file and
+        references expanded from the meta ``ARG`` defaults (overridden by ``build_args``,
+        the operator's, for the ARGs declared); stages of this file and
         ``scratch`` are not images. Raises :class:`DockerfileError` for a reference that
         cannot be known without building (a variable without a default)."""
         meta = self.meta_args()
+        for k, v in (build_args or {}).items():
+            if k in meta:
+                meta[k] = v
         seen: list[str] = []
         uses: list[ImageUse] = []
         for ins in self.instructions:

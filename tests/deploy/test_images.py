@@ -250,6 +250,8 @@ def test_containerised_master_and_worker_evaluate_a_commit(images, cleanup, tmp_
            "-e", "EASEML_WORKER_NAME=worker-1", "-e", "EASEML_WORKER_KEY=/keys/easeml_priv.asc",
            "-e", "EASEML_WORKER_RUNNER=docker", "-e", f"EASEML_RUN_DIR={run_dir}",
            "-v", "/var/run/docker.sock:/var/run/docker.sock", "-v", f"{run_dir}:{run_dir}",
+           # as docker-compose.yml: the host's cgroups, for the per-build cgroup of the limits
+           "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
            "-v", f"{keys}:/keys:ro", "-v", f"{repo.path}:/repo:ro", images["worker"])
     wait_health(worker)
     # Let the poller take the initial commit as its starting point, then commit a model.
