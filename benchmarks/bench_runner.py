@@ -138,6 +138,12 @@ def main() -> int:
         print(f"# no Docker daemon ({exc}); ProcessRunner only")
     with tempfile.TemporaryDirectory(prefix="bench-runner-") as tmp:
         t = Path(tmp)
+        # "cold" means no image cached: the worker's image cache keeps nothing here (budget 0,
+        # each model image is pruned after its run); --build-cache measures the cache itself
+        import os
+
+        os.environ["EASEML_IMAGE_CACHE_BYTES"] = "0"
+        os.environ["EASEML_IMAGE_CACHE_DIR"] = str(t / "image-cache")
         keys = create_keypair(t / "keys", "bench", "bench@example.com", None)
         t0 = time.perf_counter()
         repo = make_model_repo(t / "repo", public_key=keys[0], quality=0.85,

@@ -32,7 +32,9 @@ from easeml_buildbot.runner.base import (
     BoundedLog, Limits, ModelError, RunnerUnavailable, RunResult, model_path,
 )
 from easeml_buildbot.runner.build_cgroup import BuildCgroup, CgroupUnavailable
-from easeml_buildbot.runner.dockerfile import Dockerfile, DockerfileError, check_sandbox
+from easeml_buildbot.runner.dockerfile import (
+    Dockerfile, DockerfileError, check_sandbox, sandbox_problems,
+)
 from easeml_buildbot.runner.image_cache import ImageCache, Lease, context_digest
 from easeml_buildbot.runner.images import (
     DEFAULT_DOMAIN, AllowedImages, BadReference, Reference, normalize, parse_reference,
@@ -381,7 +383,25 @@ class DockerRunner:
                                  f"on this worker ({self.allowed_images.describe()}; images on "
                                  f"this worker: {', '.join(have) or 'none'})")
             ids[str(parsed)] = local
+            if use.how == "FROM":
+                self._check_onbuild(local, where)
         return ids
+
+    def _check_onbuild(self, image_id: str, where: str) -> None:
+        """A base image's ONBUILD triggers run in this build as if they were in the
+        Dockerfile: they obey the same rules (whoever can push to an allowed repository
+        could otherwise hide ``ADD <url>`` there)."""
+        try:
+            triggers = (self.client.images.get(image_id).attrs.get("Config") or {}).get("OnBuild") or []
+        except docker.errors.DockerException:
+            return
+        if not triggers:
+            return
+        problems = sandbox_problems("\n".join(triggers), path="ONBUILD")
+        if problems:
+            detail = "; ".join(f"trigger {p.line}: {p.message}" for p in problems)
+            raise ModelError("build_failed", f"{where}: the base image's ONBUILD triggers would "
+                             f"run in this build and are not allowed: {detail}")
 
     def _local_image(self, ref: str, parsed: Reference) -> str | None:
         """The id of the local image the daemon would use for ``ref`` when it is there by

@@ -356,3 +356,22 @@ def test_pulls_authenticate_with_the_workers_docker_config(docker_client, tmp_pa
             for t in img.tags:
                 docker_client.images.remove(t)
         reg.stop()
+
+
+def test_onbuild_triggers_of_a_base_image_obey_the_same_rules(docker_client, runner, tmp_path, tag,
+                                                              secret_server):
+    """Who can push to an allowed repository can put `ONBUILD ADD <url>` into a base image:
+    the trigger runs in the model's build as if it were in its Dockerfile."""
+    url, secret, hits = secret_server
+    base = f"easeml-test/onbuild-{secrets.token_hex(4)}:1"
+    d = tmp_path / "base"
+    d.mkdir()
+    (d / "Dockerfile").write_text(f"FROM {BUSYBOX_IMAGE}\nONBUILD ADD {url} /secret\n")
+    docker_client.images.build(path=str(d), tag=base, rm=True)
+    try:
+        err, log = _build_fails(runner, tmp_path, f"FROM {base}\nRUN cat /secret\n", tag)
+        assert f"Dockerfile:1: FROM {base}" in err.message
+        assert "ONBUILD triggers" in err.message and "worker host's network" in err.message
+        assert not hits and secret not in log
+    finally:
+        docker_client.images.remove(base)
