@@ -123,14 +123,15 @@ class DockerRunner:
             parsed = check_sandbox(text, path=str(dockerfile.relative_to(repo)))
         except DockerfileError as exc:
             raise ModelError("build_failed", str(exc)) from None
-        bases = self._check_base_images(parsed, log_out)
-        patterns = _dockerignore(context) + list(ALWAYS_EXCLUDED) + [
-            p for e in exclude for p in (e, f"{e.rstrip('/')}/**")]
-        ctx = build_tar(str(context), exclude=patterns, dockerfile=(rel_dockerfile, None))
-        settings = {"network": self.build_network, "build_args": self.build_args}
-        ref = self.cache.ref_for(self.cache.key(context_digest(ctx), rel_dockerfile, settings, bases))
-        lease = self.cache.lease()
+        lease = self.cache.lease()  # from here on no prune removes what this build uses
         try:
+            bases = self._check_base_images(parsed, log_out)
+            patterns = _dockerignore(context) + list(ALWAYS_EXCLUDED) + [
+                p for e in exclude for p in (e, f"{e.rstrip('/')}/**")]
+            ctx = build_tar(str(context), exclude=patterns, dockerfile=(rel_dockerfile, None))
+            settings = {"network": self.build_network, "build_args": self.build_args}
+            ref = self.cache.ref_for(self.cache.key(context_digest(ctx), rel_dockerfile,
+                                                    settings, bases))
             if self.cache.lookup(ref):
                 ctx.close()
                 log_out.write(f"using the cached image {ref} (same build context, Dockerfile, "
@@ -373,6 +374,10 @@ class DockerRunner:
                     raise ModelError("build_failed", f"{where}: pulling the image failed: "
                                      f"{exc.explanation or exc}") from None
                 local = self._local_image(use.ref, parsed)
+                if local is not None:
+                    self.cache.touch_pulled(use.ref)
+            elif local is not None and use.ref in self.cache.pulled():
+                self.cache.touch_pulled(use.ref)
             if local is None:
                 if self.allowed_images.allows(parsed):
                     raise ModelError("build_failed", f"{where}: the image was pulled but is not "

@@ -7,6 +7,10 @@ operator's build arguments) and the ids of the base images the Dockerfile names.
 model in two pull requests therefore builds once, and a re-run reuses the image; a moved
 base tag gives a new key.
 
+Base images pulled from the operator's allow-list count against the same budget and are
+evicted the same way (a later build pulls them again); images the operator put on the
+worker are never touched.
+
 Layers are shared by the daemon's own build cache (the classic builder reuses a step whose
 parent and instruction match). Nothing on the build path ever deletes an image: two builds
 of one Dockerfile prefix share layers safely. Images are deleted only by :meth:`prune`,
@@ -130,6 +134,7 @@ class ImageCache:
                     data = {}
                 data.setdefault("used", {})
                 data.setdefault("orphans", [])
+                data.setdefault("pulled", {})
                 fn(data)
                 fh.seek(0)
                 fh.truncate()
@@ -140,6 +145,14 @@ class ImageCache:
 
     def touch(self, ref: str) -> None:
         self._update_index(lambda d: d["used"].__setitem__(ref, time.time()))
+
+    def touch_pulled(self, ref: str) -> None:
+        """A base image this cache pulled (from the operator's allow-list) was used: it
+        counts against the budget and is evicted like a model image."""
+        self._update_index(lambda d: d["pulled"].__setitem__(ref, time.time()))
+
+    def pulled(self) -> dict[str, float]:
+        return dict(self._update_index(lambda d: None)["pulled"])
 
     def add_orphans(self, image_ids: Iterable[str]) -> None:
         """Step images of a failed build: removed by the next prune when nothing uses them."""
@@ -196,6 +209,13 @@ class ImageCache:
         data = self._update_index(lambda d: None)
         for oid in data["orphans"]:
             seen.update(self._layers(oid, memo))
+        for ref in data["pulled"]:
+            try:
+                img = self.client.images.get(ref)
+            except docker.errors.ImageNotFound:
+                continue
+            per_ref[ref] = int(img.attrs.get("Size") or 0)
+            seen[img.id] = per_ref[ref]
         return sum(seen.values()), per_ref
 
     # ----------------------------------------------------------------- prune
@@ -218,12 +238,12 @@ class ImageCache:
             self._update_index(lambda d: d.__setitem__("orphans", [
                 o for o in d["orphans"] if self._exists(o)]))
             total, per_ref = self.usage()
-            used = data["used"]
+            used = {**data["pulled"], **data["used"]}
             for ref in sorted(per_ref, key=lambda r: used.get(r, 0.0)):
                 if total <= self.budget:
                     break
-                if self._remove(ref):
-                    self._update_index(lambda d: d["used"].pop(ref, None))
+                if self._remove(ref, pulled=ref in data["pulled"]):
+                    self._update_index(lambda d: (d["used"].pop(ref, None), d["pulled"].pop(ref, None)))
                     total, _ = self.usage()
             return total
         finally:
@@ -236,10 +256,10 @@ class ImageCache:
         except docker.errors.ImageNotFound:
             return False
 
-    def _remove(self, ref: str) -> bool:
+    def _remove(self, ref: str, pulled: bool = False) -> bool:
         try:
             img = self.client.images.get(ref)
-            if any(not t.startswith("easeml-model/") for t in img.tags):
+            if not pulled and any(not t.startswith("easeml-model/") for t in img.tags):
                 return False  # someone tagged it: not ours alone
             # no force: an image a container or a child image uses stays
             self.client.images.remove(ref, noprune=False)
