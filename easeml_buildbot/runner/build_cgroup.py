@@ -41,6 +41,7 @@ class BuildCgroup:
 
     # --------------------------------------------------------------- creation
     def create(self) -> "BuildCgroup":
+        self.sweep()
         try:
             if self.v2:
                 self._create_v2()
@@ -126,6 +127,23 @@ class BuildCgroup:
             except (OSError, ValueError):
                 pass
         return out
+
+    def sweep(self, older_than: float = 6 * 3600) -> None:
+        """Remove build cgroups left by a worker that died mid-build: empty ones (no
+        process, no step container) older than any build may run."""
+        now = time.time()
+        bases = [self.root / PARENT] if self.v2 else [c / PARENT for c in self.root.iterdir()
+                                                       if (c / PARENT).is_dir()]
+        for base in bases:
+            try:
+                for d in base.iterdir():
+                    if d.is_dir() and now - d.stat().st_mtime > older_than:
+                        try:
+                            d.rmdir()  # fails, harmlessly, when anything is inside
+                        except OSError:
+                            pass
+            except OSError:
+                pass
 
     # ---------------------------------------------------------------- removal
     def remove(self, wait: float = 10.0) -> None:
