@@ -164,7 +164,6 @@ def test_build_disk_is_limited(runner, tmp_path, tag, tail):
 def test_nothing_of_the_worker_environment_enters_the_build(docker_client, tmp_path, tag, monkeypatch):
     marker = f"worker-env-{secrets.token_hex(6)}"
     monkeypatch.setenv("EASEML_TEST_MARKER", marker)
-    monkeypatch.setenv("HTTP_PROXY", f"http://{marker}.invalid:3128")
     # the worker's Docker config has a proxy: the SDK would pass it as build arguments
     cfg = tmp_path / "docker-config"
     cfg.mkdir()
