@@ -13,7 +13,7 @@ worker are never touched.
 
 Layers are shared by the daemon's own build cache (the classic builder reuses a step whose
 parent and instruction match). Nothing on the build path ever deletes an image: two builds
-of one Dockerfile prefix share layers safely. Images are deleted only by :meth:`prune`,
+of one Dockerfile prefix share layers safely. Images are deleted only by :meth:`prune` (and only those in this cache's index),
 which runs between builds and holds the cache's lock exclusively, while every build and
 run holds it shared (``flock`` on a file in the cache directory: every worker using one
 daemon must use the same directory, ``EASEML_IMAGE_CACHE_DIR``). Prune keeps the model
@@ -201,12 +201,17 @@ class ImageCache:
         memo: dict[str, tuple[int, str]] = {}
         seen: dict[str, int] = {}
         per_ref: dict[str, int] = {}
-        for img in self.client.images.list(name=REPOSITORY):
-            for ref in img.tags:
-                layers = self._layers(img.id, memo)
-                per_ref[ref] = sum(s for _, s in layers)
-                seen.update(layers)
         data = self._update_index(lambda d: None)
+        # only the images of this cache's index: another cache (directory) on the same
+        # daemon manages its own, and its builds hold only its lock
+        for ref in data["used"]:
+            try:
+                img = self.client.images.get(ref)
+            except docker.errors.ImageNotFound:
+                continue
+            layers = self._layers(img.id, memo)
+            per_ref[ref] = sum(s for _, s in layers)
+            seen.update(layers)
         for oid in data["orphans"]:
             seen.update(self._layers(oid, memo))
         for ref in data["pulled"]:
