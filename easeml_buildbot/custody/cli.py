@@ -55,6 +55,7 @@ def _dataset_decrypt(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     print(f"features: {feats}")
     print(f"labels:   {labels}  (keep private: never give labels to a model)")
+    print(f"rows in the service's order; {labels.parent / 'rows.txt'} gives each one's row number in the file")
     return 0
 
 
@@ -116,7 +117,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dec.add_argument("--key", help="private key (default: $EASEML_PRIVATE_KEY or ~/.easeml/keys/easeml_priv.asc)")
     dec.add_argument("--passphrase-file", help=f"passphrase file (default: ${keys_mod.PASSPHRASE_ENV})")
     dec.add_argument("--label-column", default="label")
-    dec.add_argument("--rows", type=int, default=None, help="keep only the first N rows")
+    dec.add_argument("--rows", type=int, default=None,
+                     help="keep only the N rows an evaluation needing N rows uses (in its order)")
     dec.add_argument("--out-dir", required=True, help="where to write features.* and labels.*")
     dec.add_argument("input", metavar="IN")
     dec.set_defaults(func=_dataset_decrypt)

@@ -7,14 +7,21 @@ for the duration of a ``with decrypted_dataset(...)`` block; the model gets
 Every failure raises :class:`DatasetError` with a message naming the file and the problem,
 and never the content of a row; in every case the directory is wiped before returning.
 
-Row order rule: rows are taken in file order; ``rows=N`` uses the first N rows, the same on
-every use. Tests sets are therefore shuffled once, by whoever makes them, before encryption.
+Row order rule (:mod:`easeml_buildbot.custody.rows`): the rows used and their order are a
+pseudo-random permutation fixed per test set (keyed by the ciphertext and plaintext hashes),
+whatever order the owner wrote the file in; ``rows=N`` uses the first N rows of that order,
+and features and labels come out in the same order. The plaintext is read once; only the
+selected rows are kept.
+
+Messages never quote a value of the test set (not even the header line, which in a
+headerless file is a data row): they name the file, lines, columns by position and counts.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -31,6 +38,7 @@ from easeml_buildbot.custody.gpghome import (
     MIN_S2K_COUNT, on_tmpfs, overwrite_file, private_tmpdir, remove_tree, secure_tmp_base, sweep_stale,
     temporary_gpg,
 )
+from easeml_buildbot.custody.rows import RowSelection, object_array, plaintext_digest, row_order_key, selection_order
 
 FORMATS = ("csv", "jsonl", "npz")
 _EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".npz": "npz"}
@@ -52,6 +60,8 @@ class DecryptedDataset:
     dataset_id: str
     format: str
     feature_names: tuple[str, ...] = ()
+    #: for each row given to the model, its 0-based position among the file's data rows
+    source_rows: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64), repr=False)
 
 
 def dataset_id(path: str | os.PathLike[str]) -> str:
@@ -262,22 +272,20 @@ class _LabelChunk:
     widths: np.ndarray   # bytes per label, separator included
     first_column: bool
 
-    def as_ints(self) -> np.ndarray | None:
-        """Fixed-width, digits-only labels (the common class-index case) parsed in numpy."""
-        if not len(self.widths):
-            return np.empty(0, dtype=np.int64)
-        w = int(self.widths[0])
-        if w > 19 or (self.widths != w).any():
-            return None
-        mat = self.removed.reshape(len(self.widths), w)
-        digits = mat[:, :-1] if self.first_column else mat[:, 1:]
-        if not ((digits >= 48) & (digits <= 57)).all():
-            return None
-        return (digits.astype(np.int64) - 48) @ (10 ** np.arange(w - 2, -1, -1, dtype=np.int64))
-
     def as_bytes(self) -> list[bytes]:
         parts = self.removed.tobytes().split(b",")
         return parts[:-1] if self.first_column else parts[1:]
+
+    def as_array(self) -> np.ndarray:
+        """The label bytes as a numpy bytes array (fixed width without a Python object each)."""
+        if not len(self.widths):
+            return np.empty(0, dtype="S1")
+        w = int(self.widths[0])
+        if (self.widths == w).all():
+            mat = self.removed.reshape(len(self.widths), w)
+            mat = mat[:, :-1] if self.first_column else mat[:, 1:]
+            return np.ascontiguousarray(mat).view(f"S{w - 1}").ravel()
+        return np.array(self.as_bytes())
 
 
 def _cut_chunk(buf: bytes, idx: int, ncols: int) -> tuple[bytes, _LabelChunk]:
@@ -315,18 +323,8 @@ def _cut_chunk(buf: bytes, idx: int, ncols: int) -> tuple[bytes, _LabelChunk]:
     return arr[~mask].tobytes(), _LabelChunk(arr[mask], widths, idx == 0)
 
 
-def _labels_from_chunks(chunks: list[_LabelChunk]) -> np.ndarray:
-    ints = [c.as_ints() for c in chunks]
-    if all(v is not None for v in ints):
-        return np.concatenate(ints) if ints else np.empty(0, dtype=np.int64)
-    values = [b for c in chunks for b in c.as_bytes()]
-    return _to_label_array(np.array(values) if values else [])
-
-
-def _split_csv_fast(fh, dst, idx: int, ncols: int, rows: int | None) -> np.ndarray:
+def _split_csv_fast(fh, sel: RowSelection, idx: int, ncols: int) -> None:
     """Stream the body of an unquoted, LF-terminated CSV through :func:`_cut_chunk`."""
-    chunks: list[_LabelChunk] = []
-    count = 0
     rest = b""
     while True:
         block = fh.read(_FAST_CHUNK)
@@ -338,23 +336,15 @@ def _split_csv_fast(fh, dst, idx: int, ncols: int, rows: int | None) -> np.ndarr
         else:
             cut = data.rfind(b"\n") + 1
             data, rest = data[:cut], data[cut:]
-        if rows is not None and count + data.count(b"\n") > rows:
-            need = rows - count  # >= 0: earlier chunks never go past rows
-            if need == 0:
-                data = b""
-            else:
-                pos = int(np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)[need - 1])
-                data = data[: pos + 1]
-            block = rest = b""
         if data:
             if b'"' in data or b"\r" in data:
                 raise _NotSimple
             feats, labs = _cut_chunk(data, idx, ncols)
-            dst.write(feats)
-            chunks.append(labs)
-            count += len(labs.widths)
+            records = feats.split(b"\n")
+            records.pop()  # after the last newline
+            sel.add(records, labs.as_array())
         if not block:
-            return _labels_from_chunks(chunks)
+            return
 
 
 def _too_few(src: Path, rows: int | None, have: int) -> None:
@@ -364,7 +354,33 @@ def _too_few(src: Path, rows: int | None, have: int) -> None:
         raise DatasetError(f"{src}: needs {rows} samples, the test set has {have}")
 
 
-def _split_csv(plain: Path, out: Path, label: str, rows: int | None, name: Path):
+def _no_label_column(name: Path, label: str, header: list[str], first_line: bytes) -> DatasetError:
+    """The header lacks the label column. The header is never quoted: in a headerless file
+    it is the first data row."""
+    hint = ""
+    if b"\t" in first_line:
+        hint = ("; the first line contains tabs: test sets are comma-separated CSV "
+                "(convert a TSV file to CSV with a header row)")
+    fields = f"{len(header)} field{'s' if len(header) != 1 else ''}"
+    return DatasetError(
+        f"{name}: line 1: label column '{label}' not in the CSV header ({fields}); the first "
+        f"line must be a header naming every column, with '{label}' for the labels{hint}"
+    )
+
+
+def _csv_reason(exc: csv.Error) -> str:
+    """What the csv module found wrong, without quoting any of the file."""
+    msg = str(exc)
+    if "field limit" in msg:
+        return f"a field is longer than the limit of {csv.field_size_limit()} characters"
+    if "NUL" in msg:
+        return "the line contains a NUL byte"
+    if "new-line" in msg or "newline" in msg:
+        return "a line break inside an unquoted field"
+    return "malformed quoting"
+
+
+def _split_csv(plain: Path, out: Path, label: str, rows: int | None, name: Path, key: int):
     """Fast path (numpy over bytes) for plain CSV; the csv module for quotes, CRLF, errors."""
     with open(plain, "rb") as fh:
         header_line = fh.readline()
@@ -375,66 +391,103 @@ def _split_csv(plain: Path, out: Path, label: str, rows: int | None, name: Path)
         header = [h.strip() for h in header]
         if label in header and len(header) > 1 and b'"' not in header_line and b"\r" not in header_line:
             idx = header.index(label)
+            sel = RowSelection(key, rows)
             try:
-                with _open_private(out, "wb") as dst:
-                    names = tuple(h for i, h in enumerate(header) if i != idx)
-                    dst.write((",".join(names) + "\n").encode("utf-8"))
-                    labels = _split_csv_fast(fh, dst, idx, len(header), rows)
-                return labels, names
+                _split_csv_fast(fh, sel, idx, len(header))
             except (_NotSimple, UnicodeDecodeError):
                 pass  # the csv module handles it, or names the line/byte that is wrong
-    return _split_csv_slow(plain, out, label, rows, name)
+            else:
+                records, labels, source = sel.finish()
+                names = tuple(h for i, h in enumerate(header) if i != idx)
+                with _open_private(out, "wb") as dst:
+                    dst.write((",".join(names) + "\n").encode("utf-8"))
+                    if records:
+                        dst.write(b"\n".join(records))
+                        dst.write(b"\n")
+                return _to_label_array(labels), names, source
+    return _split_csv_slow(plain, out, label, rows, name, key)
 
 
-def _split_csv_slow(plain: Path, out: Path, label: str, rows: int | None, name: Path):
-    labels: list[str] = []
-    with open(plain, newline="", encoding="utf-8-sig") as fh, \
-            _open_private(out, "w", newline="", encoding="utf-8") as dst:
+_BATCH = 8192
+
+
+def _split_csv_slow(plain: Path, out: Path, label: str, rows: int | None, name: Path, key: int):
+    sel = RowSelection(key, rows)
+    with open(plain, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
         try:
             header = next(reader)
         except StopIteration:
             raise DatasetError(f"{name}: the test set is empty (no CSV header)") from None
+        except csv.Error as exc:
+            raise DatasetError(f"{name}: line {reader.line_num}: malformed CSV ({_csv_reason(exc)})") from None
         header = [h.strip() for h in header]
         if label not in header:
-            raise DatasetError(
-                f"{name}: line 1: label column '{label}' not in the CSV header "
-                f"(columns: {', '.join(header)})"
-            )
+            with open(plain, "rb") as raw:
+                first = raw.readline()
+            raise _no_label_column(name, label, header, first)
         idx = header.index(label)
         ncols = len(header)
         feature_names = tuple(h for i, h in enumerate(header) if i != idx)
-        writer = csv.writer(dst, lineterminator="\n")
-        writer.writerow(feature_names)
-        append, write = labels.append, writer.writerow
-        for row in reader:
-            if len(row) != ncols:
-                if not row:
-                    continue
-                raise DatasetError(
-                    f"{name}: line {reader.line_num}: {len(row)} fields, the header has {ncols}"
-                )
-            value = row.pop(idx)
-            if value == "":
-                raise DatasetError(f"{name}: line {reader.line_num}: empty label in column '{label}'")
-            append(value)
-            write(row)
-            if rows is not None and len(labels) >= rows:
-                break
-    return _to_label_array(labels), feature_names
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        recs: list[str] = []
+        labs: list[str] = []
+        try:
+            for row in reader:
+                if len(row) != ncols:
+                    if not row:
+                        continue
+                    raise DatasetError(
+                        f"{name}: line {reader.line_num}: {len(row)} fields, the header has {ncols}"
+                    )
+                value = row.pop(idx)
+                if value == "":
+                    raise DatasetError(f"{name}: line {reader.line_num}: empty label "
+                                       f"in column '{label}' (column {idx + 1})")
+                labs.append(value)
+                writer.writerow(row)
+                recs.append(buf.getvalue())
+                buf.seek(0)
+                buf.truncate()
+                if len(recs) >= _BATCH:
+                    sel.add(recs, object_array(labs))
+                    recs, labs = [], []
+        except csv.Error as exc:
+            raise DatasetError(f"{name}: line {reader.line_num}: malformed CSV ({_csv_reason(exc)})") from None
+        sel.add(recs, object_array(labs))
+    records, labels, source = sel.finish()
+    with _open_private(out, "w", newline="", encoding="utf-8") as dst:
+        csv.writer(dst, lineterminator="\n").writerow(feature_names)
+        dst.writelines(records)
+    return _to_label_array(labels.tolist()), feature_names, source
 
 
-def _split_jsonl(plain: Path, out: Path, label: str, rows: int | None, name: Path):
-    labels: list = []
+# json's own messages (C scanner) quote nothing of the input; any other becomes a generic one
+_JSON_MESSAGES = frozenset({
+    "Expecting value", "Expecting ',' delimiter", "Expecting ':' delimiter",
+    "Expecting property name enclosed in double quotes", "Extra data",
+    "Unterminated string starting at", "Invalid control character at", "Invalid \\escape",
+    "Invalid \\uXXXX escape", "Illegal trailing comma before end of object",
+    "Illegal trailing comma before end of array",
+})
+
+
+def _split_jsonl(plain: Path, out: Path, label: str, rows: int | None, name: Path, key: int):
+    sel = RowSelection(key, rows)
     names: dict[str, None] = {}
-    with open(plain, encoding="utf-8-sig") as fh, _open_private(out, "w", encoding="utf-8") as dst:
+    recs: list[str] = []
+    labs: list = []
+    with open(plain, encoding="utf-8-sig") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DatasetError(f"{name}: line {lineno}: not valid JSON ({exc.msg})") from None
+                why = exc.msg if exc.msg in _JSON_MESSAGES else "syntax error"
+                raise DatasetError(f"{name}: line {lineno}: not valid JSON ({why}, "
+                                   f"column {exc.colno})") from None
             if not isinstance(obj, dict):
                 raise DatasetError(f"{name}: line {lineno}: expected a JSON object per line")
             if label not in obj:
@@ -442,19 +495,24 @@ def _split_jsonl(plain: Path, out: Path, label: str, rows: int | None, name: Pat
             value = obj.pop(label)
             if value is None or isinstance(value, (dict, list)):
                 raise DatasetError(f"{name}: line {lineno}: label field '{label}' must be a scalar")
-            labels.append(value)
+            labs.append(value)
             for k in obj:
                 names.setdefault(k)
-            dst.write(json.dumps(obj, separators=(",", ":")))
-            dst.write("\n")
-            if rows is not None and len(labels) >= rows:
-                break
+            recs.append(json.dumps(obj, separators=(",", ":")) + "\n")
+            if len(recs) >= _BATCH:
+                sel.add(recs, object_array(labs))
+                recs, labs = [], []
+    sel.add(recs, object_array(labs))
+    records, label_arr, source = sel.finish()
+    with _open_private(out, "w", encoding="utf-8") as dst:
+        dst.writelines(records)
+    labels = label_arr.tolist()
     if labels and all(isinstance(v, bool) for v in labels):
-        return np.asarray(labels, dtype=bool), tuple(names)
-    return _to_label_array(labels), tuple(names)
+        return np.asarray(labels, dtype=bool), tuple(names), source
+    return _to_label_array(labels), tuple(names), source
 
 
-def _split_npz(plain: Path, out: Path, label: str, rows: int | None, name: Path):
+def _split_npz(plain: Path, out: Path, label: str, rows: int | None, name: Path, key: int):
     try:
         with np.load(plain, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
@@ -462,7 +520,7 @@ def _split_npz(plain: Path, out: Path, label: str, rows: int | None, name: Path)
         raise DatasetError(f"{name}: not a readable NPZ archive ({type(exc).__name__})") from None
     if label not in arrays:
         raise DatasetError(
-            f"{name}: label array '{label}' not in the NPZ archive (arrays: {', '.join(arrays)})"
+            f"{name}: no label array named '{label}' in the NPZ archive ({len(arrays)} arrays)"
         )
     labels = arrays.pop(label)
     if labels.ndim != 1:
@@ -470,34 +528,40 @@ def _split_npz(plain: Path, out: Path, label: str, rows: int | None, name: Path)
     if not arrays:
         raise DatasetError(f"{name}: the NPZ archive has no feature arrays besides '{label}'")
     n = len(labels)
-    for k, a in arrays.items():
+    for pos, a in enumerate(arrays.values(), 1):
         if a.ndim == 0 or a.shape[0] != n:
             raise DatasetError(
-                f"{name}: array '{k}' has {a.shape[0] if a.ndim else 0} rows, label array has {n}"
+                f"{name}: feature array {pos} of {len(arrays)} has {a.shape[0] if a.ndim else 0} rows, "
+                f"the label array has {n}"
             )
     _too_few(name, rows, n)
-    take = n if rows is None else rows
+    order = selection_order(key, n, rows)
     with _open_private(out, "wb") as dst:
-        np.savez(dst, **{k: a[:take] for k, a in arrays.items()})
-    return labels[:take], tuple(arrays)
+        np.savez(dst, **{k: a[order] for k, a in arrays.items()})
+    return labels[order], tuple(arrays), order
 
 
 _SPLITTERS = {"csv": _split_csv, "jsonl": _split_jsonl, "npz": _split_npz}
 
 
 def split_plaintext(plain: Path, features_out: Path, *, fmt: str, label_column: str,
-                    rows: int | None, name: Path | None = None) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Split a plaintext test set: features to ``features_out`` (0600), labels returned."""
+                    rows: int | None, order_key: int, name: Path | None = None,
+                    ) -> tuple[np.ndarray, tuple[str, ...], np.ndarray]:
+    """Split a plaintext test set: features to ``features_out`` (0600) and labels, both in the
+    row order of ``order_key`` (:mod:`~easeml_buildbot.custody.rows`), ``rows`` of them.
+
+    Returns (labels, feature names, the file position of each row used)."""
     if fmt not in _SPLITTERS:
         raise DatasetError(f"{name or plain}: unknown test-set format {fmt!r} (use {', '.join(FORMATS)})")
     try:
-        labels, names = _SPLITTERS[fmt](plain, features_out, label_column, rows, name or plain)
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{name or plain}: not UTF-8 text at byte {exc.start}") from None
+        labels, names, source = _SPLITTERS[fmt](plain, features_out, label_column, rows,
+                                                name or plain, order_key)
+    except UnicodeDecodeError:
+        raise DatasetError(f"{name or plain}: not UTF-8 text") from None
     except csv.Error as exc:
-        raise DatasetError(f"{name or plain}: malformed CSV ({exc})") from None
+        raise DatasetError(f"{name or plain}: malformed CSV ({_csv_reason(exc)})") from None
     _too_few(name or plain, rows, len(labels))
-    return labels, names
+    return labels, names, source
 
 
 def check_plaintext(path: str | os.PathLike[str], *, label_column: str = "label",
@@ -509,8 +573,8 @@ def check_plaintext(path: str | os.PathLike[str], *, label_column: str = "label"
     fmt = fmt or _sniff_format(src, _EXTENSIONS.get(src.suffix.lower()))
     work = private_tmpdir("check", secure_tmp_base())
     try:
-        labels, _ = split_plaintext(src, work / "features", fmt=fmt, label_column=label_column,
-                                    rows=None, name=src)
+        labels, _, _ = split_plaintext(src, work / "features", fmt=fmt, label_column=label_column,
+                                       rows=None, order_key=0, name=src)  # order irrelevant here
         return fmt, len(labels)
     finally:
         remove_tree(work)
@@ -554,12 +618,13 @@ def decrypted_dataset(
         ds_id = _decrypt_to(enc, key, passphrase, plain)
         fmt = format or _sniff_format(plain, format_from_name(enc))
         features = work / f"features.{fmt}"
-        labels, names = split_plaintext(plain, features, fmt=fmt, label_column=label_column,
-                                        rows=rows, name=enc)
+        key = row_order_key(ds_id, plaintext_digest(plain))
+        labels, names, source = split_plaintext(plain, features, fmt=fmt, label_column=label_column,
+                                                rows=rows, order_key=key, name=enc)
         _wipe_file(plain)  # the labels now live in memory only
         yield DecryptedDataset(
             features_path=features, labels=labels, n_rows=len(labels), dataset_id=ds_id,
-            format=fmt, feature_names=names,
+            format=fmt, feature_names=names, source_rows=source,
         )
     finally:
         remove_tree(work)
@@ -572,7 +637,9 @@ def _wipe_file(path: Path) -> None:
 
 
 def write_decrypted(ds: DecryptedDataset, out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """Operator debugging: copy features and labels out of the private directory (0600 files)."""
+    """Operator debugging: copy features and labels out of the private directory (0600 files),
+    in the order the service uses, plus ``rows.txt``: the file's data-row number (1-based,
+    header not counted) of each row."""
     out = Path(out_dir)
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
     feats = out / f"features.{ds.format}"
@@ -584,4 +651,6 @@ def write_decrypted(ds: DecryptedDataset, out_dir: str | os.PathLike[str]) -> tu
             np.save(dst, ds.labels, allow_pickle=False)
         else:
             dst.write("".join(f"{v}\n" for v in ds.labels.tolist()).encode("utf-8"))
+    with _open_private(out / "rows.txt", "wb") as dst:
+        dst.write("".join(f"{i + 1}\n" for i in ds.source_rows.tolist()).encode("ascii"))
     return feats, labels

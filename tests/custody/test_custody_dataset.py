@@ -76,7 +76,9 @@ def test_round_trip(fmt, service_keys, tmp_path, data, no_leak):
     with decrypted_dataset(enc, service_keys.private) as ds:
         work = ds.features_path.parent
         assert ds.format == fmt and ds.n_rows == N and ds.dataset_id == dataset_id(enc)
-        assert ds.labels.tolist() == y.tolist()
+        perm = ds.source_rows  # the row order: a permutation of the file's rows
+        assert sorted(perm.tolist()) == list(range(N)) and perm.tolist() != list(range(N))
+        assert ds.labels.tolist() == y[perm].tolist()
         assert stat.S_IMODE(work.stat().st_mode) == 0o700
         assert stat.S_IMODE(ds.features_path.stat().st_mode) == 0o600
         assert os.listdir(work) == [ds.features_path.name], "only the features file may remain"
@@ -85,31 +87,39 @@ def test_round_trip(fmt, service_keys, tmp_path, data, no_leak):
         if fmt == "csv":
             rows = list(csv.reader(ds.features_path.open()))
             assert rows[0] == ["x0", "x1", "x2"]
-            np.testing.assert_array_equal(np.array(rows[1:], dtype=float), X)
+            np.testing.assert_array_equal(np.array(rows[1:], dtype=float), X[perm])
         elif fmt == "jsonl":
             objs = [json.loads(line) for line in ds.features_path.open()]
             assert all("label" not in o for o in objs)
-            np.testing.assert_array_equal(np.array([[o["x0"], o["x1"], o["x2"]] for o in objs]), X)
+            np.testing.assert_array_equal(np.array([[o["x0"], o["x1"], o["x2"]] for o in objs]), X[perm])
         else:
             with np.load(ds.features_path) as npz:
                 assert npz.files == ["X"]
-                np.testing.assert_array_equal(npz["X"], X)
+                np.testing.assert_array_equal(npz["X"], X[perm])
         assert "labels" not in repr(ds) and str(y.tolist()) not in repr(ds)
     assert not work.exists()
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "npz"])
-def test_rows_takes_first_n_in_file_order(fmt, service_keys, tmp_path, data):
+def test_rows_takes_a_prefix_of_the_fixed_permutation(fmt, service_keys, tmp_path, data):
+    """rows=M is the first M rows of the full order, the same on every use."""
     X, y = data
     enc = encrypted_test_set(service_keys, tmp_path / f"t.{fmt}.gpg", X, y)
+    with decrypted_dataset(enc, service_keys.private) as ds:
+        perm = ds.source_rows.tolist()
+    assert sorted(perm) == list(range(N)) and perm[:17] != list(range(17))
     for _ in range(2):  # the same rows on every use
         with decrypted_dataset(enc, service_keys.private, rows=17) as ds:
-            assert ds.n_rows == 17 and ds.labels.tolist() == y[:17].tolist()
+            assert ds.n_rows == 17 and ds.source_rows.tolist() == perm[:17]
+            assert ds.labels.tolist() == y[perm[:17]].tolist()
             if fmt == "npz":
                 with np.load(ds.features_path) as npz:
-                    np.testing.assert_array_equal(npz["X"], X[:17])
+                    np.testing.assert_array_equal(npz["X"], X[perm[:17]])
+            elif fmt == "csv":
+                rows = list(csv.reader(ds.features_path.open()))[1:]
+                np.testing.assert_array_equal(np.array(rows, dtype=float), X[perm[:17]])
             else:
-                assert sum(1 for _ in ds.features_path.open()) == 17 + (fmt == "csv")
+                assert sum(1 for _ in ds.features_path.open()) == 17
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "npz"])
@@ -132,7 +142,7 @@ def test_missing_label_column(fmt, service_keys, tmp_path, data, no_leak):
             pytest.fail("must not enter the block")
     assert str(enc) in str(err.value)
     with decrypted_dataset(enc, service_keys.private, label_column="target") as ds:
-        assert ds.labels.tolist() == y.tolist()
+        assert ds.labels.tolist() == y[ds.source_rows].tolist()
 
 
 def test_wrong_key(service_keys, tmp_path, data, no_leak):
@@ -322,12 +332,13 @@ def test_string_and_float_labels(service_keys, tmp_path):
     enc = tmp_path / "s.csv.gpg"
     encrypt_dataset(service_keys.public, plain, enc)
     with decrypted_dataset(enc, service_keys.private) as ds:
-        assert ds.labels.tolist() == ["spam", "ham"]
-        assert list(csv.reader(ds.features_path.open())) == [["text"], ["hello, world"], ["bye"]]
+        order = ds.source_rows.tolist()
+        assert ds.labels.tolist() == [["spam", "ham"][i] for i in order]
+        assert list(csv.reader(ds.features_path.open())) == [["text"]] + [[["hello, world"], ["bye"]][i][0:1] for i in order]
     plain.write_text("x,label\n1,0.5\n2,1.5\n")
     encrypt_dataset(service_keys.public, plain, enc)
     with decrypted_dataset(enc, service_keys.private) as ds:
-        assert ds.labels.dtype.kind == "f" and ds.labels.tolist() == [0.5, 1.5]
+        assert ds.labels.dtype.kind == "f" and ds.labels.tolist() == [[0.5, 1.5][i] for i in ds.source_rows]
 
 
 def test_passphrase_key_round_trip(service_keys_with_passphrase, tmp_path, data, no_leak):
@@ -336,7 +347,7 @@ def test_passphrase_key_round_trip(service_keys_with_passphrase, tmp_path, data,
     no_leak += _row_needles(X, y, "npz") + _key_needles(keys.private) + [keys.passphrase.encode()]
     enc = encrypted_test_set(keys, tmp_path / "t.npz.gpg", X, y)
     with decrypted_dataset(enc, keys.private, passphrase=keys.passphrase, rows=5) as ds:
-        assert ds.labels.tolist() == y[:5].tolist()
+        assert ds.labels.tolist() == y[ds.source_rows].tolist() and ds.n_rows == 5
 
 
 def test_cli_dataset_commands(service_keys, tmp_path, data, capsys, monkeypatch):
@@ -358,7 +369,11 @@ def test_cli_dataset_commands(service_keys, tmp_path, data, capsys, monkeypatch)
     assert stat.S_IMODE((out_dir / "features.csv").stat().st_mode) == 0o600
     feats = list(csv.reader(io.StringIO((out_dir / "features.csv").read_text())))
     assert feats[0] == ["x0", "x1", "x2"] and len(feats) == 8
-    assert (out_dir / "labels.txt").read_text().split() == [str(v) for v in y[:7]]
+    used = [int(v) - 1 for v in (out_dir / "rows.txt").read_text().split()]
+    with decrypted_dataset(enc, service_keys.private) as ds:
+        assert used == ds.source_rows.tolist()[:7]  # what a 7-row evaluation uses, in order
+    assert (out_dir / "labels.txt").read_text().split() == [str(v) for v in y[used]]
+    np.testing.assert_array_equal(np.array(feats[1:], dtype=float), X[used])
 
     # user errors: clear message naming the file, exit 1, no traceback
     assert easeml(["dataset", "decrypt", "--key", str(service_keys.private), str(plain),
@@ -398,8 +413,9 @@ def test_fast_csv_labels_match_csv_module(label_kind, label_pos, rows, tmp_path,
         lines.append(",".join(vals))
     plain = tmp_path / "p.csv"
     plain.write_text("\n".join(lines) + "\n")
-    fast, _ = dsm._split_csv(plain, tmp_path / "fast.csv", "label", rows, plain)
-    slow, _ = dsm._split_csv_slow(plain, tmp_path / "slow.csv", "label", rows, plain)
+    fast, _, fast_rows = dsm._split_csv(plain, tmp_path / "fast.csv", "label", rows, plain, 99)
+    slow, _, slow_rows = dsm._split_csv_slow(plain, tmp_path / "slow.csv", "label", rows, plain, 99)
+    assert fast_rows.tolist() == slow_rows.tolist()
     assert fast.dtype == slow.dtype and fast.tolist() == slow.tolist()
     assert (tmp_path / "fast.csv").read_bytes() == (tmp_path / "slow.csv").read_bytes()
 
@@ -432,8 +448,9 @@ def test_fast_csv_path_matches_csv_module(label_pos, variant, rows, tmp_path, mo
     slow = dsm._split_csv_slow
     fallbacks = []
     monkeypatch.setattr(dsm, "_split_csv_slow", lambda *a: fallbacks.append(1) or slow(*a))
-    fast_labels, fast_names = dsm._split_csv(plain, tmp_path / "fast.csv", "label", rows, plain)
-    slow_labels, slow_names = slow(plain, tmp_path / "slow.csv", "label", rows, plain)
+    fast_labels, fast_names, fast_rows = dsm._split_csv(plain, tmp_path / "fast.csv", "label", rows, plain, 5)
+    slow_labels, slow_names, slow_rows = slow(plain, tmp_path / "slow.csv", "label", rows, plain, 5)
+    assert fast_rows.tolist() == slow_rows.tolist()
     if variant in ("plain", "no_final_newline"):
         assert fallbacks == [], "a plain CSV must take the fast path"
     elif rows is None or (variant != "blank_line" and variant != "quoted") or rows > 20:
@@ -498,19 +515,28 @@ def test_small_tmpfs_falls_back_to_disk(service_keys, tmp_path, data, monkeypatc
 
 
 @pytest.mark.parametrize("chunk", [29, 61, 97, 1 << 20])
-def test_fast_csv_every_row_count(chunk, tmp_path, monkeypatch):
-    """rows=N yields exactly the first N rows whatever the chunk boundaries."""
+@pytest.mark.parametrize("slack", [0, 1 << 16])
+def test_fast_csv_every_row_count(chunk, slack, tmp_path, monkeypatch):
+    """rows=N yields exactly the first N rows of the full order whatever the chunk
+    boundaries and however often the candidates are pruned while streaming."""
     from easeml_buildbot.custody import dataset as dsm
+    from easeml_buildbot.custody import rows as rows_mod
 
     monkeypatch.setattr(dsm, "_FAST_CHUNK", chunk)
+    monkeypatch.setattr(rows_mod, "_PRUNE_SLACK", slack)
     plain = tmp_path / "p.csv"
     plain.write_text("a,label\n" + "".join(f"{i * 7},{i % 5}\n" for i in range(50)))
+    _, _, full = dsm._split_csv(plain, tmp_path / "f.csv", "label", None, plain, 12345)
+    full = full.tolist()
+    assert sorted(full) == list(range(50)) and full != list(range(50))
     for n in range(1, 51):
-        labels, _ = dsm._split_csv(plain, tmp_path / "f.csv", "label", n, plain)
-        assert labels.tolist() == [i % 5 for i in range(n)]
-        assert (tmp_path / "f.csv").read_text() == "a\n" + "".join(f"{i * 7}\n" for i in range(n))
+        labels, _, used = dsm._split_csv(plain, tmp_path / "f.csv", "label", n, plain, 12345)
+        assert used.tolist() == full[:n]
+        assert labels.tolist() == [i % 5 for i in full[:n]]
+        assert (tmp_path / "f.csv").read_text() == "a\n" + "".join(f"{i * 7}\n" for i in full[:n])
     with pytest.raises(DatasetError, match="needs 51 samples, the test set has 50"):
-        dsm.split_plaintext(plain, tmp_path / "f.csv", fmt="csv", label_column="label", rows=51)
+        dsm.split_plaintext(plain, tmp_path / "f.csv", fmt="csv", label_column="label", rows=51,
+                            order_key=1)
 
 
 def test_installed_easeml_entry_point(service_keys, tmp_path, data):

@@ -80,7 +80,7 @@ def test_create_with_passphrase_protects_the_key(service_keys_with_passphrase, t
         with decrypted_dataset(enc, keys.private, passphrase=keys.passphrase + "x"):
             pass
     with decrypted_dataset(enc, keys.private, passphrase=keys.passphrase) as ds:
-        assert ds.labels.tolist() == y.tolist()
+        assert ds.labels.tolist() == y[ds.source_rows].tolist()
     assert keys.passphrase not in caplog.text
     assert not [r for r in caplog.records if keys.passphrase in r.getMessage()]
 
