@@ -74,7 +74,8 @@ class RowSelection:
         self._ranks: list[np.ndarray] = []
         self._index: list[np.ndarray] = []
         self._labels: list[np.ndarray] = []
-        self._records: list[Any] = []
+        self._records: list[np.ndarray] = []  # object arrays (fancy indexing beats a list's)
+        self._held = 0
 
     def _next_ranks(self, k: int) -> np.ndarray:
         return self._bg.random_raw(k)
@@ -88,30 +89,31 @@ class RowSelection:
         self._ranks.append(np.asarray(self._next_ranks(k), dtype=np.uint64))
         self._index.append(np.arange(self.count, self.count + k, dtype=np.int64))
         self._labels.append(labels)
-        self._records.extend(records)
+        self._records.append(object_array(records))
         self.count += k
-        if self.rows is not None and len(self._records) > 2 * self.rows + _PRUNE_SLACK:
+        self._held += k
+        if self.rows is not None and self._held > 2 * self.rows + _PRUNE_SLACK:
             self._prune(self.rows)
 
     def _prune(self, keep: int) -> None:
-        if not self._records:
+        if not self._held:
             return
         ranks = np.concatenate(self._ranks)
         index = np.concatenate(self._index)
-        labels = np.concatenate(self._labels)
         n = len(ranks)
         sel = np.arange(n) if keep >= n else np.argpartition(ranks, keep - 1)[:keep]
         order = sel[np.lexsort((index[sel], ranks[sel]))]
-        recs = self._records
-        self._records = [recs[i] for i in order.tolist()]
-        self._ranks, self._index, self._labels = [ranks[order]], [index[order]], [labels[order]]
+        self._records = [np.concatenate(self._records)[order]]
+        self._labels = [np.concatenate(self._labels)[order]]
+        self._ranks, self._index = [ranks[order]], [index[order]]
+        self._held = len(order)
 
     def finish(self) -> tuple[list[Any], np.ndarray, np.ndarray]:
         """(records, labels, file row indices) of the selected rows, in the order used."""
         self._prune(self.count if self.rows is None else self.rows)
-        if not self._records:
+        if not self._held:
             return [], np.empty(0, dtype=object), np.empty(0, dtype=np.int64)
-        return self._records, self._labels[0], self._index[0]
+        return self._records[0].tolist(), self._labels[0], self._index[0]
 
 
 def object_array(values: list[Any]) -> np.ndarray:

@@ -33,6 +33,11 @@ MODES = ("fp-free", "fn-free")
 OUTCOMES = ("pass", "fail", "unknown")
 
 
+class EmptyIntervalError(RuntimeError):
+    """A clause's lower bound came out above its upper bound: an internal error (or a failed
+    confidence bound), never a verdict. The message quotes no estimate."""
+
+
 class DecisionError(ValueError):
     """Inputs that cannot be scored (length mismatch, missing old predictions, ...)."""
 
@@ -317,6 +322,9 @@ def decide(
     verdicts = []
     for cs, clause in zip(plan.clauses, cond.clauses):
         value, lo, hi = _clause_bounds(clause, cs.technique, cs.log_delta, counts, n, indicators, p)
+        if not lo <= hi:
+            raise EmptyIntervalError(f"clause {cs.index + 1} ({cs.technique}): the confidence interval "
+                                     "is empty (lower bound above upper bound); no verdict")
         verdicts.append(ClauseVerdict(cs.index, str(clause), value, lo, hi,
                                       _outcome(clause.op, clause.const, lo, hi), cs.technique, n))
 

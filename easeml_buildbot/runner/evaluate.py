@@ -182,13 +182,17 @@ def inspect_repo(repo: str | os.PathLike[str], base: str, head: str | None = Non
 @dataclass(frozen=True)
 class PredictionCache:
     """Predictions per (commit, dataset id, model section) on the worker's disk. A cached
-    run of N rows serves any request for its first M <= N rows (rows are a fixed prefix)."""
+    run of N rows serves any request for its first M <= N rows: the M-row selection is the
+    prefix of the N-row one (custody/rows.py). The row rule's version is part of the key, so
+    predictions made under another row order are never served."""
 
     root: Path
 
     def _path(self, commit: str, dataset_id: str, model: Mapping[str, Any]) -> Path:
+        from easeml_buildbot.custody.rows import ROW_ORDER_VERSION
+
         key = hashlib.sha256(json.dumps(dict(model), sort_keys=True, default=str).encode()).hexdigest()[:16]
-        return self.root / commit / f"{dataset_id}-{key}.npy"
+        return self.root / commit / f"{dataset_id}-{ROW_ORDER_VERSION}-{key}.npy"
 
     def get(self, commit: str, dataset_id: str, model: Mapping[str, Any], rows: int) -> np.ndarray | None:
         p = self._path(commit, dataset_id, model)
@@ -250,7 +254,7 @@ def evaluate_pr(repo: str | os.PathLike[str], *, head: str, base: str,
     it never receives labels, estimates or the verdict.
     """
     from easeml_buildbot.custody.dataset import DatasetError, decrypted_dataset
-    from easeml_buildbot.estimator.decision import DecisionError, decide
+    from easeml_buildbot.estimator.decision import DecisionError, EmptyIntervalError, decide
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -317,6 +321,9 @@ def evaluate_pr(repo: str | os.PathLike[str], *, head: str, base: str,
                     verdict = decide(cfg.condition, ds.labels, preds["head"], preds.get("base"),
                                      reliability=cfg.reliability, adaptivity=cfg.adaptivity,
                                      steps=cfg.steps, mode=cfg.mode, method=cfg.method, plan=plan)
+                except EmptyIntervalError as exc:  # a bug or a failed bound: never a verdict
+                    return _result("infra_error", cause="estimator", message=str(exc),
+                                   timings=_rounded(timings, t_start), **base_info)
                 except DecisionError as exc:
                     return _result("model_error", cause="wrong_count", message=str(exc),
                                    timings=_rounded(timings, t_start), **base_info)

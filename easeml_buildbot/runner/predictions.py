@@ -7,6 +7,11 @@ Formats (one prediction per input row, in input order):
   npy    a 1-D array (or n x 1)
   npz    an array named ``predictions`` (or ``prediction``), or the archive's only array
 Anything else, or a different row count, is a :class:`ModelError` that names the line.
+
+Messages quote nothing the model wrote (no file names other than ``predictions.<ext>``, no
+array names, no values, no library message that could echo the file): a model that has read
+the features must not be able to carry them out through an error. Label checks name kinds
+("integers", "text"), never a label or a dtype width.
 """
 
 from __future__ import annotations
@@ -29,13 +34,13 @@ def find_predictions(out_dir: Path) -> Path:
     """The single ``predictions.<ext>`` the model wrote into ``out_dir``."""
     found = sorted(p for p in Path(out_dir).glob("predictions.*") if p.suffix[1:] in FORMATS)
     if not found:
-        others = sorted(p.name for p in Path(out_dir).iterdir())[:5]
-        hint = f" (found: {', '.join(others)})" if others else ""
+        others = sum(1 for _ in Path(out_dir).iterdir())
+        hint = f" (found {others} other file{'s' if others != 1 else ''})" if others else ""
         raise ModelError("no_predictions",
                          f"no predictions.<{'|'.join(FORMATS)}> in the output directory{hint}")
     if len(found) > 1:
-        raise ModelError("unparsable", "more than one predictions file: "
-                         + ", ".join(p.name for p in found))
+        raise ModelError("unparsable", f"{len(found)} predictions files: "
+                         + ", ".join(p.name for p in found))  # predictions.<ext>: fixed names
     return found[0]
 
 
@@ -105,8 +110,8 @@ def _read_jsonl(path: Path) -> list[object]:
                 continue
             try:
                 value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ModelError("unparsable", f"{path.name}: line {i}: not JSON ({exc.msg})") from None
+            except json.JSONDecodeError:
+                raise ModelError("unparsable", f"{path.name}: line {i}: not JSON") from None
             if isinstance(value, dict):
                 key = next((k for k in value if k in HEADER_NAMES), None)
                 if key is None:
@@ -123,7 +128,8 @@ def _array(a: np.ndarray, where: str) -> np.ndarray:
     if a.ndim != 1:
         raise ModelError("unparsable", f"{where}: expected a 1-D array, got shape {a.shape}")
     if a.dtype.kind not in "biufUS":
-        raise ModelError("unparsable", f"{where}: unsupported dtype {a.dtype}")
+        raise ModelError("unparsable", f"{where}: unsupported array type (kind '{a.dtype.kind}'; "
+                         "use numbers, booleans or strings)")
     if a.dtype.kind == "S":
         a = a.astype(str)
     return a
@@ -133,7 +139,8 @@ def _read_npy(path: Path) -> np.ndarray:
     try:
         a = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise ModelError("unparsable", f"{path.name}: not a readable .npy file ({exc})") from None
+        raise ModelError("unparsable", f"{path.name}: not a readable .npy file "
+                         f"({type(exc).__name__})") from None
     if not isinstance(a, np.ndarray):
         raise ModelError("unparsable", f"{path.name}: not a .npy array")
     return _array(a, path.name)
@@ -148,11 +155,12 @@ def _read_npz(path: Path) -> np.ndarray:
                 key = names[0]
             if key is None:
                 raise ModelError("unparsable", f"{path.name}: no array named 'predictions' "
-                                 f"(arrays: {', '.join(names) or 'none'})")
+                                 f"({len(names)} arrays)")
             a = z[key]
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise ModelError("unparsable", f"{path.name}: not a readable .npz file ({exc})") from None
-    return _array(a, f"{path.name}[{key}]")
+        raise ModelError("unparsable", f"{path.name}: not a readable .npz file "
+                         f"({type(exc).__name__})") from None
+    return _array(a, f"{path.name}[{key if key in ('predictions', 'prediction') else 'its only array'}]")
 
 
 def parse_predictions(path: str | Path, n_rows: int) -> np.ndarray:
@@ -174,7 +182,8 @@ def parse_predictions(path: str | Path, n_rows: int) -> np.ndarray:
     except UnicodeDecodeError as exc:
         raise ModelError("unparsable", f"{p.name}: not UTF-8 text at byte {exc.start}") from None
     except csv.Error as exc:
-        raise ModelError("unparsable", f"{p.name}: malformed CSV ({exc})") from None
+        from easeml_buildbot.custody.dataset import _csv_reason
+        raise ModelError("unparsable", f"{p.name}: malformed CSV ({_csv_reason(exc)})") from None
     if len(arr) != n_rows:
         raise ModelError("wrong_count", f"{p.name}: {len(arr)} predictions for {n_rows} input rows")
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
@@ -208,7 +217,9 @@ def align_to_labels(predictions: np.ndarray, labels: np.ndarray, *, who: str = "
     if yk in "U" and pk in numeric:
         return _as_text(p)  # e.g. labels '3' read as text, predictions 3
     if yk in numeric and pk in "U":
-        raise ModelError("label_type_mismatch", f"the {who} predicted text "
-                         f"(dtype {p.dtype.str}) but the labels are numbers")
-    raise ModelError("label_type_mismatch", f"the {who}'s predictions ({p.dtype}) cannot be "
-                     f"compared with the labels ({y.dtype})")
+        raise ModelError("label_type_mismatch", f"the {who} predicted text but the labels are numbers")
+    raise ModelError("label_type_mismatch", f"the {who}'s predictions ({_KINDS.get(pk, 'other')}) "
+                     f"cannot be compared with the labels ({_KINDS.get(yk, 'other')})")
+
+
+_KINDS = {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers", "U": "text", "S": "text"}

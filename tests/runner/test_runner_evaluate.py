@@ -45,7 +45,7 @@ def test_inspect_reads_the_base(digits_repo, tmp_path):
     assert data["ok"] is True and data["error"] is None
     assert data["dataset_id"] == dataset_id(digits_repo.path / digits_repo.dataset) == digits_repo.dataset_id
     assert data["samples_needed"] == rows_needed(digits_repo)
-    assert data["config"]["condition"] == "n > 0.8 +/- 0.1 /\\ d < 0.3 +/- 0.1"
+    assert data["config"]["condition"] == "n > 0.8 +/- 0.1 /\\ d < 0.35 +/- 0.1"
     assert data["protected_changed"] == []
     assert data["base"] == digits_repo.base.sha and data["head"] == pr.sha
 
@@ -84,11 +84,12 @@ def test_evaluate_scores_head_and_base_and_caches(digits_repo, service_keys, tmp
     assert r["status"] == "scored" and r["scored"] is True and r["cause"] is None
     n = rows_needed(digits_repo)
     assert r["samples_used"] == n and r["dataset_id"] == digits_repo.dataset_id
-    labels = digits_repo.labels[:n]
+    used = digits_repo.rows_used(n, service_keys.private)  # a random n-subset, in its order
+    labels = digits_repo.labels[used]
     est = r["verdict"]["estimates"]
-    assert est["n"] == pytest.approx(pr.accuracy_on(labels))
-    assert est["o"] == pytest.approx(digits_repo.base.accuracy_on(labels))
-    assert est["d"] == pytest.approx(np.mean(pr.predictions[:n] != digits_repo.base.predictions[:n]))
+    assert est["n"] == pytest.approx(pr.accuracy_on(labels, used))
+    assert est["o"] == pytest.approx(digits_repo.base.accuracy_on(labels, used))
+    assert est["d"] == pytest.approx(np.mean(pr.predictions[used] != digits_repo.base.predictions[used]))
     assert r["verdict"]["outcome"] == "pass"
     assert r["cached"] == {"head": False, "base": False}
     # the build log shows progress, never the verdict or an estimate
@@ -102,9 +103,9 @@ def test_evaluate_scores_head_and_base_and_caches(digits_repo, service_keys, tmp
     assert r2["cached"] == {"head": False, "base": True}
     assert "base model" in easeml(*args).stdout  # third run: both cached
     assert r2["verdict"]["outcome"] == "fail"
-    assert r2["verdict"]["estimates"]["n"] == pytest.approx(pr2.accuracy_on(labels))
+    assert r2["verdict"]["estimates"]["n"] == pytest.approx(pr2.accuracy_on(labels, used))
     cached = PredictionCache(cache).get(digits_repo.base.sha, digits_repo.dataset_id, {"dockerfile": "Dockerfile"}, n)
-    assert np.array_equal(cached, digits_repo.base.predictions[:n])
+    assert np.array_equal(cached, digits_repo.base.predictions[used])
 
 
 
@@ -139,7 +140,8 @@ def test_runners_get_the_row_count_from_custody(digits_repo, service_keys, tmp_p
     r = evaluate_pr(digits_repo.path, head=pr.sha, base=digits_repo.base.sha, key=service_keys.private,
                     passphrase=None, runner="process", cache_dir=tmp_path / "cache")
     assert r["status"] == "scored", r
-    assert r["verdict"]["estimates"]["n"] == pytest.approx(pr.accuracy_on(digits_repo.labels[: r["samples_used"]]))
+    used = digits_repo.rows_used(r["samples_used"], service_keys.private)
+    assert r["verdict"]["estimates"]["n"] == pytest.approx(pr.accuracy_on(digits_repo.labels[used], used))
 
 @pytest.mark.parametrize("which", ["head", "base"])
 def test_model_error_is_not_scored(digits_repo, service_keys, tmp_path, which):
@@ -198,7 +200,8 @@ def test_passphrase_file(tmp_path, service_keys_with_passphrase):
     assert res.returncode == 0, res.stderr
     r = json.loads(out.read_text())
     assert r["status"] == "scored", r
-    assert r["verdict"]["estimates"]["n"] == pytest.approx(pr.accuracy_on(repo.labels[: r["samples_used"]]))
+    used = repo.rows_used(r["samples_used"], keys.private, keys.passphrase)
+    assert r["verdict"]["estimates"]["n"] == pytest.approx(pr.accuracy_on(repo.labels[used], used))
     assert keys.passphrase not in res.stdout + res.stderr
     assert "o" not in {k for k, v in r["verdict"]["estimates"].items() if v is not None}  # n only: no base run
     assert r["cached"] == {"head": False}
@@ -225,7 +228,8 @@ def test_evaluate_in_docker_end_to_end(docker_client, digits_repo, service_keys,
     r = json.loads(out.read_text())
     assert r["status"] == "scored" and r["runner"] == "docker"
     n = r["samples_used"]
-    assert r["verdict"]["estimates"]["n"] == pytest.approx(pr.accuracy_on(digits_repo.labels[:n]))
+    used = digits_repo.rows_used(n, service_keys.private)
+    assert r["verdict"]["estimates"]["n"] == pytest.approx(pr.accuracy_on(digits_repo.labels[used], used))
     assert r["verdict"]["outcome"] == "pass"
     assert {"build_head", "run_head", "build_base", "run_base", "score"} <= set(r["timings"])
     assert "Successfully built" in res.stdout

@@ -79,12 +79,12 @@ def test_find_predictions(tmp_path):
         find_predictions(tmp_path)
     assert err.value.cause == "no_predictions"
     (tmp_path / "preds.csv").write_text("1\n")
-    with pytest.raises(ModelError, match="found: preds.csv"):
+    with pytest.raises(ModelError, match="found 1 other file"):  # never its name: model-chosen
         find_predictions(tmp_path)
     (tmp_path / "predictions.csv").write_text("1\n")
     assert find_predictions(tmp_path).name == "predictions.csv"
     (tmp_path / "predictions.jsonl").write_text(json.dumps(1) + "\n")
-    with pytest.raises(ModelError, match="more than one"):
+    with pytest.raises(ModelError, match="2 predictions files"):
         find_predictions(tmp_path)
 
 

@@ -54,8 +54,11 @@ def predict(w, x):
     scores = z @ w["coef"].T + w["intercept"]
     k = len(w["classes"])
     idx = (scores[:, 0] > 0).astype(int) if w["coef"].shape[0] == 1 else scores.argmax(axis=1)
-    # Quality knob: a fixed, label-blind share of rows gets the next class instead.
-    flip = np.random.default_rng(int(w["flip_seed"])).random(len(x)) < float(w["flip_rate"])
+    # Quality knob: a fixed, label-blind share of rows gets the next class instead. Which rows
+    # is a hash of the row's features (not its position): the service feeds rows in its own
+    # order, and a row's prediction must not depend on where it is.
+    h = np.sin(x @ np.arange(1.0, x.shape[1] + 1) * 12.9898 + float(w["flip_seed"]) * 78.233)
+    flip = np.modf(np.abs(h) * 43758.5453)[0] < float(w["flip_rate"])
     idx = np.where(flip, (idx + 1) % k, idx)
     return w["classes"][idx]
 
@@ -165,9 +168,9 @@ class ModelCommit:
     predictions: np.ndarray = field(repr=False)  # on the whole test set, in order
     accuracy: float                              # on the whole test set
 
-    def accuracy_on(self, labels: np.ndarray) -> float:
-        """Accuracy on the first ``len(labels)`` rows (what ``rows=N`` evaluates)."""
-        return float(np.mean(self.predictions[: len(labels)] == labels))
+    def accuracy_on(self, labels: np.ndarray, rows: np.ndarray) -> float:
+        """Accuracy on the file rows ``rows`` (``ModelRepo.rows_used``), labels in that order."""
+        return float(np.mean(self.predictions[np.asarray(rows)] == labels))
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,13 @@ class ModelRepo:
     @property
     def n_test(self) -> int:
         return len(self.labels)
+
+    def rows_used(self, n: int | None, private_key: Path, passphrase: str | None = None) -> np.ndarray:
+        """The file rows an evaluation needing ``n`` rows uses, in its order (custody decides)."""
+        from easeml_buildbot.custody.dataset import decrypted_dataset
+
+        with decrypted_dataset(self.path / self.dataset, private_key, passphrase, rows=n) as ds:
+            return ds.source_rows
 
     def commit_files(self, files: Mapping[str, str | bytes | None], *, branch: str | None = None,
                      message: str = "change files", start: str | None = None) -> str:
