@@ -340,9 +340,19 @@ def _split_csv_fast(fh, sel: RowSelection, idx: int, ncols: int) -> None:
             if b'"' in data or b"\r" in data:
                 raise _NotSimple
             feats, labs = _cut_chunk(data, idx, ncols)
-            records = feats.split(b"\n")
-            records.pop()  # after the last newline
-            sel.add(records, labs.as_array())
+            k = len(labs.widths)
+            keep = sel.take(k)
+            if len(keep) == k:
+                records = feats.split(b"\n")
+                records.pop()  # after the last newline
+                sel.put(records, labs.as_array())
+            elif len(keep):  # slice out only the rows still in the running
+                ends = np.flatnonzero(np.frombuffer(feats, dtype=np.uint8) == 10)
+                starts = np.concatenate(([0], ends[:-1] + 1))
+                sel.put([feats[a:b] for a, b in zip(starts[keep].tolist(), ends[keep].tolist())],
+                        labs.as_array()[keep])
+            else:
+                sel.put([], labs.as_array()[keep])
         if not block:
             return
 

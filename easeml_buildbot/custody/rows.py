@@ -76,24 +76,44 @@ class RowSelection:
         self._labels: list[np.ndarray] = []
         self._records: list[np.ndarray] = []  # object arrays (fancy indexing beats a list's)
         self._held = 0
+        self._threshold: int | None = None  # the rows-th smallest rank once that many are held
+        self._pending = (np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.int64))
 
     def _next_ranks(self, k: int) -> np.ndarray:
         return self._bg.random_raw(k)
 
-    def add(self, records: list[Any], labels: np.ndarray) -> None:
-        k = len(records)
-        if k == 0:
+    def take(self, k: int) -> np.ndarray:
+        """Rank the next ``k`` rows; return the positions (0..k-1) among them that can still be
+        selected. Give their records and labels to :meth:`put` (the rest need not be built:
+        a row ranked above the ``rows``-th smallest rank so far can never be used)."""
+        ranks = np.asarray(self._next_ranks(k), dtype=np.uint64)
+        index = np.arange(self.count, self.count + k, dtype=np.int64)
+        self.count += k
+        keep = np.arange(k) if self._threshold is None else np.flatnonzero(ranks < self._threshold)
+        self._pending = (ranks[keep], index[keep])
+        return keep
+
+    def put(self, records: list[Any], labels: np.ndarray) -> None:
+        ranks, index = self._pending
+        if len(records) != len(ranks) or len(labels) != len(ranks):
+            raise AssertionError(f"{len(ranks)} rows taken, {len(records)} records, {len(labels)} labels")
+        if not len(ranks):
             return
-        if len(labels) != k:
-            raise AssertionError(f"{k} records for {len(labels)} labels")
-        self._ranks.append(np.asarray(self._next_ranks(k), dtype=np.uint64))
-        self._index.append(np.arange(self.count, self.count + k, dtype=np.int64))
+        self._ranks.append(ranks)
+        self._index.append(index)
         self._labels.append(labels)
         self._records.append(object_array(records))
-        self.count += k
-        self._held += k
+        self._held += len(ranks)
         if self.rows is not None and self._held > 2 * self.rows + _PRUNE_SLACK:
             self._prune(self.rows)
+
+    def add(self, records: list[Any], labels: np.ndarray) -> None:
+        """:meth:`take` and :meth:`put` for rows already built."""
+        keep = self.take(len(records))
+        if len(keep) == len(records):
+            self.put(records, labels)
+        else:
+            self.put([records[i] for i in keep.tolist()], labels[keep])
 
     def _prune(self, keep: int) -> None:
         if not self._held:
@@ -107,6 +127,8 @@ class RowSelection:
         self._labels = [np.concatenate(self._labels)[order]]
         self._ranks, self._index = [ranks[order]], [index[order]]
         self._held = len(order)
+        if self.rows is not None and self._held >= self.rows:
+            self._threshold = int(ranks[order[-1]])
 
     def finish(self) -> tuple[list[Any], np.ndarray, np.ndarray]:
         """(records, labels, file row indices) of the selected rows, in the order used."""
