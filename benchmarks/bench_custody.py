@@ -98,7 +98,7 @@ def bench_decrypt(rows: int, repeats: int) -> None:
         t0 = time.perf_counter()
         with decrypted_dataset(enc, priv, rows=min(rows, 10_000)) as ds:
             assert ds.n_rows == min(rows, 10_000)
-        print(f"decrypt + split first 10,000:    {time.perf_counter() - t0:7.3f} s")
+        print(f"decrypt + select 10,000 rows:    {time.perf_counter() - t0:7.3f} s")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
