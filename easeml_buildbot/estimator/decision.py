@@ -14,20 +14,16 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from scipy import stats
-from scipy.optimize import brentq
 
-from easeml_buildbot.estimator import betting
-from easeml_buildbot.estimator.condition import Clause, Condition, parse_condition
-from easeml_buildbot.estimator.samples import (
-    EXACT_LOG_FLOOR,
-    SampleSize,
-    bernoulli_kl,
-    bennett_width,
-    d_bound,
-    is_difference,
-    sample_size,
+from easeml_buildbot.estimator import techniques
+from easeml_buildbot.estimator.condition import Condition, parse_condition
+from easeml_buildbot.estimator.samples import SampleSize, sample_size
+from easeml_buildbot.estimator.tails import (  # noqa: F401  (re-exported: the public names of before)
+    chernoff_bounds,
+    clopper_pearson,
+    hoeffding_width,
 )
+from easeml_buildbot.estimator.techniques import is_difference
 
 MODES = ("fp-free", "fn-free")
 OUTCOMES = ("pass", "fail", "unknown")
@@ -133,39 +129,6 @@ class Verdict:
         )
 
 
-# -- one-sided bounds --------------------------------------------------------------
-
-def hoeffding_width(n: int, log_delta: float, value_range: float = 1.0) -> float:
-    """One-sided Hoeffding deviation for a mean of n values in a range of width value_range."""
-    return value_range * math.sqrt(-log_delta / (2 * n)) if n > 0 else math.inf
-
-
-def chernoff_bounds(k: int, n: int, log_delta: float) -> tuple[float, float]:
-    """One-sided binomial bounds from the Chernoff bound n KL(k/n || m) = ln(1/δ), valid
-    however small δ is (for ln δ below what Clopper-Pearson can compute in floats)."""
-    p_hat, target = k / n, -log_delta / n
-
-    def solve(lo: float, hi: float) -> float:
-        return float(brentq(lambda m: bernoulli_kl(p_hat, m) - target, lo, hi, xtol=1e-15))
-
-    eps = 1e-300
-    lower = 0.0 if k == 0 or bernoulli_kl(p_hat, eps) <= target else solve(eps, p_hat)
-    upper = 1.0 if k == n or bernoulli_kl(p_hat, 1 - 1e-16) <= target else solve(p_hat, 1 - 1e-16)
-    return lower, upper
-
-
-def clopper_pearson(k: int, n: int, log_delta: float) -> tuple[float, float]:
-    """One-sided exact binomial bounds, each failing with probability <= exp(log_delta)."""
-    if n <= 0:
-        return 0.0, 1.0
-    if log_delta < EXACT_LOG_FLOOR:
-        return chernoff_bounds(k, n, log_delta)
-    a = math.exp(log_delta)
-    lo = 0.0 if k == 0 else float(stats.beta.ppf(a, k, n - k + 1))
-    hi = 1.0 if k == n else float(stats.beta.isf(a, k + 1, n - k))
-    return lo, hi
-
-
 def _as_array(x: Any, what: str) -> np.ndarray:
     a = np.asarray(x)
     if a.ndim == 2 and a.shape[1] == 1:
@@ -209,54 +172,6 @@ def _outcome(op: str, const: float, lo: float, hi: float) -> str:
     if op == ">":
         return "pass" if lo > const else "fail" if hi < const else "unknown"
     return "pass" if hi < const else "fail" if lo > const else "unknown"
-
-
-BETTING_MAX_ROWS = 1_000_000  # the betting half uses at most this fixed prefix of the rows
-
-
-def _betting_bounds(clause: Clause, log_half: float, indicators: Mapping[str, np.ndarray]) -> tuple[float, float]:
-    """Betting bounds on the clause's per-sample value sum_j c_j Z_ij (range [a, b])."""
-    rows = min(BETTING_MAX_ROWS, len(next(iter(indicators.values()))))
-    y = np.zeros(rows, dtype=np.float64)
-    for t in clause.terms:
-        y += t.coef * indicators[t.var][:rows]
-    a = sum(t.coef for t in clause.terms if t.coef < 0)
-    b = sum(t.coef for t in clause.terms if t.coef > 0)
-    return betting.bounds(y, a, b, log_half)
-
-
-def _clause_bounds(clause: Clause, technique: str, log_dc: float, counts: Mapping[str, int],
-                   n: int, indicators: Mapping[str, np.ndarray], p: float | None) -> tuple[float, float, float]:
-    """(estimate, lower, upper) of the clause's left-hand side; ``p`` is the condition's d bound."""
-    parts = technique.split("+")
-    base = parts[0]
-    if "betting" in parts:
-        # union bound: the plan's bound and the betting bound, each at half the share
-        log_half = log_dc - math.log(2.0)
-        value, lo1, hi1 = _clause_bounds(clause, base, log_half, counts, n, indicators, p)
-        lo2, hi2 = _betting_bounds(clause, log_half, indicators)
-        return value, max(lo1, lo2), min(hi1, hi2)
-    est = {v: counts[v] / n for v in counts}
-    value = clause.value(est)
-    if base == "binomial":
-        (t,) = clause.terms
-        lo_v, hi_v = clopper_pearson(counts[t.var], n, log_dc)
-        a, b = t.coef * lo_v, t.coef * hi_v
-        return value, min(a, b), max(a, b)
-    if base == "hoeffding-split":
-        k = len(clause.terms)
-        w = sum(abs(t.coef) for t in clause.terms) * hoeffding_width(n, log_dc - math.log(k))
-        return value, value - w, value + w
-    if base == "hoeffding-sum":
-        r = sum(abs(t.coef) for t in clause.terms)
-        w = hoeffding_width(n, log_dc, r)
-        return value, value - w, value + w
-    if base in ("bennett", "bennett-paper"):
-        assert p is not None
-        budget = -log_dc + (math.log(2.0) if base == "bennett-paper" else 0.0)
-        w = bennett_width(n, p, budget)
-        return value, value - w, value + w
-    raise DecisionError(f"unknown technique {technique!r}")
 
 
 def decide(
@@ -311,12 +226,17 @@ def decide(
         old_ok = old == y
         indicators["o"] = old_ok if not active else old_ok & mask
         indicators["d"] = new != old
-    counts = {v: int(np.count_nonzero(z)) for v, z in indicators.items()}
+    data = techniques.Data.of(indicators)
+    counts = data.counts
 
-    p = d_bound(cond)
+    ctx = techniques.Context.of(cond)
     verdicts = []
     for cs, clause in zip(plan.clauses, cond.clauses):
-        value, lo, hi = _clause_bounds(clause, cs.technique, cs.log_delta, counts, n, indicators, p)
+        try:
+            technique = techniques.get(cs.technique)
+        except KeyError as exc:
+            raise DecisionError(str(exc)) from None
+        value, lo, hi = technique.bounds(clause, cs.log_delta, data, ctx)
         verdicts.append(ClauseVerdict(cs.index, str(clause), value, lo, hi,
                                       _outcome(clause.op, clause.const, lo, hi), cs.technique, n))
 

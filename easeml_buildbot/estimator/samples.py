@@ -33,14 +33,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from typing import Any
 
-import numpy as np
 from scipy import stats
-from scipy.optimize import brentq
 
+from easeml_buildbot.estimator import techniques
 from easeml_buildbot.estimator.condition import Clause, Condition, parse_condition
+from easeml_buildbot.estimator.tails import (  # noqa: F401  (re-exported: the public names of before)
+    EXACT_LOG_FLOOR,
+    bennett_h,
+    bennett_width,
+    bernoulli_kl,
+    binomial_samples,
+    chernoff_log_tail as _chernoff_log_tail,
+)
+from easeml_buildbot.estimator.techniques import d_bound, is_difference  # noqa: F401
 
 ADAPTIVITIES = ("none", "firstChange", "full")
 ADAPTIVITY_ALIASES = {"hybrid": "firstChange", "firstchange": "firstChange", "first_change": "firstChange"}
@@ -80,87 +87,6 @@ def log_use_delta(reliability: float, adaptivity: str, steps: int) -> float:
     # none: H fixed models; firstChange: the developer sees nothing until the verdict
     # first changes, so the models are fixed in advance up to that point: a union over H.
     return log_delta - math.log(steps)
-
-
-# -- one-clause bounds ---------------------------------------------------------------
-
-def bennett_h(u: float) -> float:
-    """h(u) = (1+u) ln(1+u) - u, the exponent of Bennett's inequality."""
-    return (1.0 + u) * math.log1p(u) - u
-
-
-def bennett_width(n: int, p: float, log_budget: float) -> float:
-    """Smallest w with n p h(w/p) >= log_budget (= ln(1/δ)): Bennett deviation at n samples."""
-    if n <= 0:
-        return math.inf
-    target = log_budget / (n * p)
-    hi = 1.0
-    while bennett_h(hi) < target:
-        hi *= 2.0
-    u = brentq(lambda x: bennett_h(x) - target, 0.0, hi, xtol=1e-14, rtol=1e-12)
-    return u * p
-
-
-EXACT_LOG_FLOOR = -600.0  # below this ln δ, scipy's binomial tails underflow: use Chernoff
-
-
-def bernoulli_kl(q: float, p: float) -> float:
-    """KL(Bernoulli(q) || Bernoulli(p)), the Chernoff exponent of a binomial tail."""
-    def term(a: float, b: float) -> float:
-        return 0.0 if a == 0 else (math.inf if b == 0 else a * math.log(a / b))
-    return term(q, p) + term(1 - q, 1 - p)
-
-
-def _chernoff_log_tail(n: np.ndarray, t: float, e: float) -> np.ndarray:
-    """ln of the Chernoff bound exp(-n KL(t±e || t)) on the same two tails (rigorous, and
-    computable however small δ is)."""
-    up = -math.inf if t + e >= 1 else -bernoulli_kl(t + e, t)
-    lo = -math.inf if t - e <= 0 else -bernoulli_kl(t - e, t)
-    return n * max(up, lo)
-
-
-def _binom_log_tail(n: int | np.ndarray, t: float, e: float, log_delta: float = 0.0) -> np.ndarray:
-    """ln max(P_t(K > n(t+e)), P_t(K < n(t-e))) for K ~ Bin(n, t): the worst wrong-verdict
-    probability of a one-variable clause at threshold t, tolerance e (conservative rounding).
-    Vectorised over n."""
-    n = np.atleast_1d(np.asarray(n, dtype=np.int64))
-    t = min(max(t, 0.0), 1.0)
-    if log_delta < EXACT_LOG_FLOOR:
-        return _chernoff_log_tail(n, t, e)
-    up_x = n * (t + e)
-    lo_x = n * (t - e)
-    with np.errstate(divide="ignore"):
-        up = np.where(up_x >= n, -np.inf, stats.binom.logsf(np.floor(up_x - 1e-9), n, t))
-        lo = np.where(lo_x <= 0, -np.inf, stats.binom.logcdf(np.ceil(lo_x + 1e-9) - 1, n, t))
-    return np.maximum(up, lo)
-
-
-@lru_cache(maxsize=4096)
-def binomial_samples(t: float, e: float, log_delta: float) -> int:
-    """Smallest N from which on every N' >= N (checked over a window) keeps the exact
-    binomial wrong-verdict probability at threshold t within tolerance e below exp(log_delta)."""
-    hoeff = max(1, math.ceil(-log_delta / (2 * e * e)))
-    if _binom_log_tail(hoeff, t, e, log_delta)[0] > log_delta:  # cannot happen (Hoeffding dominates); be safe
-        return hoeff
-    lo, hi = 0, hoeff
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if _binom_log_tail(mid, t, e, log_delta)[0] <= log_delta:
-            hi = mid
-        else:
-            lo = mid
-    if log_delta < EXACT_LOG_FLOOR:  # Chernoff: N times a constant tail, monotone, no saw-tooth
-        return hi
-    # the tail saw-tooths in N: take the smallest N such that all N' in [N, N + window] work
-    window = max(20, hi // 20)
-    ns = np.arange(max(1, hi - window), min(hoeff, hi + window) + 1)
-    ok = _binom_log_tail(ns, t, e, log_delta) <= log_delta
-    bad = np.flatnonzero(~ok)
-    if not len(bad):
-        return int(ns[0])
-    if bad[-1] == len(ns) - 1:  # still saw-toothing at the window's end: fall back to Hoeffding
-        return hoeff
-    return int(ns[bad[-1] + 1])
 
 
 @dataclass(frozen=True)
@@ -217,88 +143,39 @@ class SampleSize:
         }
 
 
-def _coefs(clause: Clause) -> dict[str, float]:
-    return {t.var: t.coef for t in clause.terms}
-
-
-def d_bound(condition: Condition) -> float | None:
-    """The tightest p of a clause ``d < p +/- eps`` (bounds E[X^2] of n - o), if any."""
-    ps = [c.const for c in condition.clauses if c.op == "<" and _coefs(c) == {"d": 1.0} and 0 < c.const < 1]
-    return min(ps) if ps else None
-
-
-def is_difference(clause: Clause) -> bool:
-    """``n - o`` or ``o - n`` (per-sample value in {-1, 0, 1}, zero where the models agree)."""
-    c = _coefs(clause)
-    return set(c) == {"n", "o"} and c["n"] == -c["o"] and abs(c["n"]) == 1.0
-
-
-def _hoeffding_split(clause: Clause, log_dc: float) -> tuple[int, dict[str, float]]:
-    k = len(clause.terms)
-    per_var_eps = clause.eps / k
-    n = max(t.coef**2 * (math.log(k) - log_dc) / (2 * per_var_eps**2) for t in clause.terms)
-    return math.ceil(n - 1e-9), {"k": k}
-
-
-def _hoeffding_sum(clause: Clause, log_dc: float) -> tuple[int, dict[str, float]]:
-    r = sum(abs(t.coef) for t in clause.terms)
-    n = r * r * (-log_dc) / (2 * clause.eps**2)
-    return math.ceil(n - 1e-9), {"range": r}
-
-
-def _bennett(clause: Clause, log_dc: float, p: float, two_sided: bool) -> tuple[int, dict[str, float]]:
-    budget = -log_dc + (math.log(2.0) if two_sided else 0.0)
-    n = budget / (p * bennett_h(clause.eps / p))
-    return math.ceil(n - 1e-9), {"p": p}
-
-
-def _binomial(clause: Clause, log_dc: float) -> tuple[int, dict[str, float]]:
-    (t,) = clause.terms
-    thr, e = clause.const / t.coef, clause.eps / abs(t.coef)
-    return binomial_samples(thr, e, log_dc), {"threshold": thr, "tolerance": e}
-
-
 def _needs_labels(clause: Clause) -> bool:
     return bool(clause.variables & {"n", "o"})
 
 
-def _plan_clause(i: int, clause: Clause, method: str, log_dc: float, p: float | None) -> ClauseSize:
+def _plan_clause(i: int, clause: Clause, method: str, log_dc: float, ctx: techniques.Context) -> ClauseSize:
     if method == "betting":
         # half of the share for the exact plan's bound, half for the betting bound
-        s = _plan_clause(i, clause, "exact", log_dc - math.log(2.0), p)
-        return ClauseSize(s.index, s.clause, s.technique + "+betting", s.labels, s.unlabeled, log_dc, s.params)
-    options: list[tuple[str, int, dict[str, float]]] = []
-    if method == "hoeffding" or (method == "bennett" and not (p is not None and is_difference(clause))):
-        options.append(("hoeffding-split", *_hoeffding_split(clause, log_dc)))
-    elif method == "bennett":
-        options.append(("bennett-paper", *_bennett(clause, log_dc, p, two_sided=True)))  # type: ignore[arg-type]
-    else:  # exact: the smallest of the rigorous techniques that apply
-        options.append(("hoeffding-split", *_hoeffding_split(clause, log_dc)))
-        if len(clause.terms) == 1:
-            options.append(("binomial", *_binomial(clause, log_dc)))
-        else:
-            options.append(("hoeffding-sum", *_hoeffding_sum(clause, log_dc)))
-        if p is not None and is_difference(clause):
-            options.append(("bennett", *_bennett(clause, log_dc, p, two_sided=False)))
-    technique, n, params = min(options, key=lambda o: o[1])
+        base = _plan_clause(i, clause, "exact", log_dc - math.log(2.0), ctx)
+        t: techniques.Technique = techniques.Betting(techniques.get(base.technique))
+        n, params = base.labels or base.unlabeled, base.params
+    else:
+        sized = [(t, *t.size(clause, log_dc, ctx)) for t in techniques.candidates(clause, method, ctx)]
+        t, n, params = min(sized, key=lambda o: o[1])
     if _needs_labels(clause):
-        return ClauseSize(i, str(clause), technique, n, 0, log_dc, params)
-    return ClauseSize(i, str(clause), technique, 0, n, log_dc, params)
+        return ClauseSize(i, str(clause), t.name, n, 0, log_dc, params)
+    return ClauseSize(i, str(clause), t.name, 0, n, log_dc, params)
 
 
 def _plan(cond: Condition, method: str, log_use: float, labelling: str) -> tuple[int, int, tuple[ClauseSize, ...]]:
     m = len(cond.clauses)
     log_dc = log_use - math.log(m)
-    p = d_bound(cond)
-    sizes = tuple(_plan_clause(i, c, method, log_dc, p) for i, c in enumerate(cond.clauses))
+    ctx = techniques.Context.of(cond)
+    sizes = tuple(_plan_clause(i, c, method, log_dc, ctx) for i, c in enumerate(cond.clauses))
     if labelling == "active":
         # only the samples where the models disagree need labels for an n - o clause; the
         # expected count at the worst case d = p is p * N (the rest only need predictions)
+        p = ctx.p
         out = []
         for s, c in zip(sizes, cond.clauses):
             if is_difference(c) and p is not None:
-                s = ClauseSize(s.index, s.clause, s.technique + "+active", math.ceil(p * s.labels), s.labels,
-                               s.log_delta, {**s.params, "disagreements_high": float(stats.binom.ppf(0.999, s.labels, p))})
+                s = ClauseSize(s.index, s.clause, techniques.Active(techniques.get(s.technique)).name,
+                               math.ceil(p * s.labels), s.labels, s.log_delta,
+                               {**s.params, "disagreements_high": float(stats.binom.ppf(0.999, s.labels, p))})
             out.append(s)
         sizes = tuple(out)
     labels = max(s.labels for s in sizes)
