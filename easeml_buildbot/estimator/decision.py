@@ -187,13 +187,17 @@ def decide(
     method: str = "auto",
     plan: SampleSize | None = None,
     labelled: Sequence[bool] | np.ndarray | None = None,
+    rows: int | None = None,
 ) -> Verdict:
     """Score predictions against labels and decide the condition (pass/fail/unknown -> mode).
 
     Active labelling: ``labelled`` (or labels that are None/NaN/"" on some rows) marks the
     rows that carry a label. Unlabelled rows are allowed only where the two models agree
     and only for conditions made of ``d`` and ``n - o`` clauses: there the label cannot
-    change ``n - o`` (docs/statistics.md). ``n`` and ``o`` are then not estimated."""
+    change ``n - o`` (docs/statistics.md). ``n`` and ``o`` are then not estimated.
+
+    ``rows``: decide on the first ``rows`` rows only (in the given order), as the service
+    does with the plan's ``rows`` (``easeml evaluate`` passes ``plan.rows``); None: all."""
     cond = parse_condition(condition) if isinstance(condition, str) else condition
     if mode not in MODES:
         raise DecisionError(f"mode must be 'fp-free' or 'fn-free', not {mode!r}")
@@ -204,6 +208,18 @@ def decide(
     new = _as_array(new_predictions, "new predictions")
     if len(new) != len(y):
         raise DecisionError(f"the new model gave {len(new)} predictions for {len(y)} labels")
+    if rows is not None:
+        if int(rows) != rows or rows < 1:
+            raise DecisionError(f"rows must be a positive integer, not {rows!r}")
+        total = len(y)
+        y, new = y[:rows], new[:rows]
+        if old_predictions is not None:
+            old_predictions = _as_array(old_predictions, "old predictions")
+            if len(old_predictions) != total:
+                raise DecisionError(f"the old model gave {len(old_predictions)} predictions for {total} labels")
+            old_predictions = old_predictions[:rows]
+        if labelled is not None:
+            labelled = np.asarray(labelled, dtype=bool)[:rows]
     n = len(y)
     if n == 0:
         raise DecisionError("no test samples")
