@@ -20,7 +20,15 @@ import numpy as np
 from easeml_buildbot.config import CONFIG_FILE, KEYS, ConfigError, EasemlConfig, load_config
 from easeml_buildbot.estimator.condition import ConditionSyntaxError, parse_condition
 from easeml_buildbot.estimator.decision import DecisionError, Verdict, decide
-from easeml_buildbot.estimator.samples import ADAPTIVITIES, LABELLINGS, METHODS, SampleSize, SampleSizeError, sample_size
+from easeml_buildbot.estimator.samples import (
+    ADAPTIVITIES,
+    LABELLINGS,
+    METHODS,
+    SampleSize,
+    SampleSizeError,
+    d_clause_hint,
+    sample_size,
+)
 
 EXIT_USAGE = 2
 PLAN_SETTINGS = ("reliability", "adaptivity", "steps", "method")  # sample_size() keywords, also config keys
@@ -129,6 +137,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                              indent=2)
         else:
             out = cfg.summary()
+            hint = d_clause_hint(cfg.condition, cfg.reliability, cfg.adaptivity, cfg.steps, cfg.method)
+            if hint:
+                out += f"\nhint: {hint}."
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1

@@ -237,3 +237,44 @@ def sample_size(
         labelling=labelling,
         candidates={m: plans[m][0] for m in plans},
     )
+
+
+D_HINT_P, D_HINT_EPS = 0.1, 0.01  # the d clause check-config suggests
+
+
+def d_clause_hint(condition: Condition | str, reliability: float, adaptivity: str = "full", steps: int = 32,
+                  method: str = "auto", p: float = D_HINT_P, eps: float = D_HINT_EPS) -> str | None:
+    """A sentence for ``check-config`` when a condition on ``n - o`` has no ``d < p`` clause
+    and adding ``d < p +/- eps`` would need fewer labels, else None.
+
+    Parameters
+    ----------
+    condition, reliability, adaptivity, steps, method
+        As for :func:`sample_size`.
+    p, eps : float
+        The suggested clause ``d < p +/- eps``.
+
+    Returns
+    -------
+    str or None
+        E.g. "adding `d < 0.1 +/- 0.01` (if the models disagree on fewer than 10% of rows)
+        needs 3,375 labels of 9,040 rows with predictions (338 with active labelling) instead
+        of 30,195".
+    """
+    cond = parse_condition(condition) if isinstance(condition, str) else condition
+    if d_bound(cond) is not None or not any(is_difference(c) for c in cond.clauses):
+        return None
+    now = sample_size(cond, reliability, adaptivity, steps, method)
+    extra = parse_condition(f"d < {p} +/- {eps}").clauses[0]
+    with_d = Condition(cond.clauses + (extra,), f"{cond} /\\ {extra}")
+    better = sample_size(with_d, reliability, adaptivity, steps, method)
+    if better.labels >= now.labels:
+        return None
+    try:
+        active = sample_size(with_d, reliability, adaptivity, steps, method, labelling="active").labels
+        act = f" ({active:,} with active labelling)"
+    except SampleSizeError:
+        act = ""
+    rows = f" of {better.rows:,} rows with predictions" if better.rows > better.labels else ""
+    return (f"adding `{extra}` (if the models disagree on fewer than {p:.0%} of rows) needs "
+            f"{better.labels:,} labels{rows}{act} instead of {now.labels:,}")

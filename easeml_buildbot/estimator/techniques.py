@@ -25,7 +25,7 @@ from typing import Mapping, Protocol
 
 import numpy as np
 
-from easeml_buildbot.estimator import betting, tails
+from easeml_buildbot.estimator import betting, paired, tails
 from easeml_buildbot.estimator.condition import Clause, Condition
 
 
@@ -283,6 +283,44 @@ class Active:
         return self.base.bounds(clause, log_dc, data, ctx)
 
 
+@dataclass(frozen=True)
+class Paired:
+    """Exact paired (trinomial) bounds for ``n - o`` (or ``o - n``): only the rows where
+    exactly one model is right carry information; the nuisance (their rate) is bounded by
+    the condition's ``d < p`` (or 1) and handled by a supremum (:mod:`paired`).
+
+    Planned N: the smallest N at which every sum beyond ``N(C ± eps)`` is rejected by the
+    exact test (:func:`paired.paired_samples`, searched below the Bennett / Hoeffding size).
+    Decision: the exact one-sided bounds of :func:`paired.bounds`.
+
+    References
+    ----------
+    McNemar 1947; Boschloo 1970 (supremum over the nuisance).
+    """
+
+    name: str = "paired"
+
+    @staticmethod
+    def nu_max(ctx: Context) -> float:
+        return ctx.p if ctx.p is not None else 1.0
+
+    def applies(self, clause: Clause, ctx: Context) -> bool:
+        return is_difference(clause) and paired.applies(clause.const, self.nu_max(ctx))
+
+    def size(self, clause: Clause, log_dc: float, ctx: Context) -> tuple[int, dict[str, float]]:
+        nu = self.nu_max(ctx)
+        start = min(HoeffdingSum().size(clause, log_dc, ctx)[0],
+                    Bennett().size(clause, log_dc, ctx)[0] if ctx.p is not None else math.inf)
+        if start > paired.MAX_ROWS:
+            return start, {"nu_max": nu}
+        return paired.paired_samples(clause.const, clause.eps, nu, log_dc, int(start)), {"nu_max": nu}
+
+    def bounds(self, clause: Clause, log_dc: float, data: Data, ctx: Context) -> tuple[float, float, float]:
+        s_obs = int(round(float(data.values(clause).sum())))
+        lo, hi = paired.bounds(data.n, s_obs, self.nu_max(ctx), log_dc)
+        return data.estimate(clause), lo, hi
+
+
 BASE: dict[str, Technique] = {}
 MODIFIERS: dict[str, type] = {"betting": Betting, "active": Active}
 
@@ -292,7 +330,8 @@ def register(t: Technique) -> Technique:
     return t
 
 
-for _t in (HoeffdingSplit(), HoeffdingSum(), Binomial(), Bennett(), Bennett("bennett-paper", two_sided=True)):
+for _t in (HoeffdingSplit(), HoeffdingSum(), Binomial(), Bennett(), Bennett("bennett-paper", two_sided=True),
+           Paired()):
     register(_t)
 
 
@@ -318,7 +357,8 @@ def candidates(clause: Clause, method: str, ctx: Context) -> tuple[Technique, ..
     out.append(BASE["binomial"] if len(clause.terms) == 1 else BASE["hoeffding-sum"])
     if pattern:
         out.append(BASE["bennett"])
-    out.extend(t for name, t in BASE.items() if name.startswith("paired") and t.applies(clause, ctx))  # type: ignore[attr-defined]
+    if BASE["paired"].applies(clause, ctx):  # type: ignore[attr-defined]
+        out.append(BASE["paired"])
     return tuple(out)
 
 

@@ -212,3 +212,21 @@ def test_evaluate_decides_on_the_planned_rows_like_the_service(eval_files, capsy
     assert v["estimates"]["n"] == pytest.approx(float(np.mean(new[: plan.rows] == y[: plan.rows])))
     rc, out, _ = run(capsys, *args, "--all-rows")
     assert json.loads(out)["samples_used"] == len(y)
+
+
+def test_check_config_says_when_a_d_clause_would_shrink_the_plan(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from easeml_buildbot.estimator.condition import parse_condition
+
+    (tmp_path / "a.yml").write_text("condition: n - o > 0.02 +/- 0.02\nreliability: 0.998\nadaptivity: none\n"
+                                    "steps: 7\n")
+    rc, out, _ = run(capsys, "check-config", str(tmp_path / "a.yml"))
+    now = sample_size("n - o > 0.02 +/- 0.02", 0.998, "none", 7).labels
+    with_d = sample_size("n - o > 0.02 +/- 0.02 /\\ d < 0.1 +/- 0.01", 0.998, "none", 7)
+    assert rc == 0 and with_d.labels < now
+    assert f"hint: adding `{parse_condition('d < 0.1 +/- 0.01')}`" in out
+    assert f"needs {with_d.labels:,} labels" in out and f"instead of {now:,}" in out
+    (tmp_path / "b.yml").write_text("condition: d < 0.1 +/- 0.01 /\\ n - o > 0.02 +/- 0.02\nreliability: 0.998\n"
+                                    "adaptivity: none\nsteps: 7\n")
+    rc, out, _ = run(capsys, "check-config", str(tmp_path / "b.yml"))
+    assert rc == 0 and "hint" not in out
