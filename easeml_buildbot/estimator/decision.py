@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from easeml_buildbot.estimator import techniques
+from easeml_buildbot.estimator import sequential, techniques
 from easeml_buildbot.estimator.condition import Condition, parse_condition
 from easeml_buildbot.estimator.samples import SampleSize, sample_size
 from easeml_buildbot.estimator.tails import (  # noqa: F401  (re-exported: the public names of before)
@@ -83,6 +83,7 @@ class Verdict:
     clauses: tuple[ClauseVerdict, ...]
     deciding_clause: int | None  # index of the clause that decided (None: all passed)
     notes: tuple[str, ...] = field(default_factory=tuple)
+    labels_consumed: int | None = None  # labelled rows whose labels the verdict read (the ledger's count)
 
     @property
     def enough_samples(self) -> bool:
@@ -106,6 +107,7 @@ class Verdict:
             "clauses": [c.to_dict() for c in self.clauses],
             "deciding_clause": self.deciding_clause,
             "notes": list(self.notes),
+            "labels_consumed": self.labels_consumed,
         }
 
     @classmethod
@@ -126,6 +128,7 @@ class Verdict:
             clauses=tuple(ClauseVerdict.from_dict(c) for c in d["clauses"]),
             deciding_clause=d.get("deciding_clause"),
             notes=tuple(d.get("notes", ())),
+            labels_consumed=d.get("labels_consumed"),
         )
 
 
@@ -246,15 +249,18 @@ def decide(
     counts = data.counts
 
     ctx = techniques.Context.of(cond)
-    verdicts = []
-    for cs, clause in zip(plan.clauses, cond.clauses):
-        try:
-            technique = techniques.get(cs.technique)
-        except KeyError as exc:
-            raise DecisionError(str(exc)) from None
-        value, lo, hi = technique.bounds(clause, cs.log_delta, data, ctx)
-        verdicts.append(ClauseVerdict(cs.index, str(clause), value, lo, hi,
-                                      _outcome(clause.op, clause.const, lo, hi), cs.technique, n))
+    try:
+        chosen = [techniques.get(cs.technique) for cs in plan.clauses]
+    except KeyError as exc:
+        raise DecisionError(str(exc)) from None
+    if any(isinstance(t, techniques.Sequential) for t in chosen):
+        verdicts, used = _sequential_verdicts(cond, plan, chosen, indicators, n, ctx)
+    else:
+        verdicts, used = [], n
+        for cs, clause, technique in zip(plan.clauses, cond.clauses, chosen):
+            value, lo, hi = technique.bounds(clause, cs.log_delta, data, ctx)
+            verdicts.append(ClauseVerdict(cs.index, str(clause), value, lo, hi,
+                                          _outcome(clause.op, clause.const, lo, hi), cs.technique, n))
 
     fails = [v.index for v in verdicts if v.outcome == "fail"]
     unknowns = [v.index for v in verdicts if v.outcome == "unknown"]
@@ -271,19 +277,27 @@ def decide(
     log_v = plan.clauses[0].log_delta - math.log(max(1, len(cond.variables)))
     estimates: dict[str, float | None] = {"n": None, "o": None, "d": None}
     intervals: dict[str, tuple[float, float] | None] = {"n": None, "o": None, "d": None}
+    if used < n:  # sequential: estimates on the rows consumed; no fixed-N interval at a stopping time
+        counts = techniques.Data.of(indicators, rows=used).counts
     for v in ("n", "o", "d"):
         if v in counts and not (active and v in ("n", "o")):
-            estimates[v] = counts[v] / n
+            estimates[v] = counts[v] / used
+            if plan.method == "sequential":
+                continue
             if plan.method in ("exact", "betting"):
                 intervals[v] = clopper_pearson(counts[v], n, log_v)
             else:
                 w = hoeffding_width(n, log_v)
                 intervals[v] = (max(0.0, counts[v] / n - w), min(1.0, counts[v] / n + w))
+    needs_labels = bool(cond.variables & {"n", "o"})
+    labels_consumed = 0 if not needs_labels else (int(mask[:used].sum()) if active else used)
     notes = []
+    if used < n:
+        notes.append(f"sequential: stopped after {used} of {n} rows (the condition was determined)")
     if mask is not None and active:
         notes.append(f"active labelling: {int(mask.sum())} of {n} rows labelled (all rows where the models "
                      "disagree); n and o are not estimated, n - o is")
-    if n < plan.rows:
+    if n < plan.rows and used == n:
         notes.append(f"only {n} test samples, the condition needs {plan.rows}: intervals are wider than its tolerance")
     return Verdict(
         outcome=outcome,
@@ -292,7 +306,7 @@ def decide(
         condition=str(cond),
         estimates=estimates,
         intervals=intervals,
-        samples_used=n,
+        samples_used=used,
         samples_needed=plan.rows,
         method=plan.method,
         reliability=plan.reliability,
@@ -301,4 +315,43 @@ def decide(
         clauses=tuple(verdicts),
         deciding_clause=deciding,
         notes=tuple(notes),
+        labels_consumed=labels_consumed,
     )
+
+
+def _sequential_verdicts(cond: Condition, plan: SampleSize, chosen: list, indicators: Mapping[str, np.ndarray],
+                         n: int, ctx: techniques.Context) -> tuple[list[ClauseVerdict], int]:
+    """Run the sequential test (docs/statistics.md): clauses decided early keep the interval
+    of the confidence sequence at their decision time; clauses still open after the plan's
+    N rows are decided by the fixed-N half on exactly those rows (or on all n if fewer)."""
+    full = techniques.Data.of(indicators)
+    inputs, halves = [], []
+    for cs, clause in zip(plan.clauses, cond.clauses):
+        a, b = techniques.value_range(clause)
+        inputs.append((clause, full.values(clause), a, b))
+        halves.append(cs.log_delta - math.log(2.0))
+    runs, used = sequential.run(inputs, halves, plan.rows, n)
+    determined = any(r is not None and r.outcome == "fail" for r in runs) or all(r is not None for r in runs)
+    if not determined:
+        used = min(n, plan.rows)
+    fixed = techniques.Data.of(indicators, rows=used)
+    out = []
+    for cs, (clause, y, a, b), technique, r, half in zip(plan.clauses, inputs, chosen, runs, halves):
+        if r is not None:
+            rows = r.rows
+            lo, hi = sequential.bounds_at(y[:rows], a, b, half)
+            if r.outcome == "pass" and clause.op == ">" or r.outcome == "fail" and clause.op == "<":
+                lo = max(lo, math.nextafter(clause.const, math.inf))  # C itself was rejected
+            else:
+                hi = min(hi, math.nextafter(clause.const, -math.inf))
+            value, outcome = float(y[:rows].mean()), r.outcome
+        elif not determined:
+            rows = used
+            value, lo, hi = technique.bounds(clause, cs.log_delta, fixed, ctx)
+            outcome = _outcome(clause.op, clause.const, lo, hi)
+        else:  # another clause failed first: this one was not needed
+            rows = used
+            lo, hi = sequential.bounds_at(y[:rows], a, b, half)
+            value, outcome = float(y[:rows].mean()), "unknown"
+        out.append(ClauseVerdict(cs.index, str(clause), value, lo, hi, outcome, cs.technique, rows))
+    return out, used

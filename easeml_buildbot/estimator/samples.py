@@ -32,10 +32,13 @@ Computations are done with ``log(delta)`` so that ``2**-H`` never underflows.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 from scipy import stats
+from scipy.special import gammaln, logsumexp
 
 from easeml_buildbot.estimator import techniques
 from easeml_buildbot.estimator.condition import Clause, Condition, parse_condition
@@ -51,7 +54,7 @@ from easeml_buildbot.estimator.techniques import d_bound, is_difference  # noqa:
 
 ADAPTIVITIES = ("none", "firstChange", "full")
 ADAPTIVITY_ALIASES = {"hybrid": "firstChange", "firstchange": "firstChange", "first_change": "firstChange"}
-METHODS = ("auto", "hoeffding", "bennett", "exact", "betting")
+METHODS = ("auto", "hoeffding", "bennett", "exact", "betting", "sequential")
 METHOD_ALIASES = {"binomial": "exact", "paper": "hoeffding", "baseline": "hoeffding"}
 LABELLINGS = ("full", "active")
 
@@ -60,11 +63,38 @@ class SampleSizeError(ValueError):
     """Arguments that do not describe a computable sample size."""
 
 
+K_PASS = re.compile(r"^([1-9][0-9]{0,5})-pass$")
+
+
 def normalize_adaptivity(adaptivity: str) -> str:
-    a = ADAPTIVITY_ALIASES.get(adaptivity, adaptivity)
+    """``none``, ``firstChange`` (aliases ``hybrid``, ...), ``full``, or ``k-pass`` for an
+    integer k >= 1 (the test set retires after k visible passes; ``1-pass`` is firstChange)."""
+    a = ADAPTIVITY_ALIASES.get(adaptivity, adaptivity) if isinstance(adaptivity, str) else adaptivity
+    if isinstance(a, str) and K_PASS.match(a):
+        return a
     if a not in ADAPTIVITIES:
-        raise SampleSizeError(f"adaptivity must be one of {', '.join(ADAPTIVITIES)} (or 'hybrid'), not {adaptivity!r}")
+        raise SampleSizeError(f"adaptivity must be one of {', '.join(ADAPTIVITIES)} (or 'hybrid', or "
+                              f"'k-pass' such as '2-pass'), not {adaptivity!r}")
     return a
+
+
+def k_pass(adaptivity: str) -> int | None:
+    """k of a ``k-pass`` adaptivity, else None."""
+    m = K_PASS.match(adaptivity) if isinstance(adaptivity, str) else None
+    return int(m.group(1)) if m else None
+
+
+def log_transcripts(k: int, steps: int) -> float:
+    """ln of the number of models a developer can submit under k-pass retirement over H steps.
+
+    The model at a step is a function of the verdicts seen before it, and a transcript can
+    only go on while it holds fewer than k passes: the distinct prefixes of length t < H
+    with at most k - 1 passes number ``sum_{i<=k-1} C(t, i)``, in all (hockey stick)
+    ``sum_{j=1}^{k} C(H, j)``: H for k = 1 (firstChange), 2^H - 1 for k >= H (full).
+    """
+    k = min(k, steps)
+    j = np.arange(1, k + 1)
+    return float(logsumexp(gammaln(steps + 1) - gammaln(j + 1) - gammaln(steps - j + 1)))
 
 
 def normalize_method(method: str) -> str:
@@ -82,6 +112,8 @@ def log_use_delta(reliability: float, adaptivity: str, steps: int) -> float:
         raise SampleSizeError(f"steps must be an integer >= 1, not {steps!r}")
     a = normalize_adaptivity(adaptivity)
     log_delta = math.log1p(-reliability)
+    if k_pass(a) is not None:  # a union over every model k-pass retirement lets the developer submit
+        return log_delta - log_transcripts(k_pass(a), int(steps))
     if a == "full":
         return log_delta - steps * math.log(2.0)
     # none: H fixed models; firstChange: the developer sees nothing until the verdict
@@ -127,6 +159,14 @@ class SampleSize:
         """Rows of a fully labelled test set that satisfy both counts."""
         return max(self.labels, self.unlabeled)
 
+    @property
+    def expected_labels(self) -> int | None:
+        """``sequential``: the labelled rows it is expected to consume when every clause's
+        true value is 2 eps on its passing side (clause ``params['expected_at']``); the
+        worst case is :attr:`labels`. None for other methods."""
+        rows = [c.params["expected_rows"] for c in self.clauses if "expected_rows" in c.params and c.labels]
+        return math.ceil(max(rows)) if rows else None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "labels": self.labels,
@@ -139,6 +179,7 @@ class SampleSize:
             "adaptivity": self.adaptivity,
             "steps": self.steps,
             "candidates": dict(self.candidates),
+            "expected_labels": self.expected_labels,
             "clauses": [c.to_dict() for c in self.clauses],
         }
 
@@ -148,17 +189,52 @@ def _needs_labels(clause: Clause) -> bool:
 
 
 def _plan_clause(i: int, clause: Clause, method: str, log_dc: float, ctx: techniques.Context) -> ClauseSize:
-    if method == "betting":
-        # half of the share for the exact plan's bound, half for the betting bound
+    if method in ("betting", "sequential"):
+        # half of the share for the exact plan's bound, half for the betting bound / test
         base = _plan_clause(i, clause, "exact", log_dc - math.log(2.0), ctx)
-        t: techniques.Technique = techniques.Betting(techniques.get(base.technique))
-        n, params = base.labels or base.unlabeled, base.params
+        wrap = techniques.Betting if method == "betting" else techniques.Sequential
+        t: techniques.Technique = wrap(techniques.get(base.technique))
+        n, params = base.labels or base.unlabeled, dict(base.params)
+        if method == "sequential":
+            params.update(_expected(clause, log_dc - math.log(2.0), n, ctx))
     else:
         sized = [(t, *t.size(clause, log_dc, ctx)) for t in techniques.candidates(clause, method, ctx)]
         t, n, params = min(sized, key=lambda o: o[1])
     if _needs_labels(clause):
         return ClauseSize(i, str(clause), t.name, n, 0, log_dc, params)
     return ClauseSize(i, str(clause), t.name, 0, n, log_dc, params)
+
+
+def _expected(clause: Clause, log_half: float, n_max: int, ctx: techniques.Context) -> dict[str, float]:
+    """Expected rows the sequential test consumes when the clause's true value is 2 eps on
+    its passing side (``C + 2 eps`` for '>'), by seeded simulation: one variable as a
+    Bernoulli; ``n - o`` with the most informative rows the condition allows."""
+    from easeml_buildbot.estimator import sequential
+
+    sign = 1.0 if clause.op == ">" else -1.0
+    truth = clause.const + sign * 2 * clause.eps
+    a, b = techniques.value_range(clause)
+    if len(clause.terms) == 1:
+        (t,) = clause.terms
+        v = truth / t.coef
+        if not 0 <= v <= 1:
+            return {}
+
+        def sampler(rng, size):
+            return t.coef * (rng.random(size) < v)
+    elif is_difference(clause):
+        nu = min(1.0, ctx.p if ctx.p is not None else 1.0)
+        if abs(truth) > nu:
+            return {}
+        pp, pm = (nu + truth) / 2, (nu - truth) / 2
+
+        def sampler(rng, size):
+            u = rng.random(size)
+            return np.where(u < pp, 1.0, np.where(u < pp + pm, -1.0, 0.0))
+    else:
+        return {}
+    rows = sequential.expected_rows(sampler, clause, a, b, log_half, n_max)
+    return {"expected_at": truth, "expected_rows": rows}
 
 
 def _plan(cond: Condition, method: str, log_use: float, labelling: str) -> tuple[int, int, tuple[ClauseSize, ...]]:
@@ -186,7 +262,11 @@ def _plan(cond: Condition, method: str, log_use: float, labelling: str) -> tuple
 def valid_methods(condition: Condition) -> tuple[str, ...]:
     """Named methods that apply to the condition (``bennett`` needs the d-pattern)."""
     pattern = d_bound(condition) is not None and any(is_difference(c) for c in condition.clauses)
-    return ("hoeffding", "bennett", "exact", "betting") if pattern else ("hoeffding", "exact", "betting")
+    return ("hoeffding", "bennett", "exact", "betting", "sequential") if pattern else \
+        ("hoeffding", "exact", "betting", "sequential")
+
+
+AUTO_EXCLUDES = ("sequential",)  # a worst case above exact's: chosen by name, for its expected labels
 
 
 def sample_size(
@@ -217,7 +297,8 @@ def sample_size(
             "and a clause on 'n - o' (valid here: " + ", ".join(valid) + ")"
         )
     try:
-        plans = {m: _plan(cond, m, log_use, labelling) for m in (valid if method == "auto" else (method,))}
+        todo = tuple(m for m in valid if m not in AUTO_EXCLUDES) if method == "auto" else (method,)
+        plans = {m: _plan(cond, m, log_use, labelling) for m in todo}
     except (OverflowError, ZeroDivisionError, MemoryError) as exc:
         # eps near 0 or a huge coefficient: no finite test set decides the condition
         raise SampleSizeError(

@@ -321,8 +321,35 @@ class Paired:
         return data.estimate(clause), lo, hi
 
 
+@dataclass(frozen=True)
+class Sequential:
+    """A base technique run as a sequential test that stops early (:mod:`sequential`).
+
+    Planned N (the worst case): the base's at ``δ_c/2``. Decision: the betting test at
+    ``δ_c/2`` over the rows in order, in batches, until the condition is determined; clauses
+    still open after N rows by the base's bound on exactly N rows at ``δ_c/2``
+    (:meth:`bounds` is that fixed-N half).
+
+    References
+    ----------
+    Waudby-Smith & Ramdas 2023; Shafer & Vovk 2019.
+    """
+
+    base: Technique
+
+    @property
+    def name(self) -> str:
+        return self.base.name + "+sequential"
+
+    def size(self, clause: Clause, log_dc: float, ctx: Context) -> tuple[int, dict[str, float]]:
+        return self.base.size(clause, log_dc - math.log(2.0), ctx)
+
+    def bounds(self, clause: Clause, log_dc: float, data: Data, ctx: Context) -> tuple[float, float, float]:
+        return self.base.bounds(clause, log_dc - math.log(2.0), data, ctx)
+
+
 BASE: dict[str, Technique] = {}
-MODIFIERS: dict[str, type] = {"betting": Betting, "active": Active}
+MODIFIERS: dict[str, type] = {"betting": Betting, "active": Active, "sequential": Sequential}
 
 
 def register(t: Technique) -> Technique:
