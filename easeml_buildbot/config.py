@@ -23,10 +23,11 @@ from easeml_buildbot.estimator.condition import Condition, ConditionSyntaxError,
 from easeml_buildbot.estimator.decision import MODES
 from easeml_buildbot.estimator.samples import (
     ADAPTIVITIES,
-    ADAPTIVITY_ALIASES,
     METHOD_ALIASES,
     METHODS,
     SampleSize,
+    SampleSizeError,
+    normalize_adaptivity,
     sample_size,
     valid_methods,
 )
@@ -61,9 +62,10 @@ SCHEMA: tuple[Key, ...] = (
         "`steps` uses of one test set is correct (1 - δ)."),
     Key("mode", "`fp-free` \\| `fn-free`", "fp-free", "What an *unknown* verdict becomes: `fp-free` "
         "turns it into fail (no false passes), `fn-free` into pass (no false failures)."),
-    Key("adaptivity", "`none` \\| `firstChange` \\| `full`", "full", "How much the developers learn "
+    Key("adaptivity", "`none` \\| `firstChange` \\| `k-pass` \\| `full`", "full", "How much the developers learn "
         "from each verdict: `full` (they see every pass/fail), `firstChange` (alias `hybrid`: "
-        "the test set retires at the first pass, so all they saw before was fail), `none` "
+        "the test set retires at the first pass, so all they saw before was fail), `k-pass` "
+        "(e.g. `2-pass`: it retires after k passes; sized between the two), `none` "
         "(they see no verdicts)."),
     Key("steps", "integer ≥ 1", 32, "H, the number of uses (commits evaluated) one test set "
         "serves before it is retired and a new one is needed."),
@@ -71,10 +73,11 @@ SCHEMA: tuple[Key, ...] = (
     Key("dataset", "path in the repository", "data/test.csv.gpg", "The encrypted test set "
         "(read from the pull request's base, never from its head)."),
     Key("model", "mapping", {}, "How to run the model (see docs/model-contract.md); kept as given."),
-    Key("method", "`auto` \\| `hoeffding` \\| `bennett` \\| `exact` \\| `betting`", "auto", "The bound "
-        "used for sample sizes and decisions; `auto` takes the one needing the fewest labels, "
+    Key("method", "`auto` \\| `hoeffding` \\| `bennett` \\| `exact` \\| `betting` \\| `sequential`", "auto",
+        "The bound used for sample sizes and decisions; `auto` takes the one needing the fewest labels, "
         "`betting` plans a few more labels but decides far more often when the models rarely "
-        "disagree (see docs/statistics.md)."),
+        "disagree, `sequential` stops reading labels as soon as the verdict is decided "
+        "(see docs/statistics.md)."),
     Key("label_column", "string", "label", "Name of the label column in the test set."),
     Key("model.gpus", "integer ≥ 0 \\| `all`", 0, "GPUs the model needs: only workers that "
         "advertise at least that many (`EASEML_WORKER_GPUS`) take the build, and the container "
@@ -143,7 +146,7 @@ class EasemlConfig:
             "full": "even if the developers adapt to every verdict they see",
             "firstChange": "as the test set retires at the first pass",
             "none": "provided the developers see no verdicts",
-        }[self.adaptivity]
+        }.get(self.adaptivity, f"as the test set retires after {self.adaptivity.split('-')[0]} passes")
         extra = f" and {s.unlabeled} samples with predictions only" if s.unlabeled else ""
         who = ", ".join(self.email) if self.email else "nobody (no email configured)"
         return (
@@ -209,12 +212,12 @@ def _check_value(name: str, value: Any, add: Callable[[str], None]) -> Any:
             return None
         return value
     if name == "adaptivity":
-        a = ADAPTIVITY_ALIASES.get(value, value) if isinstance(value, str) else value
-        if a not in ADAPTIVITIES:
-            add(f"must be one of none, firstChange, full (or hybrid), not {value!r}"
+        try:
+            return normalize_adaptivity(value)
+        except SampleSizeError:
+            add(f"must be one of none, firstChange, full (or hybrid, or k-pass such as 2-pass), not {value!r}"
                 + _did_you_mean(str(value), ADAPTIVITIES + ("hybrid",)))
             return None
-        return a
     if name == "steps":
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             add(f"must be an integer >= 1 (the number of commits one test set serves), not {value!r}")

@@ -20,7 +20,15 @@ import numpy as np
 from easeml_buildbot.config import CONFIG_FILE, KEYS, ConfigError, EasemlConfig, load_config
 from easeml_buildbot.estimator.condition import ConditionSyntaxError, parse_condition
 from easeml_buildbot.estimator.decision import DecisionError, Verdict, decide
-from easeml_buildbot.estimator.samples import ADAPTIVITIES, LABELLINGS, METHODS, SampleSize, SampleSizeError, sample_size
+from easeml_buildbot.estimator.samples import (
+    ADAPTIVITIES,
+    LABELLINGS,
+    METHODS,
+    SampleSize,
+    SampleSizeError,
+    d_clause_hint,
+    sample_size,
+)
 
 EXIT_USAGE = 2
 PLAN_SETTINGS = ("reliability", "adaptivity", "steps", "method")  # sample_size() keywords, also config keys
@@ -62,6 +70,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", required=True, help="labels file (CSV column named by label_column, or one column)")
     p.add_argument("--new", required=True, help="the new model's predictions")
     p.add_argument("--old", help="the old model's predictions (needed when the condition uses o or d)")
+    p.add_argument("--all-rows", action="store_true",
+                   help="decide on every row; by default, like the service, on the first rows the plan needs")
     p.add_argument("--json", action="store_true", help="print Verdict.to_dict() as JSON")
     p.set_defaults(func=cmd_evaluate)
 
@@ -127,6 +137,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                              indent=2)
         else:
             out = cfg.summary()
+            hint = d_clause_hint(cfg.condition, cfg.reliability, cfg.adaptivity, cfg.steps, cfg.method)
+            if hint:
+                out += f"\nhint: {hint}."
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -252,9 +265,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         labels = read_column(args.labels, cfg.label_column)
         new = read_column(args.new)
         old = read_column(args.old) if args.old else None
+        plan = cfg.required_samples()
+        # the service decides on the first plan.rows rows of the test set: so do we (same verdict)
+        rows = None if args.all_rows or len(labels) <= plan.rows else plan.rows
         v = decide(cfg.condition, labels, new, old, reliability=cfg.reliability, adaptivity=cfg.adaptivity,
-                   steps=cfg.steps, mode=cfg.mode, method=cfg.method)
+                   steps=cfg.steps, mode=cfg.mode, method=cfg.method, plan=plan, rows=rows)
     except (InputError, DecisionError, SampleSizeError) as exc:
         return _err(str(exc))
+    if rows is not None:
+        print(f"easeml: decided on rows 1-{rows} of {len(labels)} (the rows the plan needs, as the service "
+              "does; --all-rows for every row)", file=sys.stderr)
     print(json.dumps(v.to_dict(), indent=2) if args.json else format_verdict(v))
     return 0 if v.outcome == "pass" else 1

@@ -14,20 +14,16 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from scipy import stats
-from scipy.optimize import brentq
 
-from easeml_buildbot.estimator import betting
-from easeml_buildbot.estimator.condition import Clause, Condition, parse_condition
-from easeml_buildbot.estimator.samples import (
-    EXACT_LOG_FLOOR,
-    SampleSize,
-    bernoulli_kl,
-    bennett_width,
-    d_bound,
-    is_difference,
-    sample_size,
+from easeml_buildbot.estimator import sequential, techniques
+from easeml_buildbot.estimator.condition import Condition, parse_condition
+from easeml_buildbot.estimator.samples import SampleSize, sample_size
+from easeml_buildbot.estimator.tails import (  # noqa: F401  (re-exported: the public names of before)
+    chernoff_bounds,
+    clopper_pearson,
+    hoeffding_width,
 )
+from easeml_buildbot.estimator.techniques import is_difference
 
 MODES = ("fp-free", "fn-free")
 OUTCOMES = ("pass", "fail", "unknown")
@@ -92,6 +88,7 @@ class Verdict:
     clauses: tuple[ClauseVerdict, ...]
     deciding_clause: int | None  # index of the clause that decided (None: all passed)
     notes: tuple[str, ...] = field(default_factory=tuple)
+    labels_consumed: int | None = None  # labelled rows whose labels the verdict read (the ledger's count)
 
     @property
     def enough_samples(self) -> bool:
@@ -115,6 +112,7 @@ class Verdict:
             "clauses": [c.to_dict() for c in self.clauses],
             "deciding_clause": self.deciding_clause,
             "notes": list(self.notes),
+            "labels_consumed": self.labels_consumed,
         }
 
     @classmethod
@@ -135,40 +133,8 @@ class Verdict:
             clauses=tuple(ClauseVerdict.from_dict(c) for c in d["clauses"]),
             deciding_clause=d.get("deciding_clause"),
             notes=tuple(d.get("notes", ())),
+            labels_consumed=d.get("labels_consumed"),
         )
-
-
-# -- one-sided bounds --------------------------------------------------------------
-
-def hoeffding_width(n: int, log_delta: float, value_range: float = 1.0) -> float:
-    """One-sided Hoeffding deviation for a mean of n values in a range of width value_range."""
-    return value_range * math.sqrt(-log_delta / (2 * n)) if n > 0 else math.inf
-
-
-def chernoff_bounds(k: int, n: int, log_delta: float) -> tuple[float, float]:
-    """One-sided binomial bounds from the Chernoff bound n KL(k/n || m) = ln(1/δ), valid
-    however small δ is (for ln δ below what Clopper-Pearson can compute in floats)."""
-    p_hat, target = k / n, -log_delta / n
-
-    def solve(lo: float, hi: float) -> float:
-        return float(brentq(lambda m: bernoulli_kl(p_hat, m) - target, lo, hi, xtol=1e-15))
-
-    eps = 1e-300
-    lower = 0.0 if k == 0 or bernoulli_kl(p_hat, eps) <= target else solve(eps, p_hat)
-    upper = 1.0 if k == n or bernoulli_kl(p_hat, 1 - 1e-16) <= target else solve(p_hat, 1 - 1e-16)
-    return lower, upper
-
-
-def clopper_pearson(k: int, n: int, log_delta: float) -> tuple[float, float]:
-    """One-sided exact binomial bounds, each failing with probability <= exp(log_delta)."""
-    if n <= 0:
-        return 0.0, 1.0
-    if log_delta < EXACT_LOG_FLOOR:
-        return chernoff_bounds(k, n, log_delta)
-    a = math.exp(log_delta)
-    lo = 0.0 if k == 0 else float(stats.beta.ppf(a, k, n - k + 1))
-    hi = 1.0 if k == n else float(stats.beta.isf(a, k + 1, n - k))
-    return lo, hi
 
 
 def _as_array(x: Any, what: str) -> np.ndarray:
@@ -216,54 +182,6 @@ def _outcome(op: str, const: float, lo: float, hi: float) -> str:
     return "pass" if hi < const else "fail" if lo > const else "unknown"
 
 
-BETTING_MAX_ROWS = 1_000_000  # the betting half uses at most this fixed prefix of the rows
-
-
-def _betting_bounds(clause: Clause, log_half: float, indicators: Mapping[str, np.ndarray]) -> tuple[float, float]:
-    """Betting bounds on the clause's per-sample value sum_j c_j Z_ij (range [a, b])."""
-    rows = min(BETTING_MAX_ROWS, len(next(iter(indicators.values()))))
-    y = np.zeros(rows, dtype=np.float64)
-    for t in clause.terms:
-        y += t.coef * indicators[t.var][:rows]
-    a = sum(t.coef for t in clause.terms if t.coef < 0)
-    b = sum(t.coef for t in clause.terms if t.coef > 0)
-    return betting.bounds(y, a, b, log_half)
-
-
-def _clause_bounds(clause: Clause, technique: str, log_dc: float, counts: Mapping[str, int],
-                   n: int, indicators: Mapping[str, np.ndarray], p: float | None) -> tuple[float, float, float]:
-    """(estimate, lower, upper) of the clause's left-hand side; ``p`` is the condition's d bound."""
-    parts = technique.split("+")
-    base = parts[0]
-    if "betting" in parts:
-        # union bound: the plan's bound and the betting bound, each at half the share
-        log_half = log_dc - math.log(2.0)
-        value, lo1, hi1 = _clause_bounds(clause, base, log_half, counts, n, indicators, p)
-        lo2, hi2 = _betting_bounds(clause, log_half, indicators)
-        return value, max(lo1, lo2), min(hi1, hi2)
-    est = {v: counts[v] / n for v in counts}
-    value = clause.value(est)
-    if base == "binomial":
-        (t,) = clause.terms
-        lo_v, hi_v = clopper_pearson(counts[t.var], n, log_dc)
-        a, b = t.coef * lo_v, t.coef * hi_v
-        return value, min(a, b), max(a, b)
-    if base == "hoeffding-split":
-        k = len(clause.terms)
-        w = sum(abs(t.coef) for t in clause.terms) * hoeffding_width(n, log_dc - math.log(k))
-        return value, value - w, value + w
-    if base == "hoeffding-sum":
-        r = sum(abs(t.coef) for t in clause.terms)
-        w = hoeffding_width(n, log_dc, r)
-        return value, value - w, value + w
-    if base in ("bennett", "bennett-paper"):
-        assert p is not None
-        budget = -log_dc + (math.log(2.0) if base == "bennett-paper" else 0.0)
-        w = bennett_width(n, p, budget)
-        return value, value - w, value + w
-    raise DecisionError(f"unknown technique {technique!r}")
-
-
 def decide(
     condition: Condition | str,
     labels: Sequence[Any] | np.ndarray,
@@ -277,13 +195,17 @@ def decide(
     method: str = "auto",
     plan: SampleSize | None = None,
     labelled: Sequence[bool] | np.ndarray | None = None,
+    rows: int | None = None,
 ) -> Verdict:
     """Score predictions against labels and decide the condition (pass/fail/unknown -> mode).
 
     Active labelling: ``labelled`` (or labels that are None/NaN/"" on some rows) marks the
     rows that carry a label. Unlabelled rows are allowed only where the two models agree
     and only for conditions made of ``d`` and ``n - o`` clauses: there the label cannot
-    change ``n - o`` (docs/statistics.md). ``n`` and ``o`` are then not estimated."""
+    change ``n - o`` (docs/statistics.md). ``n`` and ``o`` are then not estimated.
+
+    ``rows``: decide on the first ``rows`` rows only (in the given order), as the service
+    does with the plan's ``rows`` (``easeml evaluate`` passes ``plan.rows``); None: all."""
     cond = parse_condition(condition) if isinstance(condition, str) else condition
     if mode not in MODES:
         raise DecisionError(f"mode must be 'fp-free' or 'fn-free', not {mode!r}")
@@ -294,6 +216,18 @@ def decide(
     new = _as_array(new_predictions, "new predictions")
     if len(new) != len(y):
         raise DecisionError(f"the new model gave {len(new)} predictions for {len(y)} labels")
+    if rows is not None:
+        if int(rows) != rows or rows < 1:
+            raise DecisionError(f"rows must be a positive integer, not {rows!r}")
+        total = len(y)
+        y, new = y[:rows], new[:rows]
+        if old_predictions is not None:
+            old_predictions = _as_array(old_predictions, "old predictions")
+            if len(old_predictions) != total:
+                raise DecisionError(f"the old model gave {len(old_predictions)} predictions for {total} labels")
+            old_predictions = old_predictions[:rows]
+        if labelled is not None:
+            labelled = np.asarray(labelled, dtype=bool)[:rows]
     n = len(y)
     if n == 0:
         raise DecisionError("no test samples")
@@ -316,17 +250,26 @@ def decide(
         old_ok = old == y
         indicators["o"] = old_ok if not active else old_ok & mask
         indicators["d"] = new != old
-    counts = {v: int(np.count_nonzero(z)) for v, z in indicators.items()}
+    data = techniques.Data.of(indicators)
+    counts = data.counts
 
-    p = d_bound(cond)
-    verdicts = []
-    for cs, clause in zip(plan.clauses, cond.clauses):
-        value, lo, hi = _clause_bounds(clause, cs.technique, cs.log_delta, counts, n, indicators, p)
-        if not lo <= hi:
-            raise EmptyIntervalError(f"clause {cs.index + 1} ({cs.technique}): the confidence interval "
+    ctx = techniques.Context.of(cond)
+    try:
+        chosen = [techniques.get(cs.technique) for cs in plan.clauses]
+    except KeyError as exc:
+        raise DecisionError(str(exc)) from None
+    if any(isinstance(t, techniques.Sequential) for t in chosen):
+        verdicts, used = _sequential_verdicts(cond, plan, chosen, indicators, n, ctx)
+    else:
+        verdicts, used = [], n
+        for cs, clause, technique in zip(plan.clauses, cond.clauses, chosen):
+            value, lo, hi = technique.bounds(clause, cs.log_delta, data, ctx)
+            verdicts.append(ClauseVerdict(cs.index, str(clause), value, lo, hi,
+                                          _outcome(clause.op, clause.const, lo, hi), cs.technique, n))
+    for v in verdicts:
+        if not v.lower <= v.upper:
+            raise EmptyIntervalError(f"clause {v.index + 1} ({v.technique}): the confidence interval "
                                      "is empty (lower bound above upper bound); no verdict")
-        verdicts.append(ClauseVerdict(cs.index, str(clause), value, lo, hi,
-                                      _outcome(clause.op, clause.const, lo, hi), cs.technique, n))
 
     fails = [v.index for v in verdicts if v.outcome == "fail"]
     unknowns = [v.index for v in verdicts if v.outcome == "unknown"]
@@ -343,19 +286,27 @@ def decide(
     log_v = plan.clauses[0].log_delta - math.log(max(1, len(cond.variables)))
     estimates: dict[str, float | None] = {"n": None, "o": None, "d": None}
     intervals: dict[str, tuple[float, float] | None] = {"n": None, "o": None, "d": None}
+    if used < n:  # sequential: estimates on the rows consumed; no fixed-N interval at a stopping time
+        counts = techniques.Data.of(indicators, rows=used).counts
     for v in ("n", "o", "d"):
         if v in counts and not (active and v in ("n", "o")):
-            estimates[v] = counts[v] / n
+            estimates[v] = counts[v] / used
+            if plan.method == "sequential":
+                continue
             if plan.method in ("exact", "betting"):
                 intervals[v] = clopper_pearson(counts[v], n, log_v)
             else:
                 w = hoeffding_width(n, log_v)
                 intervals[v] = (max(0.0, counts[v] / n - w), min(1.0, counts[v] / n + w))
+    needs_labels = bool(cond.variables & {"n", "o"})
+    labels_consumed = 0 if not needs_labels else (int(mask[:used].sum()) if active else used)
     notes = []
+    if used < n:
+        notes.append(f"sequential: stopped after {used} of {n} rows (the condition was determined)")
     if mask is not None and active:
         notes.append(f"active labelling: {int(mask.sum())} of {n} rows labelled (all rows where the models "
                      "disagree); n and o are not estimated, n - o is")
-    if n < plan.rows:
+    if n < plan.rows and used == n:
         notes.append(f"only {n} test samples, the condition needs {plan.rows}: intervals are wider than its tolerance")
     return Verdict(
         outcome=outcome,
@@ -364,7 +315,7 @@ def decide(
         condition=str(cond),
         estimates=estimates,
         intervals=intervals,
-        samples_used=n,
+        samples_used=used,
         samples_needed=plan.rows,
         method=plan.method,
         reliability=plan.reliability,
@@ -373,4 +324,43 @@ def decide(
         clauses=tuple(verdicts),
         deciding_clause=deciding,
         notes=tuple(notes),
+        labels_consumed=labels_consumed,
     )
+
+
+def _sequential_verdicts(cond: Condition, plan: SampleSize, chosen: list, indicators: Mapping[str, np.ndarray],
+                         n: int, ctx: techniques.Context) -> tuple[list[ClauseVerdict], int]:
+    """Run the sequential test (docs/statistics.md): clauses decided early keep the interval
+    of the confidence sequence at their decision time; clauses still open after the plan's
+    N rows are decided by the fixed-N half on exactly those rows (or on all n if fewer)."""
+    full = techniques.Data.of(indicators)
+    inputs, halves = [], []
+    for cs, clause in zip(plan.clauses, cond.clauses):
+        a, b = techniques.value_range(clause)
+        inputs.append((clause, full.values(clause), a, b))
+        halves.append(cs.log_delta - math.log(2.0))
+    runs, used = sequential.run(inputs, halves, plan.rows, n)
+    determined = any(r is not None and r.outcome == "fail" for r in runs) or all(r is not None for r in runs)
+    if not determined:
+        used = min(n, plan.rows)
+    fixed = techniques.Data.of(indicators, rows=used)
+    out = []
+    for cs, (clause, y, a, b), technique, r, half in zip(plan.clauses, inputs, chosen, runs, halves):
+        if r is not None:
+            rows = r.rows
+            lo, hi = sequential.bounds_at(y[:rows], a, b, half)
+            if r.outcome == "pass" and clause.op == ">" or r.outcome == "fail" and clause.op == "<":
+                lo = max(lo, math.nextafter(clause.const, math.inf))  # C itself was rejected
+            else:
+                hi = min(hi, math.nextafter(clause.const, -math.inf))
+            value, outcome = float(y[:rows].mean()), r.outcome
+        elif not determined:
+            rows = used
+            value, lo, hi = technique.bounds(clause, cs.log_delta, fixed, ctx)
+            outcome = _outcome(clause.op, clause.const, lo, hi)
+        else:  # another clause failed first: this one was not needed
+            rows = used
+            lo, hi = sequential.bounds_at(y[:rows], a, b, half)
+            value, outcome = float(y[:rows].mean()), "unknown"
+        out.append(ClauseVerdict(cs.index, str(clause), value, lo, hi, outcome, cs.technique, rows))
+    return out, used

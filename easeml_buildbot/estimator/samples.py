@@ -32,19 +32,29 @@ Computations are done with ``log(delta)`` so that ``2**-H`` never underflows.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 from scipy import stats
-from scipy.optimize import brentq
+from scipy.special import gammaln, logsumexp
 
+from easeml_buildbot.estimator import techniques
 from easeml_buildbot.estimator.condition import Clause, Condition, parse_condition
+from easeml_buildbot.estimator.tails import (  # noqa: F401  (re-exported: the public names of before)
+    EXACT_LOG_FLOOR,
+    bennett_h,
+    bennett_width,
+    bernoulli_kl,
+    binomial_samples,
+    chernoff_log_tail as _chernoff_log_tail,
+)
+from easeml_buildbot.estimator.techniques import d_bound, is_difference  # noqa: F401
 
 ADAPTIVITIES = ("none", "firstChange", "full")
 ADAPTIVITY_ALIASES = {"hybrid": "firstChange", "firstchange": "firstChange", "first_change": "firstChange"}
-METHODS = ("auto", "hoeffding", "bennett", "exact", "betting")
+METHODS = ("auto", "hoeffding", "bennett", "exact", "betting", "sequential")
 METHOD_ALIASES = {"binomial": "exact", "paper": "hoeffding", "baseline": "hoeffding"}
 LABELLINGS = ("full", "active")
 
@@ -53,11 +63,38 @@ class SampleSizeError(ValueError):
     """Arguments that do not describe a computable sample size."""
 
 
+K_PASS = re.compile(r"^([1-9][0-9]{0,5})-pass$")
+
+
 def normalize_adaptivity(adaptivity: str) -> str:
-    a = ADAPTIVITY_ALIASES.get(adaptivity, adaptivity)
+    """``none``, ``firstChange`` (aliases ``hybrid``, ...), ``full``, or ``k-pass`` for an
+    integer k >= 1 (the test set retires after k visible passes; ``1-pass`` is firstChange)."""
+    a = ADAPTIVITY_ALIASES.get(adaptivity, adaptivity) if isinstance(adaptivity, str) else adaptivity
+    if isinstance(a, str) and K_PASS.match(a):
+        return a
     if a not in ADAPTIVITIES:
-        raise SampleSizeError(f"adaptivity must be one of {', '.join(ADAPTIVITIES)} (or 'hybrid'), not {adaptivity!r}")
+        raise SampleSizeError(f"adaptivity must be one of {', '.join(ADAPTIVITIES)} (or 'hybrid', or "
+                              f"'k-pass' such as '2-pass'), not {adaptivity!r}")
     return a
+
+
+def k_pass(adaptivity: str) -> int | None:
+    """k of a ``k-pass`` adaptivity, else None."""
+    m = K_PASS.match(adaptivity) if isinstance(adaptivity, str) else None
+    return int(m.group(1)) if m else None
+
+
+def log_transcripts(k: int, steps: int) -> float:
+    """ln of the number of models a developer can submit under k-pass retirement over H steps.
+
+    The model at a step is a function of the verdicts seen before it, and a transcript can
+    only go on while it holds fewer than k passes: the distinct prefixes of length t < H
+    with at most k - 1 passes number ``sum_{i<=k-1} C(t, i)``, in all (hockey stick)
+    ``sum_{j=1}^{k} C(H, j)``: H for k = 1 (firstChange), 2^H - 1 for k >= H (full).
+    """
+    k = min(k, steps)
+    j = np.arange(1, k + 1)
+    return float(logsumexp(gammaln(steps + 1) - gammaln(j + 1) - gammaln(steps - j + 1)))
 
 
 def normalize_method(method: str) -> str:
@@ -75,92 +112,13 @@ def log_use_delta(reliability: float, adaptivity: str, steps: int) -> float:
         raise SampleSizeError(f"steps must be an integer >= 1, not {steps!r}")
     a = normalize_adaptivity(adaptivity)
     log_delta = math.log1p(-reliability)
+    if k_pass(a) is not None:  # a union over every model k-pass retirement lets the developer submit
+        return log_delta - log_transcripts(k_pass(a), int(steps))
     if a == "full":
         return log_delta - steps * math.log(2.0)
     # none: H fixed models; firstChange: the developer sees nothing until the verdict
     # first changes, so the models are fixed in advance up to that point: a union over H.
     return log_delta - math.log(steps)
-
-
-# -- one-clause bounds ---------------------------------------------------------------
-
-def bennett_h(u: float) -> float:
-    """h(u) = (1+u) ln(1+u) - u, the exponent of Bennett's inequality."""
-    return (1.0 + u) * math.log1p(u) - u
-
-
-def bennett_width(n: int, p: float, log_budget: float) -> float:
-    """Smallest w with n p h(w/p) >= log_budget (= ln(1/δ)): Bennett deviation at n samples."""
-    if n <= 0:
-        return math.inf
-    target = log_budget / (n * p)
-    hi = 1.0
-    while bennett_h(hi) < target:
-        hi *= 2.0
-    u = brentq(lambda x: bennett_h(x) - target, 0.0, hi, xtol=1e-14, rtol=1e-12)
-    return u * p
-
-
-EXACT_LOG_FLOOR = -600.0  # below this ln δ, scipy's binomial tails underflow: use Chernoff
-
-
-def bernoulli_kl(q: float, p: float) -> float:
-    """KL(Bernoulli(q) || Bernoulli(p)), the Chernoff exponent of a binomial tail."""
-    def term(a: float, b: float) -> float:
-        return 0.0 if a == 0 else (math.inf if b == 0 else a * math.log(a / b))
-    return term(q, p) + term(1 - q, 1 - p)
-
-
-def _chernoff_log_tail(n: np.ndarray, t: float, e: float) -> np.ndarray:
-    """ln of the Chernoff bound exp(-n KL(t±e || t)) on the same two tails (rigorous, and
-    computable however small δ is)."""
-    up = -math.inf if t + e >= 1 else -bernoulli_kl(t + e, t)
-    lo = -math.inf if t - e <= 0 else -bernoulli_kl(t - e, t)
-    return n * max(up, lo)
-
-
-def _binom_log_tail(n: int | np.ndarray, t: float, e: float, log_delta: float = 0.0) -> np.ndarray:
-    """ln max(P_t(K > n(t+e)), P_t(K < n(t-e))) for K ~ Bin(n, t): the worst wrong-verdict
-    probability of a one-variable clause at threshold t, tolerance e (conservative rounding).
-    Vectorised over n."""
-    n = np.atleast_1d(np.asarray(n, dtype=np.int64))
-    t = min(max(t, 0.0), 1.0)
-    if log_delta < EXACT_LOG_FLOOR:
-        return _chernoff_log_tail(n, t, e)
-    up_x = n * (t + e)
-    lo_x = n * (t - e)
-    with np.errstate(divide="ignore"):
-        up = np.where(up_x >= n, -np.inf, stats.binom.logsf(np.floor(up_x - 1e-9), n, t))
-        lo = np.where(lo_x <= 0, -np.inf, stats.binom.logcdf(np.ceil(lo_x + 1e-9) - 1, n, t))
-    return np.maximum(up, lo)
-
-
-@lru_cache(maxsize=4096)
-def binomial_samples(t: float, e: float, log_delta: float) -> int:
-    """Smallest N from which on every N' >= N (checked over a window) keeps the exact
-    binomial wrong-verdict probability at threshold t within tolerance e below exp(log_delta)."""
-    hoeff = max(1, math.ceil(-log_delta / (2 * e * e)))
-    if _binom_log_tail(hoeff, t, e, log_delta)[0] > log_delta:  # cannot happen (Hoeffding dominates); be safe
-        return hoeff
-    lo, hi = 0, hoeff
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if _binom_log_tail(mid, t, e, log_delta)[0] <= log_delta:
-            hi = mid
-        else:
-            lo = mid
-    if log_delta < EXACT_LOG_FLOOR:  # Chernoff: N times a constant tail, monotone, no saw-tooth
-        return hi
-    # the tail saw-tooths in N: take the smallest N such that all N' in [N, N + window] work
-    window = max(20, hi // 20)
-    ns = np.arange(max(1, hi - window), min(hoeff, hi + window) + 1)
-    ok = _binom_log_tail(ns, t, e, log_delta) <= log_delta
-    bad = np.flatnonzero(~ok)
-    if not len(bad):
-        return int(ns[0])
-    if bad[-1] == len(ns) - 1:  # still saw-toothing at the window's end: fall back to Hoeffding
-        return hoeff
-    return int(ns[bad[-1] + 1])
 
 
 @dataclass(frozen=True)
@@ -201,6 +159,14 @@ class SampleSize:
         """Rows of a fully labelled test set that satisfy both counts."""
         return max(self.labels, self.unlabeled)
 
+    @property
+    def expected_labels(self) -> int | None:
+        """``sequential``: the labelled rows it is expected to consume when every clause's
+        true value is 2 eps on its passing side (clause ``params['expected_at']``); the
+        worst case is :attr:`labels`. None for other methods."""
+        rows = [c.params["expected_rows"] for c in self.clauses if "expected_rows" in c.params and c.labels]
+        return math.ceil(max(rows)) if rows else None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "labels": self.labels,
@@ -213,92 +179,79 @@ class SampleSize:
             "adaptivity": self.adaptivity,
             "steps": self.steps,
             "candidates": dict(self.candidates),
+            "expected_labels": self.expected_labels,
             "clauses": [c.to_dict() for c in self.clauses],
         }
-
-
-def _coefs(clause: Clause) -> dict[str, float]:
-    return {t.var: t.coef for t in clause.terms}
-
-
-def d_bound(condition: Condition) -> float | None:
-    """The tightest p of a clause ``d < p +/- eps`` (bounds E[X^2] of n - o), if any."""
-    ps = [c.const for c in condition.clauses if c.op == "<" and _coefs(c) == {"d": 1.0} and 0 < c.const < 1]
-    return min(ps) if ps else None
-
-
-def is_difference(clause: Clause) -> bool:
-    """``n - o`` or ``o - n`` (per-sample value in {-1, 0, 1}, zero where the models agree)."""
-    c = _coefs(clause)
-    return set(c) == {"n", "o"} and c["n"] == -c["o"] and abs(c["n"]) == 1.0
-
-
-def _hoeffding_split(clause: Clause, log_dc: float) -> tuple[int, dict[str, float]]:
-    k = len(clause.terms)
-    per_var_eps = clause.eps / k
-    n = max(t.coef**2 * (math.log(k) - log_dc) / (2 * per_var_eps**2) for t in clause.terms)
-    return math.ceil(n - 1e-9), {"k": k}
-
-
-def _hoeffding_sum(clause: Clause, log_dc: float) -> tuple[int, dict[str, float]]:
-    r = sum(abs(t.coef) for t in clause.terms)
-    n = r * r * (-log_dc) / (2 * clause.eps**2)
-    return math.ceil(n - 1e-9), {"range": r}
-
-
-def _bennett(clause: Clause, log_dc: float, p: float, two_sided: bool) -> tuple[int, dict[str, float]]:
-    budget = -log_dc + (math.log(2.0) if two_sided else 0.0)
-    n = budget / (p * bennett_h(clause.eps / p))
-    return math.ceil(n - 1e-9), {"p": p}
-
-
-def _binomial(clause: Clause, log_dc: float) -> tuple[int, dict[str, float]]:
-    (t,) = clause.terms
-    thr, e = clause.const / t.coef, clause.eps / abs(t.coef)
-    return binomial_samples(thr, e, log_dc), {"threshold": thr, "tolerance": e}
 
 
 def _needs_labels(clause: Clause) -> bool:
     return bool(clause.variables & {"n", "o"})
 
 
-def _plan_clause(i: int, clause: Clause, method: str, log_dc: float, p: float | None) -> ClauseSize:
-    if method == "betting":
-        # half of the share for the exact plan's bound, half for the betting bound
-        s = _plan_clause(i, clause, "exact", log_dc - math.log(2.0), p)
-        return ClauseSize(s.index, s.clause, s.technique + "+betting", s.labels, s.unlabeled, log_dc, s.params)
-    options: list[tuple[str, int, dict[str, float]]] = []
-    if method == "hoeffding" or (method == "bennett" and not (p is not None and is_difference(clause))):
-        options.append(("hoeffding-split", *_hoeffding_split(clause, log_dc)))
-    elif method == "bennett":
-        options.append(("bennett-paper", *_bennett(clause, log_dc, p, two_sided=True)))  # type: ignore[arg-type]
-    else:  # exact: the smallest of the rigorous techniques that apply
-        options.append(("hoeffding-split", *_hoeffding_split(clause, log_dc)))
-        if len(clause.terms) == 1:
-            options.append(("binomial", *_binomial(clause, log_dc)))
-        else:
-            options.append(("hoeffding-sum", *_hoeffding_sum(clause, log_dc)))
-        if p is not None and is_difference(clause):
-            options.append(("bennett", *_bennett(clause, log_dc, p, two_sided=False)))
-    technique, n, params = min(options, key=lambda o: o[1])
+def _plan_clause(i: int, clause: Clause, method: str, log_dc: float, ctx: techniques.Context) -> ClauseSize:
+    if method in ("betting", "sequential"):
+        # half of the share for the exact plan's bound, half for the betting bound / test
+        base = _plan_clause(i, clause, "exact", log_dc - math.log(2.0), ctx)
+        wrap = techniques.Betting if method == "betting" else techniques.Sequential
+        t: techniques.Technique = wrap(techniques.get(base.technique))
+        n, params = base.labels or base.unlabeled, dict(base.params)
+        if method == "sequential":
+            params.update(_expected(clause, log_dc - math.log(2.0), n, ctx))
+    else:
+        sized = [(t, *t.size(clause, log_dc, ctx)) for t in techniques.candidates(clause, method, ctx)]
+        t, n, params = min(sized, key=lambda o: o[1])
     if _needs_labels(clause):
-        return ClauseSize(i, str(clause), technique, n, 0, log_dc, params)
-    return ClauseSize(i, str(clause), technique, 0, n, log_dc, params)
+        return ClauseSize(i, str(clause), t.name, n, 0, log_dc, params)
+    return ClauseSize(i, str(clause), t.name, 0, n, log_dc, params)
+
+
+def _expected(clause: Clause, log_half: float, n_max: int, ctx: techniques.Context) -> dict[str, float]:
+    """Expected rows the sequential test consumes when the clause's true value is 2 eps on
+    its passing side (``C + 2 eps`` for '>'), by seeded simulation: one variable as a
+    Bernoulli; ``n - o`` with the most informative rows the condition allows."""
+    from easeml_buildbot.estimator import sequential
+
+    sign = 1.0 if clause.op == ">" else -1.0
+    truth = clause.const + sign * 2 * clause.eps
+    a, b = techniques.value_range(clause)
+    if len(clause.terms) == 1:
+        (t,) = clause.terms
+        v = truth / t.coef
+        if not 0 <= v <= 1:
+            return {}
+
+        def sampler(rng, size):
+            return t.coef * (rng.random(size) < v)
+    elif is_difference(clause):
+        nu = min(1.0, ctx.p if ctx.p is not None else 1.0)
+        if abs(truth) > nu:
+            return {}
+        pp, pm = (nu + truth) / 2, (nu - truth) / 2
+
+        def sampler(rng, size):
+            u = rng.random(size)
+            return np.where(u < pp, 1.0, np.where(u < pp + pm, -1.0, 0.0))
+    else:
+        return {}
+    rows = sequential.expected_rows(sampler, clause, a, b, log_half, n_max)
+    return {"expected_at": truth, "expected_rows": rows}
 
 
 def _plan(cond: Condition, method: str, log_use: float, labelling: str) -> tuple[int, int, tuple[ClauseSize, ...]]:
     m = len(cond.clauses)
     log_dc = log_use - math.log(m)
-    p = d_bound(cond)
-    sizes = tuple(_plan_clause(i, c, method, log_dc, p) for i, c in enumerate(cond.clauses))
+    ctx = techniques.Context.of(cond)
+    sizes = tuple(_plan_clause(i, c, method, log_dc, ctx) for i, c in enumerate(cond.clauses))
     if labelling == "active":
         # only the samples where the models disagree need labels for an n - o clause; the
         # expected count at the worst case d = p is p * N (the rest only need predictions)
+        p = ctx.p
         out = []
         for s, c in zip(sizes, cond.clauses):
             if is_difference(c) and p is not None:
-                s = ClauseSize(s.index, s.clause, s.technique + "+active", math.ceil(p * s.labels), s.labels,
-                               s.log_delta, {**s.params, "disagreements_high": float(stats.binom.ppf(0.999, s.labels, p))})
+                s = ClauseSize(s.index, s.clause, techniques.Active(techniques.get(s.technique)).name,
+                               math.ceil(p * s.labels), s.labels, s.log_delta,
+                               {**s.params, "disagreements_high": float(stats.binom.ppf(0.999, s.labels, p))})
             out.append(s)
         sizes = tuple(out)
     labels = max(s.labels for s in sizes)
@@ -309,7 +262,11 @@ def _plan(cond: Condition, method: str, log_use: float, labelling: str) -> tuple
 def valid_methods(condition: Condition) -> tuple[str, ...]:
     """Named methods that apply to the condition (``bennett`` needs the d-pattern)."""
     pattern = d_bound(condition) is not None and any(is_difference(c) for c in condition.clauses)
-    return ("hoeffding", "bennett", "exact", "betting") if pattern else ("hoeffding", "exact", "betting")
+    return ("hoeffding", "bennett", "exact", "betting", "sequential") if pattern else \
+        ("hoeffding", "exact", "betting", "sequential")
+
+
+AUTO_EXCLUDES = ("sequential",)  # a worst case above exact's: chosen by name, for its expected labels
 
 
 def sample_size(
@@ -340,7 +297,8 @@ def sample_size(
             "and a clause on 'n - o' (valid here: " + ", ".join(valid) + ")"
         )
     try:
-        plans = {m: _plan(cond, m, log_use, labelling) for m in (valid if method == "auto" else (method,))}
+        todo = tuple(m for m in valid if m not in AUTO_EXCLUDES) if method == "auto" else (method,)
+        plans = {m: _plan(cond, m, log_use, labelling) for m in todo}
     except (OverflowError, ZeroDivisionError, MemoryError) as exc:
         # eps near 0 or a huge coefficient: no finite test set decides the condition
         raise SampleSizeError(
@@ -360,3 +318,44 @@ def sample_size(
         labelling=labelling,
         candidates={m: plans[m][0] for m in plans},
     )
+
+
+D_HINT_P, D_HINT_EPS = 0.1, 0.01  # the d clause check-config suggests
+
+
+def d_clause_hint(condition: Condition | str, reliability: float, adaptivity: str = "full", steps: int = 32,
+                  method: str = "auto", p: float = D_HINT_P, eps: float = D_HINT_EPS) -> str | None:
+    """A sentence for ``check-config`` when a condition on ``n - o`` has no ``d < p`` clause
+    and adding ``d < p +/- eps`` would need fewer labels, else None.
+
+    Parameters
+    ----------
+    condition, reliability, adaptivity, steps, method
+        As for :func:`sample_size`.
+    p, eps : float
+        The suggested clause ``d < p +/- eps``.
+
+    Returns
+    -------
+    str or None
+        E.g. "adding `d < 0.1 +/- 0.01` (if the models disagree on fewer than 10% of rows)
+        needs 3,375 labels of 9,040 rows with predictions (338 with active labelling) instead
+        of 30,195".
+    """
+    cond = parse_condition(condition) if isinstance(condition, str) else condition
+    if d_bound(cond) is not None or not any(is_difference(c) for c in cond.clauses):
+        return None
+    now = sample_size(cond, reliability, adaptivity, steps, method)
+    extra = parse_condition(f"d < {p} +/- {eps}").clauses[0]
+    with_d = Condition(cond.clauses + (extra,), f"{cond} /\\ {extra}")
+    better = sample_size(with_d, reliability, adaptivity, steps, method)
+    if better.labels >= now.labels:
+        return None
+    try:
+        active = sample_size(with_d, reliability, adaptivity, steps, method, labelling="active").labels
+        act = f" ({active:,} with active labelling)"
+    except SampleSizeError:
+        act = ""
+    rows = f" of {better.rows:,} rows with predictions" if better.rows > better.labels else ""
+    return (f"adding `{extra}` (if the models disagree on fewer than {p:.0%} of rows) needs "
+            f"{better.labels:,} labels{rows}{act} instead of {now.labels:,}")

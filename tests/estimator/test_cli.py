@@ -176,7 +176,8 @@ def test_evaluate_with_active_labelling(tmp_path: Path, capsys: pytest.CaptureFi
     np.save(tmp_path / "new.npy", new)
     np.save(tmp_path / "old.npy", old)
     rc, out, err = run(capsys, "evaluate", "--config", str(tmp_path / "c.yml"), "--labels", str(tmp_path / "y.csv"),
-                       "--new", str(tmp_path / "new.npy"), "--old", str(tmp_path / "old.npy"), "--json")
+                       "--new", str(tmp_path / "new.npy"), "--old", str(tmp_path / "old.npy"), "--json",
+                       "--all-rows")
     v = json.loads(out)
     assert v["estimates"]["n"] is None and v["estimates"]["d"] == pytest.approx(float(np.mean(new != old)))
     assert v["clauses"][1]["estimate"] == pytest.approx(float(np.mean(new == y) - np.mean(old == y)))
@@ -190,3 +191,42 @@ def test_estimator_core_imports_neither_buildbot_nor_twisted() -> None:
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_evaluate_decides_on_the_planned_rows_like_the_service(eval_files, capsys: pytest.CaptureFixture[str]) -> None:
+    """The service decides on the first plan.rows rows; local evaluate used all rows, so the
+    same predictions could get different verdicts. Now it uses the same rows (and says so);
+    --all-rows decides on every row."""
+    from easeml_buildbot.config import load_config
+
+    cfg = eval_files["pass"].with_name("few.yml")
+    cfg.write_text("condition: n - o > 0.1 +/- 0.1\nreliability: 0.9\nsteps: 2\nmethod: exact\n")
+    plan = load_config(cfg).required_samples()
+    y, new, old = eval_files["arrays"]
+    assert plan.rows < len(y)
+    args = ("evaluate", "--config", str(cfg), "--labels", str(eval_files["y"]),
+            "--new", str(eval_files["new"]), "--old", str(eval_files["old"]), "--json")
+    rc, out, err = run(capsys, *args)
+    v = json.loads(out)
+    assert v["samples_used"] == plan.rows and f"rows 1-{plan.rows} of {len(y)}" in err
+    assert v["estimates"]["n"] == pytest.approx(float(np.mean(new[: plan.rows] == y[: plan.rows])))
+    rc, out, _ = run(capsys, *args, "--all-rows")
+    assert json.loads(out)["samples_used"] == len(y)
+
+
+def test_check_config_says_when_a_d_clause_would_shrink_the_plan(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from easeml_buildbot.estimator.condition import parse_condition
+
+    (tmp_path / "a.yml").write_text("condition: n - o > 0.02 +/- 0.02\nreliability: 0.998\nadaptivity: none\n"
+                                    "steps: 7\n")
+    rc, out, _ = run(capsys, "check-config", str(tmp_path / "a.yml"))
+    now = sample_size("n - o > 0.02 +/- 0.02", 0.998, "none", 7).labels
+    with_d = sample_size("n - o > 0.02 +/- 0.02 /\\ d < 0.1 +/- 0.01", 0.998, "none", 7)
+    assert rc == 0 and with_d.labels < now
+    assert f"hint: adding `{parse_condition('d < 0.1 +/- 0.01')}`" in out
+    assert f"needs {with_d.labels:,} labels" in out and f"instead of {now:,}" in out
+    (tmp_path / "b.yml").write_text("condition: d < 0.1 +/- 0.01 /\\ n - o > 0.02 +/- 0.02\nreliability: 0.998\n"
+                                    "adaptivity: none\nsteps: 7\n")
+    rc, out, _ = run(capsys, "check-config", str(tmp_path / "b.yml"))
+    assert rc == 0 and "hint" not in out

@@ -192,3 +192,13 @@ def test_markdown_cli(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert out == markdown_reference()
     assert "| `condition` |" in out and "ml:" in out
+
+
+def test_k_pass_and_sequential_are_valid_settings(tmp_path) -> None:
+    from easeml_buildbot.config import load_config
+
+    p = tmp_path / ".easeml.yml"
+    p.write_text("condition: n > 0.8 +/- 0.05\nadaptivity: 2-pass\nmethod: sequential\nreliability: 0.99\nsteps: 8\n")
+    cfg = load_config(p)
+    assert (cfg.adaptivity, cfg.method) == ("2-pass", "sequential")
+    assert "retires after 2 passes" in cfg.summary()

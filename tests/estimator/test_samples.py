@@ -228,3 +228,18 @@ def test_uncomputable_sizes_are_a_clear_error(condition):
     """Overflow or division by zero inside a bound is the user's tolerance, not a crash."""
     with pytest.raises(SampleSizeError, match="needs more samples than can be computed"):
         sample_size(condition, 0.9999, "full", 32)
+
+
+def test_k_pass_sizes_between_first_change_and_full() -> None:
+    """k-pass retirement: a union over sum_{j<=k} C(H, j) models (H for k = 1, 2^H - 1 for k = H)."""
+    from easeml_buildbot.estimator.samples import log_transcripts
+
+    assert math.exp(log_transcripts(1, 32)) == pytest.approx(32)
+    assert math.exp(log_transcripts(2, 32)) == pytest.approx(32 + 32 * 31 / 2)
+    assert math.exp(log_transcripts(32, 32)) == pytest.approx(2**32 - 1)
+    sizes = [sample_size("n > 0.8 +/- 0.05", 0.9999, a, 32, "hoeffding").labels
+             for a in ("firstChange", "1-pass", "2-pass", "4-pass", "32-pass", "full")]
+    assert sizes[0] == sizes[1] < sizes[2] < sizes[3] < sizes[4] <= sizes[5]
+    assert log_use_delta(0.99, "3-pass", 10) == pytest.approx(math.log(0.01) - math.log(10 + 45 + 120))
+    with pytest.raises(SampleSizeError, match="k-pass"):
+        sample_size("n > 0.8 +/- 0.05", 0.9999, "0-pass", 32)
