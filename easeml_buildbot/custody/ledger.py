@@ -600,7 +600,9 @@ class Ledger:
             if done != 1:  # pragma: no cover - concurrent commit of the same use
                 raise LedgerError(f"use {use_id} was finished concurrently")
             entry = conn.execute(sa.select(t).where(t.c.id == use.testset_id)).one()
-            reason = policy.retirement(entry.adaptivity, verdict, entry.uses, entry.budget)
+            passes = conn.execute(sa.select(sa.func.count()).select_from(u).where(
+                u.c.testset_id == use.testset_id, u.c.state == "committed", u.c.verdict == "pass")).scalar_one()
+            reason = policy.retirement(entry.adaptivity, verdict, entry.uses, entry.budget, passes=passes)
             if reason and not entry.retired:
                 conn.execute(
                     sa.update(t).where(t.c.id == entry.id, t.c.retired == sa.false()).values(

@@ -139,6 +139,20 @@ def test_first_change_retires_at_first_pass(led):
         led.reserve(REPO, DS, H, "firstChange")
 
 
+def test_k_pass_retires_at_the_kth_pass(led):
+    """2-pass: every verdict is visible; the second pass (not the first) retires the set."""
+    H = 6
+    verdicts = ["pass", "fail", "pass"]
+    for i, v in enumerate(verdicts):
+        r = led.reserve(REPO, DS, H, "2-pass", commit=f"c{i}", base="b")
+        st = led.commit(r.use_id, v)
+        assert led.use(r.use_id).developer_may_see
+        assert st.retired is (i == len(verdicts) - 1)
+    assert st.retired_reason == "pass 2 of 2 under adaptivity 2-pass" and st.remaining == H - 3
+    with pytest.raises(TestSetRetired, match="pass 2 of 2"):
+        led.reserve(REPO, DS, H, "2-pass")
+
+
 def test_first_change_also_retires_after_h_failures(led):
     for _ in range(2):
         st = led.commit(led.reserve(REPO, DS, 2, "firstChange").use_id, "fail")

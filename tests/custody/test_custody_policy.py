@@ -22,7 +22,7 @@ def test_developer_may_see(adaptivity, verdict, sees):
 
 @pytest.mark.parametrize("spelling,canonical", [
     ("none", "none"), ("full", "full"), ("firstChange", "firstChange"), ("firstchange", "firstChange"),
-    ("first_change", "firstChange"), (" FULL ", "full"),
+    ("first_change", "firstChange"), (" FULL ", "full"), ("2-pass", "2-pass"), ("1-pass", "firstChange"),
 ])
 def test_normalize(spelling, canonical):
     assert normalize_adaptivity(spelling) == canonical
@@ -45,3 +45,13 @@ def test_retirement_first_change_pass():
     assert retirement("firstChange", "pass", 1, 10) == "first pass under adaptivity firstChange"
     assert retirement("full", "pass", 1, 10) is None
     assert retirement("none", "pass", 1, 10) is None
+
+
+def test_retirement_k_pass():
+    assert developer_may_see("3-pass", "pass") and developer_may_see("3-pass", "fail")
+    assert retirement("3-pass", "pass", 4, 10, passes=2) is None
+    assert retirement("3-pass", "pass", 5, 10, passes=3) == "pass 3 of 3 under adaptivity 3-pass"
+    assert retirement("3-pass", "fail", 6, 10, passes=3) is None
+    assert retirement("3-pass", "fail", 10, 10, passes=1) == "budget of 10 uses spent"
+    with pytest.raises(PolicyError, match="k-pass"):
+        normalize_adaptivity("0-pass")
