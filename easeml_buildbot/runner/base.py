@@ -37,31 +37,44 @@ CAUSES: dict[str, str] = {
 class ModelError(Exception):
     """The model under test failed; ``cause`` is one of :data:`CAUSES`.
 
-    ``log`` holds the bounded build/run log collected so far (never labels: the model never
-    sees them). ``timings`` the phases that ran.
+    ``log`` holds the bounded build and run log collected so far (never labels: the model
+    never sees them, but the run part can hold whatever the model printed about the
+    features, so it is for owners and operators only). ``build_log`` is the image build's
+    part alone (it never saw the test set), ``stderr`` the model's bounded stderr.
+    ``spent`` is true once a model process was started with the features: from then on the
+    model has seen them, whatever happens next. ``timings`` the phases that ran.
     """
 
     def __init__(self, cause: str, message: str, *, log: str = "",
-                 timings: Mapping[str, float] | None = None) -> None:
+                 timings: Mapping[str, float] | None = None, spent: bool = False) -> None:
         super().__init__(f"{cause}: {message}")
         self.cause = cause
         self.message = message
         self.log = log
+        self.build_log = ""
+        self.stderr = ""
+        self.spent = spent
         self.timings = dict(timings or {})
 
 
 class RunnerUnavailable(Exception):
     """The runner itself cannot work (no Docker daemon, base image missing): infrastructure,
-    not the model's fault."""
+    not the model's fault. ``spent``: a model had already been started with the features."""
+
+    spent = False
 
 
 @dataclass(frozen=True)
 class RunResult:
-    """What a successful run produced: one prediction per input row, in input order."""
+    """What a successful run produced: one prediction per input row, in input order.
+
+    ``log``: build and run output (owners/operators only, see :class:`ModelError`);
+    ``build_log``: the image build's part alone."""
 
     predictions: np.ndarray
     log: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    build_log: str = ""
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
@@ -92,9 +105,11 @@ class Limits:
     build_timeout: float = 900.0     # seconds of wall time for the image build
     build_disk: int = 10 << 30       # bytes the build may add to its base images (layers)
     tmpfs: int = 256 << 20           # bytes of scratch space at /tmp
-    output: int = 256 << 20          # bytes the model may write to /easeml/output (per file)
+    output: int = 256 << 20          # bytes the model may write to /easeml/output (in all)
     log_bytes: int = 64 << 10        # bytes of build log and of run log kept (head + tail)
-    user: str = "65534:65534"        # the user the model runs as when the image names none
+    user: str = "65534:65534"        # uid:gid the model runs as when the image names none (or root)
+    stderr_lines: int = 20           # tail of a failed run's stderr the developer may see ...
+    stderr_bytes: int = 2048         # ... at most this many lines and bytes (0: none)
     gpus: int = 0                    # operator: GPUs of this worker; after lowered_by: granted (-1 all)
 
     # operator environment variable -> field (the repo's model: section uses the field names)
@@ -105,14 +120,22 @@ class Limits:
         "EASEML_TMPFS": "tmpfs", "EASEML_OUTPUT_LIMIT": "output",
         "EASEML_LOG_BYTES": "log_bytes", "EASEML_RUN_USER": "user",
         "EASEML_WORKER_GPUS": "gpus",
+        "EASEML_STDERR_TAIL_LINES": "stderr_lines", "EASEML_STDERR_TAIL_BYTES": "stderr_bytes",
     }
     LOWERABLE = ("memory", "cpus", "pids", "timeout", "build_timeout", "build_disk", "tmpfs",
                  "output")
 
     @staticmethod
     def _convert(name: str, value: Any) -> Any:
-        if name in ("memory", "tmpfs", "output", "log_bytes", "build_disk"):
-            return parse_bytes(value, default_unit="m" if name != "log_bytes" else "")
+        if name in ("memory", "tmpfs", "output", "log_bytes", "stderr_bytes", "build_disk"):
+            return parse_bytes(value, default_unit="" if name in ("log_bytes", "stderr_bytes") else "m")
+        if name == "stderr_lines":
+            v = int(value)
+            if v < 0:
+                raise ValueError(f"must be 0 or more, got {value!r}")
+            return v
+        if name == "user":
+            return numeric_user(value)
         if name == "gpus":
             from easeml_buildbot.gpus import parse_offer
             return parse_offer(value, "gpus")
@@ -180,6 +203,34 @@ class Limits:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def numeric_user(value: Any) -> str:
+    """The operator's run user as ``uid:gid``, both numeric and neither 0 (a name would be
+    looked up in the model's own image, which the developer writes)."""
+    m = re.fullmatch(r"\s*(\d+)\s*(?::\s*(\d+)\s*)?", str(value))
+    if not m:
+        raise ValueError(f"must be a numeric uid:gid, got {value!r}")
+    uid = int(m.group(1))
+    gid = int(m.group(2)) if m.group(2) is not None else uid
+    if uid == 0 or gid == 0:
+        raise ValueError(f"must not be root (uid or gid 0), got {value!r}")
+    return f"{uid}:{gid}"
+
+
+def stderr_tail(text: str, lines: int, nbytes: int) -> str:
+    """The last ``lines`` lines of ``text``, at most ``nbytes`` bytes of UTF-8 (cut at a line
+    start where possible): what a developer may see of a failed run's stderr."""
+    if lines <= 0 or nbytes <= 0 or not text:
+        return ""
+    kept = text.rstrip("\n").split("\n")[-lines:]
+    out = "\n".join(kept).encode("utf-8")
+    if len(out) > nbytes:
+        out = out[-nbytes:]
+        nl = out.find(b"\n")
+        if 0 <= nl < len(out) - 1:
+            out = out[nl + 1:]
+    return out.decode("utf-8", errors="ignore")
 
 
 def model_path(repo_dir: Path, relative: str, field_name: str) -> Path:

@@ -10,14 +10,19 @@ an empty output directory. Labels and keys stay in the worker process.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import re
+import shutil
+import socket
+import tarfile
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import docker
@@ -29,7 +34,7 @@ from docker.utils.build import tar as build_tar
 from easeml_buildbot.gpus import device_requests
 
 from easeml_buildbot.runner.base import (
-    BoundedLog, Limits, ModelError, RunnerUnavailable, RunResult, model_path,
+    BoundedLog, Limits, ModelError, RunnerUnavailable, RunResult, model_path, numeric_user,
 )
 from easeml_buildbot.runner.build_cgroup import BuildCgroup, CgroupUnavailable
 from easeml_buildbot.runner.dockerfile import (
@@ -48,6 +53,11 @@ ALWAYS_EXCLUDED = (".git", "**/.git", "*.gpg", "**/*.gpg", "*.pgp", "**/*.pgp")
 LABEL = "easeml.runner"
 TAG_LABEL = "easeml.tag"
 DEADLINE_LABEL = "easeml.deadline"  # unix time after which the container may be reaped
+OWNER_LABEL = "easeml.owner"  # host:pid of the evaluating process (reaped when it dies)
+HELPER_IMAGE = "easeml/busybox:latest"  # keeps the output tmpfs mounted (EASEML_HELPER_IMAGE)
+KEEPER_DIR = "/out"
+OUTPUT_INODES = 16384  # files + directories the model may create in /easeml/output
+OUTPUT_SLACK = 64 << 10  # a tmpfs this close to full counts as full (page rounding)
 _RUNNING_IN = re.compile(r"Running in ([0-9a-f]{12,64})")
 _STEP_IMAGE = re.compile(r"^ ---> ([0-9a-f]{12,64})\s*$")
 _SIGNALS = {137: "SIGKILL", 139: "SIGSEGV", 134: "SIGABRT", 143: "SIGTERM", 153: "SIGXFSZ",
@@ -65,9 +75,69 @@ def _dockerignore(context: Path) -> list[str]:
     return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 
-def _is_root_user(user: str | None) -> bool:
-    name = (user or "").split(":")[0].strip()
-    return name in ("", "0", "root")
+def owner_label() -> str:
+    """``host:pid`` of this process, on every container and volume of a run: what the
+    evaluation's watchdog removes when this process dies without cleaning up."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _passwd_entries(text: bytes) -> list[list[str]]:
+    rows = []
+    for line in text.decode("utf-8", errors="replace").splitlines():
+        if line and not line.startswith("#"):
+            rows.append(line.split(":"))
+    return rows
+
+
+def resolve_user(name: str, group: str, passwd: bytes, groups: bytes) -> tuple[int | None, int | None]:
+    """``USER name[:group]`` of an image -> numeric (uid, gid) as the image's /etc/passwd and
+    /etc/group define them (numbers stand for themselves, ``00`` is 0); None where a name is
+    not found. No group: the user's primary group, else the uid's number (Docker's rule)."""
+    uid: int | None = None
+    gid: int | None = None
+    if name.isdigit():
+        uid = int(name)
+        for row in _passwd_entries(passwd):
+            if len(row) >= 4 and row[2].isdigit() and int(row[2]) == uid and row[3].isdigit():
+                gid = int(row[3])
+                break
+        else:
+            gid = uid if not group else None
+    else:
+        for row in _passwd_entries(passwd):
+            if len(row) >= 4 and row[0] == name and row[2].isdigit():
+                uid = int(row[2])
+                gid = int(row[3]) if row[3].isdigit() else None
+                break
+    if group:
+        if group.isdigit():
+            gid = int(group)
+        else:
+            gid = next((int(r[2]) for r in _passwd_entries(groups)
+                        if len(r) >= 3 and r[0] == group and r[2].isdigit()), None)
+    return uid, gid
+
+
+class _ChunkReader(io.RawIOBase):
+    """A file object over an iterator of byte chunks (``get_archive``'s stream)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._it = iter(chunks)
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._buf:
+            try:
+                self._buf = next(self._it)
+            except StopIteration:
+                return 0
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
 
 
 class DockerRunner:
@@ -101,6 +171,7 @@ class DockerRunner:
         self.build_cgroup = build_cgroup
         self._leases: dict[str, list[Lease]] = {}
         self._leases_lock = threading.Lock()
+        self.helper_image = os.environ.get("EASEML_HELPER_IMAGE", "").strip() or HELPER_IMAGE
 
     # ------------------------------------------------------------------ build
     def build(self, repo_dir: Path, *, tag: str, model: Mapping[str, Any], limits: Limits,
@@ -433,64 +504,198 @@ class DockerRunner:
                 self._ncpu = float(os.cpu_count() or 1)
         return self._ncpu
 
-    def _user_for(self, image: str, limits: Limits) -> str:
+    def _image_file(self, image: str, paths: Sequence[str], limit: int = 1 << 20) -> dict[str, bytes]:
+        """Regular files of ``image`` (at most ``limit`` bytes each) read from a created,
+        never started container: the image's own view, with no code of it running."""
+        found: dict[str, bytes] = {}
+        box = self.client.containers.create(
+            image, command=["/nonexistent"], entrypoint=[], network_disabled=True,
+            labels={LABEL: "probe", OWNER_LABEL: owner_label(),
+                    DEADLINE_LABEL: str(int(time.time() + 300))})
         try:
-            user = self.client.images.get(image).attrs.get("Config", {}).get("User") or ""
-        except docker.errors.DockerException:
-            user = ""
-        return limits.user if _is_root_user(user) else user
+            for path in paths:
+                try:
+                    bits, stat = box.get_archive(path)
+                except docker.errors.NotFound:
+                    continue
+                if int(stat.get("size", 0)) > limit:
+                    raise ModelError("bad_image_user", f"the image's {path} is larger than {limit} bytes")
+                data = b"".join(bits)
+                with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+                    member = next(iter(tar), None)
+                    if member is not None and member.isfile():
+                        fh = tar.extractfile(member)
+                        found[path] = fh.read(limit) if fh else b""
+        finally:
+            try:
+                box.remove(force=True)
+            except docker.errors.DockerException:
+                pass
+        return found
+
+    def _user_for(self, image: str, limits: Limits) -> str:
+        """The numeric ``uid:gid`` the model runs as: the image's ``USER`` resolved in its own
+        /etc/passwd and /etc/group, or the operator's ``limits.user`` when the image names
+        none or any spelling of root (``0``, ``00``, ``root``, ``0:0``, an alias of uid 0).
+        A numeric form means Docker adds no supplementary groups from the image either."""
+        operator = numeric_user(limits.user)
+        user = (self.client.images.get(image).attrs.get("Config", {}).get("User") or "").strip()
+        if not user:
+            return operator
+        name, _, group = user.partition(":")
+        name, group = name.strip(), group.strip()
+        numeric = name.isdigit() and group.isdigit()
+        files = {} if numeric else self._image_file(image, ("/etc/passwd", "/etc/group"))
+        uid, gid = resolve_user(name, group, files.get("/etc/passwd", b""), files.get("/etc/group", b""))
+        if uid is None:
+            raise ModelError("crash", f"the model's container did not start: the image's USER "
+                             f"{name!r} is not in its /etc/passwd")
+        if gid is None:
+            raise ModelError("crash", f"the model's container did not start: the image's USER "
+                             f"group {group!r} is not in its /etc/group")
+        if uid == 0:
+            return operator
+        if gid == 0:  # the root group owns files root does; keep the operator's group instead
+            gid = int(operator.split(":")[1])
+        return f"{uid}:{gid}"
+
+    def _output_volume(self, ws: Workspace, user: str, limits: Limits, labels: dict[str, str]):
+        """A tmpfs of exactly ``limits.output`` bytes for /easeml/output (a write past it
+        fails with ENOSPC, however many files), held mounted by a tiny keeper container so
+        its content outlives the model and can be read back."""
+        uid, gid = user.split(":")
+        name = f"easeml-out-{uuid.uuid4().hex[:16]}"
+        volume = self.client.volumes.create(
+            name=name, driver="local", labels={**labels, LABEL: "output"},
+            driver_opts={"type": "tmpfs", "device": "tmpfs",
+                         "o": f"size={max(4096, limits.output)},nr_inodes={OUTPUT_INODES},"
+                              f"uid={uid},gid={gid},mode=0700,nosuid,nodev,noexec"})
+        keeper = None
+        try:
+            keeper = self.client.containers.create(
+                self.helper_image, ["sleep", str(int(limits.timeout) + 600)], user=user,
+                mounts=[Mount(KEEPER_DIR, name, type="volume", no_copy=True)], network_mode="none",
+                network_disabled=True, read_only=True, cap_drop=["ALL"],
+                security_opt=["no-new-privileges"], mem_limit=32 << 20, pids_limit=8,
+                labels={**labels, LABEL: "model"}, detach=True)
+            keeper.start()
+        except docker.errors.ImageNotFound:
+            self._drop(keeper, volume)
+            raise RunnerUnavailable(f"the helper image {self.helper_image} is not on this worker "
+                                    "(scripts/build-base-image.sh builds it)") from None
+        except BaseException:
+            self._drop(keeper, volume)
+            raise
+        return volume, keeper
+
+    @staticmethod
+    def _drop(*objs: Any) -> None:
+        """Remove containers (forcibly, running or not) and volumes; absent ones are fine."""
+        for obj in objs:
+            if obj is None:
+                continue
+            try:
+                obj.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.DockerException as exc:  # pragma: no cover - daemon trouble
+                log.warning("could not remove %s: %s", getattr(obj, "id", obj), exc)
+
+    def _copy_output(self, keeper: Any, ws: Workspace, limit: int) -> int:
+        """Copy regular files and directories of the output tmpfs into ``ws.output``;
+        returns the bytes the tmpfs held (rounded up to pages, as tmpfs counts them)."""
+        bits, _stat = keeper.get_archive(KEEPER_DIR + "/.")
+        used = 0
+        root = ws.output.resolve()
+        with tarfile.open(fileobj=_ChunkReader(bits), mode="r|") as tar:
+            for m in tar:
+                parts = [p for p in PurePosixPath(m.name).parts if p not in (".", "")]
+                if parts and parts[0] == PurePosixPath(KEEPER_DIR).name:
+                    parts = parts[1:]
+                if not parts or any(p == ".." for p in parts):
+                    continue
+                target = root.joinpath(*parts)
+                if m.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                elif m.isfile():
+                    used += -(-m.size // 4096) * 4096
+                    if used > limit + (1 << 20):  # cannot happen with the tmpfs; bound anyway
+                        break
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    src = tar.extractfile(m)
+                    with open(target, "wb") as fh:
+                        shutil.copyfileobj(src, fh, 1 << 20)
+        return used
 
     def run(self, image: str, ws: Workspace, *, limits: Limits, log_out: BoundedLog,
-            tag: str = "") -> int:
-        """Run the image once; returns its exit code (raises timeout/oom)."""
+            tag: str = "", err_out: BoundedLog | None = None,
+            state: dict[str, Any] | None = None) -> int:
+        """Run the image once; returns its exit code (raises timeout/oom/output_too_large).
+
+        ``log_out`` gets stdout and stderr as they come, ``err_out`` stderr alone;
+        ``state["started"]`` becomes true once the model's process started with the
+        features (from then on the run counts as a look at them). The predictions and
+        whatever else the model wrote end up in ``ws.output``."""
+        state = {} if state is None else state
+        state.setdefault("started", False)
         ext = ws.features.suffix
         features_in = f"{CONTAINER_INPUT_DIR}/features{ext}"
-        container = self.client.containers.create(
-            image,
-            user=self._user_for(image, limits),
-            environment={
-                "EASEML_FEATURES": features_in,
-                "EASEML_OUTPUT": CONTAINER_OUTPUT_DIR,
-                "EASEML_ROWS": str(ws.n_rows),
-                "HOME": "/tmp", "TMPDIR": "/tmp",
-            },
-            mounts=[
-                Mount(features_in, str(ws.features), type="bind", read_only=True),
-                Mount(CONTAINER_OUTPUT_DIR, str(ws.output), type="bind", read_only=False),
-            ],
-            network_mode="none",
-            network_disabled=True,
-            read_only=True,
-            tmpfs={"/tmp": f"rw,nosuid,nodev,size={limits.tmpfs}"},
-            mem_limit=limits.memory,
-            memswap_limit=limits.memory,
-            nano_cpus=int(min(limits.cpus, self._host_cpus()) * 1e9),
-            pids_limit=limits.pids,
-            device_requests=device_requests(limits.gpus) or None,  # model.gpus (docs/operator-guide.md)
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges"],
-            ipc_mode="private",
-            init=True,
-            ulimits=[Ulimit(name="fsize", soft=limits.output, hard=limits.output),
-                     Ulimit(name="core", soft=0, hard=0),
-                     Ulimit(name="nofile", soft=1024, hard=1024)],
-            log_config=LogConfig(type="json-file",
-                                 config={"max-size": str(max(1 << 20, 4 * limits.log_bytes)),
-                                         "max-file": "2"}),
-            labels={LABEL: "model", TAG_LABEL: tag[:200],
-                    DEADLINE_LABEL: str(int(time.time() + limits.timeout + 120))},
-            detach=True,
-        )
+        user = self._user_for(image, limits)
+        labels = {TAG_LABEL: tag[:200], OWNER_LABEL: owner_label(),
+                  DEADLINE_LABEL: str(int(time.time() + limits.timeout + 120))}
+        volume, keeper = self._output_volume(ws, user, limits, labels)
+        container = None
         try:
+            container = self.client.containers.create(
+                image,
+                user=user,
+                environment={
+                    "EASEML_FEATURES": features_in,
+                    "EASEML_OUTPUT": CONTAINER_OUTPUT_DIR,
+                    "EASEML_ROWS": str(ws.n_rows),
+                    "HOME": "/tmp", "TMPDIR": "/tmp",
+                },
+                mounts=[
+                    Mount(features_in, str(ws.features), type="bind", read_only=True),
+                    Mount(CONTAINER_OUTPUT_DIR, volume.name, type="volume", read_only=False, no_copy=True),
+                ],
+                network_mode="none",
+                network_disabled=True,
+                read_only=True,
+                tmpfs={"/tmp": f"rw,nosuid,nodev,size={limits.tmpfs}"},
+                mem_limit=limits.memory,
+                memswap_limit=limits.memory,
+                nano_cpus=int(min(limits.cpus, self._host_cpus()) * 1e9),
+                pids_limit=limits.pids,
+                device_requests=device_requests(limits.gpus) or None,  # model.gpus (docs/operator-guide.md)
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                ipc_mode="private",
+                init=True,
+                ulimits=[Ulimit(name="fsize", soft=limits.output, hard=limits.output),
+                         Ulimit(name="core", soft=0, hard=0),
+                         Ulimit(name="nofile", soft=1024, hard=1024)],
+                log_config=LogConfig(type="json-file",
+                                     config={"max-size": str(max(1 << 20, 4 * limits.log_bytes)),
+                                             "max-file": "2"}),
+                labels={**labels, LABEL: "model"},
+                detach=True,
+            )
             # Attach before starting: the output arrives live from the container's stdio (the
             # daemon's size-capped log file may rotate), and BoundedLog keeps memory bounded.
-            stream = container.attach(stdout=True, stderr=True, stream=True, logs=True)
-            follower = threading.Thread(target=self._follow, args=(stream, log_out), daemon=True)
+            # demux keeps stderr apart: a developer may see a short tail of it, never stdout.
+            stream = self.client.api.attach(container.id, stdout=True, stderr=True, stream=True,
+                                            logs=True, demux=True)
+            follower = threading.Thread(target=self._follow, args=(stream, log_out, err_out), daemon=True)
             follower.start()
             try:
+                state["started"] = True  # until the daemon says it never ran
                 container.start()
             except docker.errors.APIError as exc:  # the image's command cannot start
                 detail = exc.explanation or str(exc)
+                container.reload()
+                started_at = str(container.attrs.get("State", {}).get("StartedAt") or "")
+                state["started"] = not started_at.startswith("0001-")
                 raise ModelError("crash", f"the model's container did not start: {detail}") from None
             timed_out = False
             try:
@@ -504,50 +709,80 @@ class DockerRunner:
                 status = container.wait(timeout=60)
             follower.join(10)
             container.reload()
-            state = container.attrs.get("State", {})
+            cstate = container.attrs.get("State", {})
             if timed_out:
                 raise ModelError("timeout", f"the model ran longer than {limits.timeout:g}s and "
                                  "was killed")
-            if state.get("OOMKilled"):
+            if cstate.get("OOMKilled"):
                 raise ModelError("oom", f"the model used more than {limits.memory >> 20} MiB of "
                                  "memory and was killed")
-            return int(status.get("StatusCode", state.get("ExitCode", -1)))
+            code = int(status.get("StatusCode", cstate.get("ExitCode", -1)))
+            used = self._copy_output(keeper, ws, limits.output)
+            full = used >= limits.output - OUTPUT_SLACK
+            err_text = err_out.getvalue() if err_out is not None else log_out.getvalue()
+            if code != 0 and (full or code == 153 or "No space left on device" in err_text
+                              or "File too large" in err_text):
+                raise ModelError("output_too_large", "the model wrote more than "
+                                 f"{limits.output >> 20} MiB to {CONTAINER_OUTPUT_DIR} and was stopped there")
+            return code
         finally:
-            try:
-                container.remove(force=True)
-            except docker.errors.DockerException as exc:  # pragma: no cover - daemon trouble
-                log.warning("could not remove container %s: %s", container.id[:12], exc)
+            self._drop(container, keeper)
+            self._drop(volume)
 
     def reap_stale(self, now: float | None = None) -> list[str]:
-        """Remove model containers past their deadline. A worker killed with SIGKILL
-        (Buildbot's default on interrupt) cannot clean up its container; the next run on
-        the same daemon does, so a sleeping model cannot outlive its limit by much."""
+        """Remove model containers (and their output volumes) past their deadline. A
+        worker killed with SIGKILL cannot clean up its container; the next run on the same
+        daemon does, so a sleeping model cannot outlive its limit by much."""
         now = time.time() if now is None else now
         removed = []
         try:
-            stale = self.client.containers.list(all=True, filters={"label": f"{LABEL}=model"})
+            stale = self.client.containers.list(all=True, filters={"label": LABEL})
+            volumes = self.client.volumes.list(filters={"label": f"{LABEL}=output"})
         except docker.errors.DockerException:
             return removed
-        for c in stale:
+        for obj in [*stale, *volumes]:
+            labels = (obj.labels if obj in stale else obj.attrs.get("Labels")) or {}
             try:
-                deadline = float(c.labels.get(DEADLINE_LABEL, "inf"))
+                deadline = float(labels.get(DEADLINE_LABEL, "inf"))
             except ValueError:
                 continue
             if deadline < now:
                 try:
-                    c.remove(force=True)
-                    removed.append(c.id)
+                    obj.remove(force=True)
+                    removed.append(obj.id)
                 except docker.errors.DockerException:
                     pass
         if removed:
-            log.warning("removed %d model container(s) left past their deadline", len(removed))
+            log.warning("removed %d model container(s)/volume(s) left past their deadline", len(removed))
+        return removed
+
+    def reap_owner(self, owner: str) -> list[str]:
+        """Remove every container and volume of the run whose ``OWNER_LABEL`` is ``owner``
+        (the evaluating process died without its clean-up)."""
+        removed = []
+        flt = {"label": f"{OWNER_LABEL}={owner}"}
+        try:
+            for c in self.client.containers.list(all=True, filters=flt):
+                self._drop(c)
+                removed.append(c.id)
+            for v in self.client.volumes.list(filters=flt):
+                self._drop(v)
+                removed.append(v.id)
+        except docker.errors.DockerException:
+            pass
         return removed
 
     @staticmethod
-    def _follow(stream: Any, log_out: BoundedLog) -> None:
+    def _follow(stream: Any, log_out: BoundedLog, err_out: BoundedLog | None = None) -> None:
         try:
-            for chunk in stream:
-                log_out.write(chunk.decode("utf-8", errors="replace"))
+            for out, err in stream:
+                if out:
+                    log_out.write(out.decode("utf-8", errors="replace"))
+                if err:
+                    text = err.decode("utf-8", errors="replace")
+                    log_out.write(text)
+                    if err_out is not None:
+                        err_out.write(text)
         except (docker.errors.DockerException, requests.exceptions.RequestException):
             pass
 
@@ -572,12 +807,18 @@ class DockerRunner:
                 tag: str, model: Mapping[str, Any] | None = None, limits: Limits | None = None,
                 exclude: Sequence[str] = (), n_rows: int | None = None) -> RunResult:
         """Build the checkout's image, run it on the features, return its predictions
-        (``n_rows``: the features' row count when the caller knows it)."""
+        (``n_rows``: the features' row count when the caller knows it).
+
+        A :class:`ModelError` (or :class:`RunnerUnavailable`) raised once the container
+        started carries ``spent=True``; its ``build_log`` is the build's part of the log,
+        ``stderr`` the model's bounded stderr."""
         model = dict(model or {})
         limits = (limits or Limits.from_env()).lowered_by(model)
         repo = Path(repo_dir).resolve()
         timings: dict[str, float] = {}
         build_log, run_log = BoundedLog(limits.log_bytes), BoundedLog(limits.log_bytes)
+        err_log = BoundedLog(limits.log_bytes)
+        state: dict[str, Any] = {"started": False}
 
         def full_log() -> str:
             return f"--- build ---\n{build_log.getvalue()}\n--- run ---\n{run_log.getvalue()}"
@@ -596,28 +837,33 @@ class DockerRunner:
             ws = Workspace.create(features_path, prefix="easeml-run-", n_rows=n_rows)
             t0 = time.perf_counter()
             try:
-                code = self.run(image, ws, limits=limits, log_out=run_log, tag=tag)
+                code = self.run(image, ws, limits=limits, log_out=run_log, tag=tag,
+                                err_out=err_log, state=state)
             finally:
                 timings["run"] = time.perf_counter() - t0
-            # SIGXFSZ kills a writer past the file-size limit; Python ignores the signal and
-            # gets EFBIG ("File too large") instead.
-            if code == 153 or (code != 0 and "File too large" in run_log.getvalue()):
-                raise ModelError("output_too_large", "the model wrote a file larger than "
-                                 f"{limits.output >> 20} MiB")
             if code != 0:
                 sig = f" ({_SIGNALS[code]})" if code in _SIGNALS else ""
-                raise ModelError("crash", f"the model exited with code {code}{sig}; see the run log")
+                raise ModelError("crash", f"the model exited with code {code}{sig}")
             t0 = time.perf_counter()
             ws.check_output_size(limits.output)
             preds = parse_predictions(find_predictions(ws.output), ws.n_rows)
             timings["parse"] = time.perf_counter() - t0
-            return RunResult(predictions=preds, log=full_log(), timings=timings)
+            return RunResult(predictions=preds, log=full_log(), timings=timings,
+                             build_log=build_log.getvalue())
         except ModelError as exc:
             exc.log = full_log()
+            exc.build_log = build_log.getvalue()
+            exc.stderr = err_log.getvalue()
+            exc.spent = exc.spent or bool(state["started"])
             exc.timings = {**timings, **exc.timings}
             raise
         except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
-            raise RunnerUnavailable(f"docker: {exc}") from None
+            err = RunnerUnavailable(f"docker: {exc}")
+            err.spent = bool(state["started"])
+            raise err from None
+        except RunnerUnavailable as exc:
+            exc.spent = bool(state["started"])
+            raise
         finally:
             if ws is not None:
                 ws.remove()

@@ -285,3 +285,83 @@ def test_containers_past_their_deadline_are_reaped(runner, docker_client, tag):
         assert future.status == "running"
     finally:
         future.remove(force=True)
+
+
+# ---------------------------------------------------------------- uid 0 through the back door
+
+ROOT_ALIAS = "RUN echo 'toor:x:0:0:root alias:/root:/bin/sh' >> /etc/passwd && " \
+             "echo 'wheel2:x:0:' >> /etc/group\n"
+ID_CMD = ('CMD ["/bin/sh", "-c", "echo ID $(id -u) $(id -g) G $(id -G); '
+          'printf \'prediction\\\\n\' > $EASEML_OUTPUT/predictions.csv; '
+          'i=0; while [ $i -lt $EASEML_ROWS ]; do echo 1 >> $EASEML_OUTPUT/predictions.csv; i=$((i+1)); done"]\n')
+
+
+@pytest.mark.parametrize("user", ["00", "0:0", "toor", "toor:wheel2", "root:0", "0:4242"])
+def test_root_in_any_spelling_runs_as_the_operator_user(runner, tmp_path, tag, user):
+    dockerfile = f"FROM easeml/busybox\n{ROOT_ALIAS}USER {user}\n{ID_CMD}"
+    src = model_dir(tmp_path / "m", "", dockerfile=dockerfile)
+    res = runner.predict(src, features_csv(tmp_path / "f.csv"), tag=tag, model={},
+                         limits=Limits(timeout=60, user="4343:4343"))
+    assert "ID 4343 4343 G 4343\n" in res.log, res.log[-500:]
+
+
+def test_named_non_root_user_is_resolved_without_root_groups(runner, tmp_path, tag):
+    """A named user in the image runs as its numeric uid:gid; a gid of 0 (directly or as a
+    supplementary group in the image's /etc/group) is never kept."""
+    dockerfile = ("FROM easeml/busybox\n"
+                  "RUN echo 'dev:x:4242:0:dev:/tmp:/bin/sh' >> /etc/passwd && "
+                  "sed -i 's/^root:x:0:.*/&,dev/' /etc/group\n"
+                  f"USER dev\n{ID_CMD}")
+    src = model_dir(tmp_path / "m", "", dockerfile=dockerfile)
+    res = runner.predict(src, features_csv(tmp_path / "f.csv"), tag=tag, model={},
+                         limits=Limits(timeout=60, user="4343:4343"))
+    assert "ID 4242 4343 G 4343\n" in res.log, res.log[-500:]
+
+
+def test_resolve_user_reads_the_images_files():
+    from easeml_buildbot.runner.docker_runner import resolve_user
+
+    passwd = b"root:x:0:0::/root:/bin/sh\ntoor:x:0:0::/:/bin/sh\ndev:x:1000:1001::/:/bin/sh\n"
+    group = b"root:x:0:\nstaff:x:50:dev\n"
+    assert resolve_user("toor", "", passwd, group) == (0, 0)
+    assert resolve_user("00", "", passwd, group) == (0, 0)
+    assert resolve_user("dev", "", passwd, group) == (1000, 1001)
+    assert resolve_user("dev", "staff", passwd, group) == (1000, 50)
+    assert resolve_user("1000", "", passwd, group) == (1000, 1001)
+    assert resolve_user("77", "", passwd, group) == (77, 77)
+    assert resolve_user("ghost", "", passwd, group) == (None, None)
+    assert resolve_user("dev", "nogroup", passwd, group) == (1000, None)
+
+
+def test_operator_user_must_be_numeric_and_not_root():
+    for bad in ("root", "0", "0:0", "1000:0", "nobody"):
+        with pytest.raises(ValueError):
+            Limits.from_env({"EASEML_RUN_USER": bad})
+    assert Limits.from_env({"EASEML_RUN_USER": "1000"}).user == "1000:1000"
+
+
+# ------------------------------------------------------- output limit is hard, not after the fact
+
+def test_many_files_are_stopped_at_the_output_limit(runner, tmp_path, tag):
+    script = '''
+written = 0
+try:
+    for i in range(64):
+        with open(os.path.join(os.environ["EASEML_OUTPUT"], f"blob{i}"), "wb") as f:
+            f.write(b"x" * (1 << 20))
+        written += 1 << 20
+    print("WROTE ALL", written, flush=True)
+except OSError as e:
+    print("STOPPED AT", written, e.strerror, flush=True)
+    raise
+write_predictions(0)
+'''
+    src = model_dir(tmp_path / "m", script)
+    with pytest.raises(ModelError) as err:
+        runner.predict(src, features_csv(tmp_path / "f.csv"), tag=tag, model={},
+                       limits=Limits(output=8 << 20, timeout=60))
+    assert err.value.cause == "output_too_large", err.value.log[-1000:]
+    assert "WROTE ALL" not in err.value.log
+    stopped = int(err.value.log.split("STOPPED AT ")[1].split()[0])
+    assert stopped <= 8 << 20
+    assert err.value.spent
