@@ -100,7 +100,7 @@ def remove_tree(path: Path) -> None:
 
 
 MIN_S2K_COUNT = 65536
-_SWEPT_KINDS = ("ds", "gnupg", "check", "key")
+_SWEPT_KINDS = ("ds", "gnupg", "check", "key", "run", "proc", "eval")  # runner: features copy, checkout
 
 
 def private_tmpdir(kind: str, base: Path | None = None) -> Path:

@@ -44,10 +44,138 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+class Interrupted(BaseException):
+    """SIGTERM/SIGINT/SIGHUP (a stopped build, or the worker died: see ``_die_with_parent``).
+    A BaseException, so no ``except Exception`` on the way swallows it and every
+    ``finally`` (container, features copy, decrypted test set) runs."""
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask the kernel for ``sig`` when our parent dies. The factory runs ``exec easeml worker
+    evaluate``, so the parent is the Buildbot worker process: a worker killed with -9 can no
+    longer leave an evaluation (and its model, and the plaintext) running."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - no prctl: the watchdog still sweeps
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os.kill(os.getpid(), sig)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, signal.SIG_IGN)  # one unwinding; a second signal must not cut it short
+    raise Interrupted(signum)
+
+
+def _start_watchdog(dirs: list[Path]) -> int | None:
+    """Fork a watchdog in its own session (a build stop kills the worker's process group
+    with SIGKILL, which no handler survives). It waits on a pipe: our normal end writes a
+    byte first; EOF alone means we died, and it removes what we left: the private
+    directories of our pid (decrypted test set, features copy) and our Docker containers
+    and volumes. Returns the pipe's write end, or None when forking is not possible."""
+    try:
+        r, w = os.pipe()
+        pid = os.fork()
+    except OSError:
+        return None
+    if pid:
+        os.close(r)
+        return w
+    # -- the watchdog (single-threaded: forked before any thread or client exists)
+    code = 0
+    try:
+        os.close(w)
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):  # never hold the build log's pipe open
+            os.dup2(devnull, fd)
+        owner_pid = os.getppid()
+        try:
+            done = os.read(r, 1)
+        except OSError:
+            done = b""
+        if not done:
+            _clean_after(owner_pid, dirs)
+    except BaseException:  # noqa: BLE001 - a watchdog never raises into the caller's code
+        code = 1
+    os._exit(code)
+
+
+def _clean_after(pid: int, dirs: list[Path]) -> None:
+    import socket
+    import time
+
+    from easeml_buildbot.custody.gpghome import secure_tmp_base, sweep_stale
+
+    for _ in range(100):  # wait for the kernel to finish the dead process off
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        except PermissionError:
+            break
+        time.sleep(0.05)
+    from easeml_buildbot.runner.process_runner import MODEL_PGID_FILE
+
+    for base in dirs:  # process runner: its model runs in its own session
+        for f in Path(base).glob(f"easeml-proc-{pid}-*/{MODEL_PGID_FILE}"):
+            try:
+                os.killpg(int(f.read_text().strip()), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+    for base in {*dirs, secure_tmp_base()}:
+        if base is not None:
+            sweep_stale(Path(base))
+    if os.environ.get("EASEML_WORKER_RUNNER", "docker") != "process":
+        try:
+            from easeml_buildbot.runner.docker_runner import DockerRunner
+
+            DockerRunner().reap_owner(f"{socket.gethostname()}:{pid}")
+        except Exception:  # noqa: BLE001 - no daemon: nothing of ours runs there
+            pass
+
+
 def _evaluate(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from easeml_buildbot.custody.gpghome import sweep_stale
     from easeml_buildbot.custody.keys import KeysError, resolve_passphrase
     from easeml_buildbot.runner.base import Limits
     from easeml_buildbot.runner.evaluate import evaluate_pr
+    from easeml_buildbot.runner.workspace import run_base_dir
+
+    # Die with the worker, unwind on a stop; clean up after a SIGKILL of ourselves too.
+    _die_with_parent()
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, _on_signal)
+    dirs = [Path(run_base_dir() or tempfile.gettempdir()), Path(tempfile.gettempdir())]
+    for d in set(dirs):
+        sweep_stale(d)  # left by an evaluation killed with -9 before its watchdog ran
+    watchdog = _start_watchdog(dirs)
+    try:
+        return _evaluate_guarded(args, limits_cls=Limits, resolve_passphrase=resolve_passphrase,
+                                 keys_error=KeysError, evaluate_pr=evaluate_pr)
+    finally:
+        if watchdog is not None:
+            try:
+                os.write(watchdog, b"x")
+                os.close(watchdog)
+            except OSError:
+                pass
+
+
+def _evaluate_guarded(args: argparse.Namespace, *, limits_cls: Any, resolve_passphrase: Any,
+                      keys_error: Any, evaluate_pr: Any) -> int:
+    Limits, KeysError = limits_cls, keys_error  # noqa: N806
 
     try:
         passphrase = resolve_passphrase(args.passphrase_file, required=False)
@@ -62,28 +190,46 @@ def _evaluate(args: argparse.Namespace) -> int:
     if not Path(args.repo).is_dir():
         print(f"easeml worker evaluate: --repo {args.repo}: not a directory", file=sys.stderr)
         return 2
-    # SIGTERM (a stopped build) unwinds normally, so the running container and image are
-    # removed by the runner's cleanup; SIGKILL is handled by DockerRunner.reap_stale.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    # SIGTERM (a stopped build, or the worker died) raises Interrupted: the running container,
+    # the features copy and the decrypted test set are removed on the way out (finally
+    # blocks); SIGKILL of this process is the watchdog's and DockerRunner.reap_stale's.
+    progress: dict[str, Any] = {"spent": False}
     try:
         result = evaluate_pr(args.repo, head=args.head, base=args.base, key=args.key,
                              passphrase=passphrase, runner=args.runner, cache_dir=args.cache_dir,
-                             limits=limits, echo=lambda s: print(s, flush=True))
+                             limits=limits, echo=_echo, progress=progress)
+    except Interrupted as exc:
+        result = {"status": "infra_error", "cause": "interrupted", "scored": False,
+                  "spent": bool(progress["spent"]), "verdict": None,
+                  "message": f"the evaluation was stopped (signal {exc.args[0]})", "dataset_id": None,
+                  "samples_used": 0, "timings": {}}
     except Exception as exc:  # noqa: BLE001 - a bug here must still leave a result for the master
-        # evaluate_pr returns as soon as decide() has a verdict, so nothing was scored.
+        # evaluate_pr returns as soon as decide() has a verdict, so nothing was scored; a model
+        # may have seen the features already (progress), then the use is spent.
         # type and place only: an exception's message could quote data
         where = traceback.extract_tb(exc.__traceback__)[-1]
-        print(f"worker error: {type(exc).__name__} at {where.filename}:{where.lineno}", file=sys.stderr)
-        result = {"status": "infra_error", "cause": "worker", "scored": False, "verdict": None,
+        _echo(f"worker error: {type(exc).__name__} at {where.filename}:{where.lineno}", sys.stderr)
+        result = {"status": "infra_error", "cause": "worker", "scored": False,
+                  "spent": bool(progress["spent"]), "verdict": None,
                   "message": f"the worker failed: {type(exc).__name__}", "dataset_id": None,
                   "samples_used": 0, "timings": {}}
     _write_json(args.out, result)
     line = f"status: {result['status']}"
     if result["status"] != "scored":
         line += f" ({result.get('cause')}): {result.get('message')}"
-        line += "\nthe test-set use is not counted (nothing was scored)"
-    print(line)
+        line += ("\nthe test-set use is counted: a model was started with the features"
+                 if result.get("spent") else "\nthe test-set use is not counted (no model saw the test set)")
+    _echo(line)
     return 0
+
+
+def _echo(text: str, stream: Any = None) -> None:
+    """Print to the build log; a worker that went away (closed pipe) must not stop the
+    evaluation from cleaning up and writing its result."""
+    try:
+        print(text, file=stream or sys.stdout, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 def register(subparsers: Any) -> None:

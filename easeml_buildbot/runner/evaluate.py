@@ -5,11 +5,21 @@ Everything that decides *how* to evaluate (``.easeml.yml``, the encrypted test s
 from the **base** commit with ``git show``, so a pull request cannot change its own test.
 The models are exported from the exact commits with ``git archive``.
 
-Use-of-test-set rule (docs/model-contract.md): ``scored`` is true exactly when ``decide``
-returned a verdict. Every failure before that (config, dataset, build, run, predictions,
-label type) leaves ``scored: false`` and the master releases the reserved ledger use; the
-labels never left this process and nothing about them was reported, so such a failure is
-not a look at the test set. Anything scored counts, whatever happens afterwards.
+Use-of-test-set rule (docs/model-contract.md): ``spent`` is true as soon as a model was
+started with the features (a container or a process-runner process), whatever happens next
+(crash, timeout, OOM, missing, bad or miscounted predictions), and of course when ``decide``
+returned a verdict (``scored``). A model that saw the features may have copied them out in
+any way it likes, so its run is a look at the test set; the master commits such a use.
+``spent`` is false only when no model saw the features: configuration or test-set errors,
+an image that did not build, a runner that is not available. Only then is the reserved
+ledger use released.
+
+What a developer may read: the build log (``echo``) gets the image build output (no test
+set is in reach of a build) and progress lines, never the model's stdout or stderr. After a
+failed run it gets at most the last ``limits.stderr_lines`` lines / ``limits.stderr_bytes``
+bytes of the model's stderr, and only under an adaptivity that shows the developer a
+verdict at all. The full (bounded) build and run logs go into the result (``logs``), which
+the master keeps in its private directory and the ledger: owners and operators only.
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from easeml_buildbot.runner.base import Limits, ModelError, ModelRunner, RunnerUnavailable
+from easeml_buildbot.runner.base import Limits, ModelError, ModelRunner, RunnerUnavailable, stderr_tail
 from easeml_buildbot.runner.predictions import align_to_labels
 
 CONFIG_FILE = ".easeml.yml"
@@ -236,9 +246,13 @@ def make_runner(kind: str) -> ModelRunner:
 
 
 def _result(status: str, *, cause: str | None = None, message: str = "", scored: bool = False,
-            **extra: Any) -> dict[str, Any]:
+            spent: bool = False, **extra: Any) -> dict[str, Any]:
+    """The ``result.json`` document. ``scored``: a verdict was computed from the labels.
+    ``spent``: a model saw the features (always true when scored); the master commits the
+    use then, and releases it only when ``spent`` is false (see the module docstring)."""
     out = {"status": status, "cause": cause, "message": message, "scored": scored,
-           "verdict": None, "dataset_id": None, "samples_used": 0, "timings": {}}
+           "spent": bool(spent or scored), "verdict": None, "dataset_id": None,
+           "samples_used": 0, "timings": {}}
     out.update(extra)
     return out
 
@@ -247,12 +261,18 @@ def evaluate_pr(repo: str | os.PathLike[str], *, head: str, base: str,
                 key: str | os.PathLike[str], passphrase: str | None,
                 runner: ModelRunner | str, cache_dir: str | os.PathLike[str],
                 limits: Limits | None = None,
-                echo: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+                echo: Callable[[str], None] = lambda s: None,
+                progress: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate ``head`` against ``base`` and return the ``result.json`` document.
 
-    ``echo`` receives the build log (image build output, bounded model output, progress);
-    it never receives labels, estimates or the verdict.
+    ``echo`` receives the developer-visible build log (image build output, progress, a
+    failed run's short stderr tail where the adaptivity allows); it never receives the
+    model's stdout, labels, estimates or the verdict. ``progress["spent"]`` becomes true
+    the moment a model has seen the features (for a caller that must write a result
+    after an unexpected error or a signal).
     """
+    progress = {} if progress is None else progress
+    progress.setdefault("spent", False)
     from easeml_buildbot.custody.dataset import DatasetError, decrypted_dataset
     from easeml_buildbot.estimator.decision import DecisionError, EmptyIntervalError, decide
 
@@ -284,9 +304,13 @@ def evaluate_pr(repo: str | os.PathLike[str], *, head: str, base: str,
     need_old = bool(cfg.condition.variables & {"o", "d"})
     cache = PredictionCache(Path(cache_dir))
     rows = int(plan.rows)
-    work = Path(tempfile.mkdtemp(prefix="easeml-eval-"))
-    os.chmod(work, 0o700)
+    from easeml_buildbot.custody.gpghome import private_tmpdir
+    from easeml_buildbot.custody.policy import developer_may_see
+
+    work = private_tmpdir("eval")
     base_info = dict(runner=runner_name, limits=limits.to_dict(), **ids)
+    logs: dict[str, str] = {}
+    show_tail = developer_may_see(cfg.adaptivity, "fail")
     try:
         blob = show(repo_p, base_sha, cfg.dataset)
         if blob is None:
@@ -310,11 +334,17 @@ def evaluate_pr(repo: str | os.PathLike[str], *, head: str, base: str,
                     try:
                         preds[role], cached[role] = _predictions(
                             role, sha, repo_p, work, ds, model, limits, runner_obj, cache,
-                            exclude=[cfg.dataset], timings=timings, echo=echo)
+                            exclude=[cfg.dataset], timings=timings, echo=echo,
+                            progress=progress, logs=logs)
                         preds[role] = align_to_labels(preds[role], ds.labels, who=f"{role} model")
                     except ModelError as exc:
                         who = "the pull request's model" if role == "head" else "the base commit's model"
+                        tail = stderr_tail(exc.stderr, limits.stderr_lines, limits.stderr_bytes)
+                        if tail and show_tail and exc.spent:
+                            echo(f"{role} model: the last lines of its stderr (at most "
+                                 f"{limits.stderr_lines} lines, {limits.stderr_bytes} bytes):\n{tail}")
                         return _result("model_error", cause=exc.cause, message=f"{who}: {exc.message}",
+                                       spent=progress["spent"], logs=logs,
                                        timings=_rounded(timings, t_start), failed=role, **base_info)
                 t0 = time.perf_counter()
                 try:
@@ -326,22 +356,32 @@ def evaluate_pr(repo: str | os.PathLike[str], *, head: str, base: str,
                                    timings=_rounded(timings, t_start), **base_info)
                 except DecisionError as exc:
                     return _result("model_error", cause="wrong_count", message=str(exc),
+                                   spent=progress["spent"], logs=logs,
                                    timings=_rounded(timings, t_start), **base_info)
                 timings["score"] = time.perf_counter() - t0
+                progress["spent"] = True
                 echo("scored; the result goes to the master (not printed here)")
                 return _result("scored", message="scored", scored=True, verdict=verdict.to_dict(),
-                               samples_used=int(ds.n_rows),
+                               samples_used=int(ds.n_rows), logs=logs,
                                timings=_rounded(timings, t_start), cached=cached, **base_info)
         except DatasetError as exc:
             # name the file as the repository knows it, not the private temporary copy
             msg = str(exc).replace(str(enc), f"{base_sha[:12]}:{cfg.dataset}")
-            return _result("dataset_error", cause="dataset", message=msg,
-                           timings=_rounded(timings, t_start), **base_info)
+            return _result("dataset_error", cause="dataset", message=msg, spent=progress["spent"],
+                           logs=logs, timings=_rounded(timings, t_start), **base_info)
     except RunnerUnavailable as exc:
         return _result("infra_error", cause="runner_unavailable", message=str(exc),
+                       spent=progress["spent"], logs=logs,
                        timings=_rounded(timings, t_start), **base_info)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _build_part(obj: Any) -> str:
+    """What of a runner's log a developer may read: the image build only (a runner without
+    a build, or one that does not say which part is which, shows nothing)."""
+    text = getattr(obj, "build_log", "") or ""
+    return f"--- build ---\n{text}" if text else ""
 
 
 def _rounded(timings: Mapping[str, float], t_start: float) -> dict[str, float]:
@@ -352,7 +392,8 @@ def _rounded(timings: Mapping[str, float], t_start: float) -> dict[str, float]:
 
 def _predictions(role: str, sha: str, repo: Path, work: Path, ds: Any, model: Mapping[str, Any],
                  limits: Limits, runner: ModelRunner, cache: PredictionCache, *, exclude: list[str],
-                 timings: dict[str, float], echo: Callable[[str], None]) -> tuple[np.ndarray, bool]:
+                 timings: dict[str, float], echo: Callable[[str], None],
+                 progress: dict[str, Any], logs: dict[str, str]) -> tuple[np.ndarray, bool]:
     hit = cache.get(sha, ds.dataset_id, model, ds.n_rows)
     if hit is not None:
         echo(f"{role} model {sha[:12]}: predictions cached for this test set")
@@ -365,15 +406,27 @@ def _predictions(role: str, sha: str, repo: Path, work: Path, ds: Any, model: Ma
         res = runner.predict(checkout, ds.features_path, tag=f"{role}-{sha[:12]}", model=model,
                              limits=limits, exclude=exclude, n_rows=ds.n_rows)
     except ModelError as exc:
+        progress["spent"] = progress["spent"] or bool(exc.spent)
         for k, v in exc.timings.items():
             timings[f"{k}_{role}"] = v
-        echo(exc.log)
+        logs[role] = exc.log
+        if exc.build_log:
+            echo(_build_part(exc))
+        raise
+    except RunnerUnavailable as exc:
+        progress["spent"] = progress["spent"] or bool(getattr(exc, "spent", False))
+        raise
+    except BaseException:
+        progress["spent"] = True  # the runner failed in an unknown state: count the look
         raise
     finally:
         shutil.rmtree(checkout, ignore_errors=True)
+    progress["spent"] = True
     for k, v in res.timings.items():
         timings[f"{k}_{role}"] = v
-    echo(res.log)
+    logs[role] = res.log
+    if res.build_log:
+        echo(_build_part(res))
     if not cache.put(sha, ds.dataset_id, model, res.predictions):
         echo(f"warning: cannot write the predictions cache in {cache.root}")
     return res.predictions, False

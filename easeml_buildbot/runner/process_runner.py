@@ -30,6 +30,7 @@ from easeml_buildbot.runner.predictions import find_predictions, parse_predictio
 from easeml_buildbot.runner.workspace import Workspace
 
 _SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
+MODEL_PGID_FILE = "model.pgid"
 
 
 def _join_continuations(text: str) -> list[str]:
@@ -149,8 +150,10 @@ class ProcessRunner:
         limits = (limits or Limits.from_env()).lowered_by(model)
         repo = Path(repo_dir).resolve()
         out = BoundedLog(limits.log_bytes)
+        err = BoundedLog(limits.log_bytes)
         timings: dict[str, float] = {}
         ws: Workspace | None = None
+        started = False
         try:
             argv = self.command(repo, model)
             ws = Workspace.create(features_path, prefix="easeml-proc-", n_rows=n_rows)
@@ -166,13 +169,18 @@ class ProcessRunner:
             try:
                 proc = subprocess.Popen(
                     [*unshare_prefix(), *argv], cwd=repo, env=env, stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                     preexec_fn=lambda: self._limits_in_child(limits),  # noqa: PLW1509
                 )
             except OSError as exc:
                 raise ModelError("crash", f"cannot start {argv[0]!r}: {exc.strerror}") from None
-            reader = threading.Thread(target=self._pump, args=(proc, out), daemon=True)
-            reader.start()
+            started = True  # the model's process has the features from here on
+            # for the evaluation's watchdog: the group to kill if this process dies first
+            (ws.root / MODEL_PGID_FILE).write_text(str(proc.pid))
+            readers = [threading.Thread(target=self._pump, args=(proc.stdout, (out,)), daemon=True),
+                       threading.Thread(target=self._pump, args=(proc.stderr, (out, err)), daemon=True)]
+            for reader in readers:
+                reader.start()
             timed_out = False
             try:
                 code = proc.wait(timeout=limits.timeout)
@@ -180,20 +188,24 @@ class ProcessRunner:
                 timed_out = True
                 self._kill_group(proc)
                 code = proc.wait()
+            except BaseException:  # interrupted (a stop, the worker died): the model goes too
+                self._kill_group(proc)
+                raise
             self._kill_group(proc)  # children left behind by the model
-            reader.join(5)
+            for reader in readers:
+                reader.join(5)
             timings["run"] = time.perf_counter() - t0
             if timed_out:
                 raise ModelError("timeout", f"the model ran longer than {limits.timeout:g}s and was killed")
             if code != 0:
-                text = out.getvalue()
+                text = err.getvalue()
                 if "MemoryError" in text or "Cannot allocate memory" in text:
                     raise ModelError("oom", f"the model ran out of memory (limit "
                                      f"{limits.memory >> 20} MiB of address space)")
                 if code == -signal.SIGXFSZ or "File too large" in text:
                     raise ModelError("output_too_large", "the model wrote a file larger than "
                                      f"{limits.output >> 20} MiB")
-                raise ModelError("crash", f"the model exited with code {code}; see the run log")
+                raise ModelError("crash", f"the model exited with code {code}")
             t0 = time.perf_counter()
             ws.check_output_size(limits.output)
             preds = parse_predictions(find_predictions(ws.output), ws.n_rows)
@@ -201,6 +213,8 @@ class ProcessRunner:
             return RunResult(predictions=preds, log=f"--- run ---\n{out.getvalue()}", timings=timings)
         except ModelError as exc:
             exc.log = f"--- run ---\n{out.getvalue()}"
+            exc.stderr = err.getvalue()
+            exc.spent = exc.spent or started
             exc.timings = {**timings, **exc.timings}
             raise
         finally:
@@ -208,10 +222,11 @@ class ProcessRunner:
                 ws.remove()
 
     @staticmethod
-    def _pump(proc: subprocess.Popen, out: BoundedLog) -> None:
-        assert proc.stdout is not None
-        for chunk in iter(lambda: proc.stdout.read1(65536), b""):  # type: ignore[union-attr]
-            out.write(chunk.decode("utf-8", errors="replace"))
+    def _pump(pipe: Any, logs: Sequence[BoundedLog]) -> None:
+        for chunk in iter(lambda: pipe.read1(65536), b""):
+            text = chunk.decode("utf-8", errors="replace")
+            for log in logs:
+                log.write(text)
 
     @staticmethod
     def _kill_group(proc: subprocess.Popen) -> None:

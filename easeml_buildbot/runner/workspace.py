@@ -74,7 +74,10 @@ class Workspace:
             raise FileNotFoundError(f"{src}: features file not found")
         if n_rows is None:
             n_rows = count_rows(src)
-        root = Path(tempfile.mkdtemp(prefix=prefix, dir=run_base_dir()))
+        # easeml-run-PID-XXXX: holds a copy of the features, so a sweep (custody.gpghome.
+        # sweep_stale, run by `easeml worker evaluate` at start and by its watchdog) removes
+        # it once this process is dead, however it died
+        root = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=run_base_dir()))
         try:
             inp, out = root / "input", root / "output"
             inp.mkdir()
