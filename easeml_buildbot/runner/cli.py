@@ -70,7 +70,11 @@ def _die_with_parent(sig: int = signal.SIGTERM) -> None:
         os.kill(os.getpid(), sig)
 
 
+_interrupted: list[int] = []
+
+
 def _on_signal(signum: int, frame: Any) -> None:
+    _interrupted.append(signum)
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, signal.SIG_IGN)  # one unwinding; a second signal must not cut it short
     raise Interrupted(signum)
@@ -165,9 +169,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         return _evaluate_guarded(args, limits_cls=Limits, resolve_passphrase=resolve_passphrase,
                                  keys_error=KeysError, evaluate_pr=evaluate_pr)
     finally:
+        # after a signal the watchdog checks too: the signal may have cut a step of the
+        # clean-up short (a container the daemon created while we were being stopped)
         if watchdog is not None:
             try:
-                os.write(watchdog, b"x")
+                if not _interrupted:
+                    os.write(watchdog, b"x")
                 os.close(watchdog)
             except OSError:
                 pass

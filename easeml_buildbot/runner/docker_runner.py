@@ -118,6 +118,16 @@ def resolve_user(name: str, group: str, passwd: bytes, groups: bytes) -> tuple[i
     return uid, gid
 
 
+class _Named:
+    """A container by name that may not exist yet: ``remove`` works either way."""
+
+    def __init__(self, client: docker.DockerClient, name: str) -> None:
+        self.client, self.name, self.id = client, name, name
+
+    def remove(self, force: bool = True) -> None:
+        self.client.api.remove_container(self.name, force=force)
+
+
 class _ChunkReader(io.RawIOBase):
     """A file object over an iterator of byte chunks (``get_archive``'s stream)."""
 
@@ -572,12 +582,14 @@ class DockerRunner:
                               f"uid={uid},gid={gid},mode=0700,nosuid,nodev,noexec"})
         keeper = None
         try:
+            keeper = _Named(self.client, f"{name}-keeper")  # removable even if create is cut short
             keeper = self.client.containers.create(
                 self.helper_image, ["sleep", str(int(limits.timeout) + 600)], user=user,
+                name=keeper.name,
                 mounts=[Mount(KEEPER_DIR, name, type="volume", no_copy=True)], network_mode="none",
                 network_disabled=True, read_only=True, cap_drop=["ALL"],
                 security_opt=["no-new-privileges"], mem_limit=32 << 20, pids_limit=8,
-                labels={**labels, LABEL: "model"}, detach=True)
+                labels={**labels, LABEL: "keeper"}, detach=True)
             keeper.start()
         except docker.errors.ImageNotFound:
             self._drop(keeper, volume)
@@ -644,10 +656,13 @@ class DockerRunner:
         labels = {TAG_LABEL: tag[:200], OWNER_LABEL: owner_label(),
                   DEADLINE_LABEL: str(int(time.time() + limits.timeout + 120))}
         volume, keeper = self._output_volume(ws, user, limits, labels)
-        container = None
+        # named before it exists: a signal between the daemon's create and our assignment
+        # must not leave an unnamed container nobody removes
+        container: Any = _Named(self.client, f"{volume.name}-model")
         try:
             container = self.client.containers.create(
                 image,
+                name=container.name,
                 user=user,
                 environment={
                     "EASEML_FEATURES": features_in,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -54,8 +55,8 @@ def distinctive_values(repo) -> set[str]:
 
 def leaked(text: str, repo) -> list[str]:
     rows = [r for r in feature_rows(repo) if r in text]
-    vals = [v for v in distinctive_values(repo) if v in text]
-    return rows + vals
+    numbers = set(re.findall(r"(?<![\d.])\d+\.\d+(?:e[-+]\d+)?(?![\d.])", text))
+    return rows + sorted(distinctive_values(repo) & numbers)
 
 
 @pytest.fixture(scope="module")
