@@ -21,7 +21,8 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
     tmp = p.with_name(f".{p.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, default=str)
+        # not ASCII-escaped: a model's log of non-ASCII text must not grow sixfold
+        json.dump(data, fh, indent=2, default=str, ensure_ascii=False)
         fh.write("\n")
     os.replace(tmp, p)
 

@@ -5,7 +5,11 @@ The build context is a tar made here from the checkout, minus ``.git``, encrypte
 (``*.gpg``/``*.pgp``) and anything the caller excludes (the dataset path), plus the
 repository's own ``.dockerignore``; the decrypted test set lives outside the checkout, so
 the build can never see it. The run gets exactly two mounts: the features (read-only) and
-an empty output directory. Labels and keys stay in the worker process.
+an empty output directory, a tmpfs volume of exactly the output limit that a tiny keeper
+container (``easeml/busybox``) holds mounted so it can be read back after the model exits.
+The model runs as a numeric non-root ``uid:gid`` (the image's ``USER`` resolved in its own
+``/etc/passwd``). Labels and keys stay in the worker process. stdout and stderr are kept
+apart: what a developer may see of them is decided in ``runner/evaluate.py``.
 """
 
 from __future__ import annotations
