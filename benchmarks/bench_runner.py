@@ -167,7 +167,41 @@ def main() -> int:
                 print(f"{runner:8} {mode:5} {runs[0]['rows']:>5} "
                       + " ".join(f"{med[p]:8.3f}" for p in (*PHASES, "total")))
     print("# seconds, median of", args.repeats, "runs; build/run/parse summed over the models run")
+    if "docker" in runners:
+        run_limits_cost(max(5, args.repeats * 3))
     return 0
+
+
+def run_limits_cost(repeats: int) -> None:
+    """What the run-time limits add per model run: the output tmpfs (volume + keeper
+    container, read back with get_archive) and resolving a named image USER (a created,
+    never started probe container), timed alone."""
+    from easeml_buildbot.runner.docker_runner import DockerRunner
+    from easeml_buildbot.runner.workspace import Workspace
+
+    runner = DockerRunner()
+    limits = Limits(output=16 << 20)
+    with tempfile.TemporaryDirectory(prefix="bench-limits-") as tmp:
+        feats = Path(tmp) / "f.csv"
+        feats.write_text("x\n1\n")
+        ws = Workspace.create(feats, prefix="bench-")
+        try:
+            tmpfs, probe = [], []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                volume, keeper = runner._output_volume(ws, "65534:65534", limits, {})
+                runner._copy_output(keeper, ws, limits.output)
+                runner._drop(keeper)
+                runner._drop(volume)
+                tmpfs.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                runner._image_file("easeml/busybox:latest", ("/etc/passwd", "/etc/group"))
+                probe.append(time.perf_counter() - t0)
+        finally:
+            ws.remove()
+    print(f"# per model run: output tmpfs + keeper {statistics.median(tmpfs):.3f}s, "
+          f"named-USER probe {statistics.median(probe):.3f}s (only for images with a named USER); "
+          f"median of {repeats}")
 
 
 if __name__ == "__main__":
