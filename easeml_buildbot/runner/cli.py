@@ -62,12 +62,13 @@ def _die_with_parent(sig: int = signal.SIGTERM) -> None:
         return
     import ctypes
 
+    parent = os.getppid()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     except (OSError, AttributeError):  # pragma: no cover - no prctl: the watchdog still sweeps
         return
-    if os.getppid() == 1:  # the parent died before prctl took effect
+    if os.getppid() != parent:  # the parent died before prctl took effect
         os.kill(os.getpid(), sig)
 
 
@@ -81,7 +82,7 @@ def _on_signal(signum: int, frame: Any) -> None:
     raise Interrupted(signum)
 
 
-def _start_watchdog(dirs: list[Path]) -> int | None:
+def _start_watchdog(dirs: list[Path], runner: str) -> int | None:
     """Fork a watchdog in its own session (a build stop kills the worker's process group
     with SIGKILL, which no handler survives). It waits on a pipe: our normal end writes a
     byte first; EOF alone means we died, and it removes what we left: the private
@@ -109,13 +110,13 @@ def _start_watchdog(dirs: list[Path]) -> int | None:
         except OSError:
             done = b""
         if not done:
-            _clean_after(owner_pid, dirs)
+            _clean_after(owner_pid, dirs, runner)
     except BaseException:  # noqa: BLE001 - a watchdog never raises into the caller's code
         code = 1
     os._exit(code)
 
 
-def _clean_after(pid: int, dirs: list[Path]) -> None:
+def _clean_after(pid: int, dirs: list[Path], runner: str) -> None:
     import socket
     import time
 
@@ -140,7 +141,7 @@ def _clean_after(pid: int, dirs: list[Path]) -> None:
     for base in {*dirs, secure_tmp_base()}:
         if base is not None:
             sweep_stale(Path(base))
-    if os.environ.get("EASEML_WORKER_RUNNER", "docker") != "process":
+    if runner == "docker":
         try:
             from easeml_buildbot.runner.docker_runner import DockerRunner
 
@@ -165,7 +166,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     dirs = [Path(run_base_dir() or tempfile.gettempdir()), Path(tempfile.gettempdir())]
     for d in set(dirs):
         sweep_stale(d)  # left by an evaluation killed with -9 before its watchdog ran
-    watchdog = _start_watchdog(dirs)
+    watchdog = _start_watchdog(dirs, args.runner)
     try:
         return _evaluate_guarded(args, limits_cls=Limits, resolve_passphrase=resolve_passphrase,
                                  keys_error=KeysError, evaluate_pr=evaluate_pr)

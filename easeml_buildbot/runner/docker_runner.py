@@ -625,7 +625,7 @@ class DockerRunner:
         root = ws.output.resolve()
         with tarfile.open(fileobj=_ChunkReader(bits), mode="r|") as tar:
             for m in tar:
-                parts = [p for p in PurePosixPath(m.name).parts if p not in (".", "")]
+                parts = [p for p in PurePosixPath(m.name).parts if p not in (".", "", "/")]
                 if parts and parts[0] == PurePosixPath(KEEPER_DIR).name:
                     parts = parts[1:]
                 if not parts or any(p == ".." for p in parts):

@@ -175,8 +175,7 @@ def _evaluate_argv(digits_repo, head, keys, tmp_path):
 def test_sigkill_of_evaluate_leaves_no_plaintext_and_no_model(digits_repo, service_keys, tmp_path):
     head, marker = _sleeper_repo(digits_repo)
     proc = subprocess.Popen(_evaluate_argv(digits_repo, head, service_keys, tmp_path),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "EASEML_WORKER_RUNNER": "process"})
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert _wait(lambda: _model_pids(marker), 120), "the model never started"
     dirs = _private_dirs(proc.pid)
     kinds = {p.name.split("-")[1] for p in dirs}
