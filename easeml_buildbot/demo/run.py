@@ -51,6 +51,7 @@ class CommitReport:
     build_url: str
     seconds: float
     dev_accuracy: float | None
+    released: bool = False          # the use was given back (no model saw the features)
 
 
 @dataclass
@@ -262,7 +263,9 @@ def _ledger_check(result: DemoResult, say: Progress) -> None:
     agree = all(
         (uses.get(c.sha) is not None) and (
             (uses[c.sha].state == "committed" and uses[c.sha].verdict == c.verdict)
-            if c.status == "evaluated" else uses[c.sha].state == "released")
+            # not scored: given back exactly when no model saw the features (the master
+            # then set easeml_released); a model that ran and failed spent its use
+            if c.status == "evaluated" else (uses[c.sha].state == "released") == c.released)
         for c in result.commits if c.use_id is not None)
     last = result.commits[-1].uses_left if result.commits else None
     agree = agree and last == state.remaining
@@ -327,6 +330,7 @@ def _follow_build(master: Master, commit: demo_repo.Commit, timeout: float, say:
                     samples_used=p.get("easeml_samples_used") if p.get("easeml_use_closed") and
                     not p.get("easeml_released") else 0,
                     uses_left=_uses_left(p), use_id=p.get("easeml_use_id"),
+                    released=bool(p.get("easeml_released")),
                     cause=p.get("easeml_cause"),
                     build_url=f"{master.url}#/builders/{build['builderid']}/builds/{build['number']}",
                     seconds=round(time.monotonic() - t0, 1), dev_accuracy=commit.dev_accuracy)
@@ -350,7 +354,9 @@ def _verdict_line(r: CommitReport, budget: int) -> str:
     else:
         what = r.status.upper().replace("_", " ")
     left = f"{r.uses_left}/{budget}" if r.uses_left is not None else "?"
-    used = f"{r.samples_used}" if r.samples_used else "0 (nothing scored: the use was given back)"
+    used = f"{r.samples_used}" if r.samples_used else (
+        "0 (nothing scored: the use was given back)" if r.released else
+        "0 (nothing scored, but the model saw the features: the use is spent)")
     line = f"  => verdict: {what}   samples used: {used}   uses left: {left}   ({r.seconds:.0f}s)"
     if r.cause and r.status != "evaluated":
         line += f"\n     cause: {r.cause.splitlines()[0][:200]}"

@@ -55,7 +55,8 @@ def test_demo_announces_what_the_ledger_recorded_and_mails_arrive(tmp_path):
     assert out.index("verdict: PASS") < out.index("verdict: FAIL") < out.index("verdict: MODEL ERROR")
 
     # 2. The ledger agrees: one committed use per scored commit with the announced verdict
-    #    and sample count, the broken model's use released, uses left as announced.
+    #    and sample count; the broken model crashed after reading the features, so its use
+    #    is spent too (not released); uses left as announced.
     with Ledger(s["ledger_url"]) as led:
         uses = {u.commit: u for u in led.uses(s["repo"], s["dataset_id"])}
         state = led.state(s["repo"], s["dataset_id"])
@@ -66,12 +67,13 @@ def test_demo_announces_what_the_ledger_recorded_and_mails_arrive(tmp_path):
             assert use.state == "committed" and use.verdict == c["verdict"]
             assert use.result["samples_used"] == c["samples_used"] == s["samples_needed"]
         else:
-            assert use.state == "released" and use.verdict is None and not c["samples_used"]
+            assert use.state != "released" and use.verdict is None and not c["samples_used"]
+            assert c["released"] is False
     assert state.budget == s["budget"] == 8
-    assert state.remaining == s["commits"][-1]["uses_left"] == s["ledger_remaining"] == 6
+    assert state.remaining == s["commits"][-1]["uses_left"] == s["ledger_remaining"] == 5
     assert s["ledger_agrees"] is True and "it agrees with every verdict announced above" in out
-    assert [c["uses_left"] for c in s["commits"]] == [7, 6, 6]
-    assert f"uses left: 7/8" in out and f"uses left: 6/8" in out
+    assert [c["uses_left"] for c in s["commits"]] == [7, 6, 5]
+    assert f"uses left: 7/8" in out and f"uses left: 5/8" in out
 
     # 3. Mails landed in the folder it named: each scored commit's owner mail, with its verdict.
     mail_dir = Path(s["mail_dir"])
