@@ -90,7 +90,7 @@ def test_a_crash_after_reading_the_features_spends_the_use_and_shows_nothing(can
     assert leaked(r["message"], repo) == []
     assert "the test-set use is counted" in res.stdout
     # the owners' copy (result.json: master-private dir, then the ledger) has the full log
-    assert feature_rows(repo)[0] in r["logs"]["head"]
+    assert sum(row in r["logs"]["head"] for row in feature_rows(repo)) >= 50  # head + tail kept
 
 
 def test_under_full_adaptivity_only_a_bounded_stderr_tail_is_shown(cancer_repos, service_keys, tmp_path):
@@ -104,7 +104,7 @@ def test_under_full_adaptivity_only_a_bounded_stderr_tail_is_shown(cancer_repos,
     assert len(tail.encode()) <= 2048 and len(tail.splitlines()) <= 20
     shown = [row for row in rows if row in res.stdout]
     assert shown and all(row in tail for row in shown)  # stdout's copy never appears
-    assert rows[0] not in res.stdout and len(shown) < 20
+    assert len(shown) < 20  # of the >= 126 rows the model printed twice
 
 
 def test_spent_only_once_a_model_saw_the_features(digits_repo, service_keys, tmp_path):
