@@ -88,7 +88,8 @@ def easemlci_repo(tmp_path, service_keys_with_passphrase):
     for i in range(300):
         a, b = round(rng.random(), 4), round(rng.random(), 4)
         label = "pos" if a > b else "neg"
-        if rng.random() < 0.1:
+        if rng.random() < 0.02:  # ~2% label noise: the used subset is a keyed draw of 26 rows, so
+            # at 10% the model fell to <= 20/26 (fail) in ~4% of runs (CI saw it)
             label = "neg" if label == "pos" else "pos"
         lines.append(f"sample-{i:04d} secret-marker\t{a}\t{b}\t{label}\n")
     plain = tmp_path / "test.txt"
@@ -147,7 +148,7 @@ def test_migrated_repository_evaluates(easemlci_repo, tmp_path, capsys, runner):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(result_path.read_text())
     assert result["status"] == "scored", result
-    assert result["verdict"]["outcome"] == "pass", result  # ~0.9 accuracy, checked against n > 0.6 +/- 0.2
+    assert result["verdict"]["outcome"] == "pass", result  # ~0.98 accuracy, checked against n > 0.6 +/- 0.2
     assert "secret-marker" not in proc.stdout + proc.stderr
 
 
