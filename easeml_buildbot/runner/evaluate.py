@@ -188,13 +188,14 @@ def inspect_repo(repo: str | os.PathLike[str], base: str, head: str | None = Non
     if cfg is None:
         out["error"] = err
         return out
-    out["config"] = cfg.to_dict()
     if base_ref is not None and default_branch and not cfg.evaluates_branch(base_ref, default_branch):
+        # no configuration in the answer: nothing of the test applies (no GPUs, no owners)
         out["not_evaluated"] = (
             f"pull requests into '{base_ref}' are not evaluated: only the default branch "
             f"'{default_branch}' and the branches listed under 'branches:' in its {CONFIG_FILE} "
             f"({', '.join(cfg.branches) or 'none'}) are")
         return out
+    out["config"] = cfg.to_dict()
     try:
         out["samples_needed"] = int(cfg.required_samples().rows)
     except ValueError as exc:
