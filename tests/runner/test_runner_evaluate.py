@@ -325,7 +325,7 @@ def test_inspect_reads_config_and_test_set_from_config_rev_not_the_base(digits_r
                                       start=digits_repo.base.sha)
     data = inspect_repo(digits_repo.path, lax, pr.sha, config_rev=listed, base_ref="release/2", default_branch="main")
     assert data["ok"] and data["not_evaluated"] is None and data["dataset_id"] == digits_repo.dataset_id
-    assert data["config"]["condition"] == "n > 0.8 +/- 0.1 /\\ d < 0.3 +/- 0.1"
+    assert data["config"]["condition"] == parse_config(main_cfg).condition_text
     # without --config-rev (local forge, run-local) the base is the source, as before
     data = inspect_repo(digits_repo.path, digits_repo.base.sha, pr.sha)
     assert data["ok"] and data["config_rev"] == digits_repo.base.sha
