@@ -10,6 +10,7 @@ docs/config-reference.md from the schema below, so the two cannot drift apart.
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import functools
 import re
 import sys
@@ -33,6 +34,10 @@ from easeml_buildbot.estimator.samples import (
 )
 
 CONFIG_FILE = ".easeml.yml"
+#: a configuration is a few hundred bytes; anything near this is not one (bounded memory)
+MAX_CONFIG_BYTES = 64 * 1024
+#: the largest ``steps``: far beyond any test set's labels, far below a 32-bit counter
+MAX_STEPS = 100_000
 _EMAIL = re.compile(r"^[^@\s<>,;]+@[^@\s<>,;]+\.[^@\s<>,;]+$")
 
 
@@ -67,11 +72,11 @@ SCHEMA: tuple[Key, ...] = (
         "the test set retires at the first pass, so all they saw before was fail), `k-pass` "
         "(e.g. `2-pass`: it retires after k passes; sized between the two), `none` "
         "(they see no verdicts)."),
-    Key("steps", "integer ≥ 1", 32, "H, the number of uses (commits evaluated) one test set "
-        "serves before it is retired and a new one is needed."),
+    Key("steps", f"integer, 1 ≤ H ≤ {MAX_STEPS:,}", 32, "H, the number of uses (commits evaluated) "
+        "one test set serves before it is retired and a new one is needed."),
     Key("email", "address or list of addresses", [], "Who receives the results."),
     Key("dataset", "path in the repository", "data/test.csv.gpg", "The encrypted test set "
-        "(read from the pull request's base, never from its head)."),
+        "(read from the default branch's accepted commit, never from a pull request)."),
     Key("model", "mapping", {}, "How to run the model (see docs/model-contract.md); kept as given."),
     Key("method", "`auto` \\| `hoeffding` \\| `bennett` \\| `exact` \\| `betting` \\| `sequential`", "auto",
         "The bound used for sample sizes and decisions; `auto` takes the one needing the fewest labels, "
@@ -83,6 +88,12 @@ SCHEMA: tuple[Key, ...] = (
         "advertise at least that many (`EASEML_WORKER_GPUS`) take the build, and the container "
         "gets them (`all`: every GPU of a worker that has one). When no such worker is connected, "
         "the build fails saying so (see docs/operator-guide.md)."),
+    Key("branches", "list of branch names or globs", [], "Base branches besides the default "
+        "branch whose pull requests are evaluated (`*`, `?`, `[...]` as in shell globs; `*` "
+        "matches `/` too). Only the default branch's list counts, and such pull requests are "
+        "still tested with the default branch's configuration and test set; their check run "
+        "is named `easeml/ci (into BRANCH)` so it never satisfies the default branch's "
+        "protection. Pull requests into any other branch are not evaluated."),
 )
 KEYS = {k.name: k for k in SCHEMA if "." not in k.name}  # dotted rows live inside a mapping
 LEGACY_KEYS = ("script", "condition", "reliability", "mode", "adaptivity", "steps", "data_mode", "email")
@@ -105,6 +116,7 @@ class EasemlConfig:
     model: Mapping[str, Any] = field(default_factory=dict)
     method: str = "auto"
     label_column: str = "label"
+    branches: tuple[str, ...] = ()
     source: str = CONFIG_FILE
     script: str | None = None  # legacy ``ml: - script:``
     data_mode: str | None = None  # legacy ``ml: - data_mode:``
@@ -113,6 +125,12 @@ class EasemlConfig:
     def __hash__(self) -> int:
         return hash((self.condition, self.reliability, self.mode, self.adaptivity, self.steps,
                      self.email, self.dataset, self.method, self.label_column, self.source))
+
+    def evaluates_branch(self, base_ref: str, default_branch: str) -> bool:
+        """Whether pull requests into ``base_ref`` are evaluated (this being the default
+        branch's configuration): the default branch itself, or one ``branches:`` lists."""
+        return base_ref == default_branch or any(fnmatch.fnmatchcase(base_ref, pattern)
+                                                 for pattern in self.branches)
 
     def required_samples(self) -> SampleSize:
         """The samples this configuration needs (labels, unlabelled, per clause)."""
@@ -131,6 +149,7 @@ class EasemlConfig:
             "model": dict(self.model),
             "method": self.method,
             "label_column": self.label_column,
+            "branches": list(self.branches),
             "source": self.source,
             "script": self.script,
             "data_mode": self.data_mode,
@@ -222,7 +241,17 @@ def _check_value(name: str, value: Any, add: Callable[[str], None]) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             add(f"must be an integer >= 1 (the number of commits one test set serves), not {value!r}")
             return None
+        if value > MAX_STEPS:
+            add(f"must be at most {MAX_STEPS} (the number of commits one test set serves; "
+                f"retire the test set and commit a new one instead), not {value}")
+            return None
         return value
+    if name == "branches":
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(b, str) and b.strip() for b in items):
+            add("must be a branch name or a list of branch names or globs, e.g. [release/*]")
+            return None
+        return tuple(b.strip() for b in items)
     if name == "email":
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not all(isinstance(e, str) for e in items):
@@ -317,17 +346,42 @@ def _collect(root: yaml.Node, data: Any, problems: _Problems) -> dict[str, tuple
     return out
 
 
+class _Refused(yaml.composer.ComposerError):
+    """A YAML construct the configuration does not allow."""
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without anchors and aliases: a few hundred bytes of nested
+    aliases expand to gigabytes (the "billion laughs"), and a configuration needs none."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _Refused(None, None, "YAML aliases (*name) are not allowed "
+                                              "in .easeml.yml; write the value out", event.start_mark)
+        event = self.peek_event()
+        if getattr(event, "anchor", None) is not None:
+            raise _Refused(None, None, "YAML anchors (&name) are not allowed "
+                                              "in .easeml.yml; write the value out", event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def parse_config(text: str, source: str = CONFIG_FILE) -> EasemlConfig:
     """Validate the text of a ``.easeml.yml``; raise :class:`ConfigError` listing every problem."""
     problems = _Problems(source)
-    loader = yaml.SafeLoader(text)
+    size = len(text.encode("utf-8", "replace"))
+    if size > MAX_CONFIG_BYTES:
+        problems.add(None, None, f"{size} bytes; a configuration may have at most {MAX_CONFIG_BYTES}")
+        raise ConfigError(problems.items)
+    loader = _NoAliasLoader(text)
     try:
         root = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
-        problems.add(line, None, f"YAML syntax error: {exc.problem or exc}")
+        what = "" if isinstance(exc, _Refused) else "YAML syntax error: "
+        problems.add(line, None, f"{what}{exc.problem or exc}")
         raise ConfigError(problems.items) from None
     except yaml.YAMLError as exc:
         problems.add(None, None, f"YAML error: {exc}")
@@ -374,6 +428,7 @@ def parse_config(text: str, source: str = CONFIG_FILE) -> EasemlConfig:
         model=model,
         method=values.get("method", KEYS["method"].default),
         label_column=values.get("label_column", KEYS["label_column"].default),
+        branches=values.get("branches", ()),
         source=source,
         script=values.get("script"),
         data_mode=values.get("data_mode"),
@@ -385,6 +440,9 @@ def load_config(path: str | Path = CONFIG_FILE) -> EasemlConfig:
     """Read and validate a configuration file."""
     p = Path(path)
     try:
+        size = p.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError([f"{p}: {size} bytes; a configuration may have at most {MAX_CONFIG_BYTES}"])
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([f"{p}: no such file (the repository needs a {CONFIG_FILE})"]) from None
@@ -409,9 +467,11 @@ def markdown_reference() -> str:
 
 <!-- generated by `python -m easeml_buildbot.config --markdown`; a test keeps it in sync -->
 
-The configuration lives at the root of the repository and is always read from the pull
-request's **base** commit, so a pull request cannot loosen its own test. It is a YAML
-mapping read with PyYAML's safe loader.
+The configuration lives at the root of the repository and is always read from the
+accepted commit of the repository's **default branch** (never from a pull request, nor
+from the branch it targets), so a pull request cannot loosen its own test. It is a YAML
+mapping of at most {MAX_CONFIG_BYTES // 1024} KiB read with PyYAML's safe loader; anchors and aliases
+(`&name`, `*name`) are refused.
 
 | key | type | default | meaning |
 | --- | --- | --- | --- |

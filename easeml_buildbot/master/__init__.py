@@ -56,11 +56,12 @@ def ledger_for(url: str):
 def configure(c: dict[str, Any], settings: Settings) -> dict[str, Any]:
     from buildbot.plugins import changes, schedulers, util, worker
 
-    from easeml_buildbot.master import buildbot_fixes, gpus
+    from easeml_buildbot.master import buildbot_fixes, gpus, www_limits
     from easeml_buildbot.master.console import ConsoleReporter
     from easeml_buildbot.master.factory import make_factory
 
     buildbot_fixes.apply()
+    www_limits.install()  # request bodies over GitHub's 25 MB are refused before being read
 
     c.setdefault("buildbotNetUsageData", None)
     c["title"] = settings.title

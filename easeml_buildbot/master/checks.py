@@ -60,21 +60,24 @@ class CheckRunReporter(ReporterBase):
         repo, inst, sha = props.get("easeml_repo"), props.get("easeml_installation_id"), props.get("easeml_head_sha")
         if not (repo and inst and sha):
             return  # not a GitHub App build (local forge, forced build)
+        # pull requests into a branch other than the default report on their own check run
+        # (the hook names it): a check run belongs to the head commit, whatever pull request
+        name = props.get("easeml_check_name") or self.check_name
         brid = build.get("buildrequestid") or (build.get("buildrequest") or {}).get("buildrequestid")
         url = build.get("url")
         if phase == "queued" and not build.get("complete"):
             run = yield threads.deferToThread(
-                self.app.create_check_run, inst, repo, name=self.check_name, head_sha=sha,
+                self.app.create_check_run, inst, repo, name=name, head_sha=sha,
                 status="queued", details_url=url, external_id=str(brid),
                 output={"title": "Queued", "summary": "Waiting for a worker."})
             self._runs[brid] = run
             return
         run = self._runs.get(brid)
         if run is None:
-            run = yield threads.deferToThread(self.app.find_check_run, inst, repo, self.check_name, sha)
+            run = yield threads.deferToThread(self.app.find_check_run, inst, repo, name, sha)
             if run is None:
                 run = yield threads.deferToThread(
-                    self.app.create_check_run, inst, repo, name=self.check_name, head_sha=sha,
+                    self.app.create_check_run, inst, repo, name=name, head_sha=sha,
                     status="queued", details_url=url, external_id=str(brid))
             self._runs[brid] = run
         if phase == "in_progress" and not build.get("complete"):

@@ -1,7 +1,7 @@
 """The evaluation build: one Buildbot step per stage, so progress shows in the UI.
 
-checkout exact head → (local forge: resolve base) → inspect config + dataset on the base
-→ reserve a ledger use → evaluate on the worker → upload result.json privately → commit
+checkout exact head → fetch the base branch and the default branch → (local forge: resolve
+base) → inspect config + dataset on the default branch's accepted commit → reserve a ledger use → evaluate on the worker → upload result.json privately → commit
 or release the use → finalize properties for reporters. Worker commands write their JSON
 outside the checkout (``../easeml-out``) and it is uploaded into a master-private
 directory, never printed.
@@ -23,6 +23,11 @@ from easeml_buildbot.master import steps as es
 from easeml_buildbot.master.gpus import RequireGpus
 
 OUT = "../easeml-out"
+#: uploads from a worker are bounded: inspect.json holds a configuration of at most 64 KiB
+#: (as JSON) and a few ids; result.json holds the verdict, its estimates and timings, and
+#: may carry a bounded model log, so it gets a few MiB
+INSPECT_MAX_BYTES = 1024 * 1024
+RESULT_MAX_BYTES = 8 * 1024 * 1024
 
 
 def _base_is_ref(step: Any) -> bool:
@@ -33,11 +38,37 @@ def _has_base_ref(step: Any) -> bool:
     return bool(step.build.getProperty("easeml_base_ref"))
 
 
+def _fetch_default_branch(step: Any) -> bool:
+    """GitHub: the default branch is needed unless the base branch fetch brought it."""
+    default = step.build.getProperty("easeml_default_branch")
+    return bool(default) and default != step.build.getProperty("easeml_base_ref")
+
+
+def _resolve_default_branch(step: Any) -> bool:
+    """No accepted commit recorded yet: the configuration comes from the default branch's head."""
+    return bool(step.build.getProperty("easeml_default_branch")) and \
+        not step.build.getProperty("easeml_config_sha")
+
+
+def _config_args(props: Any) -> str:
+    """``--config-rev`` (the default branch's accepted commit) and the branch check; the local
+    forge has neither and reads the configuration from its base, as before."""
+    out = ""
+    config = props.getProperty("easeml_config_sha")
+    if config:
+        out += f" --config-rev {shlex.quote(str(config))}"
+    return out
+
+
 @util.renderer
 def _inspect_cmd(props: Any) -> str:
     head = es.head_revision(props) or "HEAD"
     base = props.getProperty("easeml_base_sha")
-    return (f"mkdir -p {OUT} && easeml worker inspect --repo . --base {shlex.quote(str(base))} "
+    default = props.getProperty("easeml_default_branch")
+    branch_check = (f" --base-ref {shlex.quote(str(props.getProperty('easeml_base_ref')))}"
+                    f" --default-branch {shlex.quote(str(default))}") if default else ""
+    return (f"mkdir -p {OUT} && easeml worker inspect --repo . --base {shlex.quote(str(base))}"
+            f"{_config_args(props)}{branch_check} "
             f"--head {shlex.quote(str(head))} --out {OUT}/inspect.json")
 
 
@@ -107,7 +138,7 @@ def _evaluate_cmd(runner: str):
         base = props.getProperty("easeml_base_sha")
         return (
             f"mkdir -p {OUT} && exec easeml worker evaluate --repo . --head {shlex.quote(str(head))} "
-            f"--base {shlex.quote(str(base))} "
+            f"--base {shlex.quote(str(base))}{_config_args(props)} "
             '--key "${EASEML_WORKER_KEY:?the worker has no EASEML_WORKER_KEY (private key path)}" '
             '${EASEML_WORKER_PASSPHRASE_FILE:+--passphrase-file "$EASEML_WORKER_PASSPHRASE_FILE"} '
             f'--runner "${{EASEML_WORKER_RUNNER:-{runner}}}" '
@@ -134,6 +165,18 @@ def make_factory(settings: Any) -> BuildFactory:
         repourl=util.Property("repository"),
         branch=util.Interpolate("+refs/heads/%(prop:easeml_base_ref)s:refs/remotes/origin/%(prop:easeml_base_ref)s"),
         haltOnFailure=True, logEnviron=False, settings=settings))
+    f.addStep(GitFetchRef(
+        name="fetch default branch", doStepIf=_fetch_default_branch,
+        hideStepIf=lambda r, s: r == util.SKIPPED, repourl=util.Property("repository"),
+        branch=util.Interpolate("+refs/heads/%(prop:easeml_default_branch)s:"
+                                "refs/remotes/origin/%(prop:easeml_default_branch)s"),
+        haltOnFailure=True, logEnviron=False, settings=settings))
+    f.addStep(steps.SetPropertyFromCommand(
+        name="resolve default branch", doStepIf=_resolve_default_branch,
+        hideStepIf=lambda r, s: r == util.SKIPPED,
+        command=["git", "rev-parse", "--verify",
+                 util.Interpolate("refs/remotes/origin/%(prop:easeml_default_branch)s^{commit}")],
+        property="easeml_config_sha", haltOnFailure=True, logEnviron=False))
     f.addStep(es.ResolveBase(settings, haltOnFailure=True))
     f.addStep(steps.SetPropertyFromCommand(
         name="resolve base commit", doStepIf=_base_is_ref, hideStepIf=lambda r, s: r == util.SKIPPED,
@@ -142,7 +185,7 @@ def make_factory(settings: Any) -> BuildFactory:
     f.addStep(steps.ShellCommand(name="inspect", command=_inspect_cmd, haltOnFailure=True, logEnviron=False))
     f.addStep(steps.FileUpload(name="collect inspection", workersrc=f"{OUT}/inspect.json",
                                masterdest=_private_dest(settings, "inspect.json"),
-                               mode=0o600, haltOnFailure=True, hideStepIf=True))
+                               maxsize=INSPECT_MAX_BYTES, mode=0o600, haltOnFailure=True, hideStepIf=True))
     # model.gpus: on a worker with too few GPUs the build is queued again for one that has
     # them (RETRY), before any use is reserved (master/gpus.py)
     f.addStep(RequireGpus(settings, doStepIf=es.evaluating, hideStepIf=lambda r, s: r == util.SKIPPED))
@@ -153,6 +196,7 @@ def make_factory(settings: Any) -> BuildFactory:
                                  logEnviron=False, flunkOnFailure=True))
     f.addStep(steps.FileUpload(name="collect result", workersrc=f"{OUT}/result.json",
                                masterdest=_private_dest(settings, "result.json"), mode=0o600,
+                               maxsize=RESULT_MAX_BYTES,
                                doStepIf=es.has_open_use, alwaysRun=True, flunkOnFailure=False,
                                warnOnFailure=True))
     f.addStep(es.RecordResult(settings, doStepIf=es.has_open_use, alwaysRun=True))

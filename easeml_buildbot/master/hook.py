@@ -6,7 +6,19 @@ drop redelivered events, understand ``check_suite``/``check_run`` re-runs and ca
 installation id to the reporter. It follows the structure of
 ``buildbot/www/hooks/github.py``: one ``handle_<event>`` per event, returning change dicts.
 
-A rejected request raises ``ValueError`` (Buildbot answers 400) before anything is recorded.
+A rejected request raises ``ValueError`` (Buildbot answers 400) before anything is recorded;
+that includes a correctly signed payload whose fields are missing or of the wrong type
+(:class:`PayloadError`, checked field by field before anything is read from it). Bodies over
+GitHub's 25 MB are refused by the web server before they are read (``www_limits``).
+
+Which pull requests are evaluated: the hook does not know the configuration (it lives on
+the default branch), so every pull request is scheduled with its base branch, the
+repository's default branch and the commit to read the configuration from (the accepted
+commit of the default branch, when a push recorded one); the build's inspect step answers
+"not evaluated" for a base branch the default branch's ``.easeml.yml`` does not list, before
+any use is reserved. Pull requests into another branch report on their own check run
+(``easeml/ci (into BRANCH)``), because check runs belong to the head commit, not to the pull
+request: a result for a pull request into ``dev`` must never satisfy ``main``'s protection.
 """
 
 from __future__ import annotations
@@ -33,6 +45,50 @@ ACK_EVENTS = ("ping", "installation", "installation_repositories", "github_app_a
 
 class SignatureError(ValueError):
     """Unsigned or mis-signed delivery (answered with 400, nothing recorded)."""
+
+
+class PayloadError(ValueError):
+    """A signed payload without a field the event needs, or with a field of the wrong type
+    (answered with 400 naming the field, nothing recorded)."""
+
+
+_SHA = re.compile(r"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")
+_KINDS = {str: "a string", int: "an integer", dict: "an object", list: "an array"}
+
+
+def field(obj: Any, path: str, kind: type, *, optional: bool = False) -> Any:
+    """``obj[a][b]...`` for ``path`` "a.b...", checked to be of ``kind``; :class:`PayloadError`
+    naming the path when a level is missing or has the wrong type."""
+    cur = obj
+    for part in path.split("."):
+        if not isinstance(cur, dict):
+            raise PayloadError(f"malformed payload: '{path}' is missing (a parent is not an object)")
+        cur = cur.get(part)
+    if cur is None and optional:
+        return None
+    if cur is None:
+        raise PayloadError(f"malformed payload: '{path}' is missing")
+    if not isinstance(cur, kind) or (kind is int and isinstance(cur, bool)):
+        raise PayloadError(f"malformed payload: '{path}' must be {_KINDS[kind]}, not {type(cur).__name__}")
+    return cur
+
+
+def sha_field(obj: Any, path: str) -> str:
+    value = field(obj, path, str)
+    if not _SHA.match(value):
+        raise PayloadError(f"malformed payload: '{path}' is not a commit sha")
+    return value
+
+
+def ref_field(obj: Any, path: str, *, optional: bool = False) -> str | None:
+    """A branch name as git allows it (git check-ref-format's rules that matter here)."""
+    value = field(obj, path, str, optional=optional)
+    if value is None:
+        return None
+    if (not value or value.startswith(("-", "/")) or ".." in value or ":" in value or "\\" in value
+            or any(c.isspace() or ord(c) < 32 or c in "~^?*[" for c in value) or len(value) > 255):
+        raise PayloadError(f"malformed payload: '{path}' is not a branch name")
+    return value
 
 
 def verify_signature(secret: str, body: bytes, header: str | None) -> None:
@@ -87,11 +143,21 @@ class GitHubAppHook(BaseHookHandler):
         self.app = options.get("app")
         self.deliveries = DeliveryLog(int(options.get("dedup_size", 10000)))
         # pull_request.synchronize and check_suite.requested both announce a push: build once
-        self.scheduled_heads = DeliveryLog()  # (repo, head sha)
+        # per pull request base (the same head into main must be evaluated after one into dev)
+        self.scheduled_heads = DeliveryLog()  # (repo, head sha, base branch)
+
+    def check_name_for(self, base_ref: str, default_branch: str) -> str:
+        """The check run a build for a pull request into ``base_ref`` reports on."""
+        name = self.settings.github.check_name
+        return name if base_ref == default_branch else f"{name} (into {base_ref})"
 
     @defer.inlineCallbacks
     def getChanges(self, request: Any):
-        body = request.content.read()
+        from easeml_buildbot.master.www_limits import MAX_BODY_BYTES
+
+        body = request.content.read(MAX_BODY_BYTES + 1)  # the web server refused larger ones
+        if len(body) > MAX_BODY_BYTES:
+            raise ValueError(f"body larger than {MAX_BODY_BYTES} bytes")
         verify_signature(self.settings.github.webhook_secret, body,
                          _header(request, b"X-Hub-Signature-256"))
         event = _header(request, b"X-GitHub-Event") or ""
@@ -103,6 +169,10 @@ class GitHubAppHook(BaseHookHandler):
             payload = json.loads(body)
         except ValueError:
             raise ValueError("body is not JSON") from None
+        except RecursionError:
+            raise ValueError("body is nested too deeply") from None
+        if not isinstance(payload, dict):
+            raise PayloadError(f"malformed payload: a JSON object was expected, not {type(payload).__name__}")
         if delivery and not self.deliveries.claim(delivery):
             log.msg(f"easeml: dropping duplicate delivery {delivery} ({event})")
             return ([], "git")
@@ -112,9 +182,13 @@ class GitHubAppHook(BaseHookHandler):
                 log.msg(f"easeml: ignoring event {event!r}")
                 return ([], "git")
             changes = yield handler(payload, delivery)
-        except Exception:
+        except Exception as exc:
             if delivery:
                 self.deliveries.forget(delivery)  # let GitHub's redelivery try again
+            if isinstance(exc, (KeyError, TypeError, AttributeError, IndexError)):
+                # a payload shape the field checks missed: still the sender's problem, a 400
+                log.err(None, f"easeml: malformed {event} payload (delivery {delivery})")
+                raise PayloadError(f"malformed {event} payload ({type(exc).__name__})") from None
             raise
         log.msg(f"easeml: {event} {payload.get('action', '')} delivery={delivery}: {len(changes)} change(s)")
         return (changes, "git")
@@ -129,82 +203,112 @@ class GitHubAppHook(BaseHookHandler):
     # -- the accepted model -------------------------------------------------------------
     @defer.inlineCallbacks
     def handle_push(self, payload: dict[str, Any], delivery: str):
-        repo = payload["repository"]
-        default = repo.get("default_branch") or "main"
-        if payload.get("ref") != f"refs/heads/{default}" or payload.get("deleted"):
+        name = field(payload, "repository.full_name", str)
+        default = ref_field(payload, "repository.default_branch", optional=True) or "main"
+        if field(payload, "ref", str) != f"refs/heads/{default}" or payload.get("deleted") is True:
             return []
-        sha = payload.get("after") or (payload.get("head_commit") or {}).get("id")
+        sha = sha_field(payload, "after") if payload.get("after") else None
+        if sha is None and field(payload, "head_commit", dict, optional=True):
+            sha = sha_field(payload, "head_commit.id")
         if sha:
-            yield set_accepted(self.master, repo["full_name"], sha, default)
-            log.msg(f"easeml: accepted model of {repo['full_name']} is now {sha[:12]} ({default})")
+            yield set_accepted(self.master, name, sha, default)
+            log.msg(f"easeml: accepted model of {name} is now {sha[:12]} ({default})")
         return []
 
     # -- evaluation requests ------------------------------------------------------------
     @defer.inlineCallbacks
     def handle_pull_request(self, payload: dict[str, Any], delivery: str):
         action = payload.get("action")
-        if action not in PR_ACTIONS:
+        if not isinstance(action, str) or action not in PR_ACTIONS:
             return []
-        pr = payload["pull_request"]  # drafts are evaluated too: the developer pushed
-        head_sha = pr["head"]["sha"]
+        _repository(payload)
+        number = field(payload, "pull_request.number", int)
+        head_sha = sha_field(payload, "pull_request.head.sha")
+        base_ref = ref_field(payload, "pull_request.base.ref")
+        base_sha = sha_field(payload, "pull_request.base.sha")
+        title = field(payload, "pull_request.title", str, optional=True) or ""
+        revlink = field(payload, "pull_request.html_url", str, optional=True)
         repo = payload["repository"]["full_name"]
-        claim = action != "reopened"
-        if claim and not self.scheduled_heads.claim((repo, head_sha)):
+        claim = action != "reopened"  # drafts are evaluated too: the developer pushed
+        key = (repo, head_sha, base_ref)
+        if claim and not self.scheduled_heads.claim(key):
             return []
         try:
             message = yield self._commit_message(payload, head_sha)
-            if has_skip(message) or has_skip(pr.get("title")):
-                log.msg(f"easeml: {repo}#{pr['number']} {head_sha[:12]}: [skip ci]")
+            if has_skip(message) or has_skip(title):
+                log.msg(f"easeml: {repo}#{number} {head_sha[:12]}: [skip ci]")
                 return []
-            change = yield self._change(payload, number=pr["number"], head_sha=head_sha,
-                                        base_ref=pr["base"]["ref"], base_sha=pr["base"]["sha"],
-                                        title=pr.get("title") or "", revlink=pr.get("html_url"),
+            change = yield self._change(payload, number=number, head_sha=head_sha,
+                                        base_ref=base_ref, base_sha=base_sha,
+                                        title=title, revlink=revlink,
                                         event=f"pull_request.{action}", delivery=delivery)
         except Exception:
             if claim:  # nothing was scheduled: GitHub's redelivery must be able to schedule it
-                self.scheduled_heads.forget((repo, head_sha))
+                self.scheduled_heads.forget(key)
             raise
         return [change]
 
     @defer.inlineCallbacks
     def handle_check_suite(self, payload: dict[str, Any], delivery: str):
         action = payload.get("action")
-        if action not in ("requested", "rerequested"):
+        if not isinstance(action, str) or action not in ("requested", "rerequested"):
             return []
-        suite = payload["check_suite"]
-        if action == "requested" and has_skip((suite.get("head_commit") or {}).get("message")):
+        _repository(payload)
+        head_sha = sha_field(payload, "check_suite.head_sha")
+        message = field(payload, "check_suite.head_commit.message", str, optional=True) \
+            if field(payload, "check_suite.head_commit", dict, optional=True) else None
+        if action == "requested" and has_skip(message):
             return []
-        changes = yield self._for_pull_requests(payload, suite.get("pull_requests") or [],
-                                                suite["head_sha"], f"check_suite.{action}",
+        prs = field(payload, "check_suite.pull_requests", list, optional=True) or []
+        changes = yield self._for_pull_requests(payload, prs, head_sha, f"check_suite.{action}",
                                                 delivery, rerun=action == "rerequested")
         return changes
 
     @defer.inlineCallbacks
     def handle_check_run(self, payload: dict[str, Any], delivery: str):
-        run = payload["check_run"]
-        if payload.get("action") != "rerequested" or run.get("name") != self.settings.github.check_name:
+        if payload.get("action") != "rerequested":
             return []
-        changes = yield self._for_pull_requests(payload, run.get("pull_requests") or [],
-                                                run["head_sha"], "check_run.rerequested", delivery, rerun=True)
+        _repository(payload)
+        name = field(payload, "check_run.name", str)
+        if name != self.settings.github.check_name and \
+                not name.startswith(f"{self.settings.github.check_name} (into "):
+            return []
+        head_sha = sha_field(payload, "check_run.head_sha")
+        prs = field(payload, "check_run.pull_requests", list, optional=True) or []
+        changes = yield self._for_pull_requests(payload, prs, head_sha, "check_run.rerequested",
+                                                delivery, rerun=True, check_name=name)
         return changes
 
     @defer.inlineCallbacks
-    def _for_pull_requests(self, payload, prs, head_sha, event, delivery, rerun):
+    def _for_pull_requests(self, payload, prs, head_sha, event, delivery, rerun, check_name=None):
         repo = payload["repository"]["full_name"]
-        changes = []
-        for pr in prs:
-            if pr.get("base", {}).get("repo", {}).get("id") not in (None, payload["repository"].get("id")):
+        default = _default_branch(payload)
+        wanted = []
+        for i, pr in enumerate(prs):
+            where = f"pull_requests.{i}"
+            if not isinstance(pr, dict):
+                raise PayloadError(f"malformed payload: '{where}' must be an object")
+            number = field(pr, "number", int)
+            base_ref, base_sha = ref_field(pr, "base.ref"), sha_field(pr, "base.sha")
+            if field(pr, "base.repo", dict, optional=True) and \
+                    pr["base"]["repo"].get("id") not in (None, payload["repository"].get("id")):
                 continue  # a PR into another repository that happens to contain this commit
-            if not rerun and not self.scheduled_heads.claim((repo, head_sha)):
+            if check_name is not None and self.check_name_for(base_ref, default) != check_name:
+                continue  # the re-run check run belongs to a pull request into another branch
+            wanted.append((number, base_ref, base_sha, field(pr, "url", str, optional=True)))
+        changes = []
+        for number, base_ref, base_sha, url in wanted:
+            key = (repo, head_sha, base_ref)
+            if not rerun and not self.scheduled_heads.claim(key):
                 continue
             try:
-                change = yield self._change(payload, number=pr["number"], head_sha=head_sha,
-                                            base_ref=pr["base"]["ref"], base_sha=pr["base"]["sha"],
-                                            title=f"{event} for #{pr['number']}", revlink=pr.get("url"),
+                change = yield self._change(payload, number=number, head_sha=head_sha,
+                                            base_ref=base_ref, base_sha=base_sha,
+                                            title=f"{event} for #{number}", revlink=url,
                                             event=event, delivery=delivery)
             except Exception:
                 if not rerun:  # see handle_pull_request
-                    self.scheduled_heads.forget((repo, head_sha))
+                    self.scheduled_heads.forget(key)
                 raise
             changes.append(change)
         return changes
@@ -225,9 +329,13 @@ class GitHubAppHook(BaseHookHandler):
     @defer.inlineCallbacks
     def _change(self, payload, *, number, head_sha, base_ref, base_sha, title, revlink, event, delivery):
         repo = payload["repository"]
+        default = _default_branch(payload)
         accepted = yield get_accepted(self.master, repo["full_name"])
         if accepted and accepted.get("branch") == base_ref:
-            base_sha = accepted["sha"]
+            base_sha = accepted["sha"]  # the old model o: the accepted commit of the base branch
+        # where .easeml.yml and the test set come from: the default branch's accepted commit;
+        # none recorded yet: the build fetches the default branch and reads its head
+        config_sha = accepted["sha"] if accepted and accepted.get("branch") == default else None
         props = {
             "easeml_repo": repo["full_name"],
             "easeml_installation_id": (payload.get("installation") or {}).get("id"),
@@ -235,21 +343,42 @@ class GitHubAppHook(BaseHookHandler):
             "easeml_head_sha": head_sha,
             "easeml_base_ref": base_ref,
             "easeml_base_sha": base_sha,
+            "easeml_default_branch": default,
+            "easeml_check_name": self.check_name_for(base_ref, default),
             "easeml_event": event,
             "easeml_delivery": delivery,
         }
+        if config_sha:
+            props["easeml_config_sha"] = config_sha
         return {
             "revision": head_sha,
             "branch": f"refs/pull/{number}/head",
             "repository": repo.get("clone_url") or repo.get("html_url"),
             "project": repo["full_name"],
             "category": "pull",
-            "author": (payload.get("sender") or {}).get("login", "unknown"),
+            "author": str((payload.get("sender") if isinstance(payload.get("sender"), dict) else {})
+                          .get("login") or "unknown")[:100],
             "comments": f"#{number}: {title}",
             "revlink": revlink,
             "files": [],
             "properties": props,
         }
+
+
+def _repository(payload: dict[str, Any]) -> None:
+    """The repository fields every evaluation request needs, checked."""
+    field(payload, "repository.full_name", str)
+    field(payload, "repository.id", int, optional=True)
+    ref_field(payload, "repository.default_branch", optional=True)
+    if field(payload, "installation", dict, optional=True):
+        field(payload, "installation.id", int, optional=True)
+    if not (field(payload, "repository.clone_url", str, optional=True)
+            or field(payload, "repository.html_url", str, optional=True)):
+        raise PayloadError("malformed payload: 'repository.clone_url' is missing")
+
+
+def _default_branch(payload: dict[str, Any]) -> str:
+    return payload["repository"].get("default_branch") or "main"
 
 
 def _header(request: Any, name: bytes) -> str | None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 STATUSES = ("evaluated", "exhausted", "missing_dataset", "config_error", "model_error",
-            "protected_changed", "infra_error")
+            "protected_changed", "not_evaluated", "infra_error")
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,14 @@ def outcome_for(build: Mapping[str, Any]) -> Outcome:
                            f"This pull request changes {changed or 'protected files'}. They are read from the "
                            "base branch only, so the change takes effect after merge; the model was "
                            "not evaluated. Split the change into its own pull request.") + link)
+    if status == "not_evaluated":
+        # a pull request into a branch the default branch's .easeml.yml does not list; it
+        # reports on its own check run (``easeml/ci (into BRANCH)``), never on the default
+        # branch's, so "skipped" here cannot satisfy the default branch's protection
+        return Outcome("skipped", "Not evaluated: the base branch is not tested",
+                       _md("Not evaluated", [], f"{cause}. No use of the test set was spent. Open the "
+                           "pull request against the default branch to have the model evaluated (with "
+                           "the default branch's configuration and test set).") + link)
     if status == "config_error":
         return Outcome("failure", "Configuration error", _md("Configuration error", lines, _code(cause)) + link)
     if status == "model_error":

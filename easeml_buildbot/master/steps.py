@@ -108,9 +108,10 @@ class ResolveBase(_MasterStep):
 
 
 class ReadInspection(_MasterStep):
-    """Read ``easeml worker inspect``'s JSON: config and dataset id come from the base branch."""
+    """Read ``easeml worker inspect``'s JSON: config and dataset id come from the default
+    branch's accepted commit (the local forge: the base)."""
 
-    name = "read base config"
+    name = "read config"
 
     @defer.inlineCallbacks
     def run(self):
@@ -134,6 +135,12 @@ class ReadInspection(_MasterStep):
             self.setProperty("easeml_samples_needed", data["samples_needed"], "easeml")
         if data.get("dataset_id"):
             self.setProperty("easeml_dataset_id", data["dataset_id"], "easeml")
+        if data.get("not_evaluated"):
+            # the default branch's configuration does not list the pull request's base: no
+            # use is reserved, nothing is run; the check run says so (``status.outcome_for``)
+            self.status("not_evaluated", data["not_evaluated"])
+            yield self.note(data["not_evaluated"])
+            return SKIPPED
         changed = list(data.get("protected_changed") or [])
         self.setProperty("easeml_protected_changed", changed, "easeml")
         if changed:

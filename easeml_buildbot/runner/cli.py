@@ -33,13 +33,20 @@ def _inspect(args: argparse.Namespace) -> int:
     if not Path(args.repo).is_dir():
         print(f"easeml worker inspect: --repo {args.repo}: not a directory", file=sys.stderr)
         return 2
-    data = inspect_repo(args.repo, args.base, args.head)
+    if (args.base_ref is None) != (args.default_branch is None):
+        print("easeml worker inspect: --base-ref and --default-branch go together", file=sys.stderr)
+        return 2
+    data = inspect_repo(args.repo, args.base, args.head, config_rev=args.config_rev,
+                        base_ref=args.base_ref, default_branch=args.default_branch)
     _write_json(args.out, data)
+    where = f"configuration {str(data['config_rev'])[:12]}" if data.get("config_rev") else "configuration"
     if data["ok"]:
-        print(f"inspected base {str(data['base'])[:12]}: dataset {data['dataset_id'][:12]}, "
+        print(f"inspected {where}: dataset {data['dataset_id'][:12]}, "
               f"{data['samples_needed']} samples needed")
+    elif data.get("not_evaluated"):
+        print(f"inspected {where}: {data['not_evaluated']}")
     else:
-        print(f"inspected base: {data['error']}")
+        print(f"inspected {where}: {data['error']}")
     if data["protected_changed"]:
         print("the pull request changes protected files: " + ", ".join(data["protected_changed"]))
     return 0
@@ -204,7 +211,8 @@ def _evaluate_guarded(args: argparse.Namespace, *, limits_cls: Any, resolve_pass
     # blocks); SIGKILL of this process is the watchdog's and DockerRunner.reap_stale's.
     progress: dict[str, Any] = {"spent": False}
     try:
-        result = evaluate_pr(args.repo, head=args.head, base=args.base, key=args.key,
+        result = evaluate_pr(args.repo, head=args.head, base=args.base, config_rev=args.config_rev,
+                             key=args.key,
                              passphrase=passphrase, runner=args.runner, cache_dir=args.cache_dir,
                              limits=limits, echo=_echo, progress=progress)
     except Interrupted as exc:
@@ -247,9 +255,16 @@ def register(subparsers: Any) -> None:
     sub = worker.add_subparsers(dest="worker_command", metavar="STEP")
     worker.set_defaults(func=lambda a: (worker.print_help(sys.stderr), 2)[1])
 
-    p = sub.add_parser("inspect", help="read .easeml.yml and the test set id from the base commit")
+    config_rev_help = ("the commit .easeml.yml and the test set are read from: the default "
+                       "branch's accepted commit (default: --base)")
+    p = sub.add_parser("inspect", help="read .easeml.yml and the test set id from the default branch")
     p.add_argument("--repo", required=True, help="the repository checkout")
-    p.add_argument("--base", required=True, help="base commit (or ref) of the pull request")
+    p.add_argument("--base", required=True, help="base commit (or ref) of the pull request: the old "
+                   "model o, and where the protected-files diff starts")
+    p.add_argument("--config-rev", help=config_rev_help)
+    p.add_argument("--base-ref", help="the branch the pull request targets; with --default-branch, "
+                   "a branch the configuration does not list is not evaluated")
+    p.add_argument("--default-branch", help="the repository's default branch")
     p.add_argument("--head", help="head commit; lists the protected files it changes")
     p.add_argument("--out", required=True, help="where to write inspect.json")
     p.set_defaults(func=_inspect)
@@ -257,7 +272,8 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("evaluate", help="run the models, score them on the decrypted test set")
     p.add_argument("--repo", required=True, help="the repository checkout")
     p.add_argument("--head", required=True, help="the commit under test")
-    p.add_argument("--base", required=True, help="the base commit (config, test set, old model)")
+    p.add_argument("--base", required=True, help="the base commit (the old model o)")
+    p.add_argument("--config-rev", help=config_rev_help)
     p.add_argument("--key", required=True, help="the worker's private key (easeml_priv.asc)")
     p.add_argument("--passphrase-file", help="file holding the key's passphrase "
                    "(default: $EASEML_KEY_PASSPHRASE, else none)")

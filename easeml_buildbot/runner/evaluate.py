@@ -2,7 +2,9 @@
 and ``easeml worker evaluate`` (the master's build steps run those commands).
 
 Everything that decides *how* to evaluate (``.easeml.yml``, the encrypted test set) is read
-from the **base** commit with ``git show``, so a pull request cannot change its own test.
+with ``git cat-file`` from the **default branch's accepted commit** (``config_rev``; the
+local forge passes the base), never from the pull request or the branch it targets, so a
+pull request cannot change its own test. The old model ``o`` comes from ``base``.
 The models are exported from the exact commits with ``git archive``.
 
 Use-of-test-set rule (docs/model-contract.md): ``spent`` is true as soon as a model was
@@ -66,14 +68,23 @@ def resolve(repo: Path, ref: str) -> str:
         raise GitError(f"{repo}: no commit {ref!r} (was the base branch fetched?)") from None
 
 
-def show(repo: Path, sha: str, path: str) -> bytes | None:
-    """The bytes of ``path`` at commit ``sha``, or None when it does not exist there."""
+class TooLarge(GitError):
+    """A blob is larger than its reader allows (checked before it is read)."""
+
+
+def show(repo: Path, sha: str, path: str, max_bytes: int | None = None) -> bytes | None:
+    """The bytes of ``path`` at commit ``sha``, or None when it does not exist there.
+    With ``max_bytes``, a larger blob raises :class:`TooLarge` without being read."""
     try:
         kind = _git(repo, "cat-file", "-t", f"{sha}:{path}").decode().strip()
     except GitError:
         return None
     if kind != "blob":
         return None
+    if max_bytes is not None:
+        size = int(_git(repo, "cat-file", "-s", f"{sha}:{path}").decode().strip())
+        if size > max_bytes:
+            raise TooLarge(f"{sha[:12]}:{path}: {size} bytes; at most {max_bytes} are read")
     return _git(repo, "cat-file", "blob", f"{sha}:{path}")
 
 
@@ -129,12 +140,16 @@ def export_commit(repo: Path, sha: str, dest: Path) -> Path:
 
 
 def load_base_config(repo: Path, base: str):
-    """(EasemlConfig, None) or (None, error message) for ``.easeml.yml`` at ``base``."""
-    from easeml_buildbot.config import ConfigError, parse_config
+    """(EasemlConfig, None) or (None, error message) for ``.easeml.yml`` at ``base`` (the
+    default branch's accepted commit: the configuration's source)."""
+    from easeml_buildbot.config import MAX_CONFIG_BYTES, ConfigError, parse_config
 
-    text = show(repo, base, CONFIG_FILE)
+    try:
+        text = show(repo, base, CONFIG_FILE, max_bytes=MAX_CONFIG_BYTES)
+    except TooLarge as exc:
+        return None, f"{exc}: a configuration may have at most {MAX_CONFIG_BYTES} bytes"
     if text is None:
-        return None, f"{base[:12]}:{CONFIG_FILE}: no {CONFIG_FILE} on the base branch"
+        return None, f"{base[:12]}:{CONFIG_FILE}: no {CONFIG_FILE} on the default branch"
     try:
         return parse_config(text.decode("utf-8"), source=f"{base[:12]}:{CONFIG_FILE}"), None
     except UnicodeDecodeError:
@@ -152,24 +167,43 @@ def protected_changes(repo: Path, base: str, head: str, paths: list[str]) -> lis
     return sorted({ln for ln in out.decode().splitlines() if ln})
 
 
-def inspect_repo(repo: str | os.PathLike[str], base: str, head: str | None = None) -> dict[str, Any]:
-    """What ``easeml worker inspect`` writes (see TEAM.md)."""
+def inspect_repo(repo: str | os.PathLike[str], base: str, head: str | None = None, *,
+                 config_rev: str | None = None, base_ref: str | None = None,
+                 default_branch: str | None = None) -> dict[str, Any]:
+    """What ``easeml worker inspect`` writes (see TEAM.md).
+
+    ``base`` is the old model ``o`` (the pull request's base or the accepted commit) and the
+    point the protected-files diff starts from; ``config_rev`` (default: ``base``) is where
+    ``.easeml.yml`` and the test set are read: the default branch's accepted commit. With
+    ``base_ref`` and ``default_branch``, a pull request into a branch that is neither the
+    default branch nor listed under ``branches:`` of that configuration is not evaluated
+    (``not_evaluated`` says why; nothing else is needed from the test set).
+    """
     repo_p = Path(repo)
     out: dict[str, Any] = {"ok": False, "error": None, "config": {}, "dataset_id": None,
-                           "samples_needed": 0, "protected_changed": [], "base": None, "head": None}
+                           "samples_needed": 0, "protected_changed": [], "base": None, "head": None,
+                           "config_rev": None, "not_evaluated": None}
     try:
         base_sha = resolve(repo_p, base)
         head_sha = resolve(repo_p, head) if head else None
+        config_sha = resolve(repo_p, config_rev) if config_rev else base_sha
     except GitError as exc:
         out["error"] = str(exc)
         return out
-    out["base"], out["head"] = base_sha, head_sha
-    cfg, err = load_base_config(repo_p, base_sha)
+    out["base"], out["head"], out["config_rev"] = base_sha, head_sha, config_sha
+    cfg, err = load_base_config(repo_p, config_sha)
     dataset = cfg.dataset if cfg else "data/test.csv.gpg"
     if head_sha:
         out["protected_changed"] = protected_changes(repo_p, base_sha, head_sha, [CONFIG_FILE, dataset])
     if cfg is None:
         out["error"] = err
+        return out
+    if base_ref is not None and default_branch and not cfg.evaluates_branch(base_ref, default_branch):
+        # no configuration in the answer: nothing of the test applies (no GPUs, no owners)
+        out["not_evaluated"] = (
+            f"pull requests into '{base_ref}' are not evaluated: only the default branch "
+            f"'{default_branch}' and the branches listed under 'branches:' in its {CONFIG_FILE} "
+            f"({', '.join(cfg.branches) or 'none'}) are")
         return out
     out["config"] = cfg.to_dict()
     try:
@@ -177,9 +211,9 @@ def inspect_repo(repo: str | os.PathLike[str], base: str, head: str | None = Non
     except ValueError as exc:
         out["error"] = f"{cfg.source}: condition: {exc}"
         return out
-    blob = show(repo_p, base_sha, dataset)
+    blob = show(repo_p, config_sha, dataset)
     if blob is None:
-        out["error"] = (f"{base_sha[:12]}:{dataset}: no encrypted test set on the base branch "
+        out["error"] = (f"{config_sha[:12]}:{dataset}: no encrypted test set on the default branch "
                         "(encrypt one with `easeml dataset encrypt` and commit it)")
         return out
     out["dataset_id"] = hashlib.sha256(blob).hexdigest()
@@ -262,8 +296,12 @@ def evaluate_pr(repo: str | os.PathLike[str], *, head: str, base: str,
                 runner: ModelRunner | str, cache_dir: str | os.PathLike[str],
                 limits: Limits | None = None,
                 echo: Callable[[str], None] = lambda s: None,
-                progress: dict[str, Any] | None = None) -> dict[str, Any]:
+                progress: dict[str, Any] | None = None,
+                config_rev: str | None = None) -> dict[str, Any]:
     """Evaluate ``head`` against ``base`` and return the ``result.json`` document.
+
+    ``.easeml.yml`` and the test set come from ``config_rev`` (the default branch's
+    accepted commit; default ``base``), the old model ``o`` from ``base``.
 
     ``echo`` receives the developer-visible build log (image build output, progress, a
     failed run's short stderr tail where the adaptivity allows); it never receives the
@@ -281,10 +319,11 @@ def evaluate_pr(repo: str | os.PathLike[str], *, head: str, base: str,
     repo_p = Path(repo).resolve()
     try:
         head_sha, base_sha = resolve(repo_p, head), resolve(repo_p, base)
+        config_sha = resolve(repo_p, config_rev) if config_rev else base_sha
     except GitError as exc:
         return _result("infra_error", cause="git", message=str(exc))
-    ids = {"head": head_sha, "base": base_sha}
-    cfg, err = load_base_config(repo_p, base_sha)
+    ids = {"head": head_sha, "base": base_sha, "config_rev": config_sha}
+    cfg, err = load_base_config(repo_p, config_sha)
     if cfg is None:
         return _result("config_error", cause="config", message=err or "", **ids)
     try:
@@ -312,10 +351,10 @@ def evaluate_pr(repo: str | os.PathLike[str], *, head: str, base: str,
     logs: dict[str, str] = {}
     show_tail = developer_may_see(cfg.adaptivity, "fail")
     try:
-        blob = show(repo_p, base_sha, cfg.dataset)
+        blob = show(repo_p, config_sha, cfg.dataset)
         if blob is None:
             return _result("dataset_error", cause="missing_dataset",
-                           message=f"{base_sha[:12]}:{cfg.dataset}: no encrypted test set on the base branch",
+                           message=f"{config_sha[:12]}:{cfg.dataset}: no encrypted test set on the default branch",
                            **base_info)
         base_info["dataset_id"] = hashlib.sha256(blob).hexdigest()
         enc = work / PurePosixPath(cfg.dataset).name
@@ -366,7 +405,7 @@ def evaluate_pr(repo: str | os.PathLike[str], *, head: str, base: str,
                                timings=_rounded(timings, t_start), cached=cached, **base_info)
         except DatasetError as exc:
             # name the file as the repository knows it, not the private temporary copy
-            msg = str(exc).replace(str(enc), f"{base_sha[:12]}:{cfg.dataset}")
+            msg = str(exc).replace(str(enc), f"{config_sha[:12]}:{cfg.dataset}")
             return _result("dataset_error", cause="dataset", message=msg, spent=progress["spent"],
                            logs=logs, timings=_rounded(timings, t_start), **base_info)
     except RunnerUnavailable as exc:

@@ -269,3 +269,10 @@ def test_recipients_are_deduplicated_case_insensitively():
     kept, dropped = em.filter_recipients(["A <a@Example.com>", "a@example.com", "b@evil.test", "B@EVIL.test"],
                                          ("example.com",))
     assert (kept, dropped) == (["a@Example.com"], ["b@evil.test"])
+
+
+def test_a_pull_request_into_an_unlisted_branch_mails_nobody():
+    """Not evaluated (the base branch is not the default branch nor listed): nothing was
+    looked at, so neither the owners nor the author hear of it (the check run says why)."""
+    assert em.plan_mails(facts(status="not_evaluated", use_id=None, dataset_id=None,
+                               cause="pull requests into 'dev' are not evaluated"), POLICY) == []

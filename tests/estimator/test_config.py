@@ -202,3 +202,54 @@ def test_k_pass_and_sequential_are_valid_settings(tmp_path) -> None:
     cfg = load_config(p)
     assert (cfg.adaptivity, cfg.method) == ("2-pass", "sequential")
     assert "retires after 2 passes" in cfg.summary()
+# -- hostile input: bounded memory, and the branches a configuration evaluates ---------------
+
+BOMB = "condition: n > 0.8 +/- 0.1\nmodel:\n  l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 8))
+
+
+def test_yaml_alias_bomb_is_refused_before_it_expands() -> None:
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ConfigError) as err:
+        parse_config(BOMB, source=SRC)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KiB
+    assert err.value.problems == [f"{SRC}:3: YAML anchors (&name) are not allowed in .easeml.yml; "
+                                  "write the value out"]
+
+
+def test_yaml_alias_without_anchor_is_refused_with_its_line() -> None:
+    (p,) = _problems("condition: n > 0.5 +/- 0.1\nemail: *owners\n")
+    assert p.startswith(f"{SRC}:2: YAML aliases (*name) are not allowed")
+
+
+def test_config_size_is_capped(tmp_path: Path) -> None:
+    from easeml_buildbot.config import MAX_CONFIG_BYTES
+
+    text = "condition: n > 0.5 +/- 0.1\n" + "#" * MAX_CONFIG_BYTES + "\n"
+    (p,) = _problems(text)
+    assert p == f"{SRC}: {len(text)} bytes; a configuration may have at most {MAX_CONFIG_BYTES}"
+    f = tmp_path / ".easeml.yml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(f"{f}: {len(text)} bytes")):
+        load_config(f)
+
+
+@pytest.mark.parametrize("steps", [100_001, 10**12])
+def test_steps_are_bounded(steps: int) -> None:
+    (p,) = _problems(f"condition: n > 0.5 +/- 0.1\nsteps: {steps}\n")
+    assert p.startswith(f"{SRC}:2: key 'steps': must be at most 100000")
+    assert parse_config("condition: n > 0.5 +/- 0.1\nsteps: 100000\n", source=SRC).steps == 100_000
+
+
+def test_branches_default_branch_and_globs() -> None:
+    cfg = parse_config("condition: n > 0.5 +/- 0.1\nbranches: [release/*, staging]\n", source=SRC)
+    assert cfg.branches == ("release/*", "staging") and cfg.to_dict()["branches"] == ["release/*", "staging"]
+    assert cfg.evaluates_branch("main", "main") and cfg.evaluates_branch("release/1.0", "main")
+    assert cfg.evaluates_branch("staging", "main")
+    assert not cfg.evaluates_branch("dev", "main") and not cfg.evaluates_branch("staging2", "main")
+    plain = parse_config("condition: n > 0.5 +/- 0.1\n", source=SRC)
+    assert plain.evaluates_branch("trunk", "trunk") and not plain.evaluates_branch("main", "trunk")
+    (p,) = _problems("condition: n > 0.5 +/- 0.1\nbranches: {a: 1}\n")
+    assert p.startswith(f"{SRC}:2: key 'branches': must be a branch name or a list")

@@ -138,6 +138,7 @@ def scenarios(world, private_host):
     s["weird"] = (repo, head, pwned)
     payload = world.pr_payload("weird", repo, 1, head.sha)
     payload["pull_request"]["base"]["ref"] = branch
+    payload["repository"]["default_branch"] = branch  # only the default branch is evaluated
     world.send("pull_request", payload)
     # check_suite.requested alone (GitHub's own suite for a push to a PR branch) schedules it.
     repo = world.repo("suite", quality=0.9, condition="n > 0.8 +/- 0.1", adaptivity="full", steps=8)
@@ -151,6 +152,16 @@ def scenarios(world, private_host):
     payload = world.pr_payload("private", repo, 1, head.sha)
     payload["repository"]["clone_url"] = private_host.url("private")
     world.send("pull_request", payload)
+    # the developer picks the base branch: a branch of their own with a lax .easeml.yml (and
+    # their address as owner), and a listed release branch with the same lax config; then the
+    # same head into main. main requires n > 0.9, the model is about 0.75.
+    s["side"] = _side_branches(world)
+    # a YAML alias bomb on the default branch: refused when read, nothing expands.
+    repo = world.repo("bomb", quality=0.9)
+    base = repo.commit_files({".easeml.yml": ALIAS_BOMB}, branch="main", message="billion laughs")
+    head = repo.commit_model(quality=0.97, branch="pr-1", start=base)
+    s["bomb"] = (repo, head)
+    world.send("pull_request", world.pr_payload("bomb", repo, 1, head.sha, base_sha=base))
     # ping and installation are acknowledged; unknown events ignored.
     from support.github_sim import webhook_example
 
@@ -162,6 +173,30 @@ def scenarios(world, private_host):
                  "suite"):
         world.wait_completed(name)
     return s
+
+
+ALIAS_BOMB = "condition: n > 0.8 +/- 0.1\nmodel:\n  l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 8))
+LAX = "condition: n > 0.5 +/- 0.1\nreliability: 0.9\nsteps: 1000\nemail: [mallory@example.com]\n"
+
+
+def _side_branches(world):
+    import yaml
+
+    repo = world.repo("side", quality=0.9, condition="n > 0.9 +/- 0.1", adaptivity="full", steps=8,
+                      extra_config={"branches": ["release/*"]})
+    lax = yaml.safe_load((repo.path / ".easeml.yml").read_text())
+    lax.update(yaml.safe_load(LAX))
+    lax_text = yaml.safe_dump(lax)
+    bases = {b: repo.commit_files({".easeml.yml": lax_text}, branch=b, start=repo.base.sha,
+                                  message="a laxer test") for b in ("dev", "release/1")}
+    head = repo.commit_model(quality=0.75, branch="pr-side", start=repo.base.sha)
+    replies = {}
+    for number, (ref, sha) in enumerate([*bases.items(), ("main", repo.base.sha)], start=1):
+        payload = world.pr_payload("side", repo, number, head.sha, base_sha=sha)
+        payload["pull_request"]["base"]["ref"] = ref
+        replies[ref] = world.send("pull_request", payload)
+    return repo, head, replies
 
 
 def _summary(world, name):
@@ -389,3 +424,181 @@ def test_worker_crash_mid_evaluation_releases_the_use_and_retries(world, scenari
     seq = world.statuses("crash")
     assert seq[0] == QUEUED and seq[-1] == done("success")
     assert ("update", "queued", None) in seq  # back to queued while the build is retried
+
+
+# -- where the test comes from ---------------------------------------------------------------
+
+def _runs_by_name(world, sha):
+    with world.sim._lock:
+        runs = sorted(world.sim.check_runs.values(), key=lambda r: r["id"])
+    return {r["name"]: r for r in runs if r["head_sha"] == sha}
+
+
+def _builds_for(world, sha):
+    out = {}
+    for b in world.bb.api("builds", order="buildid"):
+        props = world.bb.build_properties(b["buildid"])
+        if props.get("easeml_head_sha") == sha and b.get("complete"):
+            out[props["easeml_base_ref"]] = props
+    return out
+
+
+def test_the_test_is_always_the_default_branchs(world, scenarios):
+    """The developer's own base branch with a lax .easeml.yml: not evaluated, nothing spent,
+    no mail to the address they wrote in; a listed branch and main: main's configuration and
+    test set; the same head into main is evaluated after the PRs into the other branches,
+    on the check run main's protection requires."""
+    from easeml_buildbot.custody.ledger import Ledger
+
+    repo, head, replies = scenarios["side"]
+    assert all(code == 200 and "no change found" not in text for code, text in replies.values()), replies
+    world.wait_completed("side", count=3)
+    runs = _runs_by_name(world, head.sha)
+    assert {n: r["conclusion"] for n, r in runs.items()} == {
+        "easeml/ci (into dev)": "skipped", "easeml/ci (into release/1)": "failure", "easeml/ci": "failure"}
+    dev = runs["easeml/ci (into dev)"]["output"]
+    assert dev["title"] == "Not evaluated: the base branch is not tested"
+    assert "'dev'" in dev["summary"] and "No use of the test set was spent" in dev["summary"]
+    for name in ("easeml/ci", "easeml/ci (into release/1)"):
+        assert "n > 0.9 +/- 0.1" in runs[name]["output"]["summary"]  # main's condition, not the lax one
+    builds = _builds_for(world, head.sha)
+    assert builds["dev"]["easeml_status"] == "not_evaluated" and "easeml_use_id" not in builds["dev"]
+    assert "easeml_email" not in builds["dev"]  # nobody to mail: nothing was evaluated
+    for ref in ("release/1", "main"):  # owners' mail goes to main's owners only
+        assert builds[ref]["easeml_email"] == ["owner@example.com"], ref
+    for ref in ("dev", "release/1", "main"):
+        assert builds[ref]["easeml_config_sha"] == repo.base.sha
+    led = Ledger(world.ledger_url)
+    try:
+        uses = led.uses("acme/side", repo.dataset_id, include_released=True)
+        state = led.state("acme/side", repo.dataset_id)
+    finally:
+        led.close()
+    assert sorted(u.commit for u in uses) == [head.sha, head.sha]  # release/1 and main, not dev
+    assert all(u.state == "committed" and u.verdict == "fail" for u in uses)
+    assert state.remaining == 6  # main's steps (8), not the lax branch's 1000
+
+
+def test_rerequesting_a_side_branch_check_rebuilds_only_that_pull_request(world, scenarios):
+    repo, head, _ = scenarios["side"]
+    world.wait_completed("side", count=3)
+    payload = world.check_payload("check_run", "rerequested", "side", repo, 1, head.sha)
+    payload["check_run"]["name"] = "easeml/ci (into dev)"
+    payload["check_run"]["pull_requests"] = [
+        {**pr, "number": n, "base": {**pr["base"], "ref": ref}}
+        for pr in payload["check_run"]["pull_requests"][:1] for n, ref in ((1, "dev"), (3, "main"))]
+    code, text = world.send("check_run", payload)
+    assert code == 200 and "no change found" not in text, text
+    world.wait_completed("side", count=4)
+    assert [b.get("conclusion") for _, b in world.calls("side") if b.get("conclusion")].count("skipped") == 2
+    assert len([r for r in world.sim.check_runs.values() if r["head_sha"] == head.sha]) == 4
+
+
+# -- bad input costs nothing -----------------------------------------------------------------
+
+def test_yaml_alias_bomb_on_the_default_branch_is_refused(world, scenarios):
+    world.wait_completed("bomb", timeout=120)
+    assert world.statuses("bomb") == [QUEUED, STARTED, done("failure")]
+    out = _summary(world, "bomb")
+    assert out["title"] == "Configuration error"
+    assert ".easeml.yml:3: YAML anchors (&name) are not allowed" in out["summary"]
+
+
+MALFORMED = {  # correctly signed, wrong shape: (event, payload)
+    "not an object": ("pull_request", ["opened"]),
+    "no repository": ("pull_request", {"action": "opened", "pull_request": {}}),
+    "repository name not a string": ("push", {"ref": "refs/heads/main", "after": "a" * 40,
+                                              "repository": {"full_name": 7, "clone_url": "x"}}),
+    "no head": ("pull_request", {"action": "opened", "repository": {"full_name": "acme/m", "clone_url": "x"},
+                                 "pull_request": {"number": 1, "base": {"ref": "main", "sha": "b" * 40}}}),
+    "head sha a number": ("pull_request", {"action": "synchronize",
+                                           "repository": {"full_name": "acme/m", "clone_url": "x"},
+                                           "pull_request": {"number": 1, "head": {"sha": 12},
+                                                            "base": {"ref": "main", "sha": "b" * 40}}}),
+    "number a string": ("pull_request", {"action": "opened", "repository": {"full_name": "acme/m", "clone_url": "x"},
+                                         "pull_request": {"number": "1", "head": {"sha": "a" * 40},
+                                                          "base": {"ref": "main", "sha": "b" * 40}}}),
+    "pull_requests not a list": ("check_suite", {"action": "requested",
+                                                 "repository": {"full_name": "acme/m", "clone_url": "x"},
+                                                 "check_suite": {"head_sha": "a" * 40, "pull_requests": "#1"}}),
+    "pull request entry null": ("check_suite", {"action": "requested",
+                                                "repository": {"full_name": "acme/m", "clone_url": "x"},
+                                                "check_suite": {"head_sha": "a" * 40, "pull_requests": [None]}}),
+    "check_run missing": ("check_run", {"action": "rerequested",
+                                        "repository": {"full_name": "acme/m", "clone_url": "x"}}),
+    "repository a list": ("check_suite", {"action": "requested", "repository": ["acme/m"]}),
+    "installation a string": ("pull_request", {"action": "opened", "installation": "5",
+                                               "repository": {"full_name": "acme/m", "clone_url": "x"},
+                                               "pull_request": {"number": 1, "head": {"sha": "a" * 40},
+                                                                "base": {"ref": "main", "sha": "b" * 40}}}),
+    "base ref with a colon": ("pull_request", {"action": "opened",
+                                               "repository": {"full_name": "acme/m", "clone_url": "x"},
+                                               "pull_request": {"number": 1, "head": {"sha": "a" * 40},
+                                                                "base": {"ref": "a:b", "sha": "b" * 40}}}),
+}
+
+
+def test_malformed_signed_payloads_answer_400_without_a_traceback(world, scenarios):
+    before = world.bb.master_log().count("Traceback")
+    replies = {kind: world.send(event, payload) for kind, (event, payload) in MALFORMED.items()}
+    assert {k: c for k, (c, _) in replies.items() if c != 400} == {}, replies
+    assert all("malformed" in text for _, text in replies.values()), replies
+    assert world.bb.master_log().count("Traceback") == before
+    assert not [c for c in world.bb.api("changes") if c.get("project") == "acme/m"]
+
+
+def _master_memory(world):
+    status = open(f"/proc/{world.bb.master_proc.pid}/status").read()
+    return {k: int(v.split()[0]) * 1024 for k, v in (ln.split(":", 1) for ln in status.splitlines())
+            if k in ("VmRSS", "VmHWM")}
+
+
+def _raw_post(world, headers, body_chunks, wait_first=2.0):
+    """POST to the change hook over a raw socket; the first reply comes back as (status line, text)."""
+    import select
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(world.bb.www_url)
+    sock = socket.create_connection((u.hostname, u.port), timeout=120)
+    try:
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        sock.sendall(f"POST /change_hook/github HTTP/1.1\r\nHost: {u.hostname}\r\n{head}\r\n".encode())
+        if not select.select([sock], [], [], wait_first)[0]:  # no early answer: send the body
+            try:
+                for chunk in body_chunks:
+                    sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+        data = b""
+        try:
+            while b"\r\n" not in data:
+                got = sock.recv(65536)
+                if not got:
+                    break
+                data += got
+        except ConnectionResetError:
+            pass
+        return data.decode(errors="replace")
+    finally:
+        sock.close()
+
+
+def test_a_400_mb_body_is_refused_before_it_is_read(world, scenarios):
+    mib = b"\0" * (1 << 20)
+    before = _master_memory(world)
+    reply = _raw_post(world, {"Content-Type": "application/json", "X-GitHub-Event": "push",
+                              "Content-Length": str(400 << 20)}, (mib for _ in range(400)))
+    after = _master_memory(world)
+    grew = after["VmHWM"] - before["VmHWM"]
+    print(f"master memory with a 400 MiB unsigned body: VmHWM {before['VmHWM'] >> 20} -> "
+          f"{after['VmHWM'] >> 20} MiB, VmRSS {before['VmRSS'] >> 20} -> {after['VmRSS'] >> 20} MiB")
+    assert reply.startswith("HTTP/1.1 413"), reply[:200]
+    assert grew < 32 << 20, f"the master grew by {grew >> 20} MiB"
+    # a chunked body (no Content-Length) is cut off at the limit as well
+    chunk = b"%x\r\n" % len(mib) + mib + b"\r\n"
+    _raw_post(world, {"Content-Type": "application/json", "X-GitHub-Event": "push",
+                      "Transfer-Encoding": "chunked"}, (chunk for _ in range(40)), wait_first=0)
+    assert "refused a request body" in world.bb.master_log() and "chunked" in world.bb.master_log()
+    assert _master_memory(world)["VmHWM"] - before["VmHWM"] < 32 << 20
+    assert world.send("ping", {"zen": "still here", "hook_id": 1})[0] == 200

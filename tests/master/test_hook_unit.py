@@ -7,6 +7,7 @@ import hmac
 import io
 import json
 import types
+import uuid
 
 import pytest
 from twisted.internet import defer
@@ -118,3 +119,76 @@ def test_a_delivery_that_failed_is_scheduled_when_github_redelivers_it(event, pa
     changes, _ = deliver(headers)  # GitHub's redelivery
     assert [c["revision"] for c in changes] == [sha]
     assert deliver({**headers, b"X-GitHub-Delivery": b"delivery-2"}) == ([], "git")  # same head again
+
+
+def _hook(check_name="easeml/ci"):
+    from easeml_buildbot.master.hook import GitHubAppHook
+    from easeml_buildbot.master.settings import Settings
+
+    settings = Settings.from_dict({"forge": "local", "local": {"repo": "/x"},
+                                   "github": {"webhook_secret": "s", "check_name": check_name}})
+    return GitHubAppHook(types.SimpleNamespace(db=types.SimpleNamespace(state=_FlakyState())),
+                         {"settings": settings, "app": None})
+
+
+def _deliver(hook, event, payload):
+    body = json.dumps(payload).encode()
+    headers = {b"X-Hub-Signature-256": sign("s", body).encode(), b"X-GitHub-Event": event.encode(),
+               b"X-GitHub-Delivery": uuid.uuid4().hex.encode(),
+               b"Content-Type": b"application/json"}
+    out = []
+    hook.getChanges(_Request(body, headers)).addBoth(out.append)
+    return out[0]
+
+
+def test_check_name_per_base_branch():
+    hook = _hook()
+    assert hook.check_name_for("main", "main") == "easeml/ci"
+    assert hook.check_name_for("dev", "main") == "easeml/ci (into dev)"
+    assert hook.check_name_for("main", "trunk") == "easeml/ci (into main)"
+    # no branch name makes the default branch's check name (branch names are never empty)
+    assert all(hook.check_name_for(b, "main") != "easeml/ci" for b in ("", "easeml/ci", ")", "main "))
+
+
+def test_the_same_head_is_scheduled_once_per_base_branch():
+    hook = _hook()
+    into = {}
+    for ref in ("dev", "main", "dev"):
+        payload = json.loads(json.dumps(PR_SYNC))
+        payload["pull_request"]["base"]["ref"] = ref
+        payload["pull_request"]["number"] = len(into) + 10
+        into.setdefault(ref, []).append(_deliver(hook, "pull_request", payload))
+    (dev_first, dev_again), (main,) = into["dev"], into["main"]
+    (change,) = dev_first[0]
+    assert change["properties"]["easeml_check_name"] == "easeml/ci (into dev)"
+    assert change["properties"]["easeml_default_branch"] == "main"
+    assert [c["properties"]["easeml_check_name"] for c in main[0]] == ["easeml/ci"]
+    assert dev_again == ([], "git")  # the same head into dev again: a duplicate
+
+
+def test_config_sha_is_the_accepted_commit_of_the_default_branch_only():
+    hook = _hook()
+    accepted = {"o/r": {"sha": "d" * 40, "branch": "main"}}
+    hook.master.db.state.getState = lambda oid, name, default=None: defer.succeed(accepted.get(name, default))
+    payload = json.loads(json.dumps(PR_SYNC))
+    payload["repository"] = {**REPO, "default_branch": "main"}
+    ((change,), _) = _deliver(hook, "pull_request", payload)
+    assert change["properties"]["easeml_config_sha"] == "d" * 40 and change["properties"]["easeml_base_sha"] == "d" * 40
+    accepted["o/r"]["branch"] = "trunk"  # the default branch changed since: fetch it in the build
+    payload["pull_request"]["head"]["sha"] = "e" * 40
+    ((change,), _) = _deliver(hook, "pull_request", payload)
+    assert "easeml_config_sha" not in change["properties"] and change["properties"]["easeml_base_sha"] == "b" * 40
+
+
+@pytest.mark.parametrize("event, payload, field", [
+    ("pull_request", [1], "JSON object"),
+    ("pull_request", {**PR_SYNC, "pull_request": {**PR_SYNC["pull_request"], "head": {"sha": "zz"}}}, "pull_request.head.sha"),
+    ("pull_request", {**PR_SYNC, "repository": {**REPO, "default_branch": 3}}, "repository.default_branch"),
+    ("check_suite", {**SUITE, "check_suite": {**SUITE["check_suite"], "pull_requests": [{"number": 4}]}}, "base.ref"),
+    ("push", {"ref": "refs/heads/main", "after": True, "repository": REPO}, "after"),
+])
+def test_malformed_payloads_name_the_field(event, payload, field):
+    from easeml_buildbot.master.hook import PayloadError
+
+    failure = _deliver(_hook(), event, payload)
+    assert failure.check(PayloadError) and field in str(failure.value), failure

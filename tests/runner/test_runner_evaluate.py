@@ -300,3 +300,55 @@ def test_export_commit_keeps_in_tree_links_and_refuses_escapes(tmp_path, monkeyp
         bad = _git_repo_with(tmp_path / f"bad{i}", {"escape": target})
         with pytest.raises(ModelError, match="unsafe file in the tree"):
             export_commit(bad, "HEAD", tmp_path / f"bad{i}" / "out")
+
+
+def test_inspect_reads_config_and_test_set_from_config_rev_not_the_base(digits_repo, tmp_path):
+    """--base is the old model o; .easeml.yml and the test set come from --config-rev (the
+    default branch's accepted commit), whatever the branch the pull request targets says."""
+    lax = digits_repo.commit_files({".easeml.yml": "condition: n > 0.1 +/- 0.1\nemail: dev@evil.example\n",
+                                    "data/test.csv.gpg": b"another test set"}, branch=branch())
+    pr = digits_repo.commit_model(quality=0.9, branch=branch(), start=lax)
+    out = tmp_path / "inspect.json"
+    res = easeml("worker", "inspect", "--repo", str(digits_repo.path), "--base", lax, "--head", pr.sha,
+                 "--config-rev", digits_repo.base.sha, "--base-ref", "dev", "--default-branch", "main",
+                 "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    data = json.loads(out.read_text())
+    assert data["base"] == lax and data["config_rev"] == digits_repo.base.sha
+    assert data["ok"] is False and data["dataset_id"] is None
+    assert "not evaluated" in data["not_evaluated"] and "'main'" in data["not_evaluated"]
+    assert data["config"] == {}  # nothing of a test applies; never the developer's owners
+    # a branch the default branch's configuration lists is evaluated, with main's config and test set
+    main_cfg = subprocess.run(["git", "-C", str(digits_repo.path), "show", f"{digits_repo.base.sha}:.easeml.yml"],
+                              capture_output=True, text=True, check=True).stdout
+    listed = digits_repo.commit_files({".easeml.yml": main_cfg + "branches: [release/*]\n"}, branch=branch(),
+                                      start=digits_repo.base.sha)
+    data = inspect_repo(digits_repo.path, lax, pr.sha, config_rev=listed, base_ref="release/2", default_branch="main")
+    assert data["ok"] and data["not_evaluated"] is None and data["dataset_id"] == digits_repo.dataset_id
+    assert data["config"]["condition"] == parse_config(main_cfg).condition_text
+    # without --config-rev (local forge, run-local) the base is the source, as before
+    data = inspect_repo(digits_repo.path, digits_repo.base.sha, pr.sha)
+    assert data["ok"] and data["config_rev"] == digits_repo.base.sha
+
+
+def test_evaluate_uses_config_rev_for_the_test(digits_repo, service_keys, tmp_path):
+    lax = digits_repo.commit_files({".easeml.yml": "condition: n > 0.1 +/- 0.1\nsteps: 2\n"}, branch=branch())
+    pr = digits_repo.commit_model(quality=0.9, branch=branch(), start=lax)
+    r = evaluate_pr(digits_repo.path, head=pr.sha, base=lax, config_rev=digits_repo.base.sha,
+                    key=service_keys.private, passphrase=None, runner="process", cache_dir=tmp_path / "c")
+    assert r["status"] == "scored" and r["config_rev"] == digits_repo.base.sha and r["base"] == lax
+    assert r["samples_used"] == rows_needed(digits_repo)  # main's condition, not the lax one
+
+
+def test_an_oversized_config_blob_is_not_read(digits_repo, monkeypatch):
+    from easeml_buildbot.config import MAX_CONFIG_BYTES
+    from easeml_buildbot.runner import evaluate
+
+    big = digits_repo.commit_files({".easeml.yml": "condition: n > 0.8 +/- 0.1\n" + "#" * (MAX_CONFIG_BYTES * 8)},
+                                   branch=branch())
+    calls = []
+    real = evaluate._git
+    monkeypatch.setattr(evaluate, "_git", lambda repo, *a: calls.append(a) or real(repo, *a))
+    data = inspect_repo(digits_repo.path, big)
+    assert not data["ok"] and f"at most {MAX_CONFIG_BYTES}" in data["error"] and ".easeml.yml" in data["error"]
+    assert not [a for a in calls if a[:2] == ("cat-file", "blob")]  # sized with -s, never read
