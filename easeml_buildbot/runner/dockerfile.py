@@ -32,7 +32,13 @@ KEYWORDS = frozenset({
     "LABEL", "MAINTAINER", "ONBUILD", "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR",
 })
 _HEREDOC_KEYWORDS = frozenset({"RUN", "COPY", "ADD"})
-_DIRECTIVE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9_-]*)\s*=\s*(.*?)\s*$")
+# As moby/buildkit's parser: Go's ``\s`` (ASCII), a name of letters and digits, and only the
+# directives the daemon knows (an unknown one is a comment and ends the directives).
+_DIRECTIVE = re.compile(r"^#[\t\n\f\r ]*([a-zA-Z][a-zA-Z0-9]*)[\t\n\f\r ]*=[\t\n\f\r ]*(.+?)[\t\n\f\r ]*$")
+_KNOWN_DIRECTIVES = frozenset({"escape", "syntax"})
+# Go's unicode.IsSpace (the daemon trims lines with it); Python's str.strip() also strips
+# U+001C..U+001F, which would make a line blank here that the daemon reads as text.
+_GO_SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 _HEREDOC = re.compile(r"<<(-?)\s*([\"']?)([A-Za-z_][A-Za-z0-9_.-]*)\2")
 _VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::?([-+])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
 _URL = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://|git@)")
@@ -221,14 +227,21 @@ def parse(text: str, *, path: str = "Dockerfile", heredocs: bool = True,
     """Parse a Dockerfile. ``heredocs=False`` reads it as Docker's classic builder does
     (a heredoc's body lines are instructions); ``strict=False`` skips unknown instructions
     instead of raising. Raises :class:`DockerfileError`."""
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    # Lines as the daemon reads them: split at LF only, trailing CRs dropped (a CR inside a
+    # line stays in it), a UTF-8 byte-order mark dropped from the first line.
+    lines = [ln.rstrip("\r\n") for ln in text.split("\n")]
+    if lines and lines[0].startswith("\ufeff"):
+        lines[0] = lines[0][1:]
     directives: dict[str, tuple[int, str]] = {}
     i = 0
     # Parser directives: only at the very top, before any comment, blank line or instruction.
     while i < len(lines):
-        m = _DIRECTIVE.match(lines[i].strip())
-        if not m or m.group(1).lower() in directives:
+        m = _DIRECTIVE.match(lines[i].lstrip(_GO_SPACE))
+        if not m or m.group(1).lower() not in _KNOWN_DIRECTIVES:
             break
+        if m.group(1).lower() in directives:
+            raise DockerfileError(i + 1, f"only one {m.group(1).lower()} parser directive "
+                                  "can be used", path)
         directives[m.group(1).lower()] = (i + 1, m.group(2))
         i += 1
     escape = directives.get("escape", (0, "\\"))[1]
@@ -242,7 +255,7 @@ def parse(text: str, *, path: str = "Dockerfile", heredocs: bool = True,
         raw = lines[i]
         start = i + 1
         i += 1
-        if not raw.strip() or raw.lstrip().startswith("#"):
+        if not raw.strip(_GO_SPACE) or raw.lstrip(_GO_SPACE).startswith("#"):
             continue
         parts = [raw]
         text_line = raw
@@ -252,11 +265,11 @@ def parse(text: str, *, path: str = "Dockerfile", heredocs: bool = True,
                 break
             nxt = lines[i]
             i += 1
-            if not nxt.strip() or nxt.lstrip().startswith("#"):
+            if not nxt.strip(_GO_SPACE) or nxt.lstrip(_GO_SPACE).startswith("#"):
                 continue  # skipped inside a continuation, as the daemon does
             parts.append(nxt)
             text_line = nxt
-        joined = " ".join(p.strip() for p in parts if p.strip())
+        joined = " ".join(p.strip(_GO_SPACE) for p in parts if p.strip(_GO_SPACE))
         keyword, _, rest = joined.partition(" ")
         if "\t" in keyword:
             keyword, _, more = keyword.partition("\t")

@@ -94,3 +94,23 @@ def test_sandbox_refuses_ways_out(text, line, why):
 ])
 def test_sandbox_accepts_ordinary_dockerfiles(text):
     assert sandbox_problems(text) == []
+
+
+@pytest.mark.parametrize("text,line", [
+    # a lone CR: the daemon splits lines at LF only, so `\` is not at the end of line 2
+    ("FROM x\nRUN echo \\\r#\nADD http://127.0.0.1:1/s /s\n", 3),
+    # U+001C is blank to str.strip() but text to the daemon (Go's unicode.IsSpace)
+    ("FROM x\nRUN echo \\\n\x1c\nADD http://127.0.0.1:1/s /s\n", 4),
+    # an unknown directive is a comment to the daemon and ends the directives
+    ("# foo=bar\n# escape=`\nFROM x\nRUN true #`\nADD http://127.0.0.1:1/s /s\n", 5),
+])
+def test_sandbox_reads_lines_and_directives_as_the_daemon_does(text, line):
+    problems = sandbox_problems(text)
+    assert any(p.line == line and "ADD http://127.0.0.1:1/s" in p.message for p in problems), \
+        [str(p) for p in problems]
+
+
+def test_parser_drops_bom_and_trailing_crs_as_the_daemon_does():
+    df = parse("\ufeff# escape=`\r\nFROM x\r\r\nRUN a `\r\n b\r\n")
+    assert df.escape == "`"
+    assert [(i.keyword, i.args) for i in df.instructions] == [("FROM", "x"), ("RUN", "a b")]
