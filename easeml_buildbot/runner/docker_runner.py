@@ -118,7 +118,12 @@ class DockerRunner:
         if context not in dockerfile.parents:
             raise ModelError("bad_model_config", "model.dockerfile must be inside model.context")
         rel_dockerfile = str(dockerfile.relative_to(context))
-        text = dockerfile.read_bytes()[:_MAX_DOCKERFILE].decode("utf-8", errors="replace")
+        data = dockerfile.read_bytes()
+        if len(data) > _MAX_DOCKERFILE:
+            # the daemon reads the whole file: checking a prefix would let the rest through
+            raise ModelError("build_failed", f"{dockerfile.relative_to(repo)}: the Dockerfile "
+                             f"has {len(data)} bytes, more than the {_MAX_DOCKERFILE} checked")
+        text = data.decode("utf-8", errors="replace")
         try:
             parsed = check_sandbox(text, path=str(dockerfile.relative_to(repo)))
         except DockerfileError as exc:

@@ -82,18 +82,22 @@ def test_add_url_is_refused_before_the_daemon_fetches_it(runner, tmp_path, tag, 
     ("RUN echo \\\r#\n", 3),                            # a lone CR (the daemon splits at LF)
     ("RUN echo \\\n\x1c\n", 4),                         # U+001C: blank to Python, text to Go
     ("RUN true #`\n", 3),                                  # after '# foo=bar' '# escape=`'
+    (("#" + "x" * 99 + "\n") * 11000, None),                # past the first MiB checked
 ])
 def test_add_url_hidden_from_the_parser_is_refused(runner, tmp_path, tag, secret_server, hide, line):
     """Red team: each of these built and fetched the loopback secret (the parser read the
-    file differently from the daemon)."""
+    file differently from the daemon, or only its first MiB)."""
     url, secret, hits = secret_server
     head = "# foo=bar\n# escape=`\n" if "`" in hide else ""
     dockerfile = f"{head}FROM {BUSYBOX_IMAGE}\n{hide}ADD {url} /s\nRUN cat /s\n"
     err, log = _build_fails(runner, tmp_path, dockerfile, tag)
     assert not hits, "the daemon fetched the URL"
     assert secret not in log
-    assert f"Dockerfile:{line + (2 if head else 0)}: ADD http://127.0.0.1" in err.message, \
-        err.message
+    if line is None:
+        assert "more than the 1048576 checked" in err.message, err.message
+    else:
+        assert f"Dockerfile:{line + (2 if head else 0)}: ADD http://127.0.0.1" in err.message, \
+            err.message
 
 
 @pytest.mark.parametrize("line,why", [
