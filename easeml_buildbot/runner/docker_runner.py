@@ -123,7 +123,9 @@ class DockerRunner:
             # the daemon reads the whole file: checking a prefix would let the rest through
             raise ModelError("build_failed", f"{dockerfile.relative_to(repo)}: the Dockerfile "
                              f"has {len(data)} bytes, more than the {_MAX_DOCKERFILE} checked")
-        text = data.decode("utf-8", errors="replace")
+        # surrogateescape: a byte that is not UTF-8 stays that byte for the parser (the
+        # daemon reads bytes; a lone 0xA0 ends a flag word there)
+        text = data.decode("utf-8", errors="surrogateescape")
         try:
             parsed = check_sandbox(text, path=str(dockerfile.relative_to(repo)))
         except DockerfileError as exc:

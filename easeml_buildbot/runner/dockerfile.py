@@ -35,6 +35,7 @@ _HEREDOC_KEYWORDS = frozenset({"RUN", "COPY", "ADD"})
 # As moby/buildkit's parser: Go's ``\s`` (ASCII), a name of letters and digits, and only the
 # directives the daemon knows (an unknown one is a comment and ends the directives).
 _DIRECTIVE = re.compile(r"^#[\t\n\f\r ]*([a-zA-Z][a-zA-Z0-9]*)[\t\n\f\r ]*=[\t\n\f\r ]*(.+?)[\t\n\f\r ]*$")
+_KEYWORD_SPLIT = re.compile(r"[\t\v\f\r ]+")
 _KNOWN_DIRECTIVES = frozenset({"escape", "syntax"})
 # Go's unicode.IsSpace (the daemon trims lines with it); Python's str.strip() also strips
 # U+001C..U+001F, which would make a line blank here that the daemon reads as text.
@@ -205,21 +206,57 @@ def _mount_options(value: str) -> dict[str, str]:
     return out
 
 
+def _split_keyword(line: str) -> tuple[str, str]:
+    parts = _KEYWORD_SPLIT.split(line, maxsplit=1)
+    return parts[0], (parts[1] if len(parts) > 1 else "")
+
+
+_FLAG_SPACE = frozenset(b"\t\n\v\f\r \x85\xa0")
+
+
 def _split_flags(rest: str) -> tuple[list[tuple[str, str | None]], str]:
+    """The leading ``--flags`` and the rest, as moby/buildkit's ``extractBuilderFlags``
+    reads them. It walks *bytes* and asks Go's ``unicode.IsSpace`` of each byte, so a word
+    ends at ``\\v``, ``\\f``, ``\\r`` and at a byte 0x85 or 0xA0, even inside a UTF-8
+    character (``Š`` is C5 A0); quotes and backslashes inside a flag word are resolved."""
+    raw = rest.encode("utf-8", "surrogateescape")
     flags: list[tuple[str, str | None]] = []
+    pos, n = 0, len(raw)
+
+    def text(b: bytes) -> str:
+        return b.decode("utf-8", "surrogateescape")
     while True:
-        stripped = rest.lstrip()
-        if not stripped.startswith("--"):
-            return flags, stripped
-        word, _, tail = stripped.partition(" ")
-        if "\t" in word:
-            word, _, more = word.partition("\t")
-            tail = more + " " + tail
-        if word == "--":
-            return flags, tail.lstrip()
-        name, sep, value = word[2:].partition("=")
-        flags.append((name.lower(), _unquote(value) if sep else None))
-        rest = tail
+        while pos < n and raw[pos] in _FLAG_SPACE:
+            pos += 1
+        if not raw.startswith(b"--", pos):
+            return flags, text(raw[pos:])
+        word, quote, started = bytearray(), 0, pos
+        while pos < n:
+            ch = raw[pos]
+            if quote:
+                if ch == quote:
+                    quote = 0
+                elif ch == 0x5C and pos + 1 < n:
+                    pos += 1
+                    word.append(raw[pos])
+                elif ch != 0x5C:
+                    word.append(ch)
+            elif ch in _FLAG_SPACE:
+                break
+            elif ch in b"'\"":
+                quote = ch
+            elif ch == 0x5C:
+                if pos + 1 < n:
+                    pos += 1
+                    word.append(raw[pos])
+            else:
+                word.append(ch)
+            pos += 1
+        if raw[started:pos] == b"--":
+            return flags, text(raw[pos:]).lstrip(_GO_SPACE)
+        # Go appends each byte as a rune (Latin-1): so do we
+        name, sep, value = bytes(word[2:]).decode("latin-1").partition("=")
+        flags.append((name.lower(), value if sep else None))
 
 
 def parse(text: str, *, path: str = "Dockerfile", heredocs: bool = True,
@@ -270,10 +307,8 @@ def parse(text: str, *, path: str = "Dockerfile", heredocs: bool = True,
             parts.append(nxt)
             text_line = nxt
         joined = " ".join(p.strip(_GO_SPACE) for p in parts if p.strip(_GO_SPACE))
-        keyword, _, rest = joined.partition(" ")
-        if "\t" in keyword:
-            keyword, _, more = keyword.partition("\t")
-            rest = more + " " + rest
+        # the daemon splits the keyword off at [\t\v\f\r ]+ (moby/buildkit's reWhitespace)
+        keyword, rest = _split_keyword(joined)
         keyword = keyword.upper()
         if keyword not in KEYWORDS:
             if not strict:

@@ -103,6 +103,12 @@ def test_sandbox_accepts_ordinary_dockerfiles(text):
     ("FROM x\nRUN echo \\\n\x1c\nADD http://127.0.0.1:1/s /s\n", 4),
     # an unknown directive is a comment to the daemon and ends the directives
     ("# foo=bar\n# escape=`\nFROM x\nRUN true #`\nADD http://127.0.0.1:1/s /s\n", 5),
+    # \v, \f, U+00A0 end a flag word for the daemon (Go's unicode.IsSpace), not for split(" ")
+    ("FROM x\nADD --chown=0\vhttp://127.0.0.1:1/s /s\n", 2),
+    ("FROM x\nADD --chown=0\fhttp://127.0.0.1:1/s /s\n", 2),
+    ("FROM x\nADD --chown=0\xa0http://127.0.0.1:1/s /s\n", 2),
+    # ... and so does the byte A0 inside a UTF-8 character: the daemon walks flag bytes
+    ("FROM x\nADD --chown=a\u0160http://127.0.0.1:1/s /s\n", 2),
 ])
 def test_sandbox_reads_lines_and_directives_as_the_daemon_does(text, line):
     problems = sandbox_problems(text)
@@ -114,3 +120,9 @@ def test_parser_drops_bom_and_trailing_crs_as_the_daemon_does():
     df = parse("\ufeff# escape=`\r\nFROM x\r\r\nRUN a `\r\n b\r\n")
     assert df.escape == "`"
     assert [(i.keyword, i.args) for i in df.instructions] == [("FROM", "x"), ("RUN", "a b")]
+
+
+def test_flags_are_read_as_the_daemon_does():
+    ins = parse("FROM x\nCOPY --chown=\"1 2\" --chmod=7\\55 a b\n").instructions[1]
+    assert ins.flags == (("chown", "1 2"), ("chmod", "755"))
+    assert ins.words() == ["a", "b"]

@@ -82,6 +82,10 @@ def test_add_url_is_refused_before_the_daemon_fetches_it(runner, tmp_path, tag, 
     ("RUN echo \\\r#\n", 3),                            # a lone CR (the daemon splits at LF)
     ("RUN echo \\\n\x1c\n", 4),                         # U+001C: blank to Python, text to Go
     ("RUN true #`\n", 3),                                  # after '# foo=bar' '# escape=`'
+    ("", 2),                                                # ADD --chown=0\v<url> (a Go space)
+    # a user "aÅ" made first; the daemon reads --chown=aŠ<url> (Š is C5 A0) as --chown=aÅ <url>
+    ('RUN printf "a\\303\\205:x:0:0::/:/bin/sh\\n" >> /etc/passwd && '
+     'printf "a\\303\\205:x:0:\\n" >> /etc/group\n', 3),
     (("#" + "x" * 99 + "\n") * 11000, None),                # past the first MiB checked
 ])
 def test_add_url_hidden_from_the_parser_is_refused(runner, tmp_path, tag, secret_server, hide, line):
@@ -89,7 +93,8 @@ def test_add_url_hidden_from_the_parser_is_refused(runner, tmp_path, tag, secret
     file differently from the daemon, or only its first MiB)."""
     url, secret, hits = secret_server
     head = "# foo=bar\n# escape=`\n" if "`" in hide else ""
-    dockerfile = f"{head}FROM {BUSYBOX_IMAGE}\n{hide}ADD {url} /s\nRUN cat /s\n"
+    flag = "--chown=0\v" if hide == "" else "--chown=a\u0160" if "passwd" in hide else ""
+    dockerfile = f"{head}FROM {BUSYBOX_IMAGE}\n{hide}ADD {flag}{url} /s\nRUN cat /s\n"
     err, log = _build_fails(runner, tmp_path, dockerfile, tag)
     assert not hits, "the daemon fetched the URL"
     assert secret not in log
