@@ -418,12 +418,20 @@ def _check_instruction(ins: Instruction, add) -> None:  # noqa: ANN001 - local c
         for src in sources:
             if src.startswith("<<"):
                 continue
-            if _URL.match(src):
+            if _URL.match(src) or "://" in src:
                 add(ins.line, f"{ins.keyword} {src} is not allowed: the daemon would fetch it from "
                     "the worker host's network; put the file in the repository")
             elif "$" in src:
                 add(ins.line, f"{ins.keyword} source {src!r} uses a variable; sources must be "
                     "literal paths (a variable could name a URL)")
+            elif any(c in src for c in "\"'\\`"):
+                # the daemon's shell lexer resolves quotes and escapes in sources
+                # (ADD h\ttp://... and ADD "http://..." are URLs to it)
+                add(ins.line, f"{ins.keyword} source {src!r} has quotes or escape characters; "
+                    "sources must be literal paths (the daemon would read them as another path, "
+                    "or a URL)")
+        if ins.json is None and any("://" in w for w in words[len(sources):]):
+            add(ins.line, f"{ins.keyword} {ins.args} is not allowed: it names a URL")
         src = ins.flag("from")
         if src is not None and "$" in src:
             add(ins.line, f"{ins.keyword} --from={src} uses a variable; name a stage or an image")

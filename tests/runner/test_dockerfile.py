@@ -116,6 +116,20 @@ def test_sandbox_reads_lines_and_directives_as_the_daemon_does(text, line):
         [str(p) for p in problems]
 
 
+@pytest.mark.parametrize("src", [
+    "h\\ttp://127.0.0.1:1/s", '"http://127.0.0.1:1/s"', "'http://127.0.0.1:1/s'",
+    'h"t"tp://127.0.0.1:1/s', '["h\\\\ttp://127.0.0.1:1/s", "/s"]',
+])
+def test_sources_the_daemon_unquotes_into_a_url_are_refused(src):
+    """Red team: the classic builder's shell lexer resolves quotes and escapes in ADD
+    sources; each of these was a URL to it (fetched) and a path to the parser."""
+    text = f"FROM x\nADD {src}" + ("" if src.startswith("[") else " /s") + "\n"
+    problems = sandbox_problems(text)
+    assert any(p.line == 2 for p in problems), [str(p) for p in problems]
+
+
+
+
 def test_parser_drops_bom_and_trailing_crs_as_the_daemon_does():
     df = parse("\ufeff# escape=`\r\nFROM x\r\r\nRUN a `\r\n b\r\n")
     assert df.escape == "`"

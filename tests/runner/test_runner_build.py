@@ -105,6 +105,17 @@ def test_add_url_hidden_from_the_parser_is_refused(runner, tmp_path, tag, secret
             err.message
 
 
+@pytest.mark.parametrize("quote", ["escape", "double", "json"])
+def test_add_url_in_quotes_or_escapes_is_refused(runner, tmp_path, tag, secret_server, quote):
+    """Red team: the daemon's shell lexer made these URLs (and fetched them)."""
+    url, secret, hits = secret_server
+    src = {"escape": f"h\\ttp{url[4:]} /s", "double": f'"{url}" /s',
+           "json": f'["h\\\\ttp{url[4:]}", "/s"]'}[quote]
+    err, log = _build_fails(runner, tmp_path, f"FROM {BUSYBOX_IMAGE}\nADD {src}\nRUN cat /s\n", tag)
+    assert not hits, "the daemon fetched the URL"
+    assert secret not in log and "Dockerfile:2:" in err.message, err.message
+
+
 @pytest.mark.parametrize("line,why", [
     ("RUN --network=host true", "--network=host is not allowed"),
     ("RUN --mount=type=secret,id=x true", "type=secret is not allowed"),
