@@ -35,6 +35,7 @@ _HEREDOC_KEYWORDS = frozenset({"RUN", "COPY", "ADD"})
 # As moby/buildkit's parser: Go's ``\s`` (ASCII), a name of letters and digits, and only the
 # directives the daemon knows (an unknown one is a comment and ends the directives).
 _DIRECTIVE = re.compile(r"^#[\t\n\f\r ]*([a-zA-Z][a-zA-Z0-9]*)[\t\n\f\r ]*=[\t\n\f\r ]*(.+?)[\t\n\f\r ]*$")
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\udc80-\udcff]")  # + bytes not UTF-8
 _KEYWORD_SPLIT = re.compile(r"[\t\v\f\r ]+")
 _KNOWN_DIRECTIVES = frozenset({"escape", "syntax"})
 # Go's unicode.IsSpace (the daemon trims lines with it); Python's str.strip() also strips
@@ -381,6 +382,17 @@ def sandbox_problems(text: str, *, path: str = "Dockerfile") -> list[DockerfileE
             seen.add((line, msg))
             problems.append(DockerfileError(line, msg, path))
 
+    # Control characters (other than tab, and CR before LF) are where the parser and the
+    # daemon have read a file differently (a lone CR, VT, FF, U+001C, U+0085): no model
+    # needs them, so none is allowed, whatever the parser makes of them.
+    for n, ln in enumerate(text.split("\n"), 1):
+        bad = _CONTROL.search(ln.rstrip("\r"))
+        if bad:
+            c = ord(bad.group())
+            what = (f"the byte 0x{c - 0xDC00:02X} (not UTF-8)" if 0xDC80 <= c <= 0xDCFF
+                    else f"control character U+{c:04X}")
+            add(n, f"{what} is not allowed in a Dockerfile (the daemon and this check could "
+                "read the line differently)")
     for heredocs in (True, False):
         try:
             df = parse(text, path=path, heredocs=heredocs, strict=heredocs)

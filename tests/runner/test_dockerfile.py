@@ -140,3 +140,11 @@ def test_flags_are_read_as_the_daemon_does():
     ins = parse("FROM x\nCOPY --chown=\"1 2\" --chmod=7\\55 a b\n").instructions[1]
     assert ins.flags == (("chown", "1 2"), ("chmod", "755"))
     assert ins.words() == ["a", "b"]
+
+
+@pytest.mark.parametrize("ch", ["\r", "\v", "\f", "\x00", "\x1c", "\x85", "\u2028"])
+def test_control_characters_are_refused(ch):
+    problems = sandbox_problems(f"FROM x\nRUN echo a{ch}b\n")
+    assert any(p.line == 2 and "control character" in p.message for p in problems), \
+        [str(p) for p in problems]
+    assert sandbox_problems("FROM x\r\nRUN\techo a\r\n") == []
