@@ -158,13 +158,15 @@ class Dockerfile:
                     seen.append(f"#{len(seen)}")
             elif ins.keyword in ("COPY", "ADD") and ins.flag("from"):
                 src = ins.flag("from") or ""
-                if not self._is_stage(src, seen):
+                # only an earlier stage: the daemon reads the current stage's own name as an
+                # image (a local one, or pulled), its index as an error
+                if not self._is_stage(src, seen[:-1]):
                     uses.append(ImageUse(ins.line, self._expand(ins, src, {}), "COPY --from"))
             elif ins.keyword == "RUN":
                 for value in _all_flags(ins, "mount"):
                     opts = _mount_options(value)
                     src = opts.get("from")
-                    if src and not self._is_stage(src, seen):
+                    if src and not self._is_stage(src, seen[:-1]):
                         uses.append(ImageUse(ins.line, self._expand(ins, src, {}), "RUN --mount from="))
         return uses
 

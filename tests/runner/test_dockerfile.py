@@ -27,7 +27,8 @@ def test_parser_handles_the_syntax():
     assert df.instructions[1].args == "echo a && echo b"
     assert df.instructions[2].json == ("python3", "-c", "print(1)")
     assert df.instructions[3].flag("chown") == "1:1" and df.instructions[3].flag("from") == "build"
-    assert [u.ref for u in df.base_images()] == ["easeml/busybox"]  # --from=build is a stage
+    # --from=build names the current stage, which the daemon reads as the image "build"
+    assert [u.ref for u in df.base_images()] == ["easeml/busybox", "build"]
 
 
 def test_heredoc_bodies_are_not_instructions():
@@ -148,3 +149,13 @@ def test_control_characters_are_refused(ch):
     assert any(p.line == 2 and "control character" in p.message for p in problems), \
         [str(p) for p in problems]
     assert sandbox_problems("FROM x\r\nRUN\techo a\r\n") == []
+
+
+def test_copy_from_the_current_stage_name_is_an_image():
+    """Red team: `FROM base AS secretimage` + `COPY --from=secretimage` made the daemon read
+    the worker's local image `secretimage` (the current stage is not a source yet), while
+    base_images() took it for a stage and never checked it against the list."""
+    df = parse("FROM easeml/busybox AS priv\nCOPY --from=priv /a /a\nFROM easeml/busybox\n"
+               "COPY --from=priv /b /b\nCOPY --from=0 /c /c\n")
+    assert [(u.line, u.ref, u.how) for u in df.base_images()] == [
+        (1, "easeml/busybox", "FROM"), (2, "priv", "COPY --from"), (3, "easeml/busybox", "FROM")]

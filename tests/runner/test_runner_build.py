@@ -116,6 +116,17 @@ def test_add_url_in_quotes_or_escapes_is_refused(runner, tmp_path, tag, secret_s
     assert secret not in log and "Dockerfile:2:" in err.message, err.message
 
 
+def test_copy_from_the_current_stage_name_is_checked_as_an_image(runner, tmp_path, tag):
+    """Red team: the daemon reads `COPY --from=<the current stage's name>` as an image and
+    pulls docker.io/library/<name> (past EASEML_ALLOWED_IMAGES) when it is not local; the
+    parser took it for a stage and never checked it."""
+    name = f"rt{tag.replace('-', '')}"
+    err, _ = _build_fails(runner, tmp_path, f"FROM {BUSYBOX_IMAGE} AS {name}\n"
+                          f"COPY --from={name} /bin/sh /x\n", tag)
+    assert f"Dockerfile:2: COPY --from {name}: image 'docker.io/library/{name}:latest' is not " \
+        "allowed on this worker" in err.message, err.message
+
+
 @pytest.mark.parametrize("line,why", [
     ("RUN --network=host true", "--network=host is not allowed"),
     ("RUN --mount=type=secret,id=x true", "type=secret is not allowed"),
