@@ -404,9 +404,16 @@ class DockerRunner:
         Dockerfile: they obey the same rules (whoever can push to an allowed repository
         could otherwise hide ``ADD <url>`` there)."""
         try:
-            triggers = (self.client.images.get(image_id).attrs.get("Config") or {}).get("OnBuild") or []
+            config = self.client.images.get(image_id).attrs.get("Config") or {}
         except docker.errors.DockerException:
             return
+        if config.get("Volumes"):
+            # each build step (and the model's run) would get an anonymous volume there,
+            # outside the build disk limit
+            raise ModelError("build_failed", f"{where}: the base image declares VOLUME "
+                             f"{', '.join(sorted(config['Volumes']))}; images with volumes are "
+                             "not a base (the build disk limit does not see a volume's writes)")
+        triggers = config.get("OnBuild") or []
         if not triggers:
             return
         problems = sandbox_problems("\n".join(triggers), path="ONBUILD")

@@ -449,6 +449,10 @@ def _check_instruction(ins: Instruction, add) -> None:  # noqa: ANN001 - local c
         src = ins.flag("from")
         if src is not None and "$" in src:
             add(ins.line, f"{ins.keyword} --from={src} uses a variable; name a stage or an image")
+    if ins.keyword == "VOLUME":
+        add(ins.line, "VOLUME is not allowed: a build step's writes under a volume go to a "
+            "volume of the worker that the build disk limit does not see (and a model run "
+            "would get a writable directory past its output limit)")
     if ins.keyword == "ONBUILD":
         # ONBUILD in the model's own Dockerfile only runs in images built FROM the model:
         # harmless here, but the inner instruction must not be a way out either.

@@ -210,6 +210,32 @@ def test_build_disk_is_limited(runner, tmp_path, tag, tail):
     assert time.monotonic() - t0 < 40
 
 
+def test_build_disk_limit_covers_volumes(runner, tmp_path, tag):
+    """Red team: a RUN step's writes under a VOLUME of the image go to an anonymous volume
+    of the step container, which its SizeRw does not count."""
+    small = dataclasses.replace(LIMITS, build_disk=64 << 20)
+    err, log = _build_fails(runner, tmp_path, f"FROM {BUSYBOX_IMAGE}\nVOLUME /v\n"
+                            "RUN dd if=/dev/zero of=/v/big bs=1M count=160 && sleep 5 && "
+                            "echo WROTE$((1+1))\n", tag, limits=small)
+    assert "WROTE2" not in log
+    assert "Dockerfile:2: VOLUME is not allowed" in err.message, err.message
+
+
+def test_a_base_image_with_a_volume_is_refused(docker_client, runner, tmp_path, tag):
+    """The same through a base image (a local one, or one on the allow-list) that declares
+    the VOLUME: its anonymous volumes escape the build disk limit."""
+    base = f"easeml-test-volume-base:{tag}"
+    img, _ = docker_client.images.build(fileobj=__import__("io").BytesIO(
+        f"FROM {BUSYBOX_IMAGE}\nVOLUME /v\n".encode()), tag=base, rm=True, forcerm=True)
+    try:
+        err, _ = _build_fails(runner, tmp_path, f"FROM {base}\n"
+                              "RUN dd if=/dev/zero of=/v/big bs=1M count=160\n", tag,
+                              limits=dataclasses.replace(LIMITS, build_disk=64 << 20))
+        assert "declares VOLUME /v" in err.message, err.message
+    finally:
+        docker_client.images.remove(base, noprune=True)
+
+
 def test_nothing_of_the_worker_environment_enters_the_build(docker_client, tmp_path, tag, monkeypatch):
     marker = f"worker-env-{secrets.token_hex(6)}"
     monkeypatch.setenv("EASEML_TEST_MARKER", marker)
