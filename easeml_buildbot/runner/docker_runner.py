@@ -203,7 +203,14 @@ class DockerRunner:
         if context not in dockerfile.parents:
             raise ModelError("bad_model_config", "model.dockerfile must be inside model.context")
         rel_dockerfile = str(dockerfile.relative_to(context))
-        text = dockerfile.read_bytes()[:_MAX_DOCKERFILE].decode("utf-8", errors="replace")
+        data = dockerfile.read_bytes()
+        if len(data) > _MAX_DOCKERFILE:
+            # the daemon reads the whole file: checking a prefix would let the rest through
+            raise ModelError("build_failed", f"{dockerfile.relative_to(repo)}: the Dockerfile "
+                             f"has {len(data)} bytes, more than the {_MAX_DOCKERFILE} checked")
+        # surrogateescape: a byte that is not UTF-8 stays that byte for the parser (the
+        # daemon reads bytes; a lone 0xA0 ends a flag word there)
+        text = data.decode("utf-8", errors="surrogateescape")
         try:
             parsed = check_sandbox(text, path=str(dockerfile.relative_to(repo)))
         except DockerfileError as exc:
@@ -482,9 +489,16 @@ class DockerRunner:
         Dockerfile: they obey the same rules (whoever can push to an allowed repository
         could otherwise hide ``ADD <url>`` there)."""
         try:
-            triggers = (self.client.images.get(image_id).attrs.get("Config") or {}).get("OnBuild") or []
+            config = self.client.images.get(image_id).attrs.get("Config") or {}
         except docker.errors.DockerException:
             return
+        if config.get("Volumes"):
+            # each build step (and the model's run) would get an anonymous volume there,
+            # outside the build disk limit
+            raise ModelError("build_failed", f"{where}: the base image declares VOLUME "
+                             f"{', '.join(sorted(config['Volumes']))}; images with volumes are "
+                             "not a base (the build disk limit does not see a volume's writes)")
+        triggers = config.get("OnBuild") or []
         if not triggers:
             return
         problems = sandbox_problems("\n".join(triggers), path="ONBUILD")

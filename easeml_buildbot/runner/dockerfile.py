@@ -32,7 +32,15 @@ KEYWORDS = frozenset({
     "LABEL", "MAINTAINER", "ONBUILD", "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR",
 })
 _HEREDOC_KEYWORDS = frozenset({"RUN", "COPY", "ADD"})
-_DIRECTIVE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9_-]*)\s*=\s*(.*?)\s*$")
+# As moby/buildkit's parser: Go's ``\s`` (ASCII), a name of letters and digits, and only the
+# directives the daemon knows (an unknown one is a comment and ends the directives).
+_DIRECTIVE = re.compile(r"^#[\t\n\f\r ]*([a-zA-Z][a-zA-Z0-9]*)[\t\n\f\r ]*=[\t\n\f\r ]*(.+?)[\t\n\f\r ]*$")
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\udc80-\udcff]")  # + bytes not UTF-8
+_KEYWORD_SPLIT = re.compile(r"[\t\v\f\r ]+")
+_KNOWN_DIRECTIVES = frozenset({"escape", "syntax"})
+# Go's unicode.IsSpace (the daemon trims lines with it); Python's str.strip() also strips
+# U+001C..U+001F, which would make a line blank here that the daemon reads as text.
+_GO_SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 _HEREDOC = re.compile(r"<<(-?)\s*([\"']?)([A-Za-z_][A-Za-z0-9_.-]*)\2")
 _VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::?([-+])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
 _URL = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://|git@)")
@@ -150,13 +158,15 @@ class Dockerfile:
                     seen.append(f"#{len(seen)}")
             elif ins.keyword in ("COPY", "ADD") and ins.flag("from"):
                 src = ins.flag("from") or ""
-                if not self._is_stage(src, seen):
+                # only an earlier stage: the daemon reads the current stage's own name as an
+                # image (a local one, or pulled), its index as an error
+                if not self._is_stage(src, seen[:-1]):
                     uses.append(ImageUse(ins.line, self._expand(ins, src, {}), "COPY --from"))
             elif ins.keyword == "RUN":
                 for value in _all_flags(ins, "mount"):
                     opts = _mount_options(value)
                     src = opts.get("from")
-                    if src and not self._is_stage(src, seen):
+                    if src and not self._is_stage(src, seen[:-1]):
                         uses.append(ImageUse(ins.line, self._expand(ins, src, {}), "RUN --mount from="))
         return uses
 
@@ -199,21 +209,57 @@ def _mount_options(value: str) -> dict[str, str]:
     return out
 
 
+def _split_keyword(line: str) -> tuple[str, str]:
+    parts = _KEYWORD_SPLIT.split(line, maxsplit=1)
+    return parts[0], (parts[1] if len(parts) > 1 else "")
+
+
+_FLAG_SPACE = frozenset(b"\t\n\v\f\r \x85\xa0")
+
+
 def _split_flags(rest: str) -> tuple[list[tuple[str, str | None]], str]:
+    """The leading ``--flags`` and the rest, as moby/buildkit's ``extractBuilderFlags``
+    reads them. It walks *bytes* and asks Go's ``unicode.IsSpace`` of each byte, so a word
+    ends at ``\\v``, ``\\f``, ``\\r`` and at a byte 0x85 or 0xA0, even inside a UTF-8
+    character (``Š`` is C5 A0); quotes and backslashes inside a flag word are resolved."""
+    raw = rest.encode("utf-8", "surrogateescape")
     flags: list[tuple[str, str | None]] = []
+    pos, n = 0, len(raw)
+
+    def text(b: bytes) -> str:
+        return b.decode("utf-8", "surrogateescape")
     while True:
-        stripped = rest.lstrip()
-        if not stripped.startswith("--"):
-            return flags, stripped
-        word, _, tail = stripped.partition(" ")
-        if "\t" in word:
-            word, _, more = word.partition("\t")
-            tail = more + " " + tail
-        if word == "--":
-            return flags, tail.lstrip()
-        name, sep, value = word[2:].partition("=")
-        flags.append((name.lower(), _unquote(value) if sep else None))
-        rest = tail
+        while pos < n and raw[pos] in _FLAG_SPACE:
+            pos += 1
+        if not raw.startswith(b"--", pos):
+            return flags, text(raw[pos:])
+        word, quote, started = bytearray(), 0, pos
+        while pos < n:
+            ch = raw[pos]
+            if quote:
+                if ch == quote:
+                    quote = 0
+                elif ch == 0x5C and pos + 1 < n:
+                    pos += 1
+                    word.append(raw[pos])
+                elif ch != 0x5C:
+                    word.append(ch)
+            elif ch in _FLAG_SPACE:
+                break
+            elif ch in b"'\"":
+                quote = ch
+            elif ch == 0x5C:
+                if pos + 1 < n:
+                    pos += 1
+                    word.append(raw[pos])
+            else:
+                word.append(ch)
+            pos += 1
+        if raw[started:pos] == b"--":
+            return flags, text(raw[pos:]).lstrip(_GO_SPACE)
+        # Go appends each byte as a rune (Latin-1): so do we
+        name, sep, value = bytes(word[2:]).decode("latin-1").partition("=")
+        flags.append((name.lower(), value if sep else None))
 
 
 def parse(text: str, *, path: str = "Dockerfile", heredocs: bool = True,
@@ -221,14 +267,21 @@ def parse(text: str, *, path: str = "Dockerfile", heredocs: bool = True,
     """Parse a Dockerfile. ``heredocs=False`` reads it as Docker's classic builder does
     (a heredoc's body lines are instructions); ``strict=False`` skips unknown instructions
     instead of raising. Raises :class:`DockerfileError`."""
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    # Lines as the daemon reads them: split at LF only, trailing CRs dropped (a CR inside a
+    # line stays in it), a UTF-8 byte-order mark dropped from the first line.
+    lines = [ln.rstrip("\r\n") for ln in text.split("\n")]
+    if lines and lines[0].startswith("\ufeff"):
+        lines[0] = lines[0][1:]
     directives: dict[str, tuple[int, str]] = {}
     i = 0
     # Parser directives: only at the very top, before any comment, blank line or instruction.
     while i < len(lines):
-        m = _DIRECTIVE.match(lines[i].strip())
-        if not m or m.group(1).lower() in directives:
+        m = _DIRECTIVE.match(lines[i].lstrip(_GO_SPACE))
+        if not m or m.group(1).lower() not in _KNOWN_DIRECTIVES:
             break
+        if m.group(1).lower() in directives:
+            raise DockerfileError(i + 1, f"only one {m.group(1).lower()} parser directive "
+                                  "can be used", path)
         directives[m.group(1).lower()] = (i + 1, m.group(2))
         i += 1
     escape = directives.get("escape", (0, "\\"))[1]
@@ -242,7 +295,7 @@ def parse(text: str, *, path: str = "Dockerfile", heredocs: bool = True,
         raw = lines[i]
         start = i + 1
         i += 1
-        if not raw.strip() or raw.lstrip().startswith("#"):
+        if not raw.strip(_GO_SPACE) or raw.lstrip(_GO_SPACE).startswith("#"):
             continue
         parts = [raw]
         text_line = raw
@@ -252,15 +305,13 @@ def parse(text: str, *, path: str = "Dockerfile", heredocs: bool = True,
                 break
             nxt = lines[i]
             i += 1
-            if not nxt.strip() or nxt.lstrip().startswith("#"):
+            if not nxt.strip(_GO_SPACE) or nxt.lstrip(_GO_SPACE).startswith("#"):
                 continue  # skipped inside a continuation, as the daemon does
             parts.append(nxt)
             text_line = nxt
-        joined = " ".join(p.strip() for p in parts if p.strip())
-        keyword, _, rest = joined.partition(" ")
-        if "\t" in keyword:
-            keyword, _, more = keyword.partition("\t")
-            rest = more + " " + rest
+        joined = " ".join(p.strip(_GO_SPACE) for p in parts if p.strip(_GO_SPACE))
+        # the daemon splits the keyword off at [\t\v\f\r ]+ (moby/buildkit's reWhitespace)
+        keyword, rest = _split_keyword(joined)
         keyword = keyword.upper()
         if keyword not in KEYWORDS:
             if not strict:
@@ -333,6 +384,17 @@ def sandbox_problems(text: str, *, path: str = "Dockerfile") -> list[DockerfileE
             seen.add((line, msg))
             problems.append(DockerfileError(line, msg, path))
 
+    # Control characters (other than tab, and CR before LF) are where the parser and the
+    # daemon have read a file differently (a lone CR, VT, FF, U+001C, U+0085): no model
+    # needs them, so none is allowed, whatever the parser makes of them.
+    for n, ln in enumerate(text.split("\n"), 1):
+        bad = _CONTROL.search(ln.rstrip("\r"))
+        if bad:
+            c = ord(bad.group())
+            what = (f"the byte 0x{c - 0xDC00:02X} (not UTF-8)" if 0xDC80 <= c <= 0xDCFF
+                    else f"control character U+{c:04X}")
+            add(n, f"{what} is not allowed in a Dockerfile (the daemon and this check could "
+                "read the line differently)")
     for heredocs in (True, False):
         try:
             df = parse(text, path=path, heredocs=heredocs, strict=heredocs)
@@ -370,15 +432,27 @@ def _check_instruction(ins: Instruction, add) -> None:  # noqa: ANN001 - local c
         for src in sources:
             if src.startswith("<<"):
                 continue
-            if _URL.match(src):
+            if _URL.match(src) or "://" in src:
                 add(ins.line, f"{ins.keyword} {src} is not allowed: the daemon would fetch it from "
                     "the worker host's network; put the file in the repository")
             elif "$" in src:
                 add(ins.line, f"{ins.keyword} source {src!r} uses a variable; sources must be "
                     "literal paths (a variable could name a URL)")
+            elif any(c in src for c in "\"'\\`"):
+                # the daemon's shell lexer resolves quotes and escapes in sources
+                # (ADD h\ttp://... and ADD "http://..." are URLs to it)
+                add(ins.line, f"{ins.keyword} source {src!r} has quotes or escape characters; "
+                    "sources must be literal paths (the daemon would read them as another path, "
+                    "or a URL)")
+        if ins.json is None and any("://" in w for w in words[len(sources):]):
+            add(ins.line, f"{ins.keyword} {ins.args} is not allowed: it names a URL")
         src = ins.flag("from")
         if src is not None and "$" in src:
             add(ins.line, f"{ins.keyword} --from={src} uses a variable; name a stage or an image")
+    if ins.keyword == "VOLUME":
+        add(ins.line, "VOLUME is not allowed: a build step's writes under a volume go to a "
+            "volume of the worker that the build disk limit does not see (and a model run "
+            "would get a writable directory past its output limit)")
     if ins.keyword == "ONBUILD":
         # ONBUILD in the model's own Dockerfile only runs in images built FROM the model:
         # harmless here, but the inner instruction must not be a way out either.

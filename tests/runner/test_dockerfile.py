@@ -27,7 +27,8 @@ def test_parser_handles_the_syntax():
     assert df.instructions[1].args == "echo a && echo b"
     assert df.instructions[2].json == ("python3", "-c", "print(1)")
     assert df.instructions[3].flag("chown") == "1:1" and df.instructions[3].flag("from") == "build"
-    assert [u.ref for u in df.base_images()] == ["easeml/busybox"]  # --from=build is a stage
+    # --from=build names the current stage, which the daemon reads as the image "build"
+    assert [u.ref for u in df.base_images()] == ["easeml/busybox", "build"]
 
 
 def test_heredoc_bodies_are_not_instructions():
@@ -94,3 +95,67 @@ def test_sandbox_refuses_ways_out(text, line, why):
 ])
 def test_sandbox_accepts_ordinary_dockerfiles(text):
     assert sandbox_problems(text) == []
+
+
+@pytest.mark.parametrize("text,line", [
+    # a lone CR: the daemon splits lines at LF only, so `\` is not at the end of line 2
+    ("FROM x\nRUN echo \\\r#\nADD http://127.0.0.1:1/s /s\n", 3),
+    # U+001C is blank to str.strip() but text to the daemon (Go's unicode.IsSpace)
+    ("FROM x\nRUN echo \\\n\x1c\nADD http://127.0.0.1:1/s /s\n", 4),
+    # an unknown directive is a comment to the daemon and ends the directives
+    ("# foo=bar\n# escape=`\nFROM x\nRUN true #`\nADD http://127.0.0.1:1/s /s\n", 5),
+    # \v, \f, U+00A0 end a flag word for the daemon (Go's unicode.IsSpace), not for split(" ")
+    ("FROM x\nADD --chown=0\vhttp://127.0.0.1:1/s /s\n", 2),
+    ("FROM x\nADD --chown=0\fhttp://127.0.0.1:1/s /s\n", 2),
+    ("FROM x\nADD --chown=0\xa0http://127.0.0.1:1/s /s\n", 2),
+    # ... and so does the byte A0 inside a UTF-8 character: the daemon walks flag bytes
+    ("FROM x\nADD --chown=a\u0160http://127.0.0.1:1/s /s\n", 2),
+])
+def test_sandbox_reads_lines_and_directives_as_the_daemon_does(text, line):
+    problems = sandbox_problems(text)
+    assert any(p.line == line and "ADD http://127.0.0.1:1/s" in p.message for p in problems), \
+        [str(p) for p in problems]
+
+
+@pytest.mark.parametrize("src", [
+    "h\\ttp://127.0.0.1:1/s", '"http://127.0.0.1:1/s"', "'http://127.0.0.1:1/s'",
+    'h"t"tp://127.0.0.1:1/s', '["h\\\\ttp://127.0.0.1:1/s", "/s"]',
+])
+def test_sources_the_daemon_unquotes_into_a_url_are_refused(src):
+    """Red team: the classic builder's shell lexer resolves quotes and escapes in ADD
+    sources; each of these was a URL to it (fetched) and a path to the parser."""
+    text = f"FROM x\nADD {src}" + ("" if src.startswith("[") else " /s") + "\n"
+    problems = sandbox_problems(text)
+    assert any(p.line == 2 for p in problems), [str(p) for p in problems]
+
+
+
+
+def test_parser_drops_bom_and_trailing_crs_as_the_daemon_does():
+    df = parse("\ufeff# escape=`\r\nFROM x\r\r\nRUN a `\r\n b\r\n")
+    assert df.escape == "`"
+    assert [(i.keyword, i.args) for i in df.instructions] == [("FROM", "x"), ("RUN", "a b")]
+
+
+def test_flags_are_read_as_the_daemon_does():
+    ins = parse("FROM x\nCOPY --chown=\"1 2\" --chmod=7\\55 a b\n").instructions[1]
+    assert ins.flags == (("chown", "1 2"), ("chmod", "755"))
+    assert ins.words() == ["a", "b"]
+
+
+@pytest.mark.parametrize("ch", ["\r", "\v", "\f", "\x00", "\x1c", "\x85", "\u2028"])
+def test_control_characters_are_refused(ch):
+    problems = sandbox_problems(f"FROM x\nRUN echo a{ch}b\n")
+    assert any(p.line == 2 and "control character" in p.message for p in problems), \
+        [str(p) for p in problems]
+    assert sandbox_problems("FROM x\r\nRUN\techo a\r\n") == []
+
+
+def test_copy_from_the_current_stage_name_is_an_image():
+    """Red team: `FROM base AS secretimage` + `COPY --from=secretimage` made the daemon read
+    the worker's local image `secretimage` (the current stage is not a source yet), while
+    base_images() took it for a stage and never checked it against the list."""
+    df = parse("FROM easeml/busybox AS priv\nCOPY --from=priv /a /a\nFROM easeml/busybox\n"
+               "COPY --from=priv /b /b\nCOPY --from=0 /c /c\n")
+    assert [(u.line, u.ref, u.how) for u in df.base_images()] == [
+        (1, "easeml/busybox", "FROM"), (2, "priv", "COPY --from"), (3, "easeml/busybox", "FROM")]

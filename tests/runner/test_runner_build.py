@@ -78,6 +78,55 @@ def test_add_url_is_refused_before_the_daemon_fetches_it(runner, tmp_path, tag, 
     assert secret not in log and secret not in err.message
 
 
+@pytest.mark.parametrize("hide,line", [
+    ("RUN echo \\\r#\n", 3),                            # a lone CR (the daemon splits at LF)
+    ("RUN echo \\\n\x1c\n", 4),                         # U+001C: blank to Python, text to Go
+    ("RUN true #`\n", 3),                                  # after '# foo=bar' '# escape=`'
+    ("", 2),                                                # ADD --chown=0\v<url> (a Go space)
+    # a user "aÅ" made first; the daemon reads --chown=aŠ<url> (Š is C5 A0) as --chown=aÅ <url>
+    ('RUN printf "a\\303\\205:x:0:0::/:/bin/sh\\n" >> /etc/passwd && '
+     'printf "a\\303\\205:x:0:\\n" >> /etc/group\n', 3),
+    (("#" + "x" * 99 + "\n") * 11000, None),                # past the first MiB checked
+])
+def test_add_url_hidden_from_the_parser_is_refused(runner, tmp_path, tag, secret_server, hide, line):
+    """Red team: each of these built and fetched the loopback secret (the parser read the
+    file differently from the daemon, or only its first MiB)."""
+    url, secret, hits = secret_server
+    head = "# foo=bar\n# escape=`\n" if "`" in hide else ""
+    flag = "--chown=0\v" if hide == "" else "--chown=a\u0160" if "passwd" in hide else ""
+    dockerfile = f"{head}FROM {BUSYBOX_IMAGE}\n{hide}ADD {flag}{url} /s\nRUN cat /s\n"
+    err, log = _build_fails(runner, tmp_path, dockerfile, tag)
+    assert not hits, "the daemon fetched the URL"
+    assert secret not in log
+    if line is None:
+        assert "more than the 1048576 checked" in err.message, err.message
+    else:
+        assert f"Dockerfile:{line + (2 if head else 0)}: ADD http://127.0.0.1" in err.message, \
+            err.message
+
+
+@pytest.mark.parametrize("quote", ["escape", "double", "json"])
+def test_add_url_in_quotes_or_escapes_is_refused(runner, tmp_path, tag, secret_server, quote):
+    """Red team: the daemon's shell lexer made these URLs (and fetched them)."""
+    url, secret, hits = secret_server
+    src = {"escape": f"h\\ttp{url[4:]} /s", "double": f'"{url}" /s',
+           "json": f'["h\\\\ttp{url[4:]}", "/s"]'}[quote]
+    err, log = _build_fails(runner, tmp_path, f"FROM {BUSYBOX_IMAGE}\nADD {src}\nRUN cat /s\n", tag)
+    assert not hits, "the daemon fetched the URL"
+    assert secret not in log and "Dockerfile:2:" in err.message, err.message
+
+
+def test_copy_from_the_current_stage_name_is_checked_as_an_image(runner, tmp_path, tag):
+    """Red team: the daemon reads `COPY --from=<the current stage's name>` as an image and
+    pulls docker.io/library/<name> (past EASEML_ALLOWED_IMAGES) when it is not local; the
+    parser took it for a stage and never checked it."""
+    name = f"rt{tag.replace('-', '')}"
+    err, _ = _build_fails(runner, tmp_path, f"FROM {BUSYBOX_IMAGE} AS {name}\n"
+                          f"COPY --from={name} /bin/sh /x\n", tag)
+    assert f"Dockerfile:2: COPY --from {name}: image 'docker.io/library/{name}:latest' is not " \
+        "allowed on this worker" in err.message, err.message
+
+
 @pytest.mark.parametrize("line,why", [
     ("RUN --network=host true", "--network=host is not allowed"),
     ("RUN --mount=type=secret,id=x true", "type=secret is not allowed"),
@@ -159,6 +208,32 @@ def test_build_disk_is_limited(runner, tmp_path, tag, tail):
     assert "more than 256 MiB to its image layers" in err.message, err.message
     assert "NEXT2" not in log
     assert time.monotonic() - t0 < 40
+
+
+def test_build_disk_limit_covers_volumes(runner, tmp_path, tag):
+    """Red team: a RUN step's writes under a VOLUME of the image go to an anonymous volume
+    of the step container, which its SizeRw does not count."""
+    small = dataclasses.replace(LIMITS, build_disk=64 << 20)
+    err, log = _build_fails(runner, tmp_path, f"FROM {BUSYBOX_IMAGE}\nVOLUME /v\n"
+                            "RUN dd if=/dev/zero of=/v/big bs=1M count=160 && sleep 5 && "
+                            "echo WROTE$((1+1))\n", tag, limits=small)
+    assert "WROTE2" not in log
+    assert "Dockerfile:2: VOLUME is not allowed" in err.message, err.message
+
+
+def test_a_base_image_with_a_volume_is_refused(docker_client, runner, tmp_path, tag):
+    """The same through a base image (a local one, or one on the allow-list) that declares
+    the VOLUME: its anonymous volumes escape the build disk limit."""
+    base = f"easeml-test-volume-base:{tag}"
+    img, _ = docker_client.images.build(fileobj=__import__("io").BytesIO(
+        f"FROM {BUSYBOX_IMAGE}\nVOLUME /v\n".encode()), tag=base, rm=True, forcerm=True)
+    try:
+        err, _ = _build_fails(runner, tmp_path, f"FROM {base}\n"
+                              "RUN dd if=/dev/zero of=/v/big bs=1M count=160\n", tag,
+                              limits=dataclasses.replace(LIMITS, build_disk=64 << 20))
+        assert "declares VOLUME /v" in err.message, err.message
+    finally:
+        docker_client.images.remove(base, noprune=True)
 
 
 def test_nothing_of_the_worker_environment_enters_the_build(docker_client, tmp_path, tag, monkeypatch):
