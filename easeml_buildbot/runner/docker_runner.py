@@ -93,10 +93,10 @@ class DockerRunner:
         # allow-listing proxy on an internal network (runner/egress.py).
         try:
             self.egress = EgressSettings.from_env()
+            if build_network:
+                self.egress = dataclasses.replace(self.egress, network=build_network)
         except EgressError as exc:
             raise RunnerUnavailable(str(exc)) from None
-        if build_network:
-            self.egress = dataclasses.replace(self.egress, network=build_network)
         self.build_network = self.egress.network
         self.keep_images = keep_images
         # Build arguments come from the operator only (e.g. an egress proxy), never from the

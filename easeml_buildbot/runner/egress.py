@@ -25,7 +25,7 @@ Operator settings (worker environment, or the ``[env]`` table of the worker's
 =============================  ==========================================================
 ``EASEML_BUILD_EGRESS``        ``none`` (default: no network) or ``proxy``
 ``EASEML_BUILD_NETWORK``       the internal network (``proxy``; default ``easeml-build``);
-                               with ``none``, a Docker network mode for builds (``none``)
+                               with ``none`` only ``none`` (anything else is refused)
 ``EASEML_BUILD_PROXY``         the proxy as builds see it, ``http://HOST:PORT``
                                (default: the network's gateway, port 3128)
 ``EASEML_BUILD_PROXY_DOMAINS`` the allow-list the proxy enforces (:func:`squid_config`),
@@ -101,24 +101,31 @@ class EgressSettings:
     proxy: str | None = None
     domains: tuple[str, ...] = DEFAULT_DOMAINS
 
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise EgressError(f"EASEML_BUILD_EGRESS: {self.mode!r} is not one of {', '.join(MODES)}")
+        if self.mode == "none" and self.network != "none":
+            # the old escape hatch (EASEML_BUILD_NETWORK=default) gave RUN steps the worker
+            # host's network: its loopback services, the LAN, cloud metadata
+            raise EgressError(f"EASEML_BUILD_NETWORK={self.network}: builds get a network only "
+                              "through the egress route (set EASEML_BUILD_EGRESS=proxy and name "
+                              "its internal network; docs/operator-guide.md, 'Build network')")
+        if self.mode == "proxy" and (self.network in ("none", "host", "bridge", "default")
+                                     or self.network.startswith("container:")):
+            raise EgressError(f"EASEML_BUILD_NETWORK: {self.network!r} cannot carry the egress "
+                              "route (name the internal network the proxy listens on)")
+        if self.proxy is not None:
+            _parse_proxy(self.proxy)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "EgressSettings":
         env = os.environ if env is None else env
         mode = (env.get("EASEML_BUILD_EGRESS") or "none").strip().lower()
-        if mode not in MODES:
-            raise EgressError(f"EASEML_BUILD_EGRESS: {mode!r} is not one of {', '.join(MODES)}")
         network = (env.get("EASEML_BUILD_NETWORK") or "").strip()
         proxy = (env.get("EASEML_BUILD_PROXY") or "").strip() or None
         domains = parse_domains(env.get("EASEML_BUILD_PROXY_DOMAINS") or ",".join(DEFAULT_DOMAINS))
-        if mode == "none":
-            return cls(mode, network or "none", None, domains)
-        network = network or DEFAULT_NETWORK
-        if network in ("none", "host", "bridge", "default") or network.startswith("container:"):
-            raise EgressError(f"EASEML_BUILD_NETWORK: {network!r} cannot carry the egress route "
-                              "(name the internal network the proxy listens on)")
-        if proxy is not None:
-            _parse_proxy(proxy)
-        return cls(mode, network, proxy, domains)
+        default = DEFAULT_NETWORK if mode == "proxy" else "none"
+        return cls(mode, network or default, proxy if mode == "proxy" else None, domains)
 
 
 @dataclass(frozen=True)
@@ -227,6 +234,8 @@ def squid_config(*, listen: str, domains: Sequence[str], state_dir: str,
     matches), never to :data:`PRIVATE_NETS` or ``deny_nets`` (the host's own addresses), and
     logs/pid under ``state_dir``."""
     names = parse_domains(domains, source="domains")
+    if user is not None and not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", user):
+        raise EgressError(f"user: {user!r} is not a user name")
     host, _, port = listen.rpartition(":")
     ipaddress.ip_address(host.strip("[]"))
     if not port.isdigit():
@@ -263,3 +272,41 @@ def squid_config(*, listen: str, domains: Sequence[str], state_dir: str,
         "",
     ]
     return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m easeml_buildbot.runner.egress squid-conf|firewall ...``: what an operator
+    runs once per Docker host (docs/operator-guide.md, "Build network")."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m easeml_buildbot.runner.egress", description=main.__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("squid-conf", help="print a squid.conf for the build egress proxy")
+    p.add_argument("--listen", required=True, help="IP:PORT on the build network (its gateway)")
+    p.add_argument("--state-dir", default="/var/lib/easeml-squid", help="logs and pid file")
+    p.add_argument("--domains", default=None,
+                   help="allow-list (default: $EASEML_BUILD_PROXY_DOMAINS or pypi.org,files.pythonhosted.org)")
+    p.add_argument("--deny", action="append", default=[], metavar="NET",
+                   help="more destinations to refuse, e.g. the host's public address (repeatable)")
+    p.add_argument("--user", default=None, help="cache_effective_user (Debian: proxy)")
+    f = sub.add_parser("firewall", help="print the iptables commands that close the bridge to the host")
+    f.add_argument("--bridge", required=True, help="host interface of the build network")
+    f.add_argument("--listen", required=True, help="the proxy's IP:PORT on that network")
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "squid-conf":
+            domains = args.domains or os.environ.get("EASEML_BUILD_PROXY_DOMAINS") or ",".join(DEFAULT_DOMAINS)
+            print(squid_config(listen=args.listen, domains=parse_domains(domains), state_dir=args.state_dir,
+                               deny_nets=args.deny, user=args.user), end="")
+        else:
+            host, _, port = args.listen.rpartition(":")
+            ipaddress.ip_address(host)
+            for rule in firewall_rules(args.bridge, host, int(port)):
+                print("iptables " + " ".join(rule))
+    except ValueError as exc:
+        ap.error(str(exc))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

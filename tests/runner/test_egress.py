@@ -48,10 +48,37 @@ def test_settings_default_to_no_network():
     ({"EASEML_BUILD_PROXY_DOMAINS": "pypi.org,169.254.169.254"}, "EASEML_BUILD_PROXY_DOMAINS"),
     ({"EASEML_BUILD_PROXY_DOMAINS": "pypi.org\nhttp_access allow all"}, "EASEML_BUILD_PROXY_DOMAINS"),
     ({"EASEML_BUILD_PROXY_DOMAINS": "*.example.org"}, "EASEML_BUILD_PROXY_DOMAINS"),
+    # the old escape hatch gave RUN steps the worker host's network
+    ({"EASEML_BUILD_NETWORK": "default"}, "EASEML_BUILD_NETWORK=default"),
+    ({"EASEML_BUILD_NETWORK": "host"}, "EASEML_BUILD_NETWORK=host"),
 ])
 def test_bad_settings_name_the_variable(env, key):
     with pytest.raises(egress.EgressError, match=key):
         egress.EgressSettings.from_env(env)
+
+
+def test_a_worker_with_a_bad_build_network_refuses_to_build(docker_client, monkeypatch):
+    from easeml_buildbot.runner.docker_runner import DockerRunner
+
+    monkeypatch.setenv("EASEML_BUILD_NETWORK", "default")
+    with pytest.raises(RunnerUnavailable, match="only through the egress route"):
+        DockerRunner(docker_client)
+
+
+def test_operator_commands_print_the_config_and_the_rules():
+    import subprocess
+    import sys
+
+    run = lambda *a: subprocess.run([sys.executable, "-m", "easeml_buildbot.runner.egress", *a],  # noqa: E731
+                                    capture_output=True, text=True)
+    conf = run("squid-conf", "--listen", "172.30.0.1:3128", "--domains", "pypi.org", "--user", "proxy")
+    assert conf.returncode == 0 and "acl egress_allowed dstdomain -n pypi.org\n" in conf.stdout
+    rules = run("firewall", "--bridge", "easeml-build0", "--listen", "172.30.0.1:3128")
+    assert rules.stdout.splitlines() == [
+        "iptables -I INPUT -i easeml-build0 -j DROP",
+        "iptables -I INPUT -i easeml-build0 -p tcp -d 172.30.0.1 --dport 3128 -j ACCEPT"]
+    bad = run("squid-conf", "--listen", "172.30.0.1:3128", "--domains", "pypi.org http_access allow all")
+    assert bad.returncode == 2 and "is not a domain name" in bad.stderr
 
 
 def test_squid_config_allows_only_the_listed_names():
