@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,7 +63,9 @@ def service(repo, head: str, base: str, key: Path, cache: Path, limits: Limits) 
     if r["status"] != "scored":
         raise SystemExit(f"service: {r['status']} {r.get('cause')}: {r.get('message')}")
     t = r["timings"]
-    return {"total": wall, "build": t.get("build_head", 0.0), "run": t.get("run_head", 0.0)}
+    return {"total": wall, "build": t.get("build_head", 0.0), "run": t.get("run_head", 0.0),
+            "other": wall - t.get("build_head", 0.0) - t.get("run_head", 0.0),
+            "detail": {k: v for k, v in t.items() if k not in ("build_head", "run_head", "total")}}
 
 
 def floor(repo, sha: str, work: Path, features: Path, route, *, cold: bool) -> dict[str, float]:
@@ -89,12 +92,13 @@ def floor(repo, sha: str, work: Path, features: Path, route, *, cold: bool) -> d
     shutil.rmtree(ctx)
     if not (out / "predictions.csv").exists():
         raise SystemExit("floor: the model wrote no predictions")
-    return {"total": t_build + t_run, "build": t_build, "run": t_run, "tag": tag}
+    return {"total": t_build + t_run, "build": t_build, "run": t_run, "other": 0.0, "tag": tag}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.parse_args()
+    ap.add_argument("--repeats", type=int, default=1)
+    args = ap.parse_args()
     reason = squid.unavailable()
     if reason:
         print(f"# skipped: {reason}")
@@ -119,25 +123,42 @@ def main() -> int:
 
         for k, v in route.env.items():
             os.environ[k] = v
-        a, b = uuid.uuid4().hex[:12], uuid.uuid4().hex[:12]
-        s1, s2 = _bust(repo, pr1.sha, "svc-1", a), _bust(repo, pr2.sha, "svc-2", a)
-        f1, f2 = _bust(repo, pr1.sha, "floor-1", b), _bust(repo, pr2.sha, "floor-2", b)
         base = repo.base.sha
-        svc_cold = service(repo, s1, base, priv, t / "cache-1", limits)
-        svc_warm = service(repo, s2, base, priv, t / "cache-2", limits)
-        fl_cold = floor(repo, f1, t, features, route, cold=True)
-        fl_warm = floor(repo, f2, t, features, route, cold=False)
-        for tag in (fl_cold["tag"], fl_warm["tag"]):
-            subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
-        model_run = fl_warm["run"]
-        print(f"# sklearn repository, {need} test rows; seconds (one run each)")
-        print(f"{'':14} {'build':>8} {'run':>8} {'total':>8}")
-        for name, r in (("floor cold", fl_cold), ("service cold", svc_cold),
-                        ("floor warm", fl_warm), ("service warm", svc_warm)):
-            print(f"{name:14} {r['build']:8.2f} {r['run']:8.2f} {r['total']:8.2f}")
-        print(f"cold ratio service/floor: {svc_cold['total'] / fl_cold['total']:.2f}  (target <= 1.2)")
-        print(f"warm service - model run: {svc_warm['total'] - model_run:.2f} s  (target <= 3; "
-              f"model run {model_run:.2f} s)")
+        runs: dict[str, list[dict]] = {k: [] for k in ("floor cold", "service cold", "floor warm",
+                                                       "service warm")}
+        for i in range(args.repeats):
+            a, b = uuid.uuid4().hex[:12], uuid.uuid4().hex[:12]
+            s1, s2 = _bust(repo, pr1.sha, f"svc-1-{i}", a), _bust(repo, pr2.sha, f"svc-2-{i}", a)
+            f1, f2 = _bust(repo, pr1.sha, f"floor-1-{i}", b), _bust(repo, pr2.sha, f"floor-2-{i}", b)
+
+            def svc() -> None:
+                runs["service cold"].append(service(repo, s1, base, priv, t / f"cache-1-{i}", limits))
+                runs["service warm"].append(service(repo, s2, base, priv, t / f"cache-2-{i}", limits))
+
+            def flr() -> None:
+                runs["floor cold"].append(floor(repo, f1, t, features, route, cold=True))
+                runs["floor warm"].append(floor(repo, f2, t, features, route, cold=False))
+                for r in (runs["floor cold"][-1], runs["floor warm"][-1]):
+                    subprocess.run(["docker", "rmi", "-f", r["tag"]], capture_output=True)
+            # alternate which goes first: the machine's load drifts
+            for step in ((svc, flr) if i % 2 == 0 else (flr, svc)):
+                step()
+        med = {name: {k: statistics.median(r[k] for r in rs) for k in ("build", "run", "other", "total")}
+               for name, rs in runs.items()}
+        model_run = med["floor warm"]["run"]
+        print(f"# sklearn repository ({need} test rows); seconds, median of {args.repeats}; "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        print(f"{'':14} {'build':>8} {'run':>8} {'other':>8} {'total':>8}")
+        for name, r in med.items():
+            print(f"{name:14} {r['build']:8.2f} {r['run']:8.2f} {r['other']:8.2f} {r['total']:8.2f}")
+        detail = runs["service warm"][-1]["detail"]
+        print("# service 'other' = wall time outside build and run: the runner's start, image "
+              "clean-up and, of those timed (last warm run), "
+              + ", ".join(f"{k} {v:.2f}" for k, v in detail.items()))
+        print(f"cold ratio service/floor: {med['service cold']['total'] / med['floor cold']['total']:.2f}"
+              "  (target <= 1.2)")
+        print(f"warm service - model run: {med['service warm']['total'] - model_run:.2f} s  "
+              f"(target <= 3; model run = the floor's docker run, {model_run:.2f} s)")
     return 0
 
 
