@@ -8,7 +8,9 @@ First PR ("cold"): nothing cached, the image is built from scratch (apt + pip + 
 Second PR ("warm"): only model/params.npz changed; with a layer cache only the layers
 after ``COPY model/`` are rebuilt. The floor is ``docker build`` (``--no-cache`` for the
 first PR, the daemon's cache for the second) plus ``docker run`` on the features file.
-"model run" is the floor's ``docker run`` of the warm image: the model's own cost.
+"model run" is the floor's ``docker run`` of the warm image: the model's own cost. The
+floor gets the operator's CPU and memory limits (``EASEML_CPUS``, ``EASEML_MEMORY``) like the
+service's builds and runs, so the comparison is of the service's overhead, not of limits.
 Targets (issue 12): cold within 1.2x of the floor; warm within 3 s of the model run.
 
 Each invocation adds a ``LABEL`` with a fresh id after ``FROM`` (to both the service's
@@ -68,12 +70,17 @@ def service(repo, head: str, base: str, key: Path, cache: Path, limits: Limits) 
             "detail": {k: v for k, v in t.items() if k not in ("build_head", "run_head", "total")}}
 
 
-def floor(repo, sha: str, work: Path, features: Path, route, *, cold: bool) -> dict[str, float]:
+def floor(repo, sha: str, work: Path, features: Path, route, limits: Limits, *,
+          cold: bool) -> dict[str, float]:
     ctx = export_commit(repo.path, sha, work / f"ctx-{sha[:12]}")
     tag = f"easeml-bench-floor:{sha[:12]}"
     args = ["docker", "build", "-q", "--network", route.network_name, "-t", tag, str(ctx)]
     for k, v in proxy_buildargs(route.proxy_url).items():
         args[2:2] = ["--build-arg", f"{k}={v}"]
+    # the operator's CPU and memory limits, as the service applies them to builds and runs
+    cpus = min(limits.cpus, os.cpu_count() or 1)
+    args[2:2] = ["--cpu-period", "100000", "--cpu-quota", str(int(cpus * 100000)),
+                 "--memory", str(limits.memory), "--memory-swap", str(limits.memory)]
     if cold:
         args.insert(2, "--no-cache")
     t0 = time.perf_counter()
@@ -84,6 +91,7 @@ def floor(repo, sha: str, work: Path, features: Path, route, *, cold: bool) -> d
     out.chmod(0o777)
     t0 = time.perf_counter()
     subprocess.run(["docker", "run", "--rm", "--network", "none", "--read-only", "--user", "65534:65534",
+                    "--cpus", str(cpus), "--memory", str(limits.memory),
                     "--tmpfs", "/tmp", "-e", "EASEML_FEATURES=/easeml/input/features.csv",
                     "-e", "EASEML_OUTPUT=/easeml/output", "-e", "HOME=/tmp",
                     "-v", f"{features}:/easeml/input/features.csv:ro", "-v", f"{out}:/easeml/output", tag],
@@ -136,8 +144,8 @@ def main() -> int:
                 runs["service warm"].append(service(repo, s2, base, priv, t / f"cache-2-{i}", limits))
 
             def flr() -> None:
-                runs["floor cold"].append(floor(repo, f1, t, features, route, cold=True))
-                runs["floor warm"].append(floor(repo, f2, t, features, route, cold=False))
+                runs["floor cold"].append(floor(repo, f1, t, features, route, limits, cold=True))
+                runs["floor warm"].append(floor(repo, f2, t, features, route, limits, cold=False))
                 for r in (runs["floor cold"][-1], runs["floor warm"][-1]):
                     subprocess.run(["docker", "rmi", "-f", r["tag"]], capture_output=True)
             # alternate which goes first: the machine's load drifts
