@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import uuid
 
 import pytest
 
@@ -57,7 +58,7 @@ def test_sklearn_repository_cold_and_warm(world):
 
     w, route = world
     repo = make_sklearn_repo(w.base / "repos" / "sklearn", public_key=w.keys.public,
-                             ca_file=squid.HOST_CA_BUNDLE)
+                             ca_file=squid.HOST_CA_BUNDLE, run_label=uuid.uuid4().hex)
     good = repo.commit_weights("pr-1", rows=2000, message="train on all rows")
     bad = repo.commit_weights("pr-2", rows=2000, shuffle_labels=True, message="retrain (label bug)")
     assert good.accuracy > 0.9 and bad.accuracy < 0.6  # far from 0.8 +/- 0.05 either way

@@ -98,7 +98,9 @@ class SklearnRepo:
 
 def make_sklearn_repo(path: str | os.PathLike[str], *, public_key: str | os.PathLike[str],
                       ca_file: str | os.PathLike[str] | None = None, branch: str = "main",
-                      base_rows: int = 60) -> SklearnRepo:
+                      base_rows: int = 60, run_label: str | None = None) -> SklearnRepo:
+    """``run_label``: a ``LABEL`` after ``FROM``, so the daemon's layer cache (which a
+    previous test run on the same daemon filled) cannot serve this repository's first build."""
     from easeml_buildbot.custody.dataset import encrypt_dataset
 
     repo = Path(path)
@@ -111,6 +113,12 @@ def make_sklearn_repo(path: str | os.PathLike[str], *, public_key: str | os.Path
             shutil.copy(src, dst)
     if ca_file is not None:
         shutil.copy(ca_file, repo / "extra-ca.pem")
+    if run_label is not None:
+        df = repo / "Dockerfile"
+        lines = df.read_text().splitlines(keepends=True)
+        i = next(k for k, ln in enumerate(lines) if ln.upper().startswith("FROM "))
+        lines.insert(i + 1, f"LABEL easeml.test.run={run_label}\n")
+        df.write_text("".join(lines))
     x_train, y_train, x_test, y_test = generated_data()
     r = SklearnRepo(repo, branch, Commit("", branch, np.array([]), 0.0), DATASET_PATH, "",
                     y_test, x_train, y_train, x_test)
