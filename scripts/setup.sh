@@ -21,6 +21,9 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || pkgs+=(docker-compose)
   # npm fetches GitHub's REST description and webhook examples for the master's e2e tests.
   command -v npm >/dev/null || pkgs+=(nodejs npm)
+  # The builds' egress route in tests/support/squid.py: squid (allow-listing proxy), iptables.
+  command -v squid >/dev/null || pkgs+=(squid)
+  command -v iptables >/dev/null || pkgs+=(iptables)
   if [ ${#pkgs[@]} -gt 0 ]; then
     log "installing system packages: ${pkgs[*]}"
     apt-get update -qq

@@ -14,6 +14,7 @@ apart: what a developer may see of them is decided in ``runner/evaluate.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -44,6 +45,7 @@ from easeml_buildbot.runner.build_cgroup import BuildCgroup, CgroupUnavailable
 from easeml_buildbot.runner.dockerfile import (
     Dockerfile, DockerfileError, check_sandbox, sandbox_problems,
 )
+from easeml_buildbot.runner.egress import EgressError, EgressSettings, build_route
 from easeml_buildbot.runner.image_cache import ImageCache, Lease, context_digest
 from easeml_buildbot.runner.images import (
     DEFAULT_DOMAIN, AllowedImages, BadReference, Reference, normalize, parse_reference,
@@ -171,8 +173,15 @@ class DockerRunner:
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise RunnerUnavailable(f"no Docker daemon answers: {exc}") from None
         # The build never sees the test set, but offline builds are reproducible and cannot
-        # fetch surprises; EASEML_BUILD_NETWORK names the network RUN steps get.
-        self.build_network = build_network or os.environ.get("EASEML_BUILD_NETWORK", "none")
+        # fetch surprises; EASEML_BUILD_EGRESS=proxy routes RUN steps through the operator's
+        # allow-listing proxy on an internal network (runner/egress.py).
+        try:
+            self.egress = EgressSettings.from_env()
+            if build_network:
+                self.egress = dataclasses.replace(self.egress, network=build_network)
+        except EgressError as exc:
+            raise RunnerUnavailable(str(exc)) from None
+        self.build_network = self.egress.network
         self.keep_images = keep_images
         # Build arguments come from the operator only (e.g. an egress proxy), never from the
         # repository or the worker's environment.
@@ -215,13 +224,15 @@ class DockerRunner:
             parsed = check_sandbox(text, path=str(dockerfile.relative_to(repo)))
         except DockerfileError as exc:
             raise ModelError("build_failed", str(exc)) from None
+        route = build_route(self.client, self.egress)  # the operator's network for RUN steps
         lease = self.cache.lease()  # from here on no prune removes what this build uses
         try:
             bases = self._check_base_images(parsed, log_out)
             patterns = _dockerignore(context) + list(ALWAYS_EXCLUDED) + [
                 p for e in exclude for p in (e, f"{e.rstrip('/')}/**")]
             ctx = build_tar(str(context), exclude=patterns, dockerfile=(rel_dockerfile, None))
-            settings = {"network": self.build_network, "build_args": self.build_args}
+            settings = {"network": route.network_mode,
+                        "build_args": {**self.build_args, **route.buildargs}}
             ref = self.cache.ref_for(self.cache.key(context_digest(ctx), rel_dockerfile,
                                                     settings, bases))
             if self.cache.lookup(ref):
@@ -230,7 +241,7 @@ class DockerRunner:
                               "base images and build settings)\n")
                 steps: list[str] = []
             else:
-                steps = self._build(ctx, ref, rel_dockerfile, limits, log_out)
+                steps = self._build(ctx, ref, rel_dockerfile, limits, log_out, settings)
                 self.cache.touch(ref)
         except BaseException:
             lease.release()
@@ -240,7 +251,7 @@ class DockerRunner:
         return ref, steps
 
     def _build(self, ctx: Any, ref: str, rel_dockerfile: str, limits: Limits,
-               log_out: BoundedLog) -> list[str]:
+               log_out: BoundedLog, settings: Mapping[str, Any]) -> list[str]:
         steps: list[str] = []
         state: dict[str, Any] = {"running": None, "error": None, "limit": None, "done": False}
         cgroup = BuildCgroup(pids=limits.pids, cpus=min(limits.cpus, self._host_cpus()),
@@ -267,11 +278,11 @@ class DockerRunner:
                     # The layer cache is on: nothing removes an image while a build holds
                     # the cache (see image_cache.py). rm/forcerm remove step *containers*.
                     "rm": True, "forcerm": True, "pull": False, "nocache": False,
-                    "networkmode": self.build_network,
+                    "networkmode": settings["network"],
                     "labels": json.dumps({LABEL: "model"}),
                     # only the operator's build arguments; the SDK would add the worker's
                     # proxy settings from ~/.docker/config.json (use_config_proxy)
-                    "buildargs": json.dumps(self.build_args),
+                    "buildargs": json.dumps(settings["build_args"]),
                     # with the build's cgroup the memory limit is its (one counter of OOM
                     # kills for the whole build); without, per step container
                     **({"cgroupparent": cgroup.parent} if self.build_cgroup else

@@ -66,7 +66,8 @@ class GitHubWorld:
 
 
 def start_world(base: Path, keys: Any, *, workers: int = 2, runner: str = "process",
-                extra_settings: dict[str, Any] | None = None) -> tuple[GitHubWorld, Any]:
+                extra_settings: dict[str, Any] | None = None,
+                worker_env: dict[str, str] | None = None) -> tuple[GitHubWorld, Any]:
     sim, app_key = GitHubSim.with_new_app_key(app_id=4242)
     sim.start()
     base.mkdir(parents=True, exist_ok=True)
@@ -77,7 +78,7 @@ def start_world(base: Path, keys: Any, *, workers: int = 2, runner: str = "proce
                            "webhook_secret": SECRET, "api_url": sim.url}}
     for k, v in (extra_settings or {}).items():
         settings[k] = {**settings[k], **v} if isinstance(v, dict) and isinstance(settings.get(k), dict) else v
-    env = {"EASEML_WORKER_KEY": str(keys.private), "EASEML_WORKER_RUNNER": runner}
+    env = {"EASEML_WORKER_KEY": str(keys.private), "EASEML_WORKER_RUNNER": runner, **(worker_env or {})}
     bb = BuildbotHarness(base / "bb", settings=settings, workers=workers, worker_env=env)
     try:
         bb.start()
