@@ -213,6 +213,26 @@ def make_runner(docker: bool) -> tuple[ModelRunner, str]:
         raise LocalRunError(f"--docker: {exc}") from None
 
 
+def _require_base_images(runner: ModelRunner, repo_dir: Path, model: dict) -> None:
+    """Every FROM image must be on this machine (the runner never pulls): say how to get the
+    scaffold's base image instead of failing in the build."""
+    from easeml_buildbot.runner.base import model_path
+    from easeml_buildbot.scaffold.cli import BASE_IMAGE
+
+    dockerfile = model_path(repo_dir, str(model.get("dockerfile") or "Dockerfile"), "dockerfile")
+    if not dockerfile.is_file():
+        return  # the runner reports dockerfile_missing with its cause name
+    try:
+        runner._check_base_images(dockerfile)  # type: ignore[attr-defined]
+    except ModelError as exc:
+        hint = (f"; build it with `easeml base-image` (plain `docker build` of a small Dockerfile "
+                f"shipped with easeml: Debian bookworm + python3 + numpy, what the service's workers "
+                f"have as {BASE_IMAGE})") if f"base image {BASE_IMAGE!r}" in exc.message else (
+                "; pull or build it first (the service's workers only have the images their operator "
+                "built; ask them which)")
+        raise LocalRunError(f"{dockerfile.name}: {exc.message}{hint}") from None
+
+
 def run_local(*, repo_dir: Path, features: Path, labels: Path | None = None,
               config_path: Path | None = None, docker: bool = False,
               timeout: float | None = None) -> LocalReport:
@@ -224,6 +244,8 @@ def run_local(*, repo_dir: Path, features: Path, labels: Path | None = None,
     model, label_column = _load_model_config(repo_dir, config_path)
     limits = _limits(timeout)
     runner, runner_name = make_runner(docker)
+    if docker:
+        _require_base_images(runner, repo_dir, model)
     with tempfile.TemporaryDirectory(prefix="easeml-run-local-") as tmp:
         feats, y = split_dev_set(features, label_column, Path(tmp))
         label_source = f"column {label_column!r}" if y is not None else None
