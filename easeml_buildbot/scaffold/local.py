@@ -214,23 +214,36 @@ def make_runner(docker: bool) -> tuple[ModelRunner, str]:
 
 
 def _require_base_images(runner: ModelRunner, repo_dir: Path, model: dict) -> None:
-    """Every FROM image must be on this machine (the runner never pulls): say how to get the
-    scaffold's base image instead of failing in the build."""
+    """The scaffold's base image must be on this machine (a worker, and so run-local, never
+    pulls it): say how to build it instead of failing in the build. Other images are the
+    runner's to judge (its message names the operator's allow-list)."""
+    import docker.errors
+
     from easeml_buildbot.runner.base import model_path
+    from easeml_buildbot.runner.dockerfile import DockerfileError, parse
     from easeml_buildbot.scaffold.cli import BASE_IMAGE
 
     dockerfile = model_path(repo_dir, str(model.get("dockerfile") or "Dockerfile"), "dockerfile")
     if not dockerfile.is_file():
         return  # the runner reports dockerfile_missing with its cause name
     try:
-        runner._check_base_images(dockerfile)  # type: ignore[attr-defined]
-    except ModelError as exc:
-        hint = (f"; build it with `easeml base-image` (plain `docker build` of a small Dockerfile "
-                f"shipped with easeml: Debian bookworm + python3 + numpy, what the service's workers "
-                f"have as {BASE_IMAGE})") if f"base image {BASE_IMAGE!r}" in exc.message else (
-                "; pull or build it first (the service's workers only have the images their operator "
-                "built; ask them which)")
-        raise LocalRunError(f"{dockerfile.name}: {exc.message}{hint}") from None
+        uses = parse(dockerfile.read_text(encoding="utf-8", errors="replace"),
+                     path=dockerfile.name).base_images()
+    except DockerfileError:
+        return  # the runner reports it as build_failed
+    for use in uses:
+        if use.ref != BASE_IMAGE:
+            continue
+        try:
+            runner.client.images.get(use.ref)  # type: ignore[attr-defined]
+        except docker.errors.ImageNotFound:
+            raise LocalRunError(
+                f"{dockerfile.name}:{use.line}: base image {use.ref!r} is not on this machine; build "
+                "it once with `easeml base-image` (plain `docker build` of a small Dockerfile shipped "
+                "with easeml: Debian bookworm + python3 + numpy, what the service's workers have)"
+            ) from None
+        except docker.errors.APIError:
+            return
 
 
 def run_local(*, repo_dir: Path, features: Path, labels: Path | None = None,
