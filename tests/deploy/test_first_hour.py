@@ -196,11 +196,15 @@ class Block:
         if name.split(".")[0] in {SERVER_STACK!r}:
             raise ImportError(f"{{name}} is not installed (client only)")
 sys.meta_path.insert(0, Block())
+import easeml_buildbot.runner.docker_runner, easeml_buildbot.runner.evaluate  # worker evaluate, --docker
 from easeml_buildbot.cli import main
 for argv in (["init", "repo"], ["check-config", "repo/.easeml.yml"], ["samples", "repo/.easeml.yml"],
              ["dataset", "encrypt", "--key", {str(service_key[0])!r}, "test.csv", "repo/data/test.csv.gpg"],
              ["run-local", "--dir", "repo", "--features", "dev.csv"]):
     assert main(argv) == 0, argv
+open("labels.csv", "w").write("label\\n" + "1\\n" * 1400)
+open("new.csv", "w").write("1\\n" * 1400)
+assert main(["evaluate", "--config", "repo/.easeml.yml", "--labels", "labels.csv", "--new", "new.csv"]) == 0
 print("loaded:", sorted(m for m in sys.modules if m.split(".")[0] in {SERVER_STACK!r}))
 """
     r = subprocess.run([sys.executable, "-c", blocker], cwd=tmp_path, env=env(), capture_output=True,
