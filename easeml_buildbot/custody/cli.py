@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from easeml_buildbot.custody import dataset as ds_mod
 from easeml_buildbot.custody import keys as keys_mod
@@ -30,14 +31,80 @@ def _keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _find_config(explicit: str | None, output: Path) -> Path | None:
+    """The repository's ``.easeml.yml``: ``--config``, else the nearest one above the output
+    file or the current directory (up to the repository root, the directory holding ``.git``)."""
+    from easeml_buildbot.config import CONFIG_FILE
+
+    if explicit:
+        return Path(explicit)
+    cwd = Path.cwd()
+    for start in (output.absolute().parent, cwd):
+        for d in (start, *start.parents):
+            if (d / CONFIG_FILE).is_file():
+                found = d / CONFIG_FILE
+                return found.relative_to(cwd) if found.is_relative_to(cwd) else found
+            if (d / ".git").exists():
+                break
+    return None
+
+
 def _dataset_encrypt(args: argparse.Namespace) -> int:
+    from easeml_buildbot.config import ConfigError, parse_config
+    from easeml_buildbot.estimator.samples import SampleSizeError
+
+    out = Path(args.output)
+    label_column = args.label_column or "label"
+    needed = None
+    cfg_path = None
     try:
-        if not args.no_check:
-            fmt, n = ds_mod.check_plaintext(args.input, label_column=args.label_column)
-            print(f"{args.input}: {fmt}, {n} rows, label column '{args.label_column}'")
+        cfg_path = _find_config(args.config, out)
+        if cfg_path is not None:
+            try:
+                text = cfg_path.read_text()
+            except OSError as exc:
+                return _fail(f"{cfg_path}: cannot read: {exc.strerror or exc}")
+            cfg = parse_config(text, source=str(cfg_path))
+            if args.label_column and args.label_column != cfg.label_column:
+                print(f"note: --label-column {args.label_column} overrides label_column "
+                      f"'{cfg.label_column}' of {cfg_path}", file=sys.stderr)
+            label_column = args.label_column or cfg.label_column
+            needed = (cfg.required_samples().rows, cfg)
+            if Path(cfg.dataset) != out and (cfg_path.parent / cfg.dataset).absolute() != out.absolute():
+                print(f"note: {cfg_path} reads the test set from dataset: {cfg.dataset}, not {out}",
+                      file=sys.stderr)
+        if args.no_check:
+            if needed:
+                print(f"note: --no-check: the rows are not counted against the {needed[0]} "
+                      f"{cfg_path} needs", file=sys.stderr)
+        else:
+            fmt, n = ds_mod.check_plaintext(args.input, label_column=label_column)
+            print(f"{args.input}: {fmt}, {n} rows, label column '{label_column}'")
+            if needed and n < needed[0]:
+                rows, cfg = needed
+                what = (f"the condition '{cfg.condition_text}' at reliability {cfg.reliability} over "
+                        f"{cfg.steps} steps (adaptivity {cfg.adaptivity}) in {cfg_path} needs {rows:,} rows")
+                if not args.allow_small:
+                    return _fail(f"{args.input}: {n:,} rows, but {what}; collect more samples, relax the "
+                                 "condition (easeml samples .easeml.yml), or pass --allow-small to encrypt it "
+                                 "anyway (the service will then refuse to evaluate with it)")
+                print(f"warning: --allow-small: {n:,} rows, but {what}", file=sys.stderr)
+        if out.parent and not out.parent.is_dir():
+            if out.parent.exists():
+                return _fail(f"{out.parent}: cannot create the output folder: a file of that name exists")
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                return _fail(f"{out.parent}: cannot create the output folder: {exc.strerror or exc}")
         ds_id = ds_mod.encrypt_dataset(args.key, args.input, args.output)
-    except ds_mod.DatasetError as exc:
+    except (ds_mod.DatasetError, ConfigError) as exc:
         return _fail(str(exc))
+    except SampleSizeError as exc:
+        return _fail(f"{cfg_path}: {exc}")
+    except OSError as exc:
+        return _fail(f"{getattr(exc, 'filename', None) or args.input}: {exc.strerror or exc}")
+    except Exception as exc:  # noqa: BLE001 - gpg and friends: a message, never a traceback
+        return _fail(f"{args.input} -> {args.output}: {type(exc).__name__}: {exc}")
     print(f"wrote {args.output}")
     print(f"dataset id: {ds_id}")
     return 0
@@ -108,8 +175,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dsub = dataset.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
     enc = dsub.add_parser("encrypt", help="encrypt a test set to the service's public key")
     enc.add_argument("--key", required=True, help="the service's public key (easeml_pub.asc)")
-    enc.add_argument("--label-column", default="label")
-    enc.add_argument("--no-check", action="store_true", help="skip checking the plaintext format")
+    enc.add_argument("--label-column", default=None,
+                     help="the label column (default: label_column of .easeml.yml, else 'label')")
+    enc.add_argument("--config", help="the repository's .easeml.yml (default: the nearest one above OUT "
+                     "or the current directory)")
+    enc.add_argument("--allow-small", action="store_true",
+                     help="encrypt even if the set has fewer rows than the condition needs")
+    enc.add_argument("--no-check", action="store_true", help="skip checking the plaintext format (and its size)")
     enc.add_argument("input", metavar="IN")
     enc.add_argument("output", metavar="OUT")
     enc.set_defaults(func=_dataset_encrypt)

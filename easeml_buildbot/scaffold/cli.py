@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+import shutil
+import subprocess
 from pathlib import Path
+
+BASE_IMAGE = "easeml/python:bookworm"
+
+
+def base_image_dockerfile() -> str:
+    """The shipped Dockerfile of the scaffold's base image."""
+    from importlib.resources import files
+
+    return files("easeml_buildbot.scaffold").joinpath("base-image", "Dockerfile").read_text()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,6 +47,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--timeout", type=float, help="wall-time limit in seconds for the model")
     r.add_argument("--show", type=int, default=5, metavar="N", help="print the first N predictions (default 5)")
     r.set_defaults(func=_run_local)
+
+    b = subparsers.add_parser(
+        "base-image",
+        help="build easeml/python:bookworm, the scaffold's base image, with plain docker build",
+        description="Build the base image of a scaffolded Dockerfile on your machine from a small "
+        "Dockerfile shipped with easeml (FROM debian:bookworm-slim + Debian's python3 and "
+        "python3-numpy, the packages the service's workers have), so `easeml run-local --docker` "
+        "works without the service's debootstrap script. Needs Docker Hub and Debian's mirror once.",
+    )
+    b.add_argument("--tag", default=BASE_IMAGE, help=f"image tag (default: {BASE_IMAGE})")
+    b.add_argument("--print", dest="print_only", action="store_true",
+                   help="print the Dockerfile instead (e.g. for `docker build -t TAG -`)")
+    b.set_defaults(func=_base_image)
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -79,3 +103,28 @@ def _run_local(args: argparse.Namespace) -> int:
         return 1
     print(report.render(show=args.show))
     return 0 if report.ok else 1
+
+
+def _base_image(args: argparse.Namespace) -> int:
+    text = base_image_dockerfile()
+    if args.print_only:
+        print(text, end="")
+        return 0
+    docker = shutil.which("docker")
+    if not docker:
+        print("easeml base-image: no docker command on PATH; install Docker, or build the image "
+              "from `easeml base-image --print` elsewhere", file=sys.stderr)
+        return 1
+    print(f"docker build -t {args.tag} -   (the Dockerfile of `easeml base-image --print`)")
+    try:
+        r = subprocess.run([docker, "build", "-t", args.tag, "-"], input=text, text=True)
+    except OSError as exc:
+        print(f"easeml base-image: {docker}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    if r.returncode != 0:
+        print(f"easeml base-image: docker build failed (exit {r.returncode}); it pulls "
+              "debian:bookworm-slim from Docker Hub and installs python3 and python3-numpy from "
+              "Debian's mirror", file=sys.stderr)
+        return 1
+    print(f"built {args.tag}: `easeml run-local --docker` can use it now")
+    return 0

@@ -213,6 +213,39 @@ def make_runner(docker: bool) -> tuple[ModelRunner, str]:
         raise LocalRunError(f"--docker: {exc}") from None
 
 
+def _require_base_images(runner: ModelRunner, repo_dir: Path, model: dict) -> None:
+    """The scaffold's base image must be on this machine (a worker, and so run-local, never
+    pulls it): say how to build it instead of failing in the build. Other images are the
+    runner's to judge (its message names the operator's allow-list)."""
+    import docker.errors
+
+    from easeml_buildbot.runner.base import model_path
+    from easeml_buildbot.runner.dockerfile import DockerfileError, parse
+    from easeml_buildbot.scaffold.cli import BASE_IMAGE
+
+    dockerfile = model_path(repo_dir, str(model.get("dockerfile") or "Dockerfile"), "dockerfile")
+    if not dockerfile.is_file():
+        return  # the runner reports dockerfile_missing with its cause name
+    try:
+        uses = parse(dockerfile.read_text(encoding="utf-8", errors="replace"),
+                     path=dockerfile.name).base_images()
+    except DockerfileError:
+        return  # the runner reports it as build_failed
+    for use in uses:
+        if use.ref != BASE_IMAGE:
+            continue
+        try:
+            runner.client.images.get(use.ref)  # type: ignore[attr-defined]
+        except docker.errors.ImageNotFound:
+            raise LocalRunError(
+                f"{dockerfile.name}:{use.line}: base image {use.ref!r} is not on this machine; build "
+                "it once with `easeml base-image` (plain `docker build` of a small Dockerfile shipped "
+                "with easeml: Debian bookworm + python3 + numpy, what the service's workers have)"
+            ) from None
+        except docker.errors.APIError:
+            return
+
+
 def run_local(*, repo_dir: Path, features: Path, labels: Path | None = None,
               config_path: Path | None = None, docker: bool = False,
               timeout: float | None = None) -> LocalReport:
@@ -224,6 +257,8 @@ def run_local(*, repo_dir: Path, features: Path, labels: Path | None = None,
     model, label_column = _load_model_config(repo_dir, config_path)
     limits = _limits(timeout)
     runner, runner_name = make_runner(docker)
+    if docker:
+        _require_base_images(runner, repo_dir, model)
     with tempfile.TemporaryDirectory(prefix="easeml-run-local-") as tmp:
         feats, y = split_dev_set(features, label_column, Path(tmp))
         label_source = f"column {label_column!r}" if y is not None else None

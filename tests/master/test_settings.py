@@ -26,10 +26,15 @@ password_file = "smtp-pw"
 """
 
 
+# The settings check that the file is a PEM private key; the GitHub App tests use real keys.
+FAKE_PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIBOgIBAAJBAK\n-----END RSA PRIVATE KEY-----\n"
+
+
 def _write(tmp_path, text=GOOD):
     (tmp_path / "pw").write_text("worker-pass\n")
     (tmp_path / "hook-secret").write_text("s3cret-value\n")
     (tmp_path / "smtp-pw").write_text("smtp-pass\n")
+    (tmp_path / "app.pem").write_text(FAKE_PEM)
     p = tmp_path / "easeml.toml"
     p.write_text(text)
     return p
@@ -93,6 +98,7 @@ def test_example_file_parses(tmp_path):
     for f in ("secrets/worker1-password", "secrets/webhook-secret", "secrets/admin-password"):
         (tmp_path / f).parent.mkdir(exist_ok=True)
         (tmp_path / f).write_text("x\n")
+    (tmp_path / "secrets/github-app.pem").write_text(FAKE_PEM)
     p = tmp_path / "easeml.toml"
     p.write_text(text)
     s = Settings.load(p, env={})
@@ -121,12 +127,13 @@ def test_smtp_tls_modes(tmp_path, value, port, mode):
 def test_smtp_typos_are_errors_not_plaintext(tmp_path):
     with pytest.raises(SettingsError, match=r"smtp.tls: must be .*'sll'"):
         Settings.load(_write(tmp_path, GOOD.replace('host = "mail"', 'host = "mail"\ntls = "sll"')), env={})
-    with pytest.raises(SettingsError, match=r"smtp: unknown key\(s\) ca_fil\b"):
+    with pytest.raises(SettingsError, match=r"smtp.ca_fil: unknown key \(did you mean 'ca_file'\?\)"):
         Settings.load(_write(tmp_path, GOOD.replace('host = "mail"', 'host = "mail"\nca_fil = "ca.pem"')), env={})
 
 
 def test_smtp_ca_file_and_author_mail(tmp_path):
     text = GOOD.replace('host = "mail"', 'host = "mail"\nca_file = "ca.pem"\nattempts = 2')
+    (tmp_path / "ca.pem").write_text(_ca_pem(tmp_path))
     s = Settings.load(_write(tmp_path, "email_pr_author = false\n" + text), env={"EASEML_SMTP_TIMEOUT": "5"})
     assert s.smtp.ca_file == str(tmp_path / "ca.pem") and s.smtp.attempts == 2 and s.smtp.timeout == 5.0
     assert s.email_pr_author is False
@@ -149,3 +156,104 @@ def test_configure_keeps_the_smtp_password_a_buildbot_secret(tmp_path):
     assert any(isinstance(v, Secret) for v in notifiers[0]._config_kwargs.values())
     assert "smtp-pass" not in repr(notifiers[0]._config_args) + repr(notifiers[0]._config_kwargs)
     assert c["secretsProviders"]
+
+
+def _ca_pem(tmp_path) -> str:
+    """A real self-signed CA certificate (openssl), as an operator's private relay CA."""
+    import subprocess
+
+    key, crt = tmp_path / "ca.key", tmp_path / "ca.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", str(key), "-out", str(crt), "-days", "2", "-subj", "/CN=relay-ca"],
+                   check=True, capture_output=True, timeout=60)
+    return crt.read_text()
+
+
+@pytest.mark.parametrize("value, seconds", [(5400, 5400), ('"5400"', 5400), ('"90s"', 90), ('"15m"', 900),
+                                            ('"1h"', 3600), ('"1h30m"', 5400), ('"2.5m"', 150)])
+def test_build_timeout_takes_durations(tmp_path, value, seconds):
+    s = Settings.load(_write(tmp_path, f"build_timeout = {value}\n" + GOOD), env={})
+    assert s.build_timeout == seconds
+
+
+def test_every_problem_is_reported_at_once_naming_file_and_key(tmp_path):
+    text = ('build_timeout = "1x"\nwww_port = "eighty"\nbuid_timeout = 3\n'
+            + GOOD.replace('host = "mail"', 'host = "mail"\nca_file = "no-such-ca.pem"\nport = 2.5')
+            .replace('runner = "process"', 'runner = "podman"'))
+    p = _write(tmp_path, text)
+    (tmp_path / "app.pem").write_text("")  # an empty App key
+    with pytest.raises(SettingsError) as e:
+        Settings.load(p, env={})
+    lines = e.value.problems
+    assert all(line.startswith(f"{p}: ") for line in lines), lines
+    text = str(e.value)
+    assert "build_timeout: must be a duration (seconds, or e.g. 90s, 15m, 1h), not '1x'" in text
+    assert "www_port: must be a port number, not 'eighty'" in text
+    assert "runner: must be 'docker' or 'process'" in text
+    assert "buid_timeout: unknown key (did you mean 'build_timeout'?)" in text
+    assert f"smtp.port: must be a port number, not 2.5" in text
+    assert f"github.private_key_path: {tmp_path / 'app.pem'} is empty" in text
+    assert f"smtp.ca_file: {tmp_path / 'no-such-ca.pem'}: no such file" in text
+    assert len(lines) == 7, lines
+    assert "invalid literal" not in text
+
+
+def test_app_key_and_ca_file_problems_name_file_and_key(tmp_path):
+    p = _write(tmp_path, GOOD.replace('host = "mail"', 'host = "mail"\nca_file = "ca.pem"'))
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    (tmp_path / "app.pem").unlink()
+    with pytest.raises(SettingsError) as e:
+        Settings.load(p, env={})
+    text = str(e.value)
+    assert f"{p}: github.private_key_path: {tmp_path / 'app.pem'}: no such file" in text
+    assert f"{p}: smtp.ca_file: {tmp_path / 'ca.pem'}: not a PEM file of CA certificates" in text
+    (tmp_path / "app.pem").write_text("ssh-rsa AAAA not a pem\n")
+    with pytest.raises(SettingsError, match=r"github.private_key_path: .*app.pem: not a PEM private key"):
+        Settings.load(p, env={})
+    # Without mail, the CA file is not read: no problem to report.
+    (tmp_path / "app.pem").write_text(FAKE_PEM)
+    assert Settings.load(p, env={"EASEML_EMAIL_ENABLED": "false"}).email_enabled is False
+
+
+def test_problems_from_the_environment_name_the_variable(tmp_path):
+    (tmp_path / "pw").write_text("x\n")
+    with pytest.raises(SettingsError) as e:
+        Settings.load(_write(tmp_path), env={"EASEML_BUILD_TIMEOUT": "soon", "EASEML_SMTP_PORT": "smtp",
+                                             "EASEML_GITHUB_WEBHOOK_SECRET_FILE": "missing-secret"})
+    text = str(e.value)
+    assert "build_timeout (from $EASEML_BUILD_TIMEOUT): must be a duration" in text
+    assert "smtp.port (from $EASEML_SMTP_PORT): must be a port number, not 'smtp'" in text
+    assert f"github.webhook_secret_file (from $EASEML_GITHUB_WEBHOOK_SECRET_FILE): cannot read " \
+           f"{tmp_path / 'missing-secret'}: No such file or directory" in text
+
+
+def test_buildbot_checkconfig_lists_every_settings_problem(tmp_path):
+    """A real `buildbot checkconfig` on a master made by `buildbot create-master` with our master.cfg."""
+    import shutil
+    import subprocess
+
+    from support.buildbot_harness import ROOT, VENV_BIN, _clean_env, _master_template
+
+    master = tmp_path / "master"
+    shutil.copytree(_master_template(), master)
+    shutil.copy(ROOT / "master" / "master.cfg", master / "master.cfg")
+    _write(master, 'build_timeout = "1h"\n' + GOOD.replace('host = "mail"', 'host = "mail"\nca_file = "ca.pem"'))
+    (master / "app.pem").write_text("")
+
+    def checkconfig():
+        return subprocess.run([str(VENV_BIN / "buildbot"), "checkconfig", str(master)], capture_output=True,
+                              text=True, env=_clean_env(None), timeout=120)
+
+    r = checkconfig()
+    assert r.returncode == 1, r.stdout + r.stderr
+    toml = master / "easeml.toml"
+    assert "Configuration Errors:" in r.stderr
+    assert f"  {toml}: github.private_key_path: {master / 'app.pem'} is empty" in r.stderr
+    assert f"  {toml}: smtp.ca_file: {master / 'ca.pem'}: no such file" in r.stderr
+    assert "build_timeout" not in r.stderr  # "1h" is a duration
+    assert "Traceback" not in r.stderr and "traceback in logfile" not in r.stderr
+
+    (master / "app.pem").write_text(FAKE_PEM)
+    (master / "ca.pem").write_text(_ca_pem(master))
+    r = checkconfig()
+    assert r.returncode == 0 and "Config file is good!" in r.stdout, r.stdout + r.stderr
