@@ -82,6 +82,7 @@ class Settings:
     title: str = "easeml-buildbot"
     buildbot_url: str = "http://localhost:8010/"
     www_port: int = 8010
+    metrics_port: int = 8011  # /metrics and /healthz for the operator (master/metrics.py); 0: off
     bind_address: str = ""  # "" = every interface (Buildbot's default, containers); "127.0.0.1" for loopback only
     worker_port: int = 9989
     db_url: str = "sqlite:///state.sqlite"
@@ -204,6 +205,7 @@ class Settings:
             title=str(data.get("title", cls.title)),
             buildbot_url=str(data.get("buildbot_url", cls.buildbot_url)),
             www_port=int(data.get("www_port", cls.www_port)),
+            metrics_port=int(data.get("metrics_port", cls.metrics_port)),
             bind_address=str(data.get("bind_address", cls.bind_address)),
             worker_port=int(data.get("worker_port", cls.worker_port)),
             db_url=_db_url(str(data.get("db_url", cls.db_url)), base_dir),
