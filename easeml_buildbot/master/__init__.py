@@ -104,6 +104,10 @@ def configure(c: dict[str, Any], settings: Settings) -> dict[str, Any]:
 
         # with ``c``: the SMTP password becomes a Buildbot secret, never a plain argument
         services.extend(make_email_reporters(settings, c))
+    if settings.metrics_port:
+        from easeml_buildbot.master.metrics import MetricsService
+
+        services.append(MetricsService(_endpoint(settings, settings.metrics_port), settings.ledger_url))
     c["services"] = list(c.get("services", [])) + services
     # Forcing, stopping or rebuilding a build spends or wastes a use of a test set: only the
     # operator's admin account may (nobody, when none is configured). Reading stays open.

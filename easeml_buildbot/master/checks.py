@@ -20,6 +20,7 @@ from buildbot.reporters.generators.buildrequest import BuildRequestGenerator
 from buildbot.reporters.message import MessageFormatterRenderable
 from buildbot.process.results import RETRY
 
+from easeml_buildbot.master import metrics
 from easeml_buildbot.master.github_app import utcnow
 from easeml_buildbot.master.status import build_properties, outcome_for
 
@@ -52,6 +53,7 @@ class CheckRunReporter(ReporterBase):
                 try:
                     yield self._report(phase, build)
                 except Exception as exc:
+                    metrics.GITHUB_ERRORS.inc()
                     log.err(exc, f"easeml: check run update ({phase}) failed")
 
     @defer.inlineCallbacks

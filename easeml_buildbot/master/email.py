@@ -49,7 +49,7 @@ from twisted.python import log as twlog
 
 from easeml_buildbot.custody.policy import developer_may_see
 from easeml_buildbot.master import chart as chart_module
-from easeml_buildbot.master import ledger_for
+from easeml_buildbot.master import ledger_for, metrics
 from easeml_buildbot.master.status import build_properties
 
 logger = logging.getLogger(__name__)
@@ -1060,7 +1060,9 @@ class EasemlMailNotifier(MailNotifier):
                 return True
             except Exception as exc:  # noqa: BLE001  (SMTP errors of every kind)
                 reason = _safe_reason(exc, self.smtpPassword)
+                metrics.SMTP_ERRORS.inc()
                 if attempt < self.attempts:
+                    metrics.SMTP_RETRIES.inc()
                     twlog.msg(f"easeml email: attempt {attempt}/{self.attempts} to send "
                               f"{mail.kind} mail failed ({reason}); retrying in {delay:g}s")
                     yield task.deferLater(self.master.reactor, delay, lambda: None)

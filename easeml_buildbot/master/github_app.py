@@ -18,10 +18,21 @@ from github import Auth, Github, GithubIntegration
 from github.CheckRun import CheckRun
 from urllib3.util.retry import Retry
 
+from easeml_buildbot.master import metrics
+
+
+class _CountedRetry(Retry):
+    """urllib3's Retry, counting each retry for ``easeml_github_retries_total``."""
+
+    def increment(self, *args: Any, **kwargs: Any) -> Retry:
+        new = super().increment(*args, **kwargs)  # raises MaxRetryError when none are left
+        metrics.GITHUB_RETRIES.inc()
+        return new
+
 
 def _retry() -> Retry:
     """Retry idempotent calls on GitHub's transient errors; never re-POST (no duplicate runs)."""
-    return Retry(total=3, connect=3, read=2, backoff_factor=0.5, status_forcelist=(500, 502, 503, 504),
+    return _CountedRetry(total=3, connect=3, read=2, backoff_factor=0.5, status_forcelist=(500, 502, 503, 504),
                  allowed_methods=frozenset({"GET", "PATCH"}), raise_on_status=False)
 
 

@@ -192,6 +192,7 @@ class Settings:
     title: str = "easeml-buildbot"
     buildbot_url: str = "http://localhost:8010/"
     www_port: int = 8010
+    metrics_port: int = 8011  # /metrics and /healthz for the operator (master/metrics.py); 0: off
     bind_address: str = ""  # "" = every interface (Buildbot's default, containers); "127.0.0.1" for loopback only
     worker_port: int = 9989
     db_url: str = "sqlite:///state.sqlite"
@@ -352,6 +353,7 @@ class Settings:
             title=str(data.get("title", cls.title)),
             buildbot_url=str(data.get("buildbot_url", cls.buildbot_url)),
             www_port=conv(data, "www_port", _int, cls.www_port, "www_port", "a port number"),
+            metrics_port=conv(data, "metrics_port", _int, cls.metrics_port, "metrics_port", "a port number"),
             bind_address=str(data.get("bind_address", cls.bind_address)),
             worker_port=conv(data, "worker_port", _int, cls.worker_port, "worker_port", "a port number"),
             db_url=_db_url(str(data.get("db_url", cls.db_url)), base_dir),

@@ -100,7 +100,8 @@ class ResolveBase(_MasterStep):
         accepted = yield get_accepted(self.master, repo)
         if accepted:
             self.setProperty("easeml_base_rev", accepted["sha"], "easeml")
-            yield self.note(f"base {accepted['sha']} (last accepted commit on {accepted['branch']})")
+            what = "configuration commit" if accepted.get("configuration") else "commit"
+            yield self.note(f"base {accepted['sha']} (last accepted {what} on {accepted['branch']})")
         else:
             self.setProperty("easeml_base_rev", f"{self.getProperty('revision')}^", "easeml")
             yield self.note("no accepted commit recorded yet: comparing against the parent commit")
@@ -144,6 +145,21 @@ class ReadInspection(_MasterStep):
         changed = list(data.get("protected_changed") or [])
         self.setProperty("easeml_protected_changed", changed, "easeml")
         if changed:
+            branch = self.getProperty("branch") or ""
+            if self.settings.forge == "local" and branch == self.settings.local.branch:
+                # the watched branch is the trusted default branch (only owners push there):
+                # a commit on it that changes the configuration or the test set is a new
+                # configuration, not a model to evaluate. It becomes the accepted commit, so
+                # later commits are read against it; without this every later commit's diff
+                # against the old accepted commit shows the same change, forever (issue 14).
+                sha = head_revision(self)
+                yield set_accepted(self.master, self.getProperty("easeml_repo"), sha, branch,
+                                   configuration=True)
+                self.status("protected_changed", "a configuration commit: " + ", ".join(changed)
+                            + " changed; later commits are evaluated against it (not evaluated itself)")
+                yield self.note(f"configuration commit {sha}: " + ", ".join(changed) + " changed; "
+                                "it is now the accepted commit, its model was not evaluated")
+                return WARNINGS
             self.status("protected_changed", "the pull request changes " + ", ".join(changed))
             yield self.note("protected files changed by the pull request: " + ", ".join(changed))
             return WARNINGS

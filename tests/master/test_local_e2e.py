@@ -49,3 +49,45 @@ def test_local_forge_evaluates_new_commits_and_advances_the_baseline(tmp_path, s
         assert f"@{better.sha[:12]} status=evaluated verdict=success" in lines[0]
         assert f"@{worse.sha[:12]} status=evaluated verdict=failure" in lines[1]
         assert re.search(r"samples_used=\d+ uses_left=2", lines[1])
+
+
+def test_local_forge_takes_a_configuration_commit_as_the_new_configuration(tmp_path, service_keys):
+    """Issue 14: a commit on the watched (trusted) branch that edits ``.easeml.yml`` is not
+    evaluated as a model; it becomes the accepted commit, so the commits after it are
+    evaluated under the new configuration instead of being ``protected_changed`` forever."""
+    require_worker_cli()
+    repo = make_model_repo(tmp_path / "repo", public_key=service_keys.public, quality=0.6,
+                           condition="n - o > 0.02 +/- 0.1", reliability=0.95,
+                           adaptivity="full", steps=8)
+    settings = {"forge": "local", "ledger_url": f"sqlite:///{tmp_path}/ledger.sqlite",
+                "local": {"repo": str(repo.path), "branch": "main", "poll_interval": 1, "project": "demo/models"}}
+    env = {"EASEML_WORKER_KEY": str(service_keys.private), "EASEML_WORKER_RUNNER": "process"}
+    with BuildbotHarness(tmp_path / "bb", settings=settings, worker_env=env) as bb:
+        t0 = time.monotonic()
+        while "gitpoller: processing changes" not in bb.master_log() and time.monotonic() - t0 < 30:
+            time.sleep(0.2)
+        better = repo.commit_model(quality=0.97, branch="main", message="much better model")
+        (b1,) = bb.wait_for_builds(1, timeout=120)
+        assert bb.build_properties(b1["buildid"])["easeml_verdict"] == "pass"  # the accepted model
+        # a new owner address (the condition, steps and adaptivity are bound to the test set
+        # by the ledger: changing them takes a new test set)
+        config = (repo.path / ".easeml.yml").read_text().replace("- owner@example.com",
+                                                                  "- owner@example.com\n- second@example.com")
+        assert "second@example.com" in config
+        config_sha = repo.commit_files({".easeml.yml": config}, branch="main", message="owners: a second owner")
+        _, b0 = bb.wait_for_builds(2, timeout=120)
+        p0 = bb.build_properties(b0["buildid"])
+        assert p0["easeml_base_sha"] == better.sha
+        assert p0["easeml_status"] == "protected_changed", bb.master_log()[-5000:]
+        assert not p0.get("easeml_use_id")  # no use of the test set was spent on it
+        seen = [b1, b0]
+        for i, quality in enumerate((0.9, 0.7, 0.95)):
+            commit = repo.commit_model(quality=quality, branch="main", message=f"model {i}", flip_seed=3 + i)
+            builds = bb.wait_for_builds(len(seen) + 1, timeout=120)
+            p = bb.build_properties(builds[-1]["buildid"])
+            assert p["revision"] == commit.sha
+            assert p["easeml_status"] == "evaluated", (p.get("easeml_status"), p.get("easeml_cause"))
+            assert "second@example.com" in p["easeml_email"]  # read from the configuration commit
+            if i == 0:
+                assert p["easeml_base_sha"] == config_sha
+            seen = builds

@@ -106,12 +106,14 @@ class BuildbotHarness:
         self.worker_dirs = [self.base_dir / f"worker{i + 1}" for i in range(workers)]
         self.www_port = free_port()
         self.worker_port = free_port()
+        self.metrics_port = free_port()
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/"
         self.www_url = f"http://127.0.0.1:{self.www_port}/"
         self.worker_passwords = {f"worker{i + 1}": uuid.uuid4().hex for i in range(workers)}
         self.admin = ("admin", uuid.uuid4().hex)  # the UI's only account that may force builds
         defaults: dict[str, Any] = {
             "forge": "local", "buildbot_url": self.www_url, "www_port": self.www_port, "bind_address": "127.0.0.1",
-            "worker_port": self.worker_port, "runner": "process", "email_enabled": False,
+            "worker_port": self.worker_port, "metrics_port": self.metrics_port, "runner": "process", "email_enabled": False,
             "local": {"repo": str(self.base_dir / "repo"), "branch": "main", "poll_interval": 2},
             "workers": [{"name": n, "password": p} for n, p in self.worker_passwords.items()],
             "admin_user": self.admin[0], "admin_password": self.admin[1],
