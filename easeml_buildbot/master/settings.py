@@ -74,6 +74,8 @@ class SmtpSettings:
     timeout: float | None = None  # None: the mailer's defaults (EASEML_SMTP_TIMEOUT/... set these)
     attempts: int | None = None
     backoff: float | None = None
+    outbox_expiry: float | None = None  # seconds a queued mail is retried (None: 3 days)
+    outbox_max_backoff: float | None = None  # longest delay between attempts (None: 600 s)
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,10 @@ class Settings:
             timeout=float(sm["timeout"]) if sm.get("timeout") not in (None, "") else None,
             attempts=int(sm["attempts"]) if sm.get("attempts") not in (None, "") else None,
             backoff=float(sm["backoff"]) if sm.get("backoff") not in (None, "") else None,
+            outbox_expiry=(float(sm["outbox_expiry"]) if sm.get("outbox_expiry") not in (None, "")
+                           else None),
+            outbox_max_backoff=(float(sm["outbox_max_backoff"])
+                                if sm.get("outbox_max_backoff") not in (None, "") else None),
         )
         workers_raw = data.get("workers") or [{"name": "worker1", "password": "change-me"}]
         workers = []
