@@ -629,13 +629,25 @@ class Ledger:
                 conn.execute(sa.update(t).where(t.c.id == use.testset_id).values(uses=t.c.uses - 1))
             return self._entry(conn, use.testset_id)
 
-    def add_notified(self, use_id: int, addresses: Iterable[str]) -> UseRecord:
-        """Record more recipients of a use's result (e.g. after the email went out)."""
+    def add_notified(self, use_id: int, addresses: Iterable[str], *,
+                     conn: sa.Connection | None = None) -> UseRecord | None:
+        """Record more recipients of a use's result (after the email went out).
+
+        With ``conn`` (a transaction on this ledger's engine, e.g. the mail outbox marking the
+        mail sent) the update joins that transaction and nothing is returned.
+        """
         u = uses_table
-        with self.engine.begin() as conn:
-            use = self._use_row(conn, use_id)
+
+        def merge(c: sa.Connection) -> None:
+            use = self._use_row(c, use_id)
             merged = sorted(set(use.notified or []) | {str(a) for a in addresses})
-            conn.execute(sa.update(u).where(u.c.id == use_id).values(notified=merged))
+            c.execute(sa.update(u).where(u.c.id == use_id).values(notified=merged))
+
+        if conn is not None:
+            merge(conn)
+            return None
+        with self.engine.begin() as c:
+            merge(c)
         return self.use(use_id)
 
     # -- queries -----------------------------------------------------------

@@ -11,8 +11,10 @@ The module has two halves:
   build plus the ledger into ready ``EmailMessage`` objects with their recipients. It runs
   in a thread (ledger reads, matplotlib) and is tested without Buildbot;
 * a Buildbot half (generator + notifier) that gathers the facts from the build's
-  properties, and delivers with a bounded, backed-off retry so an SMTP outage is logged
-  and never breaks a build or the master.
+  properties, and puts every mail in the outbox (``master.outbox``, a table in the ledger's
+  database) before the first attempt; the notifier service drains it, retrying with backoff
+  until the mail is delivered or expires, across restarts. An SMTP outage is logged and
+  never breaks a build or the master; owners are recorded as ``notified`` on delivery.
 
 Who may receive what:
 
@@ -121,6 +123,8 @@ class SmtpTransport:
     attempts: int = 4
     backoff: float = 2.0  # first delay in seconds; doubles each attempt
     ca_file: str | None = None  # PEM of a private CA that signs the relay's certificate
+    outbox_expiry: float = 3 * 24 * 3600.0  # seconds a queued mail is retried before it is dropped
+    outbox_max_backoff: float = 600.0  # longest delay between two attempts of one queued mail
 
     @classmethod
     def from_settings(cls, settings: Any) -> SmtpTransport:
@@ -140,6 +144,8 @@ class SmtpTransport:
             attempts=max(1, int(_get(smtp, "attempts", None) or cls.attempts)),
             backoff=float(_get(smtp, "backoff", None) or cls.backoff),
             ca_file=_get(smtp, "ca_file", None) or None,
+            outbox_expiry=float(_get(smtp, "outbox_expiry", None) or cls.outbox_expiry),
+            outbox_max_backoff=float(_get(smtp, "outbox_max_backoff", None) or cls.outbox_max_backoff),
         )
 
     def __repr__(self) -> str:  # never show the password, even in a traceback
@@ -1000,16 +1006,25 @@ class EasemlMailGenerator:
             master.reactor, master.reactor.getThreadPool(), plan_mails, facts, self.policy)
         if not mails:
             return None
+        owners, _ = filter_recipients(facts.owners, self.policy.allowed_domains)
         return {
             "body": "", "subject": mails[0].message["Subject"], "type": "html",
             "results": build["results"], "builds": [build], "buildset": build.get("buildset"),
             "users": [], "patches": [], "logs": [], "worker": None,
             "easeml_mails": mails,
+            # the outbox records these as the use's ``notified`` once a mail to them is delivered
+            "easeml_use_id": facts.use_id, "easeml_owners": owners,
         }
 
 
 class EasemlMailNotifier(MailNotifier):
-    """``MailNotifier`` that sends each planned mail on its own, with bounded retries.
+    """``MailNotifier`` that sends each planned mail on its own.
+
+    With ``outbox_url`` (the ledger's URL; ``make_email_reporters`` passes it) each mail is
+    stored in the outbox and sent by the service's drain loop (``master.outbox``): retried
+    with doubling delays from ``backoff`` up to ``outbox_max_backoff`` until delivered or
+    ``outbox_expiry`` seconds old, across master restarts. Without it, ``deliver`` sends
+    directly with ``attempts`` bounded retries (tests, tools).
 
     The SMTP password is a Buildbot secret (``secrets`` below): it is rendered when the
     service is configured and never written to a log or a mail.
@@ -1018,12 +1033,20 @@ class EasemlMailNotifier(MailNotifier):
     name = "EasemlMailNotifier"
 
     def checkConfig(self, fromaddr, *, attempts=4, backoff=2.0, timeout=30.0, ca_file=None,
+                    outbox_url=None, outbox_expiry=3 * 24 * 3600.0, outbox_max_backoff=600.0,
                     **kwargs):
+        from buildbot import config
+
+        if outbox_url is not None and not (float(outbox_expiry) > 0 and float(outbox_max_backoff) > 0):
+            config.error("EasemlMailNotifier: smtp.outbox_expiry and smtp.outbox_max_backoff must "
+                         "be positive numbers of seconds")
         super().checkConfig(fromaddr, **kwargs)
 
     @defer.inlineCallbacks
     def reconfigService(self, fromaddr, *, attempts=4, backoff=2.0, timeout=30.0, ca_file=None,
+                        outbox_url=None, outbox_expiry=3 * 24 * 3600.0, outbox_max_backoff=600.0,
                         **kwargs):
+        yield self._stop_outbox()
         self.ca_file = ca_file
         self.attempts = max(1, int(attempts))
         self.backoff = float(backoff)
@@ -1031,18 +1054,72 @@ class EasemlMailNotifier(MailNotifier):
         self.delivered: list[tuple[str, tuple[str, ...]]] = []
         self.failed: list[tuple[str, tuple[str, ...], str]] = []
         yield super().reconfigService(fromaddr, **kwargs)
+        self.outbox = None
+        if outbox_url:
+            from twisted.internet import threads
+
+            from easeml_buildbot.master import outbox as ob
+
+            def open_outbox():
+                return ob.Outbox(ledger_for(outbox_url), expiry=outbox_expiry, backoff=self.backoff,
+                                 max_backoff=outbox_max_backoff, lease=4 * self.timeout + 60)
+
+            reactor = self.master.reactor
+            self.outbox = yield threads.deferToThreadPool(reactor, reactor.getThreadPool(), open_outbox)
+            self._drainer = ob.OutboxDrainer(
+                self.outbox, self._send_queued, reactor=reactor,
+                interval=min(max(self.backoff, 0.05), 5.0), log=twlog.msg,
+                safe_reason=lambda exc: _safe_reason(exc, self.smtpPassword))
+            self._drainer.start()
+
+    def _stop_outbox(self):
+        drainer, self._drainer = getattr(self, "_drainer", None), None
+        return drainer.stop() if drainer is not None else defer.succeed(None)
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        yield self._stop_outbox()
+        yield super().stopService()
 
     @defer.inlineCallbacks
     def sendMessage(self, reports):
         for report in reports:
-            for mail in report.get("easeml_mails") or ():
+            mails = report.get("easeml_mails") or ()
+            if getattr(self, "outbox", None) is not None:
+                yield self.enqueue(report, mails)
+                continue
+            for mail in mails:
                 yield self.deliver(mail)
 
     @defer.inlineCallbacks
-    def deliver(self, mail: OutgoingMail):
-        """Send one mail; on failure retry with doubling delays, then log and give up."""
-        from twisted.internet import task
+    def enqueue(self, report, mails):
+        """Store the report's mails in the outbox (before any attempt), then kick the drain."""
+        from twisted.internet import threads
 
+        builds = report.get("builds") or [{}]
+        buildid = (builds[0] or {}).get("buildid")
+        use_id = report.get("easeml_use_id")
+        owners = {a.lower() for a in report.get("easeml_owners") or ()}
+        reactor = self.master.reactor
+        for i, mail in enumerate(mails):
+            m = self._stamp(mail)
+            notify = [r for r in mail.recipients if r.lower() in owners] if use_id is not None else []
+            key = f"build:{buildid}:{i}:{mail.kind}" if buildid is not None else None
+            mail_id = yield threads.deferToThreadPool(
+                reactor, reactor.getThreadPool(), lambda m=m, mail=mail, notify=notify, key=key:
+                self.outbox.enqueue(mail.kind, mail.recipients, m.as_string(), key=key,
+                                    use_id=use_id, notify=notify))
+            if mail_id is not None:
+                twlog.msg(f"easeml email: queued {mail.kind} mail #{mail_id} '{m['Subject']}' to "
+                          f"{', '.join(mail.recipients)}")
+        if self._drainer is not None:
+            self._drainer.kick()
+
+    def _send_queued(self, mail):
+        """One SMTP attempt for an outbox mail (``OutboxDrainer``'s ``send``)."""
+        return self.sendMail(mail.message, list(mail.recipients))
+
+    def _stamp(self, mail: OutgoingMail) -> EmailMessage:
         m = mail.message
         for header in ("From", "To", "Date", "Message-ID"):
             del m[header]
@@ -1050,6 +1127,14 @@ class EasemlMailNotifier(MailNotifier):
         m["To"] = ", ".join(mail.recipients)
         m["Date"] = formatdate(localtime=False)
         m["Message-ID"] = make_msgid(domain="easeml")
+        return m
+
+    @defer.inlineCallbacks
+    def deliver(self, mail: OutgoingMail):
+        """Send one mail; on failure retry with doubling delays, then log and give up."""
+        from twisted.internet import task
+
+        m = self._stamp(mail)
         delay = self.backoff
         for attempt in range(1, self.attempts + 1):
             try:
@@ -1087,17 +1172,20 @@ class EasemlMailNotifier(MailNotifier):
         return tssl.optionsForClientTLS(self.relayhost)
 
     def sendMail(self, m, recipients):
-        """Like ``MailNotifier.sendMail`` but with a timeout and no hidden retries."""
+        """Like ``MailNotifier.sendMail`` but with a timeout and no hidden retries.
+
+        ``m`` is an ``EmailMessage`` or the message's text (as stored in the outbox)."""
         from twisted.internet import reactor
         from twisted.mail.smtp import ESMTPSenderFactory
 
         from buildbot.util import unicode2bytes
 
+        text = m if isinstance(m, str) else m.as_string()
         if self.dumpMailsToLog:  # pragma: no cover
-            twlog.msg(f"mail data:\n{m.as_string()}")
+            twlog.msg(f"mail data:\n{text}")
         result = defer.Deferred()
         use_auth = bool(self.smtpUser and self.smtpPassword)
-        data = unicode2bytes(m.as_string())
+        data = unicode2bytes(text)
         tls = self._tls_options()  # reads ca_file: once per mail, for STARTTLS and SMTPS alike
         factory = ESMTPSenderFactory(
             unicode2bytes(self.smtpUser) if self.smtpUser else None,
@@ -1206,6 +1294,9 @@ def make_email_reporters(settings: Any, c: dict | None = None, *,
         backoff=smtp.backoff,
         timeout=smtp.timeout,
         ca_file=smtp.ca_file,
+        outbox_url=policy.ledger_url,
+        outbox_expiry=smtp.outbox_expiry,
+        outbox_max_backoff=smtp.outbox_max_backoff,
     )]
 
 

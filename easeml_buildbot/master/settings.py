@@ -184,6 +184,8 @@ class SmtpSettings:
     timeout: float | None = None  # None: the mailer's defaults (EASEML_SMTP_TIMEOUT/... set these)
     attempts: int | None = None
     backoff: float | None = None
+    outbox_expiry: float | None = None  # seconds a queued mail is retried (None: 3 days)
+    outbox_max_backoff: float | None = None  # longest delay between attempts (None: 600 s)
 
 
 @dataclass(frozen=True)
@@ -331,6 +333,9 @@ class Settings:
             timeout=conv(sm, "timeout", parse_duration, None, "smtp.timeout", "a duration"),
             attempts=conv(sm, "attempts", _int, None, "smtp.attempts", "an integer"),
             backoff=conv(sm, "backoff", parse_duration, None, "smtp.backoff", "a duration"),
+            outbox_expiry=conv(sm, "outbox_expiry", parse_duration, None, "smtp.outbox_expiry", "a duration"),
+            outbox_max_backoff=conv(sm, "outbox_max_backoff", parse_duration, None, "smtp.outbox_max_backoff",
+                                    "a duration"),
         )
         workers_raw = data.get("workers") or [{"name": "worker1", "password": "change-me"}]
         workers = []

@@ -499,8 +499,8 @@ class RecordResult(_MasterStep):
                 self.status(_failure_kind(status), cause)
                 yield self.note(f"not scored ({result.get('cause') or status}); nothing saw the test set: use released")
                 return FAILURE
-            state = yield threads.deferToThread(led.commit, use_id, verdict=None, result=result,
-                                                notified=list(self.getProperty("easeml_email") or []))
+            # owners are recorded as notified when their mail is delivered (master.outbox)
+            state = yield threads.deferToThread(led.commit, use_id, verdict=None, result=result)
             self._left(state)
             self.status(_failure_kind(status), cause)
             yield self.note(f"not scored ({result.get('cause') or status}) after the model saw the test set: "
@@ -509,8 +509,9 @@ class RecordResult(_MasterStep):
         verdict = result["verdict"]
         outcome = verdict.get("outcome")
         adaptivity = self.getProperty("easeml_adaptivity") or "none"
-        emails = list(self.getProperty("easeml_email") or [])
-        state = yield threads.deferToThread(led.commit, use_id, verdict=outcome, result=result, notified=emails)
+        # ``notified`` is filled by the mail outbox on delivery, not here: a mail that never
+        # arrives must not list its owners as notified
+        state = yield threads.deferToThread(led.commit, use_id, verdict=outcome, result=result)
         self._left(state)
         self.status("evaluated")
         visible = developer_may_see(adaptivity, outcome)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html as htmllib
 import io
+import re
 import shutil
 import time
 import uuid
@@ -72,7 +73,8 @@ def test_mails_through_real_master_builds(tmp_path, service_keys):
         worker_env = {"EASEML_WORKER_KEY": str(key), "EASEML_WORKER_RUNNER": "process"}
         if service_keys.passphrase_file:
             worker_env["EASEML_WORKER_PASSPHRASE_FILE"] = str(service_keys.passphrase_file)
-        env = {"EASEML_SMTP_ATTEMPTS": "3", "EASEML_SMTP_BACKOFF": "0.5", "EASEML_SMTP_TIMEOUT": "5"}
+        env = {"EASEML_SMTP_ATTEMPTS": "3", "EASEML_SMTP_BACKOFF": "0.5", "EASEML_SMTP_TIMEOUT": "5",
+               "EASEML_SMTP_OUTBOX_MAX_BACKOFF": "1"}
         # configure() makes the SMTP password a Buildbot secret (util.Secret) for the notifier
         with BuildbotHarness(tmp_path / "bb", settings=settings, worker_env=worker_env, env=env) as bb:
             time.sleep(2)  # the poller's first run records the current head without building it
@@ -156,23 +158,28 @@ def test_mails_through_real_master_builds(tmp_path, service_keys):
             assert "easeml dataset encrypt --key easeml_pub.asc test.csv data/test.csv.gpg" in etext
             assert any("use 2 of 2, 0 left" in decoded_text(m.message) for m in mails[5:])
 
-            # 5. SMTP down: the build completes, delivery is retried (bounded) and logged
+            # 5. SMTP down: the build completes, the mail waits in the outbox (retried, logged)
+            # for longer than the old bounded retries (3 attempts), and goes out once it is back
             smtp.down()
             repo.commit_model(quality=0.85, branch="main")
             builds = bb.wait_for_builds(5, timeout=120)
             assert bb.build_properties(builds[4]["buildid"]).get("easeml_status") == "exhausted"
             deadline = time.monotonic() + 30
-            while "giving up on exhaustion mail" not in bb.master_log() and time.monotonic() < deadline:
+            while (bb.master_log().count("kept in the outbox") < 4) and time.monotonic() < deadline:
                 time.sleep(0.3)
             log = bb.master_log()
-            assert "giving up on exhaustion mail" in log and "after 3 attempts" in log
-            assert "attempt 1/3 to send exhaustion mail failed" in log
-            assert "attempt 2/3 to send exhaustion mail failed" in log
+            assert re.search(r"attempt 4 to send exhaustion mail #\d+ failed", log), log[-3000:]
+            assert "giving up" not in log
+            assert len(smtp.messages) == 8
             assert bb.api("builders")  # the master still answers
+            smtp.up()
+            late = smtp.wait_for(9, timeout=30)[8]
+            assert "test set exhausted" in late.message["Subject"] and late.rcpt_tos == [OWNER]
             assert bb.master_proc.poll() is None
             # the password was rendered from the secret (AUTH succeeded) and never logged
             assert password not in log and password not in bb.step_logs_text(builds[0]["buildid"])
-        assert len(smtp.messages) == 8
+            time.sleep(1.5)  # more drain ticks: the late mail is not sent again
+        assert len(smtp.messages) == 9
         assert {m.authenticated_as for m in smtp.messages} == {"ci-mailer"}
         assert all(password.encode() not in m.data for m in smtp.messages)
 
