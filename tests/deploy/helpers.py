@@ -8,32 +8,17 @@ from pathlib import Path
 
 import pytest
 
+from support.dockerd import docker_ok, docker_unavailable  # noqa: F401 (docker_ok: re-exported)
+
 ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "easeml/python:bookworm"
 
 
-def docker_ok() -> str | None:
-    """None when a Docker daemon answers, else the reason it does not."""
-    if not shutil.which("docker"):
-        return "no docker CLI"
-    try:
-        r = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=30)
-    except subprocess.TimeoutExpired:
-        return "docker info timed out"
-    return None if r.returncode == 0 else f"no Docker daemon answers: {r.stderr.strip()[:200]}"
-
-
 def require_docker(image: str | None = None) -> None:
-    reason = docker_ok()
+    reason = docker_unavailable(image)
     if reason:
         print(f"SKIP: {reason}")
         pytest.skip(reason)
-    if image:
-        r = subprocess.run(["docker", "image", "inspect", image], capture_output=True)
-        if r.returncode != 0:
-            reason = f"base image {image} missing (bash scripts/build-base-image.sh builds it)"
-            print(f"SKIP: {reason}")
-            pytest.skip(reason)
 
 
 def compose_command() -> list[str] | None:

@@ -43,9 +43,7 @@ def test_gpu_builds_go_to_gpu_workers_and_fail_clearly_without_one(tmp_path, ser
     with BuildbotHarness(tmp_path / "bb", settings=settings, workers=2, worker_env=env,
                          env={"EASEML_WORKER_KEY_B64": key_b64},
                          worker_settings=[{}, {"gpus": 1}], master_cfg_extra=PREFER_WORKER1) as bb:
-        t0 = time.monotonic()
-        while "gitpoller: processing changes" not in bb.master_log() and time.monotonic() - t0 < 30:
-            time.sleep(0.2)
+        bb.wait_first_poll()
         repo.commit_model(quality=0.97, branch="main", message="better model")
         first, second = bb.wait_for_builds(2, timeout=180)
         names = _worker_names(bb)

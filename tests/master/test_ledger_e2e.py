@@ -94,9 +94,7 @@ class World:
                                   env={"EASEML_SMTP_ATTEMPTS": "2", "EASEML_SMTP_BACKOFF": "0.2"})
         self.bb.start()
         self.done = 0
-        deadline = time.monotonic() + 30  # the poller's first run records the head, builds nothing
-        while "gitpoller: processing changes" not in self.bb.master_log() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        self.bb.wait_first_poll()
 
     def next_builds(self, n=1, timeout=180):
         builds = self.bb.wait_for_builds(self.done + n, timeout=timeout)

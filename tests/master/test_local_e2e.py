@@ -25,9 +25,7 @@ def test_local_forge_evaluates_new_commits_and_advances_the_baseline(tmp_path, s
     env = {"EASEML_WORKER_KEY": str(service_keys.private), "EASEML_WORKER_RUNNER": "process"}
     with BuildbotHarness(tmp_path / "bb", settings=settings, worker_env=env) as bb:
         # the poller records the current head at its first poll; commit only after that
-        t0 = time.monotonic()
-        while "gitpoller: processing changes" not in bb.master_log() and time.monotonic() - t0 < 30:
-            time.sleep(0.2)
+        bb.wait_first_poll()
         better = repo.commit_model(quality=0.97, branch="main", message="much better model")
         (b1,) = bb.wait_for_builds(1, timeout=120)
         p1 = bb.build_properties(b1["buildid"])
@@ -63,9 +61,7 @@ def test_local_forge_takes_a_configuration_commit_as_the_new_configuration(tmp_p
                 "local": {"repo": str(repo.path), "branch": "main", "poll_interval": 1, "project": "demo/models"}}
     env = {"EASEML_WORKER_KEY": str(service_keys.private), "EASEML_WORKER_RUNNER": "process"}
     with BuildbotHarness(tmp_path / "bb", settings=settings, worker_env=env) as bb:
-        t0 = time.monotonic()
-        while "gitpoller: processing changes" not in bb.master_log() and time.monotonic() - t0 < 30:
-            time.sleep(0.2)
+        bb.wait_first_poll()
         better = repo.commit_model(quality=0.97, branch="main", message="much better model")
         (b1,) = bb.wait_for_builds(1, timeout=120)
         assert bb.build_properties(b1["buildid"])["easeml_verdict"] == "pass"  # the accepted model

@@ -53,9 +53,7 @@ def test_metrics_count_a_build_and_health_reports_the_ledger(tmp_path, service_k
         assert status == 200
         assert _sample(before, "easeml_builds_total", status="evaluated") == 0
         assert _sample(before, "easeml_pending_build_requests") == 0
-        t0 = time.monotonic()
-        while "gitpoller: processing changes" not in bb.master_log() and time.monotonic() - t0 < 30:
-            time.sleep(0.2)
+        bb.wait_first_poll()
         repo.commit_model(quality=0.97, branch="main", message="better model")
         (b1,) = bb.wait_for_builds(1, timeout=120)
         assert bb.build_properties(b1["buildid"])["easeml_status"] == "evaluated"

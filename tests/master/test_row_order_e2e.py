@@ -5,7 +5,6 @@ random order, custody/rows.py), not of the first N rows of the file."""
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -41,9 +40,7 @@ def test_sorted_test_set_is_scored_in_the_service_row_order(tmp_path, service_ke
                 "local": {"repo": str(repo.path), "branch": "main", "poll_interval": 1, "project": "demo/models"}}
     env = {"EASEML_WORKER_KEY": str(service_keys.private), "EASEML_WORKER_RUNNER": "process"}
     with BuildbotHarness(tmp_path / "bb", settings=settings, worker_env=env) as bb:
-        t0 = time.monotonic()
-        while "gitpoller: processing changes" not in bb.master_log() and time.monotonic() - t0 < 30:
-            time.sleep(0.2)
+        bb.wait_first_poll()
         head = repo.commit_model(quality=0.9, branch="main", message="new model")
         (b1,) = bb.wait_for_builds(1, timeout=120)
         props = bb.build_properties(b1["buildid"])

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from support.dockerd import docker_unavailable
 from support.github_sim import fixtures_available
 from support.github_sim_world import require_worker_cli, start_world
 from support.models import DEFAULT_BASE_IMAGE
@@ -36,19 +37,6 @@ sys.exit(1)
 SLEEPER = "import time\nprint('sleeping', flush=True)\ntime.sleep(10**6)\n"
 
 
-def _docker_ready() -> str | None:
-    import shutil
-    import subprocess
-
-    if shutil.which("docker") is None:
-        return "docker CLI not installed"
-    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
-        return "no Docker daemon (scripts/start-dockerd.sh starts one)"
-    if subprocess.run(["docker", "image", "inspect", DEFAULT_BASE_IMAGE], capture_output=True).returncode != 0:
-        return f"base image {DEFAULT_BASE_IMAGE} missing (scripts/build-base-image.sh builds it)"
-    return None
-
-
 @pytest.fixture(scope="module")
 def docker_client():
     import docker
@@ -58,7 +46,7 @@ def docker_client():
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, service_keys):
-    reason = fixtures_available() or _docker_ready()
+    reason = fixtures_available() or docker_unavailable(DEFAULT_BASE_IMAGE)
     if reason:
         pytest.skip(reason)
     require_worker_cli()

@@ -321,6 +321,13 @@ class BuildbotHarness:
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode(errors="replace")
 
+    def wait_first_poll(self, timeout: float = 30) -> None:
+        """Wait for the local forge's first poll: it records the branch head and builds
+        nothing, so a test commits only after it (or the commit is taken for the start)."""
+        deadline = time.monotonic() + timeout
+        while "gitpoller: processing changes" not in self.master_log() and time.monotonic() < deadline:
+            time.sleep(0.2)
+
     def master_log(self) -> str:
         p = self.master_dir / "twistd.log"
         return p.read_text(errors="replace") if p.exists() else ""
