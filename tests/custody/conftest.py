@@ -21,6 +21,15 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
+def led(ledger_url: str):
+    """An open ledger on ``ledger_url`` (SQLite and PostgreSQL), closed after the test."""
+    from easeml_buildbot.custody.ledger import Ledger
+
+    with Ledger(ledger_url) as ledger:
+        yield ledger
+
+
+@pytest.fixture
 def temp_tracker(monkeypatch: pytest.MonkeyPatch) -> TempTracker:
     tracker = TempTracker()
     from easeml_buildbot.custody import gpghome

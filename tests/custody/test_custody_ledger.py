@@ -25,12 +25,6 @@ DS2 = "b" * 64
 CHILD = Path(__file__).with_name("ledger_child.py")
 
 
-@pytest.fixture
-def led(ledger_url):
-    with Ledger(ledger_url) as ledger:
-        yield ledger
-
-
 def test_result_json_accepts_numpy_values(led):
     import numpy as np
 

@@ -22,12 +22,6 @@ HEAD, BASE = "1" * 40, "2" * 40
 CHILD = Path(__file__).with_name("ledger_child.py")
 
 
-@pytest.fixture
-def led(ledger_url):
-    with Ledger(ledger_url) as ledger:
-        yield ledger
-
-
 def test_reserving_is_idempotent_per_head_and_base(led):
     a = led.reserve(REPO, DS, 4, "full", commit=HEAD, base=BASE)
     assert a.fresh and a.use_number == 1

@@ -12,6 +12,7 @@ from easeml_buildbot.estimator.condition import parse_condition
 from easeml_buildbot.estimator.decision import Verdict, decide
 from easeml_buildbot.estimator.samples import sample_size
 from easeml_buildbot.estimator.tails import clopper_pearson
+from estimator.attacks import adaptive_attack
 
 REL, DELTA, H = 0.8, 0.2, 4
 
@@ -93,35 +94,13 @@ def test_sequential_paired_at_the_threshold() -> None:
     assert ci_low(failures, trials) <= DELTA and within_delta(failures, trials), failures / trials
 
 
-def adaptive_attack(adaptivity: str, steps: int, trials: int, seed: int) -> int:
-    """Blum & Hardt's boosting attack (as in test_simulation.py) against the sequential
-    method: every model has true accuracy 0.5, `n > 0.45 +/- 0.05` is true, a fail is wrong;
-    the developer sees one bit per use (not the stopping time)."""
-    cond = parse_condition("n > 0.45 +/- 0.05")
-    plan = sample_size(cond, REL, adaptivity, steps, "sequential")
-    n = plan.rows
-    rng = np.random.default_rng(seed)
-    kw = dict(reliability=REL, adaptivity=adaptivity, steps=steps, mode="fp-free", plan=plan)
-    failures = 0
-    for _ in range(trials):
-        y = rng.integers(0, 2, n, dtype=np.int8)
-        votes = np.zeros(n, dtype=np.int32)
-        wrong = False
-        for _ in range(steps - 1):
-            guess = rng.integers(0, 2, n, dtype=np.int8)
-            v = decide(cond, y, guess, **kw)
-            wrong |= v.raw == "fail"
-            votes += (1 if v.raw == "pass" else -1) * np.where(guess == 1, -1, 1)
-        wrong |= decide(cond, y, (votes > 0).astype(np.int8), **kw).raw == "fail"
-        failures += wrong
-    return failures
-
-
 def test_sequential_full_survives_the_adaptive_attack_that_breaks_none() -> None:
+    """Blum & Hardt's boosting attack against the sequential method: the developer sees one
+    bit per use (not the stopping time)."""
     steps = 100
-    broken = adaptive_attack("none", steps, trials=30, seed=1)
+    broken, _ = adaptive_attack("none", steps, trials=30, seed=1, reliability=REL, method="sequential")
     assert not within_delta(broken, 30), broken
-    held = adaptive_attack("full", steps, trials=8, seed=2)
+    held, _ = adaptive_attack("full", steps, trials=8, seed=2, reliability=REL, method="sequential")
     assert within_delta(held, 8), held
 
 

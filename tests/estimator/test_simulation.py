@@ -15,6 +15,7 @@ from scipy import stats
 from easeml_buildbot.estimator.condition import parse_condition
 from easeml_buildbot.estimator.decision import decide
 from easeml_buildbot.estimator.samples import sample_size
+from estimator.attacks import adaptive_attack
 
 RELIABILITY, DELTA, H, TRIALS = 0.8, 0.2, 4, 400
 ONE_VAR = "n > 0.8 +/- 0.05"
@@ -124,45 +125,13 @@ def test_pattern_failure_rate_below_delta(method: str) -> None:
     assert not within_delta(f_small), f_small / TRIALS
 
 
-def adaptive_attack(adaptivity: str, steps: int, trials: int, seed: int) -> tuple[int, int]:
-    """A developer who learns from every verdict (Blum & Hardt's boosting attack).
-
-    Labels are independent of anything a model sees, so every model has true accuracy
-    exactly 0.5 and the condition ``n > 0.45 +/- 0.05`` is true: a raw *fail* is wrong.
-    With the planned N, a random guesser passes iff its test accuracy is above 0.5, so
-    each verdict leaks one bit about the test labels without being wrong. After
-    ``steps - 1`` such guesses the developer submits the vote that disagrees with the
-    guessers that passed and agrees with those that failed: a fixed function of the row,
-    still of true accuracy 0.5, whose accuracy *on this test set* is far below 0.5."""
-    cond = parse_condition("n > 0.45 +/- 0.05")
-    plan = sample_size(cond, RELIABILITY, adaptivity, steps, "hoeffding")
-    n = plan.labels
-    rng = np.random.default_rng(seed)
-    kw = dict(reliability=RELIABILITY, adaptivity=adaptivity, steps=steps, mode="fp-free", plan=plan)
-    failures = 0
-    for _ in range(trials):
-        y = rng.integers(0, 2, n, dtype=np.int8)
-        votes = np.zeros(n, dtype=np.int32)
-        wrong = False
-        for _ in range(steps - 1):
-            guess = rng.integers(0, 2, n, dtype=np.int8)
-            v = decide(cond, y, guess, **kw)
-            wrong |= v.raw == "fail"
-            sign = 1 if v.raw == "pass" else -1
-            votes += sign * np.where(guess == 1, -1, 1)
-        v = decide(cond, y, (votes > 0).astype(np.int8), **kw)
-        wrong |= v.raw == "fail"
-        failures += wrong
-    return failures, n
-
-
 def test_full_adaptivity_survives_an_adaptive_attack_that_breaks_none() -> None:
     """The 2^H union is needed: sized for `none` (delta/H), the attack above makes a wrong
     verdict almost certain; sized for `full` (delta/2^H) it stays below delta."""
     steps = 200
-    broken, n_none = adaptive_attack("none", steps, trials=30, seed=1)
+    broken, n_none = adaptive_attack("none", steps, trials=30, seed=1, reliability=RELIABILITY)
     assert not within_delta(broken, 30), (broken, n_none)
-    held, n_full = adaptive_attack("full", steps, trials=12, seed=2)
+    held, n_full = adaptive_attack("full", steps, trials=12, seed=2, reliability=RELIABILITY)
     assert within_delta(held, 12), (held, n_full)
     assert n_full > 10 * n_none
 
