@@ -376,6 +376,19 @@ class Ledger:
         st = path.stat()
         return (st.st_dev, st.st_ino)
 
+    def check_file(self) -> None:
+        """Raise LedgerError when (SQLite) the file this ledger opened was deleted or replaced:
+        its pooled connections would write to a file nobody reads again."""
+        if self._file_identity is None:
+            return
+        try:
+            now = self._sqlite_identity()
+        except OSError:
+            now = None
+        if now != self._file_identity:
+            raise LedgerError(f"the ledger file {self._sqlite_path()} was deleted or replaced "
+                              "while the master was running")
+
     def instance_id(self) -> str:
         """This ledger's identity, read from the database now (not cached).
 
@@ -383,14 +396,7 @@ class Ledger:
         ledger opened was deleted or replaced since: its open connections would keep writing
         to a file nobody will read again.
         """
-        if self._file_identity is not None:
-            try:
-                now = self._sqlite_identity()
-            except OSError:
-                now = None
-            if now != self._file_identity:
-                raise LedgerError(f"the ledger file {self._sqlite_path()} was deleted or replaced "
-                                  "while the master was running")
+        self.check_file()
         try:
             with self.engine.connect() as conn:
                 row = conn.execute(sa.select(ledger_meta.c.value).where(

@@ -1105,10 +1105,18 @@ class EasemlMailNotifier(MailNotifier):
             m = self._stamp(mail)
             notify = [r for r in mail.recipients if r.lower() in owners] if use_id is not None else []
             key = f"build:{buildid}:{i}:{mail.kind}" if buildid is not None else None
-            mail_id = yield threads.deferToThreadPool(
-                reactor, reactor.getThreadPool(), lambda m=m, mail=mail, notify=notify, key=key:
-                self.outbox.enqueue(mail.kind, mail.recipients, m.as_string(), key=key,
-                                    use_id=use_id, notify=notify))
+            try:
+                mail_id = yield threads.deferToThreadPool(
+                    reactor, reactor.getThreadPool(), lambda m=m, mail=mail, notify=notify, key=key:
+                    self.outbox.enqueue(mail.kind, mail.recipients, m.as_string(), key=key,
+                                        use_id=use_id, notify=notify))
+            except Exception as exc:
+                # the outbox lives in the ledger's database: when that is what broke (deleted,
+                # down), the mail about it must still go out; sent now, retried in memory
+                twlog.msg(f"easeml email: the outbox cannot store {mail.kind} mail '{m['Subject']}' "
+                          f"({exc.__class__.__name__}); sending it directly")
+                yield self.deliver(mail)
+                continue
             if mail_id is not None:
                 twlog.msg(f"easeml email: queued {mail.kind} mail #{mail_id} '{m['Subject']}' to "
                           f"{', '.join(mail.recipients)}")

@@ -105,7 +105,11 @@ class Outbox:
     # -- producer
     def enqueue(self, kind: str, recipients: Sequence[str], message: str, *, key: str | None = None,
                 use_id: int | None = None, notify: Iterable[str] = ()) -> int | None:
-        """Store one mail, due now. Returns its id, or None when ``key`` is already queued."""
+        """Store one mail, due now. Returns its id, or None when ``key`` is already queued.
+
+        Raises (``LedgerError``) when the ledger's SQLite file was deleted or replaced: a mail
+        stored there would never be read again; the caller sends it directly instead."""
+        self.ledger.check_file()
         now = self.clock()
         values = dict(key=key, kind=kind, recipients=list(recipients), message=message,
                       use_id=int(use_id) if use_id is not None else None,

@@ -166,3 +166,22 @@ def test_two_masters_on_one_postgres_send_each_mail_once(postgres_url, smtp_serv
     finally:
         stop(reactor, a)
         stop(reactor, b)
+
+
+def test_a_deleted_ledger_file_does_not_swallow_the_mail(tmp_path, smtp_server, reactor, start_notifier,
+                                                         twisted_log):
+    """The outbox lives in the ledger's database; when that file is deleted (the case the
+    operator must hear about), a mail stored through the master's pooled connection would sit
+    in a file nobody reads again. The outbox refuses it and the notifier sends it directly."""
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    use_id = committed_use(url)
+    n = notifier(start_notifier, settings(smtp_server, url))
+    try:
+        for f in tmp_path.glob("ledger.sqlite*"):
+            f.unlink()
+        send(reactor, n, report(use_id))
+        (msg,) = smtp_server.wait_for(1, timeout=10)
+        assert sorted(msg.rcpt_tos) == sorted(OWNERS)
+        assert any("the outbox cannot store evaluation mail" in line for line in twisted_log)
+    finally:
+        stop(reactor, n)
