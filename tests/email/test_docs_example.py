@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from easeml_buildbot.master import email as em
+from easeml_buildbot.master import mail as em
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -15,7 +15,7 @@ def test_docs_example_regenerates(tmp_path):
     html_path, png_path = em.write_example(str(tmp_path))
     committed = (DOCS / em.EXAMPLE_HTML).read_text()
     assert Path(html_path).read_text() == committed, (
-        "docs/email-example.html is stale: run `python -m easeml_buildbot.master.email docs/`")
+        "docs/email-example.html is stale: run `python -m easeml_buildbot.master.mail.example docs/`")
     assert f'src="{em.EXAMPLE_CHART}"' in committed
     # pixels may differ across matplotlib/freetype versions; the size and format may not
     new, old = Image.open(png_path), Image.open(DOCS / em.EXAMPLE_CHART)

@@ -25,6 +25,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from easeml_buildbot.master.rotation import rotation_text
 from support.buildbot_harness import BuildbotHarness
 from support.gpgkeys import service_keys  # noqa: F401  (fixture)
 from support.models import make_model_repo
@@ -155,7 +156,8 @@ def test_mails_through_real_master_builds(tmp_path, service_keys):
             assert exhaustion.rcpt_tos == [OWNER]
             etext = exhaustion.message.get_body(("plain",)).get_content()
             assert f"{p4['easeml_samples_needed']} labelled samples" in etext
-            assert "easeml dataset encrypt --key easeml_pub.asc test.csv data/test.csv.gpg" in etext
+            assert "easeml dataset encrypt --key easeml_pub.asc test-2.csv data/test-2.csv.gpg" in etext
+            assert rotation_text("data/test.csv.gpg", samples=p4["easeml_samples_needed"], markdown=False) in etext
             assert any("use 2 of 2, 0 left" in decoded_text(m.message) for m in mails[5:])
 
             # 5. SMTP down: the build completes, the mail waits in the outbox (retried, logged)
