@@ -64,7 +64,8 @@ def rotation_steps(dataset: str = DEFAULT_DATASET, *, public_key: str = DEFAULT_
         Step("Merge it on the default branch (push it there, or merge a pull request with it: that pull "
              "request itself is not evaluated, since the test set and `.easeml.yml` are read from the "
              "default branch only). The new file has a new dataset id, so the ledger starts a fresh "
-             "budget of `steps` uses; the old test set's history stays."),
+             "budget of `steps` uses; the old test set's history stays. The condition, reliability or "
+             "steps may change in the same commit (`easeml samples` gives the size they need)."),
     )
 
 

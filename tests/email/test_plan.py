@@ -283,3 +283,29 @@ def test_a_pull_request_into_an_unlisted_branch_mails_nobody():
     looked at, so neither the owners nor the author hear of it (the check run says why)."""
     assert em.plan_mails(facts(status="not_evaluated", use_id=None, dataset_id=None,
                                cause="pull requests into 'dev' are not evaluated"), POLICY) == []
+
+
+def test_notifier_check_config_reports_every_problem_at_once(tmp_path):
+    """As ``buildbot checkconfig`` collects them: each names its [smtp] key; a missing CA file
+    is caught here, not at the first mail."""
+    from buildbot.config.errors import capture_config_errors
+
+    with capture_config_errors() as errors:
+        em.EasemlMailNotifier(fromaddr="not an address", relayhost="127.0.0.1", useTls=True,
+                              generators=[em.EasemlMailGenerator(em.MailPolicy(operator="ops"))],
+                              attempts=0, timeout="soon", ca_file=str(tmp_path / "no-ca.pem"),
+                              outbox_url="sqlite://", outbox_expiry=-1)
+    text = "\n".join(errors.errors)
+    for expected in ("smtp.from_addr: 'not an address' is not an email address",
+                     "smtp.attempts: must be >= 1, not 0",
+                     "smtp.timeout: must be a number of seconds, not 'soon'",
+                     "smtp.outbox_expiry: must be > 0, not -1",
+                     f"smtp.ca_file: {tmp_path / 'no-ca.pem'}: no such file",
+                     "operator_email: 'ops' is not an email address"):
+        assert expected in text, text
+    bad_pem = tmp_path / "ca.pem"
+    bad_pem.write_text("not a certificate\n")
+    with capture_config_errors() as errors:
+        em.EasemlMailNotifier(fromaddr="ci@example.com", useTls=True, ca_file=str(bad_pem),
+                              generators=[em.EasemlMailGenerator(em.MailPolicy())])
+    assert [e for e in errors.errors if "not a PEM file of CA certificates" in e], errors.errors

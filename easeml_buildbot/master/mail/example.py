@@ -82,11 +82,9 @@ def run(ledger_url: str) -> tuple[list[dict], dict, int]:
     return uses, state, use_id
 
 
-def example_mails(ledger_url: str | None = None) -> list[OutgoingMail]:
-    """The mails of the fourth use (the owners' first), from a fresh ledger (temporary by default)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        uses, state, use_id = run(ledger_url or f"sqlite:///{tmp}/ledger.sqlite")
-    last = uses[-1]
+def mails_for(uses: list[dict], state: dict, use_id: int) -> list[OutgoingMail]:
+    """The mails of use ``use_id`` of the example's ledger snapshot, as the master plans them."""
+    last = next(u for u in uses if u["id"] == use_id)
     facts = BuildFacts(repo=REPO, sha=last["commit"], status="evaluated", results=0, pr_number=128,
                        pr_url=f"https://github.com/{REPO}/pull/128",
                        build_url="https://ci.example.com/#/builders/1/builds/311",
@@ -96,11 +94,18 @@ def example_mails(ledger_url: str | None = None) -> list[OutgoingMail]:
     return plan_mails(facts, policy, ledger=(uses, state))
 
 
-def write_example(directory: str) -> tuple[str, str]:
+def example_mails() -> list[OutgoingMail]:
+    """The mails of the last use (the owners' first), from a fresh temporary ledger."""
+    with tempfile.TemporaryDirectory() as tmp:
+        uses, state, use_id = run(f"sqlite:///{tmp}/ledger.sqlite")
+    return mails_for(uses, state, use_id)
+
+
+def write_example(directory: str, mails: list[OutgoingMail] | None = None) -> tuple[str, str]:
     """Write the owners' example mail as HTML (chart as a file next to it) into ``directory``."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    msg = example_mails()[0].message
+    msg = (mails or example_mails())[0].message
     html = msg.get_body(("html",)).get_content()
     png_part = next(p for p in msg.walk() if p.get_content_type() == "image/png")
     cid = png_part["Content-ID"].strip("<>")
