@@ -309,3 +309,8 @@ def test_notifier_check_config_reports_every_problem_at_once(tmp_path):
         em.EasemlMailNotifier(fromaddr="ci@example.com", useTls=True, ca_file=str(bad_pem),
                               generators=[em.EasemlMailGenerator(em.MailPolicy())])
     assert [e for e in errors.errors if "not a PEM file of CA certificates" in e], errors.errors
+
+
+def test_an_author_who_is_an_owner_gets_only_the_owners_mail():
+    mails = em.plan_mails(facts(author="Owner <owner@example.com>"), POLICY, ledger=(ledger_uses(3), state(3)))
+    assert kinds(mails) == [("evaluation", ("owner@example.com", "lead@Sub.Example.com"))]

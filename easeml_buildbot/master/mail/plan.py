@@ -102,7 +102,8 @@ class _Plan:
                 out += self.policy.operators()
             elif who == AUTHOR:
                 adaptivity = self.ev.adaptivity if self.ev else None
-                out += self.policy.author(self.facts.author, adaptivity, outcome, owners=out)
+                # an author who is an owner already gets the owners' (fuller) mail
+                out += self.policy.author(self.facts.author, adaptivity, outcome, owners=self.owners)
         seen: set[str] = set()
         return [a for a in out if not (a.lower() in seen or seen.add(a.lower()))]
 
