@@ -100,7 +100,7 @@ def configure(c: dict[str, Any], settings: Settings) -> dict[str, Any]:
                                                      properties=[util.StringParameter(name="easeml_repo",
                                                                                       default=settings.local.project)]))
     if settings.email_enabled:
-        from easeml_buildbot.master.email import make_email_reporters
+        from easeml_buildbot.master.mail import make_email_reporters
 
         # with ``c``: the SMTP password becomes a Buildbot secret, never a plain argument
         services.extend(make_email_reporters(settings, c))

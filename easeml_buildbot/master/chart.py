@@ -2,7 +2,10 @@
 
 Owners read a verdict better next to its history: one panel per variable (``n``, ``o``,
 ``d``) and per multi-term clause (e.g. ``n - o``), the estimate of every use with its
-interval, and the condition's threshold as a line with its ``+/- eps`` tolerance band.
+interval, and the condition's threshold as a line with its ``+/- eps`` tolerance band. The
+x axis is the test set's whole budget of H uses, each use labelled by the commit it
+evaluated (short sha), so the owners see both which commit scored what and how much of the
+budget is left.
 
 Everything here is a pure function of plain data (the ledger's per-use ``result`` JSON),
 so it can run in a thread off the reactor and be tested without Buildbot. The Agg backend
@@ -70,6 +73,12 @@ class UsePoint:
     intervals: Mapping[str, tuple[float, float]]
     outcome: str
     clause_estimates: tuple[tuple[float, tuple[float, float] | None] | None, ...] = ()
+    commit: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The x tick: the commit's short sha (or ``#k`` when the use has no commit)."""
+        return self.commit[:7] if self.commit else f"#{self.number}"
 
 
 def thresholds_from_condition(condition: Any) -> tuple[Threshold, ...]:
@@ -139,8 +148,10 @@ def use_points(uses: Sequence[Mapping[str, Any]]) -> list[UsePoint]:
             clause_estimates.append(None if est is None else (est, ivl))
         number = use.get("use_number", use.get("number", i)) if isinstance(use, Mapping) else i
         outcome = str(verdict.get("outcome") or use.get("verdict") or "unknown")
+        commit = use.get("commit") if isinstance(use, Mapping) else None
         points.append(
-            UsePoint(int(number), estimates, intervals, outcome, tuple(clause_estimates))
+            UsePoint(int(number), estimates, intervals, outcome, tuple(clause_estimates),
+                     str(commit) if commit else None)
         )
     return points
 
@@ -173,17 +184,39 @@ def render_chart(
     *,
     title: str | None = None,
     highlight: int | None = None,
+    budget: int | None = None,
     dpi: int = 100,
 ) -> bytes:
-    """PNG bytes: one panel per variable and per multi-term clause, over the uses.
+    """PNG bytes of ``chart_figure`` (same arguments)."""
+    fig = chart_figure(uses, thresholds, title=title, highlight=highlight, budget=budget, dpi=dpi)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def chart_figure(
+    uses: Sequence[Mapping[str, Any]],
+    thresholds: Sequence[Threshold] = (),
+    *,
+    title: str | None = None,
+    highlight: int | None = None,
+    budget: int | None = None,
+    dpi: int = 100,
+) -> Figure:
+    """The chart: one panel per variable the condition uses and per multi-term clause, over the uses.
 
     ``highlight`` is the use number of the current build (drawn larger; default the last).
+    ``budget`` is H: the x axis spans uses 1..H (uses not spent yet stay empty), each tick
+    labelled by its use's commit; without it the axis spans the uses drawn.
     The output is deterministic for the same input and matplotlib version (no timestamp
     or software tag in the PNG), so docs/email-example-chart.png can be regenerated.
     """
     points = use_points(uses)
     variables = [v for v in ("n", "o", "d") if any(v in p.estimates for p in points)]
     variables += sorted({v for p in points for v in p.estimates} - set(variables))
+    if thresholds:  # only the variables the condition uses (no d panel under n - o > ...)
+        used = {var for th in thresholds for _, var in th.terms}
+        variables = [v for v in variables if v in used]
     single = {}
     multi: list[tuple[int, Threshold]] = []
     for i, th in enumerate(thresholds):
@@ -199,10 +232,10 @@ def render_chart(
         highlight = points[-1].number
 
     rows = max(1, len(panels))
-    height = 1.6 * rows + 0.6
+    height = 1.6 * rows + 0.9
     fig = Figure(figsize=(6.4, height), dpi=dpi)
     # fixed margins (inches) instead of a layout engine: half the rendering time
-    fig.subplots_adjust(left=0.1, right=0.98, top=1 - (0.7 if title else 0.35) / height, bottom=0.45 / height,
+    fig.subplots_adjust(left=0.1, right=0.98, top=1 - (0.7 if title else 0.35) / height, bottom=0.8 / height,
                         hspace=0.42)
     axes = fig.subplots(rows, 1, sharex=True, squeeze=False)[:, 0]
     if title:
@@ -251,13 +284,17 @@ def render_chart(
             ax.legend(loc="best", fontsize=7, frameon=False)
         ax.grid(True, alpha=0.3, lw=0.5)
         ax.tick_params(labelsize=8)
+    last = max([budget or 0] + [p.number for p in points])
+    span = f"of the {budget} uses of the test set" if budget else "of the test set"
     axes[-1].set_xlabel(
-        "use of the test set  (green: pass, red: fail, grey: unknown; bars: intervals)", fontsize=8
+        f"commit, by use {span}  (green: pass, red: fail, grey: unknown; bars: intervals)", fontsize=8
     )
-    if points:
-        xs = [p.number for p in points]
-        axes[-1].set_xlim(min(xs) - 0.5, max(xs) + 0.5)
-        axes[-1].xaxis.get_major_locator().set_params(integer=True)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    return buf.getvalue()
+    if last:
+        by_number = {p.number: p.label for p in points}
+        every = max(1, math.ceil(last / 16))  # at most ~16 labels, whatever H is
+        ticks = [k for k in range(1, last + 1) if k in by_number or (k - 1) % every == 0 or k == last]
+        axes[-1].set_xlim(0.5, last + 0.5)
+        axes[-1].set_xticks(ticks)
+        axes[-1].set_xticklabels([by_number.get(k, "unused") for k in ticks], rotation=45, ha="right",
+                                 fontsize=7, fontfamily="monospace")
+    return fig

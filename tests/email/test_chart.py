@@ -43,9 +43,11 @@ def test_one_panel_per_variable_and_clause_and_deterministic():
     th = thresholds_from_condition("n - o > 0.02 +/- 0.01")
     a = render_chart(uses, th)
     assert a == render_chart(uses, th)  # same input, same bytes (no timestamps)
-    four = png_image(a)  # n, o, d + the clause n - o
-    three = png_image(render_chart(uses, thresholds_from_condition("n > 0.5 +/- 0.05")))
-    assert four.size[0] == three.size[0] and four.size[1] > three.size[1]
+    three = png_image(a)  # n, o (the variables the condition uses) + the clause n - o
+    one = png_image(render_chart(uses, thresholds_from_condition("n > 0.5 +/- 0.05")))  # n only
+    four = png_image(render_chart(uses, thresholds_from_condition("n - o > 0.02 +/- 0.01 /\\ d < 0.1 +/- 0.01")))
+    assert three.size[0] == one.size[0] == four.size[0]
+    assert one.size[1] < three.size[1] < four.size[1]
     # the highlighted (current) use changes the picture
     assert render_chart(uses, th, highlight=2) != a
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from easeml_buildbot.custody.ledger import Ledger
 from easeml_buildbot.estimator.decision import decide
-from easeml_buildbot.master import email as em
+from easeml_buildbot.master import mail as em
 from support.gpgkeys import service_keys  # noqa: F401  (fixture)
 from support.smtp import SmtpServer
 
@@ -173,8 +173,8 @@ def test_exhaustion_mail_after_last_use(ledger_with_uses, test_set, smtp_server,
     for body in (msg.get_body(("plain",)).get_content(),
                  htmllib.unescape(msg.get_body(("html",)).get_content())):
         assert f"{v.samples_needed} labelled samples" in body.replace("<b>", "").replace("</b>", "")
-        assert "easeml dataset encrypt --key easeml_pub.asc test.csv data/test.csv.gpg" in body
-        assert "git add data/test.csv.gpg" in body and "git push" in body
+        assert "easeml dataset encrypt --key easeml_pub.asc test-2.csv data/test-2.csv.gpg" in body
+        assert "git rm data/test.csv.gpg" in body and "Merge it on the default branch" in body
         assert "all 4 uses" in body
     assert sorted(smtp_server.messages[0].rcpt_tos) == ["lead@ml.example.com", "owner@example.com"]
 
@@ -230,7 +230,9 @@ def test_auth_over_starttls_password_never_logged(start_notifier, deliver, twist
     log = "\n".join(twisted_log)
     assert "giving up" in log
     assert password not in log
-    assert password not in repr(em.SmtpTransport(password=password))
+    from easeml_buildbot.master.settings import SmtpSettings
+
+    assert password not in repr(SmtpSettings(password=password))
 
 
 def test_relay_with_untrusted_certificate_is_refused(start_notifier, deliver, twisted_log):

@@ -4,7 +4,9 @@ real git repository with a real model and a gpg-encrypted test set, delivering t
 One master serves five builds of a 2-use test set (adaptivity full):
 1. a better model: owners get the full verdict with the chart, the author only the outcome;
 2. a commit that also edits .easeml.yml to add a recipient: not evaluated (protected file),
-   the note goes to the base branch's recipients only, never to the added address;
+   the note goes to the base commit's recipients only, never to the added address. On the
+   local forge the watched branch is the trusted default branch, so that commit becomes the
+   accepted configuration (issue 14): from build 3 on, the added address is an owner;
 3. the worker's private key is gone: the operator gets the failed step and its log, the
    owners a short note, and the use is released;
 4. another model: use 2 of 2, so the owners also get the exhaustion mail;
@@ -25,6 +27,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from easeml_buildbot.master.rotation import rotation_text
 from support.buildbot_harness import BuildbotHarness
 from support.gpgkeys import service_keys  # noqa: F401  (fixture)
 from support.models import make_model_repo
@@ -107,10 +110,7 @@ def test_mails_through_real_master_builds(tmp_path, service_keys):
                 assert not _label_leaks(m.data, decoded_text(m.message), repo.labels)
                 assert_no_key_material(m.data, secrets=(service_keys.private.read_bytes(),))
 
-            # 2. a commit on the watched branch adds a recipient to .easeml.yml: its own note goes
-            #    to the recipients it was evaluated under (nobody new); on the local forge that
-            #    branch is the owners', so the commit becomes the accepted configuration and the
-            #    new recipient is an owner for the commits after it (issue 14)
+            # 2. the pull request edits .easeml.yml to add a recipient: nobody new is mailed
             cfg = yaml.safe_load((repo.path / ".easeml.yml").read_text())
             cfg["email"] = [*cfg["email"], ADDED]
             repo.commit_model(quality=0.9, branch="main", files={".easeml.yml": yaml.safe_dump(cfg)})
@@ -131,8 +131,9 @@ def test_mails_through_real_master_builds(tmp_path, service_keys):
             assert p3.get("easeml_status") in ("infra_error", "missing_dataset"), p3
             assert p3.get("easeml_released") is True
             mails = smtp.wait_for(5, timeout=30)
-            by_rcpt = {tuple(sorted(m.rcpt_tos)): m.message for m in mails[3:]}
-            op, note = by_rcpt[("ops@example.com",)], by_rcpt[tuple(sorted((OWNER, ADDED, "dev@example.com")))]
+            by_rcpt = {tuple(m.rcpt_tos): m.message for m in mails[3:]}
+            owners = [OWNER, ADDED]  # the configuration commit of build 2 is the default branch's now
+            op, note = by_rcpt[("ops@example.com",)], by_rcpt[(*owners, "dev@example.com")]
             assert op["Subject"].startswith(f"[easeml] acme/digits {third.sha[:7]}: ")
             op_text = decoded_text(op)
             assert p3["easeml_status"] in op_text and "worker1" in op_text and p3["easeml_cause"][:40] in op_text
@@ -154,10 +155,12 @@ def test_mails_through_real_master_builds(tmp_path, service_keys):
             assert p4.get("easeml_status") == "evaluated", p4
             mails = smtp.wait_for(8, timeout=30)
             exhaustion = next(m for m in mails[5:] if "test set exhausted" in m.message["Subject"])
-            assert sorted(exhaustion.rcpt_tos) == sorted([OWNER, ADDED])
+            assert exhaustion.rcpt_tos == owners
             etext = exhaustion.message.get_body(("plain",)).get_content()
             assert f"{p4['easeml_samples_needed']} labelled samples" in etext
-            assert "easeml dataset encrypt --key easeml_pub.asc test.csv data/test.csv.gpg" in etext
+            assert "easeml dataset encrypt --key easeml_pub.asc test-2.csv data/test-2.csv.gpg" in etext
+            assert rotation_text("data/test.csv.gpg", samples=p4["easeml_samples_needed"],
+                                 markdown=False) in etext.replace("\r\n", "\n")
             assert any("use 2 of 2, 0 left" in decoded_text(m.message) for m in mails[5:])
 
             # 5. SMTP down: the build completes, the mail waits in the outbox (retried, logged)
@@ -176,7 +179,7 @@ def test_mails_through_real_master_builds(tmp_path, service_keys):
             assert bb.api("builders")  # the master still answers
             smtp.up()
             late = smtp.wait_for(9, timeout=30)[8]
-            assert "test set exhausted" in late.message["Subject"] and sorted(late.rcpt_tos) == sorted([OWNER, ADDED])
+            assert "test set exhausted" in late.message["Subject"] and late.rcpt_tos == owners
             assert bb.master_proc.poll() is None
             # the password was rendered from the secret (AUTH succeeded) and never logged
             assert password not in log and password not in bb.step_logs_text(builds[0]["buildid"])

@@ -14,7 +14,8 @@ import pytest
 from twisted.internet.threads import blockingCallFromThread
 
 from easeml_buildbot.custody.ledger import Ledger
-from easeml_buildbot.master import email as em
+from easeml_buildbot.master import mail as em
+from easeml_buildbot.master.settings import Settings
 from support.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
 REPO = "acme/churn-model"
@@ -26,7 +27,8 @@ def settings(server, ledger_url, **smtp):
     section = dict(host=server.host, port=server.port, from_addr="easeml-ci@example.com",
                    attempts=3, backoff=0.1, timeout=2, outbox_max_backoff=0.4, outbox_expiry=600)
     section.update(smtp)
-    return {"smtp": section, "ledger_url": ledger_url, "allowed_email_domains": ["example.com"]}
+    return Settings.from_dict({"forge": "local", "local": {"repo": "/r"}, "smtp": section,
+                               "ledger_url": ledger_url, "allowed_email_domains": ["example.com"]})
 
 
 def committed_use(url) -> int:

@@ -7,7 +7,8 @@ import html as htmllib
 import pytest
 from buildbot.process.results import CANCELLED, EXCEPTION, FAILURE, RETRY, SUCCESS
 
-from easeml_buildbot.master import email as em
+from easeml_buildbot.master import mail as em
+from easeml_buildbot.master.rotation import rotation_text
 from easeml_buildbot.master.settings import Settings
 
 from mail_helpers import decoded_text, ledger_uses, mime_parts
@@ -90,9 +91,13 @@ def test_firstchange_pass_retires_and_asks_for_a_new_test_set():
     assert "test set retired" in ex["Subject"] and "5000 samples" in ex["Subject"]
     text = ex.get_body(("plain",)).get_content()
     assert "first pass" in text and "firstChange" in text
-    assert "easeml dataset encrypt --key easeml_pub.asc test.csv data/test.csv.gpg" in text
-    # the evaluation mail says so too
-    assert "This test set is now retired" in mails[0].message.get_body(("plain",)).get_content()
+    # the one rotation text: a new test set at a new path, merged on the default branch
+    assert rotation_text("data/test.csv.gpg", samples=5000, markdown=False) in text
+    assert "easeml dataset encrypt --key easeml_pub.asc test-2.csv data/test-2.csv.gpg" in text
+    # the evaluation mail says so too, with the same text
+    owners = mails[0].message.get_body(("plain",)).get_content()
+    assert "This test set is now retired" in owners
+    assert rotation_text("data/test.csv.gpg", samples=5000, markdown=False) in owners
 
 
 def test_exhausted_build_mails_owners_only_with_sample_size():
@@ -107,8 +112,9 @@ def test_exhausted_build_mails_owners_only_with_sample_size():
 
     need = sample_size(parse_condition("n > 0.8 +/- 0.05"), reliability=0.999, adaptivity="full", steps=4).labels
     assert f"{need} labelled samples" in text
-    assert "easeml dataset encrypt --key easeml_pub.asc holdout.jsonl data/holdout.jsonl.gpg" in text
-    assert "git add data/holdout.jsonl.gpg" in text
+    assert "easeml dataset encrypt --key easeml_pub.asc holdout-2.jsonl data/holdout-2.jsonl.gpg" in text
+    assert "git rm data/holdout.jsonl.gpg" in text and "git add data/holdout-2.jsonl.gpg .easeml.yml" in text
+    assert "Merge it on the default branch" in text
 
 
 @pytest.mark.parametrize("status, results", [("infra_error", FAILURE), (None, EXCEPTION), (None, RETRY)])
@@ -192,13 +198,14 @@ def test_reporters_from_master_settings():
 
 @pytest.mark.parametrize("value, port", [(False, 25), (True, 587), (True, 465), ("ssl", 465), ("starttls", 587),
                                          ("true", 465), ("on", 587), ("off", 25)])
-def test_transport_reads_smtp_tls_like_the_settings_do(value, port):
-    """A plain mapping (no ``Settings``) gets the same mode as ``easeml.toml`` would."""
-    smtp = {"host": "127.0.0.1", "port": port, "tls": value}
-    expected = Settings.from_dict({"forge": "local", "local": {"repo": "/r"}, "smtp": smtp}).smtp.tls
-    assert em.SmtpTransport.from_settings({"smtp": smtp}).tls == expected
-    with pytest.raises(ValueError, match=r"smtp.tls: must be .*'sll'"):
-        em.SmtpTransport.from_settings({"smtp": {**smtp, "tls": "sll"}})
+def test_notifier_takes_smtp_tls_from_the_settings(value, port):
+    """One reading of ``smtp.tls`` (the settings'): the notifier gets STARTTLS/SMTPS from it."""
+    s = Settings.from_dict({"forge": "local", "local": {"repo": "/r"}, "allowed_email_domains": ["example.com"],
+                            "smtp": {"host": "127.0.0.1", "port": port, "tls": value}})
+    (notifier,) = em.make_email_reporters(s)
+    kw = notifier._config_kwargs
+    assert (kw["useTls"], kw["useSmtps"]) == (s.smtp.tls == "starttls", s.smtp.tls == "ssl")
+    assert "attempts" not in kw  # unset tuning keys: the notifier's defaults, in one place
 
 
 def test_png_and_html_structure_of_evaluation_mail():
@@ -259,7 +266,7 @@ def test_chart_shows_the_history_up_to_the_reported_use():
     uses = ledger_uses(5)
     (mail, _) = em.plan_mails(facts(use_id=102), POLICY, ledger=(uses, state(5)))
     png = mime_parts(mail.message)["image/png"][0].get_content()
-    expected = render_chart(uses[:2], thresholds_from_condition("n - o > 0.02 +/- 0.01"), highlight=2,
+    expected = render_chart(uses[:2], thresholds_from_condition("n - o > 0.02 +/- 0.01"), highlight=2, budget=8,
                             title="acme/m: test set " + ("ab" * 32)[:12])
     assert png == expected
     assert "use 2 of 8, 6 left" in mail.message.get_body(("plain",)).get_content()
@@ -276,3 +283,34 @@ def test_a_pull_request_into_an_unlisted_branch_mails_nobody():
     looked at, so neither the owners nor the author hear of it (the check run says why)."""
     assert em.plan_mails(facts(status="not_evaluated", use_id=None, dataset_id=None,
                                cause="pull requests into 'dev' are not evaluated"), POLICY) == []
+
+
+def test_notifier_check_config_reports_every_problem_at_once(tmp_path):
+    """As ``buildbot checkconfig`` collects them: each names its [smtp] key; a missing CA file
+    is caught here, not at the first mail."""
+    from buildbot.config.errors import capture_config_errors
+
+    with capture_config_errors() as errors:
+        em.EasemlMailNotifier(fromaddr="not an address", relayhost="127.0.0.1", useTls=True,
+                              generators=[em.EasemlMailGenerator(em.MailPolicy(operator="ops"))],
+                              attempts=0, timeout="soon", ca_file=str(tmp_path / "no-ca.pem"),
+                              outbox_url="sqlite://", outbox_expiry=-1)
+    text = "\n".join(errors.errors)
+    for expected in ("smtp.from_addr: 'not an address' is not an email address",
+                     "smtp.attempts: must be >= 1, not 0",
+                     "smtp.timeout: must be a number of seconds, not 'soon'",
+                     "smtp.outbox_expiry: must be > 0, not -1",
+                     f"smtp.ca_file: {tmp_path / 'no-ca.pem'}: no such file",
+                     "operator_email: 'ops' is not an email address"):
+        assert expected in text, text
+    bad_pem = tmp_path / "ca.pem"
+    bad_pem.write_text("not a certificate\n")
+    with capture_config_errors() as errors:
+        em.EasemlMailNotifier(fromaddr="ci@example.com", useTls=True, ca_file=str(bad_pem),
+                              generators=[em.EasemlMailGenerator(em.MailPolicy())])
+    assert [e for e in errors.errors if "not a PEM file of CA certificates" in e], errors.errors
+
+
+def test_an_author_who_is_an_owner_gets_only_the_owners_mail():
+    mails = em.plan_mails(facts(author="Owner <owner@example.com>"), POLICY, ledger=(ledger_uses(3), state(3)))
+    assert kinds(mails) == [("evaluation", ("owner@example.com", "lead@Sub.Example.com"))]

@@ -145,7 +145,7 @@ def test_configure_keeps_the_smtp_password_a_buildbot_secret(tmp_path):
     from buildbot.process.properties import Secret
 
     from easeml_buildbot.master import configure
-    from easeml_buildbot.master.email import EasemlMailNotifier
+    from easeml_buildbot.master.mail import EasemlMailNotifier
 
     text = GOOD.replace('forge = "github"', 'forge = "local"\nresults_dir = "results"') + '\n[local]\nrepo = "repo"\n'
     s = Settings.load(_write(tmp_path, text), env={})
