@@ -824,6 +824,10 @@ def plan_mails(facts: BuildFacts, policy: MailPolicy, *, ledger: Any = None) -> 
     if not owners:
         # recipients recorded with the use (base-branch config at evaluation time)
         owners, _ = filter_recipients(use.get("notified") or (), policy.allowed_domains)
+    if use.get("state") == "awaiting_labels":  # labels on demand: the owners only, never the author
+        from easeml_buildbot.master import labels_mail
+
+        return labels_mail.plan(facts, use, owners, public_key=policy.public_key)
     ev = evaluation_from(use, state, config)
     if owners:
         # the history up to this use (a late report must not show later uses)
