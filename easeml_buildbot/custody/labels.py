@@ -48,13 +48,22 @@ def duplicate_rows(ids: np.ndarray) -> np.ndarray:
     return np.flatnonzero(dup)
 
 
+def first_repeat(ids: np.ndarray, source_rows: np.ndarray | None) -> tuple[int, int | None]:
+    """(how many ids repeat, the data row (1-based, in file order) of the first repeat)."""
+    order = np.argsort(source_rows, kind="stable") if source_rows is not None and len(source_rows) \
+        else np.arange(len(ids))
+    dup = duplicate_rows(ids[order])
+    if not len(dup):
+        return 0, None
+    rows = source_rows[order] if source_rows is not None and len(source_rows) else order
+    return len(dup), int(rows[dup[0]]) + 1
+
+
 def check_unique(ids: np.ndarray, source: str, source_rows: np.ndarray | None = None) -> None:
     """Refuse a test set whose ids repeat (naming the first repeat's data row, never the id)."""
-    dup = duplicate_rows(ids)
-    if len(dup):
-        where = f"data row {int(source_rows[dup[0]]) + 1}" if source_rows is not None and len(source_rows) \
-            else f"row {int(dup[0]) + 1}"
-        raise LabelsError(f"{source}: {len(dup)} row id(s) repeat ({where} is the first); "
+    count, row = first_repeat(ids, source_rows)
+    if count:
+        raise LabelsError(f"{source}: {count} row id(s) repeat (data row {row} is the first); "
                           "every row needs its own id")
 
 
@@ -128,11 +137,10 @@ def read_labels(enc_path: str | os.PathLike[str], key: str | os.PathLike[str], p
             values = ds.labels
             if len(ids) != len(values):  # pragma: no cover - the splitter keeps rows aligned
                 raise LabelsError(f"{name}: {len(ids)} ids for {len(values)} labels")
-            dup = duplicate_rows(ids)
-            if len(dup):
-                raise LabelsError(f"{name}: {len(dup)} id(s) are given more than once (data row "
-                                  f"{int(ds.source_rows[dup[0]]) + 1} is the first repeat); each row "
-                                  "is labelled once")
+            count, row = first_repeat(ids, ds.source_rows)
+            if count:
+                raise LabelsError(f"{name}: {count} id(s) are given more than once (data row "
+                                  f"{row} is the first repeat); each row is labelled once")
             return LabelsFile(name, dict(zip(ids.tolist(), values.tolist())))
     except LabelsError:
         raise
