@@ -5,7 +5,9 @@ splits the ids off like labels (the model never sees them). After both models ra
 where they disagree need a label; the owners' labels file (``labels:``, read from the same
 default-branch commit as the test set) is matched to them by id. Either every such row has a
 label and ``decide`` scores the planned rows (active labelling: unlabelled rows are rows where
-the models agree, which cannot change ``n - o``), or the result is ``labels_needed`` with the
+the models agree, which cannot change ``n - o``), or a clause on ``d`` alone already fails
+the condition (no label is needed: a model that disagrees with the base on too many rows
+cannot make the owners label them), or the result is ``labels_needed`` with the
 ids the owners must label: a spent use that waits in the ledger (``awaiting_labels``).
 
 Nothing here writes to the developer-visible log: how many rows disagree is information
@@ -65,14 +67,21 @@ def score(cfg: Any, plan: Any, ids: np.ndarray, head: np.ndarray, base: np.ndarr
     info = {"file": cfg.labels, "id_column": cfg.id_column, "label_column": cfg.label_column,
             "rows": int(len(ids)), "disagreements": int(differ.sum()),
             "labelled": int(match.labelled.sum()), "unmatched_labels": int(match.unmatched)}
+    y = lab.typed_labels(match)
+    kw = dict(reliability=cfg.reliability, adaptivity=cfg.adaptivity, steps=cfg.steps, mode=cfg.mode,
+              method=cfg.method, plan=plan, labelled=match.labelled)
     if len(match.missing):
+        from easeml_buildbot.estimator.decision import UnlabelledDisagreement
+
+        try:  # a clause on d alone may fail the condition already: then no label is needed
+            verdict = decide(cfg.condition, y, head, base, **kw)
+            return "scored", {"verdict": verdict.to_dict(), "labels_on_demand": info}
+        except UnlabelledDisagreement:
+            pass
         missing = match.missing_ids(ids)
         info.update(count=len(missing), ids=missing,
                     ids_sha256=hashlib.sha256("\n".join(missing).encode()).hexdigest())
         return "labels_needed", {"labels_needed": info,
                                  "message": str(lab.missing_error(cfg.labels, len(missing), info["disagreements"]))}
-    y = lab.typed_labels(match)
-    verdict = decide(cfg.condition, y, head, base, reliability=cfg.reliability, adaptivity=cfg.adaptivity,
-                     steps=cfg.steps, mode=cfg.mode, method=cfg.method, plan=plan,
-                     labelled=match.labelled)
+    verdict = decide(cfg.condition, y, head, base, **kw)
     return "scored", {"verdict": verdict.to_dict(), "labels_on_demand": info}

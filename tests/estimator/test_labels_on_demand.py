@@ -52,7 +52,7 @@ def test_the_verdict_is_the_fully_labelled_one_for_every_seed():
 def test_a_missing_label_is_asked_for_never_decided():
     plan = CFG.required_samples()
     rng = np.random.default_rng(7)
-    y, new, old = _rows(rng, plan.rows, 0.9, 0.15)
+    y, new, old = _rows(rng, plan.rows, 0.9, 0.05)  # d clearly below 0.2: the d clause passes
     ids = normalize_ids([f"q{i}" for i in range(plan.rows)])
     differ = np.flatnonzero(new != old)
     labels = LabelsFile("l", {ids[i]: int(y[i]) for i in differ[1:]})
@@ -72,3 +72,27 @@ def test_config_refuses_conditions_that_need_every_label():
         parse_config("condition: n > 0.8 +/- 0.05\nlabels: data/labels.csv.gpg\n")
     assert CFG.labelling == "active" and CFG.split_column == "id"
     assert CFG.required_samples().labels < CFG.required_samples().rows
+
+
+def test_a_model_that_disagrees_too_often_fails_without_asking_for_labels():
+    """The d clause needs no labels: when it fails (or is unknown under fp-free) the condition
+    fails whatever n - o is, so the owners are not asked to label a flood of rows that a
+    developer's model made disagree on purpose. Under fn-free an unknown d clause decides
+    nothing: the labels are needed (the control)."""
+    plan = CFG.required_samples()
+    rng = np.random.default_rng(11)
+    ids = normalize_ids([f"z{i}" for i in range(plan.rows)])
+    y, new, old = _rows(rng, plan.rows, 0.9, 0.6)
+    kind, out = on_demand.score(CFG, plan, ids, new, old, None, decide=decide)
+    v = out["verdict"]
+    assert kind == "scored" and v["outcome"] == v["raw"] == "fail" and v["labels_consumed"] == 0
+    assert [c["outcome"] for c in v["clauses"]] == ["fail", "unknown"]
+    assert v["clauses"][1]["interval"] == [-1.0, 1.0]
+    fn_free = parse_config("condition: d < 0.2 +/- 0.05 /\\ n - o > 0.0 +/- 0.05\nreliability: 0.9\n"
+                           "adaptivity: full\nsteps: 2\nmode: fn-free\nlabels: data/labels.csv.gpg\n")
+    plan = fn_free.required_samples()
+    for d, want in ((0.6, "scored"), (0.2, "labels_needed")):  # d = p: the d clause is unknown
+        rng = np.random.default_rng(3)
+        y, new, old = _rows(rng, plan.rows, 0.9, d)
+        kind, out = on_demand.score(fn_free, plan, ids[: plan.rows], new, old, None, decide=decide)
+        assert kind == want, (d, out)
