@@ -216,3 +216,57 @@ def test_awaiting_labels_shows_a_neutral_pending_check_under_full(lod, tmp_path)
     assert "row-x" not in check.summary and " 2 " not in check.summary
     assert led.use(r.use_id).state == "awaiting_labels"
     led.close()
+
+
+RESERVE = textwrap.dedent('''
+    import json, sys
+    from types import SimpleNamespace
+    from twisted.internet import defer, task
+    from easeml_buildbot.master import steps as es
+
+    ledger_url = sys.argv[1]
+    props = {"buildername": "easeml", "buildnumber": 3, "easeml_repo": "acme/m", "easeml_dataset_id": "d" * 64,
+             "easeml_steps": 4, "easeml_adaptivity": "none", "revision": "h1", "easeml_base_sha": "b1"}
+    store = {}
+    notes = []
+    def get_state(oid, key, default=None):
+        return defer.succeed(store.get(key, default))
+    def set_state(oid, key, value):
+        store[key] = value
+        return defer.succeed(None)
+    def create_state(oid, key, fn):
+        store.setdefault(key, fn())
+        return defer.succeed(store[key])
+    state = SimpleNamespace(getObjectId=lambda *a: defer.succeed(1), getState=get_state, setState=set_state,
+                            atomicCreateState=create_state)
+    build = SimpleNamespace(getProperty=lambda k, d=None: props.get(k, d), requests=[SimpleNamespace(id=1)],
+                            getUrl=lambda: defer.succeed("http://bb/builds/3"))
+    step = es.ReserveUse(SimpleNamespace(ledger_url=ledger_url, build_timeout=60)).get_step_factory().buildStep()
+    step.build, step.master = build, SimpleNamespace(db=SimpleNamespace(state=state))
+    step.getProperty = build.getProperty
+    step.setProperty = lambda k, v, src=None: props.__setitem__(k, v)
+    step.note = lambda text: defer.succeed(notes.append(text))
+
+    def main(reactor):
+        d = step.run()
+        d.addCallback(lambda r: print(json.dumps({"result": r, "props": props, "notes": notes}, default=str)))
+        return d
+    task.react(main)
+''')
+
+
+def test_the_rerun_continues_the_waiting_use(tmp_path):
+    """The real ReserveUse step: a build of a (head, base) whose use waits for labels gets that
+    use (nothing new spent, no waiting for a "twin"); a new head gets a new use."""
+    url = f"sqlite:///{tmp_path}/l.sqlite"
+    with Ledger(url) as led:
+        r = led.reserve("acme/m", "d" * 64, 4, "none", commit="h1", base="b1")
+        led.await_labels(r.use_id, {"status": "labels_needed", "labels_needed": {"ids": ["x"]}})
+    out = subprocess.run([sys.executable, "-c", RESERVE, url], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["result"] == 0 and got["props"]["easeml_use_id"] == r.use_id
+    assert "no new use spent" in got["notes"][-1] and "label" not in " ".join(got["notes"])
+    with Ledger(url) as led:
+        st = led.state("acme/m", "d" * 64)
+        assert (st.uses, st.reservations, st.awaiting_labels) == (1, 1, 1)
