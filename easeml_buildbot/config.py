@@ -84,6 +84,14 @@ SCHEMA: tuple[Key, ...] = (
         "disagree, `sequential` stops reading labels as soon as the verdict is decided "
         "(see docs/statistics.md)."),
     Key("label_column", "string", "label", "Name of the label column in the test set."),
+    Key("labels", "path in the repository", None, "Labels on demand (docs/labels-on-demand.md): the "
+        "test set `dataset` holds features and a row id only, and this encrypted file holds "
+        "`id_column,label_column` rows for the rows where the two models disagree. The service "
+        "mails the owners the ids of the rows it still needs and decides once their labels are "
+        "committed here (on the default branch); the pull request's use is counted once. Needs a "
+        "condition of `d` and `n - o` clauses with a `d < p` clause; unset: every row is labelled."),
+    Key("id_column", "string", "id", "With `labels`: the column naming each row (in the test set "
+        "and in the labels file); ids must be unique."),
     Key("model.gpus", "integer ≥ 0 \\| `all`", 0, "GPUs the model needs: only workers that "
         "advertise at least that many (`EASEML_WORKER_GPUS`) take the build, and the container "
         "gets them (`all`: every GPU of a worker that has one). When no such worker is connected, "
@@ -117,6 +125,8 @@ class EasemlConfig:
     method: str = "auto"
     label_column: str = "label"
     branches: tuple[str, ...] = ()
+    labels: str | None = None  # labels on demand: the encrypted labels file
+    id_column: str = "id"
     source: str = CONFIG_FILE
     script: str | None = None  # legacy ``ml: - script:``
     data_mode: str | None = None  # legacy ``ml: - data_mode:``
@@ -124,7 +134,8 @@ class EasemlConfig:
 
     def __hash__(self) -> int:
         return hash((self.condition, self.reliability, self.mode, self.adaptivity, self.steps,
-                     self.email, self.dataset, self.method, self.label_column, self.source))
+                     self.email, self.dataset, self.method, self.label_column, self.labels,
+                     self.id_column, self.source))
 
     def evaluates_branch(self, base_ref: str, default_branch: str) -> bool:
         """Whether pull requests into ``base_ref`` are evaluated (this being the default
@@ -132,9 +143,21 @@ class EasemlConfig:
         return base_ref == default_branch or any(fnmatch.fnmatchcase(base_ref, pattern)
                                                  for pattern in self.branches)
 
+    @property
+    def labelling(self) -> str:
+        """``active`` with labels on demand (only disagreeing rows are labelled), else ``full``."""
+        return "active" if self.labels else "full"
+
+    @property
+    def split_column(self) -> str:
+        """The column split off the test set before the model sees it: the labels, or with
+        labels on demand the row ids."""
+        return self.id_column if self.labels else self.label_column
+
     def required_samples(self) -> SampleSize:
         """The samples this configuration needs (labels, unlabelled, per clause)."""
-        return sample_size(self.condition, self.reliability, self.adaptivity, self.steps, self.method)
+        return sample_size(self.condition, self.reliability, self.adaptivity, self.steps, self.method,
+                           labelling=self.labelling)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the condition as text)."""
@@ -150,6 +173,8 @@ class EasemlConfig:
             "method": self.method,
             "label_column": self.label_column,
             "branches": list(self.branches),
+            "labels": self.labels,
+            "id_column": self.id_column,
             "source": self.source,
             "script": self.script,
             "data_mode": self.data_mode,
@@ -167,6 +192,9 @@ class EasemlConfig:
             "none": "provided the developers see no verdicts",
         }.get(self.adaptivity, f"as the test set retires after {self.adaptivity.split('-')[0]} passes")
         extra = f" and {s.unlabeled} samples with predictions only" if s.unlabeled else ""
+        if self.labels:
+            extra = (f" (expected; labels on demand: only rows where the models disagree, asked of the "
+                     f"owners and read from {self.labels}) of {s.rows} test rows with predictions")
         who = ", ".join(self.email) if self.email else "nobody (no email configured)"
         return (
             f"{self.source}: each commit is tested against `{self.condition}`. Over {self.steps} uses of "
@@ -262,7 +290,7 @@ def _check_value(name: str, value: Any, add: Callable[[str], None]) -> Any:
             add("not an email address: " + ", ".join(repr(b) for b in bad))
             return None
         return tuple(e.strip() for e in items)
-    if name == "dataset":
+    if name in ("dataset", "labels"):
         if not isinstance(value, str) or not value.strip():
             add("must be a path inside the repository, e.g. data/test.csv.gpg")
             return None
@@ -292,7 +320,7 @@ def _check_value(name: str, value: Any, add: Callable[[str], None]) -> Any:
             add(f"must be one of {', '.join(METHODS)}, not {value!r}" + _did_you_mean(str(value), METHODS))
             return None
         return m
-    if name in ("label_column", "script", "data_mode"):
+    if name in ("label_column", "id_column", "script", "data_mode"):
         if not isinstance(value, str) or not value:
             add(f"must be a non-empty string, not {value!r}")
             return None
@@ -410,6 +438,8 @@ def parse_config(text: str, source: str = CONFIG_FILE) -> EasemlConfig:
             problems.add(raw["method"][1], "method",
                          f"'{values['method']}' does not apply to this condition (it needs a clause "
                          f"'d < p +/- eps' and a clause on 'n - o'); valid here: {', '.join(valid)}")
+    if "labels" in values and "condition" in values:
+        _check_labels_on_demand(values, raw, problems)
     if problems.items:
         raise ConfigError(problems.items)
 
@@ -429,11 +459,33 @@ def parse_config(text: str, source: str = CONFIG_FILE) -> EasemlConfig:
         method=values.get("method", KEYS["method"].default),
         label_column=values.get("label_column", KEYS["label_column"].default),
         branches=values.get("branches", ()),
+        labels=values.get("labels"),
+        id_column=values.get("id_column", KEYS["id_column"].default),
         source=source,
         script=values.get("script"),
         data_mode=values.get("data_mode"),
         legacy=legacy,
     )
+
+
+def _check_labels_on_demand(values: dict[str, Any], raw: Mapping[str, tuple[Any, int | None, bool]],
+                            problems: _Problems) -> None:
+    """``labels:`` needs an active-labelling condition, its own file and columns."""
+    line = raw["labels"][1]
+    try:
+        sample_size(values["condition"], values.get("reliability", KEYS["reliability"].default),
+                    values.get("adaptivity", KEYS["adaptivity"].default), values.get("steps", KEYS["steps"].default),
+                    values.get("method", KEYS["method"].default), labelling="active")
+    except SampleSizeError as exc:
+        problems.add(line, "labels", f"labels on demand need only the rows where the models disagree "
+                     f"labelled, which this condition does not allow: {exc}")
+    if values.get("method") == "sequential":
+        problems.add(line, "labels", "labels on demand decide on the planned rows at once; method "
+                     "'sequential' does not apply (use auto or exact)")
+    if values["labels"] == values.get("dataset", KEYS["dataset"].default):
+        problems.add(line, "labels", "must be another file than the test set 'dataset'")
+    if values.get("id_column", KEYS["id_column"].default) == values.get("label_column", KEYS["label_column"].default):
+        problems.add(raw.get("id_column", (None, line))[1], "id_column", "must differ from label_column")
 
 
 def load_config(path: str | Path = CONFIG_FILE) -> EasemlConfig:

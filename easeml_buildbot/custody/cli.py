@@ -68,9 +68,19 @@ def _dataset_encrypt(args: argparse.Namespace) -> int:
             if args.label_column and args.label_column != cfg.label_column:
                 print(f"note: --label-column {args.label_column} overrides label_column "
                       f"'{cfg.label_column}' of {cfg_path}", file=sys.stderr)
-            label_column = args.label_column or cfg.label_column
-            needed = (cfg.required_samples().rows, cfg)
-            if Path(cfg.dataset) != out and (cfg_path.parent / cfg.dataset).absolute() != out.absolute():
+
+            def names(path: str) -> bool:
+                return Path(path) == out or (cfg_path.parent / path).absolute() == out.absolute()
+
+            if cfg.labels and names(cfg.labels):
+                # labels on demand: the owners' labels file (id,label rows, as few as asked for)
+                label_column = args.label_column or cfg.label_column
+                needed = None
+            else:
+                # labels on demand: the test set's split column is the row id
+                label_column = args.label_column or cfg.split_column
+                needed = (cfg.required_samples().rows, cfg)
+            if needed and not names(cfg.dataset):
                 print(f"note: {cfg_path} reads the test set from dataset: {cfg.dataset}, not {out}",
                       file=sys.stderr)
         if args.no_check:

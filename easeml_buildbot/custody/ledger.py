@@ -6,6 +6,11 @@ Rules (see docs/custody.md):
   result leaves the worker or master. A reserved use that is never committed or released
   (a crash, a kill -9) stays spent: a crash never gives a free look.
 * ``release`` gives a use back only when the model produced nothing that was scored.
+* Labels on demand (docs/labels-on-demand.md): a use whose models ran but whose disagreeing
+  rows are not all labelled yet is set ``awaiting_labels`` (:meth:`Ledger.await_labels`):
+  spent, never released, its claim kept, so the re-evaluation after the owners committed the
+  labels continues *that* use (``reserve`` returns it with ``fresh=False``) and
+  :meth:`Ledger.commit` closes it with the verdict: one use, counted once.
 * Reservation is one atomic conditional ``UPDATE ... SET uses = uses + 1 WHERE uses < budget
   AND NOT retired``: with any number of threads or processes racing for the last use, exactly
   one row update succeeds. SQLite transactions start with ``BEGIN IMMEDIATE`` (with a busy
@@ -88,7 +93,7 @@ uses_table = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("testset_id", sa.Integer, sa.ForeignKey("easeml_testsets.id"), nullable=False, index=True),
     sa.Column("use_number", sa.BigInteger, nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),  # reserved | committed | released
+    sa.Column("state", sa.String(16), nullable=False),  # reserved | awaiting_labels | committed | released
     sa.Column("commit_sha", sa.String(64), nullable=True),
     sa.Column("build", sa.Text, nullable=True),
     sa.Column("condition", sa.Text, nullable=True),
@@ -112,6 +117,10 @@ _ADDED_COLUMNS = (
 )
 _WIDENED_COLUMNS = (("easeml_testsets", "budget"), ("easeml_testsets", "uses"),
                     ("easeml_testsets", "samples_needed"), ("easeml_uses", "use_number"))
+
+
+#: use states a commit may close: a running build's, and one waiting for labels
+_OPEN_STATES = ("reserved", "awaiting_labels")
 
 
 class LedgerError(Exception):
@@ -194,6 +203,7 @@ class LedgerEntry:
     mode: str | None = None
     method: str | None = None
     reservations: int = 0     # every use row ever made (reserved, committed or released): only grows
+    awaiting_labels: int = 0  # spent, waiting for the owners' labels (labels on demand)
 
     @property
     def short_id(self) -> str:
@@ -238,7 +248,9 @@ class Reservation:
     repo: str
     dataset_id: str
     fresh: bool = True   # False: a use already held this (head, base); nothing new was spent
-    state: str = "reserved"  # of that use: reserved (its build is still running) or committed
+    # of that use: reserved (its build is still running), awaiting_labels (its models ran; the
+    # build that gets it continues it once the labels are in) or committed
+    state: str = "reserved"
     reservations: int = 0    # the test set's reservation count after this call (only grows)
 
 
@@ -593,13 +605,13 @@ class Ledger:
         u, t = uses_table, testsets
         with self.engine.begin() as conn:
             use = self._use_row(conn, use_id)
-            if use.state != "reserved":
+            if use.state not in _OPEN_STATES:
                 if use.state == "committed" and use.verdict == verdict:
                     return self._entry(conn, use.testset_id)
                 raise LedgerError(f"use {use_id} is already {use.state}; it cannot be committed again")
             now = _now()
             done = conn.execute(
-                sa.update(u).where(u.c.id == use_id, u.c.state == "reserved").values(
+                sa.update(u).where(u.c.id == use_id, u.c.state.in_(_OPEN_STATES)).values(
                     state="committed", verdict=verdict, result=result_json,
                     notified=notified_list, finished_at=now)
             ).rowcount
@@ -623,7 +635,9 @@ class Ledger:
         u, t = uses_table, testsets
         with self.engine.begin() as conn:
             use = self._use_row(conn, use_id)
-            if use.state == "released":
+            if use.state in ("released", "awaiting_labels"):
+                # awaiting_labels: its models saw the features in an earlier build; a later
+                # attempt that scored nothing leaves it spent and waiting
                 return self._entry(conn, use.testset_id)
             if use.state != "reserved":
                 raise LedgerError(f"use {use_id} is {use.state}: a scored use is never given back")
@@ -634,6 +648,35 @@ class Ledger:
             if done == 1:
                 conn.execute(sa.update(t).where(t.c.id == use.testset_id).values(uses=t.c.uses - 1))
             return self._entry(conn, use.testset_id)
+
+    def await_labels(self, use_id: int, result: Mapping[str, Any]) -> LedgerEntry:
+        """Labels on demand: the use's models ran, but rows where they disagree have no label.
+
+        The use becomes ``awaiting_labels``: spent (it stays in ``uses``), never released, its
+        claim (head, base) kept; ``result`` (the owner-only record, with the ids of the rows
+        that need labels) replaces the previous one. The build that re-evaluates the same
+        (head, base) after the owners committed the labels gets this use back from
+        :meth:`reserve` and closes it with :meth:`commit`. Idempotent.
+        """
+        u = uses_table
+        result_json = _jsonable(result)
+        with self.engine.begin() as conn:
+            use = self._use_row(conn, use_id)
+            if use.state not in _OPEN_STATES:
+                raise LedgerError(f"use {use_id} is already {use.state}; it cannot wait for labels")
+            done = conn.execute(sa.update(u).where(u.c.id == use_id, u.c.state.in_(_OPEN_STATES))
+                                .values(state="awaiting_labels", result=result_json)).rowcount
+            if done != 1:  # pragma: no cover - concurrent commit of the same use
+                raise LedgerError(f"use {use_id} was finished concurrently")
+            return self._entry(conn, use.testset_id)
+
+    def awaiting(self, repo: str | None = None) -> list[UseRecord]:
+        """Uses waiting for the owners' labels (optionally of one repository), oldest first."""
+        sel = self._use_select().where(uses_table.c.state == "awaiting_labels").order_by(uses_table.c.id)
+        if repo is not None:
+            sel = sel.where(testsets.c.repo == repo)
+        with self.engine.connect() as conn:
+            return [self._use_from_row(r) for r in conn.execute(sel).all()]
 
     def add_notified(self, use_id: int, addresses: Iterable[str], *,
                      conn: sa.Connection | None = None) -> UseRecord | None:
@@ -685,7 +728,7 @@ class Ledger:
             committed=counts.get("committed", 0), condition=row.condition,
             samples_needed=row.samples_needed, created_at=_utc(row.created_at),
             reliability=row.reliability, mode=row.mode, method=row.method,
-            reservations=sum(counts.values()),
+            reservations=sum(counts.values()), awaiting_labels=counts.get("awaiting_labels", 0),
         )
 
     def state(self, repo: str, dataset_id: str) -> LedgerEntry | None:

@@ -38,6 +38,11 @@ class DecisionError(ValueError):
     """Inputs that cannot be scored (length mismatch, missing old predictions, ...)."""
 
 
+class UnlabelledDisagreement(DecisionError):
+    """Active labelling: a row where the two models disagree has no label, and the verdict
+    depends on it (no clause on ``d`` alone already fails the condition)."""
+
+
 @dataclass(frozen=True)
 class ClauseVerdict:
     """One clause: its estimate, the interval it was decided on, and the result."""
@@ -168,12 +173,25 @@ def _check_active(cond: Condition, new: np.ndarray, old: np.ndarray | None, mask
         raise DecisionError(
             "some rows have no label, which only a condition made of 'd' and 'n - o' clauses allows "
             f"(active labelling); clause '{bad[0] if bad else cond}' needs a label on every row")
+
+
+
+def _unlabelled_disagreement(new: np.ndarray, old: np.ndarray, mask: np.ndarray) -> UnlabelledDisagreement | None:
     unlabelled_disagreements = np.flatnonzero(~mask & (new != old))
-    if len(unlabelled_disagreements):
-        i = int(unlabelled_disagreements[0])
-        raise DecisionError(f"row {i + 1} has no label but the two models disagree there "
-                            f"({len(unlabelled_disagreements)} such rows); active labelling needs a label "
-                            "on every row where the models disagree")
+    if not len(unlabelled_disagreements):
+        return None
+    i = int(unlabelled_disagreements[0])
+    return UnlabelledDisagreement(f"row {i + 1} has no label but the two models disagree there "
+                                  f"({len(unlabelled_disagreements)} such rows); active labelling needs a label "
+                                  "on every row where the models disagree")
+
+
+def _settled_without_labels(cond: Condition, verdicts: list[ClauseVerdict], mode: str) -> bool:
+    """The outcome is fail whatever the clauses that need labels say: a clause on ``d`` alone
+    fails, or (fp-free, where unknown becomes fail) one is unknown."""
+    label_free = [v for v, c in zip(verdicts, cond.clauses) if not c.variables & {"n", "o"}]
+    return any(v.outcome == "fail" for v in label_free) or (
+        mode == "fp-free" and any(v.outcome == "unknown" for v in label_free))
 
 
 def _outcome(op: str, const: float, lo: float, hi: float) -> str:
@@ -242,8 +260,10 @@ def decide(
 
     mask = _labelled_mask(y, labelled)
     active = mask is not None and not bool(mask.all())
+    missing = None
     if active:
         _check_active(cond, new, old, mask)
+        missing = _unlabelled_disagreement(new, old, mask)
     new_ok = new == y
     indicators: dict[str, np.ndarray] = {"n": new_ok if not active else new_ok & mask}
     if old is not None:
@@ -259,6 +279,8 @@ def decide(
     except KeyError as exc:
         raise DecisionError(str(exc)) from None
     if any(isinstance(t, techniques.Sequential) for t in chosen):
+        if missing is not None:
+            raise missing
         verdicts, used = _sequential_verdicts(cond, plan, chosen, indicators, n, ctx)
     else:
         verdicts, used = [], n
@@ -266,6 +288,17 @@ def decide(
             value, lo, hi = technique.bounds(clause, cs.log_delta, data, ctx)
             verdicts.append(ClauseVerdict(cs.index, str(clause), value, lo, hi,
                                           _outcome(clause.op, clause.const, lo, hi), cs.technique, n))
+        if missing is not None:
+            # labels on demand: rows that disagree have no label. Only when a label-free clause
+            # already makes the outcome fail may we decide; the clauses needing labels are then
+            # not decided (the trivial interval of their per-row value)
+            if not _settled_without_labels(cond, verdicts, mode):
+                raise missing
+            for k, clause in enumerate(cond.clauses):
+                if clause.variables & {"n", "o"}:
+                    a, b = techniques.value_range(clause)
+                    v = verdicts[k]
+                    verdicts[k] = ClauseVerdict(v.index, v.clause, 0.0, a, b, "unknown", v.technique, n)
     for v in verdicts:
         if not v.lower <= v.upper:
             raise EmptyIntervalError(f"clause {v.index + 1} ({v.technique}): the confidence interval "
@@ -303,7 +336,10 @@ def decide(
     notes = []
     if used < n:
         notes.append(f"sequential: stopped after {used} of {n} rows (the condition was determined)")
-    if mask is not None and active:
+    if missing is not None:
+        notes.append("rows where the models disagree were not all labelled: not needed, a clause on d "
+                     "alone decides (fail); the clauses on n and o were not decided")
+    if mask is not None and active and missing is None:
         notes.append(f"active labelling: {int(mask.sum())} of {n} rows labelled (all rows where the models "
                      "disagree); n and o are not estimated, n - o is")
     if n < plan.rows and used == n:

@@ -48,6 +48,10 @@ def outcome_for(build: Mapping[str, Any]) -> Outcome:
                    "Improve the model and push again; each push spends one use of the test set.")
             return Outcome("success" if ok else "failure", title,
                            _md(title, lines, nxt) + link)
+        if p.get("easeml_awaiting_labels"):  # labels on demand (never set under adaptivity none)
+            title = "Evaluated; the verdict follows once the owners have added labels"
+            return Outcome("neutral", title, _md(title, lines, "The repository's owners were asked to label "
+                                                 "test rows; the check is re-run once they have.") + link)
         nxt = ("Under this adaptivity the pull request shows no verdict; the repository's owners "
                "received the result by email.")
         return Outcome("neutral", "Evaluated; results were sent to the owners",

@@ -308,7 +308,9 @@ class ReserveUse(_MasterStep):
                 yield self.note(f"not evaluated: {exc}")
                 return WARNINGS
             yield guard.saw(repo, dataset, r.reservations)
-            if r.fresh:
+            if r.fresh or r.state == "awaiting_labels":
+                # awaiting_labels: this (head, base) already spent its use and waits for the
+                # owners' labels (labels on demand): this build continues that use
                 break
             use = yield self._await_twin(led, r.use_id, deadline)
             if use is None:
@@ -325,7 +327,9 @@ class ReserveUse(_MasterStep):
         self.setProperty("easeml_use_id", r.use_id, "easeml")
         self.setProperty("easeml_use_number", r.use_number, "easeml")
         self.setProperty("easeml_uses_left", r.remaining, "easeml")
-        yield self.note(f"use {r.use_number} reserved (id {r.use_id}); {r.remaining} left after this one")
+        yield self.note(f"use {r.use_number} reserved (id {r.use_id}); {r.remaining} left after this one"
+                        if r.fresh else f"use {r.use_number} of this commit continued (id {r.use_id}); "
+                        "no new use spent")
         return SUCCESS
 
     @defer.inlineCallbacks
@@ -489,6 +493,21 @@ class RecordResult(_MasterStep):
         if result.get("samples_used") is not None:
             self.setProperty("easeml_samples_used", int(result["samples_used"]), "easeml")
         status = result.get("status")
+        if status == "labels_needed" and result.get("spent"):
+            # labels on demand: the models ran (spent), rows where they disagree have no label
+            # yet. The use waits in the ledger (owner-only ids in its result) for the build that
+            # re-evaluates this (head, base) once the labels are committed. What the developer
+            # sees is what a verdict they may not see looks like (adaptivity none: nothing more).
+            state = yield threads.deferToThread(led.await_labels, use_id, result)
+            self._left(state)
+            self.status("evaluated")
+            if (self.getProperty("easeml_adaptivity") or "none") != "none":
+                self.setProperty("easeml_awaiting_labels", True, "easeml")
+            yield self.note("result recorded in the ledger; the verdict goes to the owners only"
+                            if (self.getProperty("easeml_adaptivity") or "none") == "none" else
+                            "result recorded in the ledger; the verdict follows once the owners "
+                            "have labelled the rows they were sent")
+            return SUCCESS
         if not result.get("scored") or status != "scored" or not result.get("verdict"):
             cause = _failure_cause(result)
             if result.get("spent") is False:  # the worker says no model saw the features

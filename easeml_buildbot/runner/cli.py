@@ -231,8 +231,10 @@ def _evaluate_guarded(args: argparse.Namespace, *, limits_cls: Any, resolve_pass
                   "message": f"the worker failed: {type(exc).__name__}", "dataset_id": None,
                   "samples_used": 0, "timings": {}}
     _write_json(args.out, result)
-    line = f"status: {result['status']}"
-    if result["status"] != "scored":
+    # labels on demand: a use waiting for the owners' labels reads like a scored one here
+    # (the build log is the developer's; that labels are needed, or how many, is not)
+    line = f"status: {'scored' if result['status'] == 'labels_needed' else result['status']}"
+    if result["status"] not in ("scored", "labels_needed"):
         line += f" ({result.get('cause')}): {result.get('message')}"
         line += ("\nthe test-set use is counted: a model was started with the features"
                  if result.get("spent") else "\nthe test-set use is not counted (no model saw the test set)")

@@ -194,7 +194,8 @@ def inspect_repo(repo: str | os.PathLike[str], base: str, head: str | None = Non
     cfg, err = load_base_config(repo_p, config_sha)
     dataset = cfg.dataset if cfg else "data/test.csv.gpg"
     if head_sha:
-        out["protected_changed"] = protected_changes(repo_p, base_sha, head_sha, [CONFIG_FILE, dataset])
+        protected = [CONFIG_FILE, dataset] + ([cfg.labels] if cfg and cfg.labels else [])
+        out["protected_changed"] = protected_changes(repo_p, base_sha, head_sha, protected)
     if cfg is None:
         out["error"] = err
         return out
@@ -361,8 +362,16 @@ def evaluate_pr(repo: str | os.PathLike[str], *, head: str, base: str,
         enc.write_bytes(blob)
         t0 = time.perf_counter()
         try:
-            with decrypted_dataset(enc, key, passphrase, label_column=cfg.label_column, rows=rows) as ds:
+            with decrypted_dataset(enc, key, passphrase, label_column=cfg.split_column, rows=rows) as ds:
                 timings["decrypt"] = time.perf_counter() - t0
+                owners_labels = ids = None
+                if cfg.labels:  # labels on demand: ds.labels are the row ids (runner/on_demand.py)
+                    from easeml_buildbot.custody import labels as lab
+                    from easeml_buildbot.runner import on_demand
+
+                    ids = lab.normalize_ids(ds.labels)
+                    lab.check_unique(ids, f"{config_sha[:12]}:{cfg.dataset}", ds.source_rows)
+                    owners_labels = on_demand.load_labels(show, repo_p, config_sha, cfg, key, passphrase, work)
                 echo(f"test set {ds.dataset_id[:12]}: {ds.n_rows} rows ({ds.format}); "
                      f"condition needs {rows}; runner {runner_name}")
                 cached: dict[str, bool] = {}
@@ -375,7 +384,8 @@ def evaluate_pr(repo: str | os.PathLike[str], *, head: str, base: str,
                             role, sha, repo_p, work, ds, model, limits, runner_obj, cache,
                             exclude=[cfg.dataset], timings=timings, echo=echo,
                             progress=progress, logs=logs)
-                        preds[role] = align_to_labels(preds[role], ds.labels, who=f"{role} model")
+                        if not cfg.labels:
+                            preds[role] = align_to_labels(preds[role], ds.labels, who=f"{role} model")
                     except ModelError as exc:
                         who = "the pull request's model" if role == "head" else "the base commit's model"
                         tail = stderr_tail(exc.stderr, limits.stderr_lines, limits.stderr_bytes)
@@ -387,9 +397,25 @@ def evaluate_pr(repo: str | os.PathLike[str], *, head: str, base: str,
                                        timings=_rounded(timings, t_start), failed=role, **base_info)
                 t0 = time.perf_counter()
                 try:
-                    verdict = decide(cfg.condition, ds.labels, preds["head"], preds.get("base"),
-                                     reliability=cfg.reliability, adaptivity=cfg.adaptivity,
-                                     steps=cfg.steps, mode=cfg.mode, method=cfg.method, plan=plan)
+                    if cfg.labels:
+                        kind, extra = on_demand.score(cfg, plan, ids, preds["head"], preds["base"],
+                                                      owners_labels, decide=decide)
+                        progress["spent"] = True
+                        if kind == "labels_needed":  # a spent use that waits for the owners' labels
+                            echo("scored; the result goes to the master (not printed here)")
+                            return _result("labels_needed", cause="labels_needed", spent=True,
+                                           samples_used=int(ds.n_rows), logs=logs,
+                                           timings=_rounded(timings, t_start), cached=cached,
+                                           **extra, **base_info)
+                        verdict = None
+                    else:
+                        verdict = decide(cfg.condition, ds.labels, preds["head"], preds.get("base"),
+                                         reliability=cfg.reliability, adaptivity=cfg.adaptivity,
+                                         steps=cfg.steps, mode=cfg.mode, method=cfg.method, plan=plan)
+                except ModelError as exc:  # labels on demand: predictions of another type than the labels
+                    return _result("model_error", cause=exc.cause, message=exc.message,
+                                   spent=progress["spent"], logs=logs,
+                                   timings=_rounded(timings, t_start), **base_info)
                 except EmptyIntervalError as exc:  # a bug or a failed bound: never a verdict
                     return _result("infra_error", cause="estimator", message=str(exc),
                                    timings=_rounded(timings, t_start), **base_info)
@@ -400,7 +426,8 @@ def evaluate_pr(repo: str | os.PathLike[str], *, head: str, base: str,
                 timings["score"] = time.perf_counter() - t0
                 progress["spent"] = True
                 echo("scored; the result goes to the master (not printed here)")
-                return _result("scored", message="scored", scored=True, verdict=verdict.to_dict(),
+                scored = extra if cfg.labels else {"verdict": verdict.to_dict()}
+                return _result("scored", message="scored", scored=True, **scored,
                                samples_used=int(ds.n_rows), logs=logs,
                                timings=_rounded(timings, t_start), cached=cached, **base_info)
         except DatasetError as exc:

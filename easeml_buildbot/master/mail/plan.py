@@ -91,6 +91,7 @@ class _Plan:
                            len(dropped), facts.repo, ", ".join(dropped))
         self.config = dict(facts.config or {})
         self.ev: Evaluation | None = None
+        self.use: dict[str, Any] = {}
         self.uses: list[dict[str, Any]] = []
 
     def recipients(self, route: Route, outcome: str | None) -> list[str]:
@@ -127,6 +128,7 @@ class _Plan:
         if not self.owners:
             # recipients recorded with the use (default-branch config at evaluation time)
             self.owners, _ = _filter(use.get("notified") or (), policy)
+        self.use = use
         self.ev = evaluation_from(use, state, self.config)
         # the history up to this use (a late report must not show later uses)
         self.uses = [u for u in uses if result_of(u)
@@ -246,6 +248,10 @@ def plan_mails(facts: BuildFacts, policy: MailPolicy, *, ledger: Any = None) -> 
     if key == "evaluated":
         if not plan.load_evaluation():
             return []
+        if plan.use.get("state") == "awaiting_labels":  # labels on demand: owners only, never the author
+            from easeml_buildbot.master.mail import labels
+
+            return labels.plan(facts, plan.use, plan.owners, public_key=policy.public_key)
     elif key == "exhausted":
         plan.last_evaluation()
     mails = []
