@@ -223,6 +223,7 @@ class BuildFacts:
     dataset_id: str | None = None
     use_id: Any = None
     cause: str | None = None
+    kind: str | None = None  # the typed outcome's cause kind (master/outcome.py)
     owners: tuple[str, ...] = ()
     author: str | None = None
     worker: str | None = None
@@ -901,6 +902,7 @@ def facts_from_build(build: Mapping[str, Any], build_url: str | None, users: Seq
         dataset_id=_prop(props, "easeml_dataset_id"),
         use_id=_prop(props, "easeml_use_id"),
         cause=_prop(props, "easeml_cause"),
+        kind=(props.get("easeml_outcome") or {}).get("kind") if isinstance(props.get("easeml_outcome"), dict) else None,
         owners=tuple(str(o) for o in owners),
         author=author,
         worker=_prop(props, "workername"),
@@ -946,7 +948,7 @@ _WORKER_PATH = re.compile(r"(?<![\w.:])/[^\s:'\"]+")
 
 def _is_key_problem(facts: BuildFacts) -> bool:
     """The test set is there but could not be decrypted or read (service key, or wrong recipient)."""
-    return facts.status == "missing_dataset" and (facts.cause or "").startswith("dataset:")
+    return facts.status == "missing_dataset" and facts.kind == "key"
 
 
 def _is_infra(facts: BuildFacts) -> bool:

@@ -241,8 +241,8 @@ def test_missing_test_set_asks_owners_for_one():
 
 
 def test_undecryptable_test_set_also_tells_the_operator():
-    f = facts(status="missing_dataset", results=FAILURE, use_id=None,
-              cause="dataset: /srv/worker/keys/easeml_priv.asc: no secret key for data/test.csv.gpg")
+    f = facts(status="missing_dataset", results=FAILURE, use_id=None, kind="key",
+              cause="key: /srv/worker/keys/easeml_priv.asc: no secret key for data/test.csv.gpg")
     mails = em.plan_mails(f, POLICY)
     assert [m.kind for m in mails] == ["operator", "note"]
     assert "/srv/worker/keys/easeml_priv.asc: no secret key" in decoded_text(mails[0].message)
@@ -251,6 +251,18 @@ def test_undecryptable_test_set_also_tells_the_operator():
     text = decoded_text(note)
     assert "no secret key for data/test.csv.gpg" in text and "/srv/worker" not in text
     assert "operator has been notified" in text
+
+
+def test_a_too_small_test_set_is_not_a_key_problem():
+    """issue 13: the worker's ``dataset: ... needs 1369 samples`` was taken for a key problem
+    (cause prefix); the kind now comes from the typed outcome, and it is not ``key``."""
+    f = facts(status="missing_dataset", results=FAILURE, use_id=None, kind="dataset_too_small",
+              cause="dataset_too_small: abc:data/test.csv.gpg: needs 1369 samples, the test set has 200")
+    mails = em.plan_mails(f, POLICY)
+    assert "operator" not in [m.kind for m in mails]
+    for m in mails:
+        text = decoded_text(m.message)
+        assert "encrypted to the service's public key" not in text and "could not be read" not in m.message["Subject"]
 
 
 def test_chart_shows_the_history_up_to_the_reported_use():

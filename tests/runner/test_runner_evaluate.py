@@ -187,6 +187,9 @@ def test_dataset_and_config_errors(digits_repo, service_keys_with_passphrase, se
     r = evaluate_pr(digits_repo.path, head=pr.sha, base=greedy, key=service_keys.private, passphrase=None,
                     runner="process", cache_dir=tmp_path / "c")
     assert r["status"] == "dataset_error" and "needs" in r["message"] and not r["scored"], r
+    # its own cause (issue 13: it was read as a key problem), the numbers as fields
+    assert r["cause"] == "dataset_too_small" and r["spent"] is False, r
+    assert r["samples_needed"] > r["samples_available"] == len(digits_repo.labels), r
 
 
 def test_passphrase_file(tmp_path, service_keys_with_passphrase):
