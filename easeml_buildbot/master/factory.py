@@ -21,7 +21,7 @@ from buildbot.steps.source.git import GitPush
 from buildbot.util.git_credential import GitCredentialOptions
 
 from easeml_buildbot.master import steps as es
-from easeml_buildbot.master.gpus import RequireGpus
+from easeml_buildbot.master.gpus import ReadConfig
 
 OUT = "../easeml-out"
 #: uploads from a worker are bounded: inspect.json holds a configuration of at most 64 KiB
@@ -204,10 +204,9 @@ def make_factory(settings: Any) -> BuildFactory:
                                maxsize=INSPECT_MAX_BYTES, mode=0o600, haltOnFailure=True,
                                description="collecting the inspection",
                                descriptionDone="inspection collected (master-private)", **quiet))
-    # model.gpus: on a worker with too few GPUs the build is queued again for one that has
-    # them (RETRY), before any use is reserved (master/gpus.py)
-    f.addStep(RequireGpus(settings, doStepIf=es.evaluating, hideStepIf=lambda r, s: r == util.SKIPPED))
-    f.addStep(es.ReadInspection(settings, doStepIf=es.evaluating))
+    # model.gpus: on a worker with too few GPUs "read config" queues the build again for one
+    # that has them (RETRY), before any use is reserved (master/gpus.py)
+    f.addStep(ReadConfig(settings, doStepIf=es.evaluating))
     f.addStep(es.ReserveUse(settings, doStepIf=es.evaluating, haltOnFailure=True))
     f.addStep(Evaluate(command=_evaluate_cmd(settings.runner), doStepIf=es.evaluating,
                        timeout=settings.build_timeout, logEnviron=False, flunkOnFailure=True))

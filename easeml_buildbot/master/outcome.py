@@ -25,7 +25,7 @@ PROPERTY = "easeml_outcome"
 
 #: easeml_status values (coarse; metrics and mails key on them)
 STATUSES = ("evaluated", "exhausted", "missing_dataset", "config_error", "model_error",
-            "protected_changed", "not_evaluated", "infra_error")
+            "protected_changed", "not_evaluated", "infra_error", "requeued")
 
 #: why a build ended without a verdict (None: it has one). ``dataset_*`` and ``key`` are all
 #: status ``missing_dataset`` ("the test set could not be used"); the kind says whose problem
@@ -33,11 +33,12 @@ STATUSES = ("evaluated", "exhausted", "missing_dataset", "config_error", "model_
 #: has fewer rows than the condition needs, ``dataset_missing`` no encrypted set on the
 #: default branch, ``dataset_invalid`` a set that cannot be read (format, label column, damage)
 KINDS = ("model", "config", "dataset_missing", "dataset_too_small", "dataset_invalid", "key",
-         "infrastructure", "exhausted", "protected", "not_evaluated")
+         "infrastructure", "exhausted", "protected", "not_evaluated", "requeued")
 
 _KIND_OF_STATUS = {"model_error": "model", "config_error": "config", "missing_dataset": "dataset_missing",
                    "infra_error": "infrastructure", "exhausted": "exhausted",
-                   "protected_changed": "protected", "not_evaluated": "not_evaluated"}
+                   "protected_changed": "protected", "not_evaluated": "not_evaluated",
+                   "requeued": "requeued"}
 
 #: result.json (status, cause) -> (easeml_status, kind); the worker's cause is a field it sets
 #: from the exception type (runner/evaluate.py), never parsed out of a message
@@ -183,7 +184,7 @@ HEADLINES = {"model": "model error", "config": "configuration error", "dataset_m
              "dataset_too_small": "test set too small", "dataset_invalid": "test set unreadable",
              "key": "test set key problem", "infrastructure": "service error",
              "exhausted": "test set exhausted", "protected": "protected files changed",
-             "not_evaluated": "not evaluated"}
+             "not_evaluated": "not evaluated", "requeued": "queued again for a GPU worker"}
 
 
 def condition_text(condition: str) -> str:

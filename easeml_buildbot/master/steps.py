@@ -660,6 +660,9 @@ class Finalize(_MasterStep):
 
         facts = _facts(self.build)
         status = self.getProperty("easeml_status")
+        if status not in eo.STATUSES:  # a step's typo must not cost the build its outcome
+            log.msg(f"easeml: unknown easeml_status {status!r}; reported as infra_error")
+            status, facts["kind"] = "infra_error", "infrastructure"
         adaptivity = self.getProperty("easeml_adaptivity")
         verdict = facts.get("verdict") if status == "evaluated" else None
         doc = facts.get("verdict_doc") or {}
