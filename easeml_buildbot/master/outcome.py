@@ -71,8 +71,8 @@ def from_worker(result: Mapping[str, Any]) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class Clause:
-    """One clause of the condition. ``estimate``/``lower``/``upper`` are owner-only: they are
-    None in the developer view (the only view ever stored in a build property)."""
+    """One clause of the condition. ``outcome``/``estimate``/``lower``/``upper`` are owner-only:
+    they are None in the developer view (the only view ever stored in a build property)."""
 
     text: str
     outcome: str | None = None
@@ -131,10 +131,10 @@ class EvaluationOutcome:
         return self.verdict if self.verdict_visible else None
 
     def developer_view(self) -> "EvaluationOutcome":
-        """What the pull request's developer may read: no hidden verdict, no estimate."""
-        return replace(self, verdict=self.shown_verdict,
-                       clauses=tuple(Clause(c.text, c.outcome if self.verdict_visible else None)
-                                     for c in self.clauses))
+        """What the pull request's developer may read: no hidden verdict, no estimate, and no
+        per-clause outcome (with several clauses that would be more than the one bit per use
+        the guarantee allows)."""
+        return replace(self, verdict=self.shown_verdict, clauses=tuple(Clause(c.text) for c in self.clauses))
 
     def to_property(self) -> dict[str, Any]:
         """The JSON stored as the ``easeml_outcome`` build property (the developer view)."""

@@ -161,8 +161,8 @@ def console_line(build: Mapping[str, Any]) -> str:
     o = outcome_for(build)
     ev = evaluation_of(build)
     return (f"easeml: {p.get('easeml_repo', '?')}@{str(p.get('easeml_head_sha') or p.get('got_revision') or '?')[:12]} "
-            f"status={ev.status} kind={ev.kind or '-'} verdict={o.conclusion} "
-            f"samples_used={_dash(ev.samples_used)} uses_left={_dash(ev.uses_left)} "
+            f"status={ev.status} verdict={o.conclusion} "
+            f"samples_used={_dash(ev.samples_used)} uses_left={_dash(ev.uses_left)} kind={ev.kind or '-'} "
             f"title={o.title!r} summary={ev.summary_line()!r}")
 
 
