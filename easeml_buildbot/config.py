@@ -184,27 +184,50 @@ class EasemlConfig:
     def summary(self) -> str:
         """One paragraph saying what this configuration promises."""
         s = self.required_samples()
-        delta = 1 - self.reliability
-        unknown = "fail (no false passes)" if self.mode == "fp-free" else "pass (no false failures)"
-        adapt = {
-            "full": "even if the developers adapt to every verdict they see",
-            "firstChange": "as the test set retires at the first pass",
-            "none": "provided the developers see no verdicts",
-        }.get(self.adaptivity, f"as the test set retires after {self.adaptivity.split('-')[0]} passes")
         extra = f" and {s.unlabeled} samples with predictions only" if s.unlabeled else ""
         if self.labels:
             extra = (f" (expected; labels on demand: only rows where the models disagree, asked of the "
                      f"owners and read from {self.labels}) of {s.rows} test rows with predictions")
         who = ", ".join(self.email) if self.email else "nobody (no email configured)"
         return (
-            f"{self.source}: each commit is tested against `{self.condition}`. Over {self.steps} uses of "
-            f"the test set {self.dataset}, every verdict is correct with probability at least "
-            f"{self.reliability} (δ = {delta:.3g}), {adapt}. Each clause is decided within its "
-            f"tolerance; an inconclusive result counts as {unknown}. This needs {s.labels} labelled "
-            f"test samples{extra} (method {s.method}; "
+            f"{self.source}: "
+            + guarantee_text(self.condition, steps=self.steps, dataset=self.dataset,
+                             reliability=self.reliability, adaptivity=self.adaptivity, mode=self.mode)
+            + f" This needs {s.labels} labelled test samples{extra} (method {s.method}; "
             + ", ".join(f"{m}: {n}" for m, n in s.candidates.items())
             + f"). Results are sent to {who}."
         )
+
+
+def guarantee_text(condition: Any, *, steps: int, dataset: str, reliability: float, adaptivity: str,
+                   mode: str | None) -> str:
+    """The guarantee in plain words (``easeml check-config``'s paragraph; the check run's too).
+
+    Parameters
+    ----------
+    condition : the condition (or its text), e.g. ``n - o > 0.02 +/- 0.01``
+    steps, dataset, reliability, adaptivity, mode : as in ``.easeml.yml``
+
+    Returns
+    -------
+    str
+        Three sentences: what is tested, how reliable every verdict is over the test set's
+        uses under the adaptivity, and what an inconclusive result counts as.
+    """
+    reliability = float(reliability)
+    delta = 1 - reliability
+    unknown = "fail (no false passes)" if mode == "fp-free" else "pass (no false failures)"
+    adapt = {
+        "full": "even if the developers adapt to every verdict they see",
+        "firstChange": "as the test set retires at the first pass",
+        "none": "provided the developers see no verdicts",
+    }.get(adaptivity, f"as the test set retires after {str(adaptivity).split('-')[0]} passes")
+    return (
+        f"each commit is tested against `{condition}`. Over {steps} uses of "
+        f"the test set {dataset}, every verdict is correct with probability at least "
+        f"{reliability} (δ = {delta:.3g}), {adapt}. Each clause is decided within its "
+        f"tolerance; an inconclusive result counts as {unknown}."
+    )
 
 
 # -- loading ---------------------------------------------------------------------

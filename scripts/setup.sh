@@ -24,6 +24,9 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   # The builds' egress route in tests/support/squid.py: squid (allow-listing proxy), iptables.
   command -v squid >/dev/null || pkgs+=(squid)
   command -v iptables >/dev/null || pkgs+=(iptables)
+  # The Buildbot UI browser test (tests/deploy/test_browser.py): headless Chromium + WebDriver.
+  command -v chromium >/dev/null || pkgs+=(chromium)
+  command -v chromedriver >/dev/null || pkgs+=(chromium-driver)
   if [ ${#pkgs[@]} -gt 0 ]; then
     log "installing system packages: ${pkgs[*]}"
     apt-get update -qq

@@ -50,6 +50,19 @@ class DatasetError(Exception):
     """The test set cannot be used; the message names the file and the reason (never data)."""
 
 
+class DatasetKeyError(DatasetError):
+    """The test set could not be decrypted: a missing or wrong private key or passphrase, or a
+    test set encrypted to another key. An operator's or owner's key problem, not the data's."""
+
+
+class DatasetTooSmall(DatasetError):
+    """The test set has fewer rows than the condition needs (``needed``, ``have``)."""
+
+    def __init__(self, message: str, *, needed: int, have: int) -> None:
+        super().__init__(message)
+        self.needed, self.have = int(needed), int(have)
+
+
 @dataclass(frozen=True)
 class DecryptedDataset:
     """A decrypted, split test set; valid only inside its ``with`` block."""
@@ -164,17 +177,17 @@ def _gpg_failure(enc: Path, key: Path, res) -> DatasetError:
     if "NO_SECKEY" in err and "DECRYPTION_OKAY" not in err:
         ids = sorted({line.split()[2] for line in err.splitlines()
                       if line.startswith("[GNUPG:] NO_SECKEY") and len(line.split()) > 2})
-        return DatasetError(
+        return DatasetKeyError(
             f"{enc}: encrypted to a different key (key id {', '.join(ids) or '?'}), "
             f"not to the worker's key {key}; re-encrypt the test set with this service's easeml_pub.asc"
         )
     if "BAD_PASSPHRASE" in err or "Bad passphrase" in err:
-        return DatasetError(
+        return DatasetKeyError(
             f"{key}: wrong passphrase for the private key "
             "(check --passphrase-file or EASEML_KEY_PASSPHRASE)"
         )
     if "NEED_PASSPHRASE" in err or res.status == "need passphrase" or "MISSING_PASSPHRASE" in err or "No passphrase given" in err or "PINENTRY_LAUNCHED" in err:
-        return DatasetError(
+        return DatasetKeyError(
             f"{key}: the private key is passphrase-protected and no passphrase was given "
             "(use --passphrase-file or set EASEML_KEY_PASSPHRASE)"
         )
@@ -189,7 +202,7 @@ def _gpg_failure(enc: Path, key: Path, res) -> DatasetError:
             f"{enc}: decryption failed: the file is corrupted or truncated "
             "(integrity check did not pass); restore it from the repository"
         )
-    return DatasetError(f"{enc}: decryption failed ({res.status or 'gpg exit ' + str(res.returncode)})")
+    return DatasetKeyError(f"{enc}: decryption failed ({res.status or 'gpg exit ' + str(res.returncode)})")
 
 
 class _HashingReader:
@@ -216,16 +229,16 @@ class _HashingReader:
 def _decrypt_to(enc: Path, key: Path, passphrase: str | None, plain: Path) -> str:
     """Decrypt ``enc`` into ``plain`` (0600); return the SHA-256 of the ciphertext read."""
     if not key.is_file():
-        raise DatasetError(f"{key}: private key file not found")
+        raise DatasetKeyError(f"{key}: private key file not found")
     try:  # also ease.ml/ci's easeml_sec.asc (public + private block)
         key_data = private_key_material(key.read_bytes(), key)
     except KeysError as exc:
-        raise DatasetError(str(exc)) from None
+        raise DatasetKeyError(str(exc)) from None
     with temporary_gpg(s2k_count=MIN_S2K_COUNT) as gpg:  # short path: agent socket limit
         res = gpg.import_keys(key_data, passphrase=passphrase)
         del key_data
         if not getattr(res, "sec_imported", 0) and not getattr(res, "sec_read", 0):
-            raise DatasetError(f"{key}: no OpenPGP private key found in this file")
+            raise DatasetKeyError(f"{key}: no OpenPGP private key found in this file")
         with _open_private(plain, "wb"):
             pass  # create 0600 so gpg (which truncates, keeping the mode) writes a private file
         # loopback even without a passphrase: never pop up a pinentry on a worker
@@ -361,7 +374,7 @@ def _too_few(src: Path, rows: int | None, have: int) -> None:
     if have == 0:
         raise DatasetError(f"{src}: the test set has no rows")
     if rows is not None and have < rows:
-        raise DatasetError(f"{src}: needs {rows} samples, the test set has {have}")
+        raise DatasetTooSmall(f"{src}: needs {rows} samples, the test set has {have}", needed=rows, have=have)
 
 
 def _no_label_column(name: Path, label: str, header: list[str], first_line: bytes) -> DatasetError:

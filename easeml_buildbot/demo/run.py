@@ -52,6 +52,8 @@ class CommitReport:
     seconds: float
     dev_accuracy: float | None
     released: bool = False          # the use was given back (no model saw the features)
+    kind: str | None = None         # why there is no verdict (master/outcome.py KINDS)
+    summary: str = ""               # the build's summary line in the Buildbot UI
 
 
 @dataclass
@@ -323,29 +325,23 @@ def _follow_build(master: Master, commit: demo_repo.Commit, timeout: float, say:
             current = master.api(f"builds/{build['buildid']}")
             if current and current[0].get("complete"):
                 p = _props(master, build["buildid"])
+                # the build's one typed outcome, written by its last step from the ledger's
+                # answers: nothing here is re-derived or corrected
+                from easeml_buildbot.master.outcome import EvaluationOutcome, from_build_properties
+
+                ev = from_build_properties(p) or EvaluationOutcome(status="infra_error", kind="infrastructure",
+                                                                   cause="the build wrote no outcome")
                 return CommitReport(
                     sha=commit.sha, message=commit.message, expected=commit.spec.expect,
-                    status=str(p.get("easeml_status", "infra_error")),
-                    verdict=p.get("easeml_verdict"),
-                    samples_used=p.get("easeml_samples_used") if p.get("easeml_use_closed") and
-                    not p.get("easeml_released") else 0,
-                    uses_left=_uses_left(p), use_id=p.get("easeml_use_id"),
-                    released=bool(p.get("easeml_released")),
-                    cause=p.get("easeml_cause"),
+                    status=ev.status, verdict=ev.shown_verdict,
+                    samples_used=ev.samples_used or 0,
+                    uses_left=ev.uses_left, use_id=p.get("easeml_use_id"),
+                    released=ev.released, kind=ev.kind, summary=ev.summary_line(),
+                    cause=ev.cause or None,
                     build_url=f"{master.url}#/builders/{build['builderid']}/builds/{build['number']}",
                     seconds=round(time.monotonic() - t0, 1), dev_accuracy=commit.dev_accuracy)
         time.sleep(1.0)
     raise DemoError(f"no finished build for {commit.sha[:10]} after {timeout:.0f}s\n{master.log()[-3000:]}")
-
-
-def _uses_left(p: dict[str, Any]) -> int | None:
-    """The build's count is taken at reservation; a released use (nothing was scored) was
-    given back after that. (The demo does not open the ledger while the master runs: the
-    master owns it; the totals are checked against the ledger once it has stopped.)"""
-    left = p.get("easeml_uses_left")
-    if left is None:
-        return None
-    return int(left) + (1 if p.get("easeml_released") and not p.get("easeml_retired") else 0)
 
 
 def _verdict_line(r: CommitReport, budget: int) -> str:
@@ -358,6 +354,8 @@ def _verdict_line(r: CommitReport, budget: int) -> str:
         "0 (nothing scored: the use was given back)" if r.released else
         "0 (nothing scored, but the model saw the features: the use is spent)")
     line = f"  => verdict: {what}   samples used: {used}   uses left: {left}   ({r.seconds:.0f}s)"
+    if r.summary:
+        line += f"\n     build summary: {r.summary}"
     if r.cause and r.status != "evaluated":
         line += f"\n     cause: {r.cause.splitlines()[0][:200]}"
     return line

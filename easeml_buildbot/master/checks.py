@@ -21,6 +21,7 @@ from buildbot.reporters.message import MessageFormatterRenderable
 from buildbot.process.results import RETRY
 
 from easeml_buildbot.master import metrics
+from easeml_buildbot.master.check_text import CheckRunFormatter
 from easeml_buildbot.master.github_app import utcnow
 from easeml_buildbot.master.status import build_properties, outcome_for
 
@@ -28,36 +29,41 @@ from easeml_buildbot.master.status import build_properties, outcome_for
 class CheckRunReporter(ReporterBase):
     name = "easeml-check-runs"
 
-    def checkConfig(self, app: Any, check_name: str = "easeml/ci", generators=None, **kwargs):
-        super().checkConfig(generators=generators or self._default_generators())
+    def checkConfig(self, app: Any, check_name: str = "easeml/ci", generators=None, end_formatter=None,
+                    **kwargs):
+        super().checkConfig(generators=generators or self._default_generators(end_formatter))
 
     @defer.inlineCallbacks
-    def reconfigService(self, app: Any, check_name: str = "easeml/ci", generators=None, **kwargs):
+    def reconfigService(self, app: Any, check_name: str = "easeml/ci", generators=None, end_formatter=None,
+                        **kwargs):
         self.app = app
         self.check_name = check_name
         self._runs: dict[int, Any] = getattr(self, "_runs", {})  # buildrequestid -> CheckRun
-        yield super().reconfigService(generators=generators or self._default_generators())
+        yield super().reconfigService(generators=generators or self._default_generators(end_formatter))
 
-    def _default_generators(self):
+    def _default_generators(self, end_formatter=None):
+        # the completed run's text: a MessageFormatter an operator may replace (check_text.py)
         return [
             BuildRequestGenerator(formatter=MessageFormatterRenderable("queued")),
             BuildStartEndStatusGenerator(start_formatter=MessageFormatterRenderable("in_progress"),
-                                         end_formatter=MessageFormatterRenderable("completed")),
+                                         end_formatter=end_formatter or CheckRunFormatter()),
         ]
 
     @defer.inlineCallbacks
     def sendMessage(self, reports):
         for report in reports:
-            phase = report.get("body")
+            body = report.get("body")
+            # the end formatter's body is the completed run's output (check_text.py)
+            phase, message = (body.get("phase", "completed"), body) if isinstance(body, dict) else (body, None)
             for build in report["builds"]:
                 try:
-                    yield self._report(phase, build)
+                    yield self._report(phase, build, message)
                 except Exception as exc:
                     metrics.GITHUB_ERRORS.inc()
                     log.err(exc, f"easeml: check run update ({phase}) failed")
 
     @defer.inlineCallbacks
-    def _report(self, phase: str, build: dict[str, Any]):
+    def _report(self, phase: str, build: dict[str, Any], message: dict[str, Any] | None = None):
         props = build_properties(build)
         repo, inst, sha = props.get("easeml_repo"), props.get("easeml_installation_id"), props.get("easeml_head_sha")
         if not (repo and inst and sha):
@@ -93,9 +99,13 @@ class CheckRunReporter(ReporterBase):
                 self.app.update_check_run, run, status="queued",
                 output={"title": "Queued again", "summary": "The worker was lost; the evaluation will be retried."})
             return
-        outcome = outcome_for(build)
+        if message is None:
+            outcome = outcome_for(build)
+            message = {"conclusion": outcome.conclusion, "title": outcome.title, "summary": outcome.summary}
+        output = {"title": message["title"], "summary": message["summary"][:65000]}
+        if message.get("text"):
+            output["text"] = message["text"][:65000]
         yield threads.deferToThread(
-            self.app.update_check_run, run, status="completed", conclusion=outcome.conclusion,
-            completed_at=utcnow(), details_url=url,
-            output={"title": outcome.title, "summary": outcome.summary[:65000]})
+            self.app.update_check_run, run, status="completed", conclusion=message["conclusion"],
+            completed_at=utcnow(), details_url=url, output=output)
         self._runs.pop(brid, None)

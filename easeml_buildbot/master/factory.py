@@ -16,11 +16,12 @@ from twisted.internet import defer, threads
 
 from buildbot.plugins import steps, util
 from buildbot.process.factory import BuildFactory
+from buildbot.process.results import FAILURE, SUCCESS
 from buildbot.steps.source.git import GitPush
 from buildbot.util.git_credential import GitCredentialOptions
 
 from easeml_buildbot.master import steps as es
-from easeml_buildbot.master.gpus import RequireGpus
+from easeml_buildbot.master.gpus import ReadConfig
 
 OUT = "../easeml-out"
 #: uploads from a worker are bounded: inspect.json holds a configuration of at most 64 KiB
@@ -120,6 +121,8 @@ class GitFetchRef(InstallationTokenAuth, GitPush):
     credential handling: GitPush runs exactly one git command against ``repourl``."""
 
     name = "fetch base branch"
+    description = "fetching"
+    descriptionDone = "fetched"
 
     @defer.inlineCallbacks
     def run(self):
@@ -148,64 +151,109 @@ def _evaluate_cmd(runner: str):
     return render
 
 
+class Evaluate(steps.ShellCommand):
+    """``easeml worker evaluate``: red exactly when it did not score (the exit code says why,
+    ``runner/cli.py`` EXIT_CODES), so a crashed model is this step, not a later one. The exit
+    code never tells the verdict (the log is public; the adaptivity may hide the verdict)."""
+
+    name = "evaluate"
+    description = "evaluating"
+    SUMMARIES = {0: "scored (the verdict is decided on the master)", 1: "the model failed",
+                 2: "worker usage error", 3: "not evaluated: configuration or test set",
+                 4: "service-side failure"}
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("decodeRC", {0: SUCCESS, 1: FAILURE, 2: FAILURE, 3: FAILURE, 4: FAILURE})
+        kwargs.setdefault("updateBuildSummaryPolicy", False)
+        super().__init__(**kwargs)
+
+    @defer.inlineCallbacks
+    def run(self):
+        cmd = yield self.makeRemoteShellCommand()
+        yield self.runCommand(cmd)
+        self.descriptionDone = self.SUMMARIES.get(cmd.rc, f"exit code {cmd.rc}")
+        return cmd.results()
+
+
 def make_factory(settings: Any) -> BuildFactory:
     es.ensure_private_dir(settings.results_dir)
     f = BuildFactory()
+    # Steps report only their own line (``updateBuildSummaryPolicy=False``): the build's
+    # summary is the last master step's (``Finalize``: "fail · n > 0.85 ± 0.05 · use 2 of 8 ·
+    # 6 left"). Helper steps that mean nothing to a user are hidden and come after it, and
+    # the GitHub-only fetches exist only on that forge, so the UI's step numbers have no gaps
+    # (Buildbot numbers hidden and skipped steps too).
+    quiet = dict(updateBuildSummaryPolicy=False)
     f.addStep(GitCheckout(name="checkout", repourl=util.Property("repository"), mode="full",
-                          method="fresh", haltOnFailure=True, logEnviron=False, settings=settings))
+                          method="fresh", haltOnFailure=True, logEnviron=False, settings=settings,
+                          description="checking out the head commit", descriptionDone="checked out",
+                          **quiet))
+    if settings.forge != "local":
+        _add_github_fetches(f, settings)
+    f.addStep(es.ResolveBase(settings, haltOnFailure=True))
+    f.addStep(steps.SetPropertyFromCommand(
+        name="resolve base commit", doStepIf=_base_is_ref, hideStepIf=lambda r, s: r == util.SKIPPED,
+        command=["git", "rev-parse", "--verify", util.Interpolate("%(prop:easeml_base_rev)s^{commit}")],
+        property="easeml_base_sha", haltOnFailure=True, logEnviron=False,
+        description="resolving the base commit", descriptionDone="base commit resolved", **quiet))
+    f.addStep(steps.ShellCommand(name="inspect", command=_inspect_cmd, haltOnFailure=True, logEnviron=False,
+                                 description="reading .easeml.yml on the default branch",
+                                 descriptionDone="read .easeml.yml and the test set id", **quiet))
+    f.addStep(steps.FileUpload(name="collect inspection", workersrc=f"{OUT}/inspect.json",
+                               masterdest=_private_dest(settings, "inspect.json"),
+                               maxsize=INSPECT_MAX_BYTES, mode=0o600, haltOnFailure=True,
+                               description="collecting the inspection",
+                               descriptionDone="inspection collected (master-private)", **quiet))
+    # model.gpus: on a worker with too few GPUs "read config" queues the build again for one
+    # that has them (RETRY), before any use is reserved (master/gpus.py)
+    f.addStep(ReadConfig(settings, doStepIf=es.evaluating))
+    f.addStep(es.ReserveUse(settings, doStepIf=es.evaluating, haltOnFailure=True))
+    f.addStep(Evaluate(command=_evaluate_cmd(settings.runner), doStepIf=es.evaluating,
+                       timeout=settings.build_timeout, logEnviron=False, flunkOnFailure=True))
+    f.addStep(steps.FileUpload(name="collect result", workersrc=f"{OUT}/result.json",
+                               masterdest=_private_dest(settings, "result.json"), mode=0o600,
+                               maxsize=RESULT_MAX_BYTES,
+                               doStepIf=es.has_open_use, alwaysRun=True, flunkOnFailure=False,
+                               warnOnFailure=True, description="collecting the result",
+                               descriptionDone="result collected (master-private)", **quiet))
+    f.addStep(es.RecordResult(settings, doStepIf=es.has_open_use, alwaysRun=True))
+    if settings.forge == "local":
+        f.addStep(es.RecordAccepted(settings, doStepIf=lambda s: s.build.getProperty("easeml_status") == "evaluated"))
+    f.addStep(es.Finalize(settings, alwaysRun=True))
+    # hidden helpers, after the last visible step
     # The head commit's author: GitHub's pull-request events name a login, not an address.
     # Mail to it still goes only to allowed domains, with only what the developer may see.
     f.addStep(steps.SetPropertyFromCommand(
         name="head commit author", command=["git", "log", "-1", "--format=%ae", "HEAD"],
         property="easeml_author_email", hideStepIf=True, flunkOnFailure=False, warnOnFailure=False,
-        logEnviron=False))
+        alwaysRun=True, logEnviron=False, **quiet))
+    f.addStep(steps.ShellCommand(name="clean up", command=["rm", "-rf", OUT], alwaysRun=True,
+                                 hideStepIf=True, logEnviron=False, flunkOnFailure=False,
+                                 description="cleaning up", descriptionDone="cleaned up", **quiet))
+    return f
+
+
+def _add_github_fetches(f: BuildFactory, settings: Any) -> None:
+    quiet = dict(updateBuildSummaryPolicy=False)
     f.addStep(GitFetchRef(
         doStepIf=_has_base_ref, hideStepIf=lambda r, s: r == util.SKIPPED,
         # argv, not a shell string: branch names may contain shell metacharacters
         repourl=util.Property("repository"),
         branch=util.Interpolate("+refs/heads/%(prop:easeml_base_ref)s:refs/remotes/origin/%(prop:easeml_base_ref)s"),
-        haltOnFailure=True, logEnviron=False, settings=settings))
+        haltOnFailure=True, logEnviron=False, settings=settings, **quiet))
     f.addStep(GitFetchRef(
         name="fetch default branch", doStepIf=_fetch_default_branch,
         hideStepIf=lambda r, s: r == util.SKIPPED, repourl=util.Property("repository"),
         branch=util.Interpolate("+refs/heads/%(prop:easeml_default_branch)s:"
                                 "refs/remotes/origin/%(prop:easeml_default_branch)s"),
-        haltOnFailure=True, logEnviron=False, settings=settings))
+        haltOnFailure=True, logEnviron=False, settings=settings, **quiet))
     f.addStep(steps.SetPropertyFromCommand(
         name="resolve default branch", doStepIf=_resolve_default_branch,
         hideStepIf=lambda r, s: r == util.SKIPPED,
         command=["git", "rev-parse", "--verify",
                  util.Interpolate("refs/remotes/origin/%(prop:easeml_default_branch)s^{commit}")],
-        property="easeml_config_sha", haltOnFailure=True, logEnviron=False))
-    f.addStep(es.ResolveBase(settings, haltOnFailure=True))
-    f.addStep(steps.SetPropertyFromCommand(
-        name="resolve base commit", doStepIf=_base_is_ref, hideStepIf=lambda r, s: r == util.SKIPPED,
-        command=["git", "rev-parse", "--verify", util.Interpolate("%(prop:easeml_base_rev)s^{commit}")],
-        property="easeml_base_sha", haltOnFailure=True, logEnviron=False))
-    f.addStep(steps.ShellCommand(name="inspect", command=_inspect_cmd, haltOnFailure=True, logEnviron=False))
-    f.addStep(steps.FileUpload(name="collect inspection", workersrc=f"{OUT}/inspect.json",
-                               masterdest=_private_dest(settings, "inspect.json"),
-                               maxsize=INSPECT_MAX_BYTES, mode=0o600, haltOnFailure=True, hideStepIf=True))
-    # model.gpus: on a worker with too few GPUs the build is queued again for one that has
-    # them (RETRY), before any use is reserved (master/gpus.py)
-    f.addStep(RequireGpus(settings, doStepIf=es.evaluating, hideStepIf=lambda r, s: r == util.SKIPPED))
-    f.addStep(es.ReadInspection(settings, doStepIf=es.evaluating))
-    f.addStep(es.ReserveUse(settings, doStepIf=es.evaluating, haltOnFailure=True))
-    f.addStep(steps.ShellCommand(name="evaluate", command=_evaluate_cmd(settings.runner),
-                                 doStepIf=es.evaluating, timeout=settings.build_timeout,
-                                 logEnviron=False, flunkOnFailure=True))
-    f.addStep(steps.FileUpload(name="collect result", workersrc=f"{OUT}/result.json",
-                               masterdest=_private_dest(settings, "result.json"), mode=0o600,
-                               maxsize=RESULT_MAX_BYTES,
-                               doStepIf=es.has_open_use, alwaysRun=True, flunkOnFailure=False,
-                               warnOnFailure=True))
-    f.addStep(es.RecordResult(settings, doStepIf=es.has_open_use, alwaysRun=True))
-    if settings.forge == "local":
-        f.addStep(es.RecordAccepted(settings, doStepIf=lambda s: s.build.getProperty("easeml_status") == "evaluated"))
-    f.addStep(steps.ShellCommand(name="clean up", command=["rm", "-rf", OUT], alwaysRun=True,
-                                 hideStepIf=True, logEnviron=False, flunkOnFailure=False))
-    f.addStep(es.Finalize(settings, alwaysRun=True))
-    return f
+        property="easeml_config_sha", haltOnFailure=True, logEnviron=False,
+        description="resolving the default branch", descriptionDone="default branch resolved", **quiet))
 
 
 def _private_dest(settings: Any, name: str):

@@ -73,45 +73,60 @@ def can_start_build(builder: Any, wfb: Any, request: Any) -> bool:
     return not any(gpus.satisfies(worker_gpus(w), need) for w in _connected(builder))
 
 
-class RequireGpus(es._MasterStep):
-    """Check ``model.gpus`` of the base branch's config against this worker (module docstring)."""
+@defer.inlineCallbacks
+def require_gpus(step: Any):
+    """Check ``model.gpus`` of the base branch's config against this worker (module docstring).
 
-    name = "gpus"
+    None when the build may go on (no GPUs asked for, or this worker has them); else the
+    step result: RETRY (queued again for a worker that has them) or FAILURE (none has)."""
+    data = step.read_private("inspect.json", keep=True) or {}
+    model = (data.get("config") or {}).get("model") or {}
+    try:
+        need = gpus.parse_request(model.get("gpus"))
+    except ValueError:
+        return None  # the config check reports it (inspect fails on a bad model.gpus)
+    if not need:
+        return None
+    here = worker_gpus(step.build.workerforbuilder.worker)
+    brids = [r.id for r in step.build.requests]
+    if gpus.satisfies(here, need):
+        for brid in brids:
+            _needs.pop(brid, None)
+        yield step.note(f"model.gpus: {gpus.describe(need)}; worker {step.build.getWorkerName()} "
+                        f"has {here}")
+        return None
+    offers = {w.workername: worker_gpus(w) for w in _connected(step.build.builder)}
+    able = sorted(n for n, g in offers.items() if gpus.satisfies(g, need))
+    listing = ", ".join(f"{n}: {g}" for n, g in sorted(offers.items())) or "none"
+    if able:
+        for brid in brids:
+            remember(brid, need)
+        step.status("requeued", f"the model asks for {gpus.describe(need)} (model.gpus); "
+                    f"queued again for a worker that has them ({', '.join(able)})")
+        yield step.note(f"model.gpus: {gpus.describe(need)}; worker {step.build.getWorkerName()} has "
+                        f"{here}: queued again for {', '.join(able)} (connected workers' GPUs: {listing})")
+        step.summary = f"needs {gpus.describe(need)}: queued again for {', '.join(able)}"
+        return RETRY
+    for brid in brids:
+        _needs.pop(brid, None)
+    msg = (f"the model asks for {gpus.describe(need)} (model.gpus in .easeml.yml), but no "
+           f"connected worker has that many (GPUs per connected worker: {listing}); "
+           "nothing was evaluated and no use of the test set was spent")
+    step.status("infra_error", msg)
+    yield step.note(msg)
+    step.summary = f"needs {gpus.describe(need)}: no connected worker has them"
+    return FAILURE
+
+
+class ReadConfig(es.ReadInspection):
+    """``read config``, first checking ``model.gpus`` against this worker: one visible step
+    (a separate GPU step would be hidden when no GPU is asked for, leaving a gap in the UI's
+    step numbers)."""
 
     @defer.inlineCallbacks
     def run(self):
-        data = self.read_private("inspect.json", keep=True) or {}
-        model = (data.get("config") or {}).get("model") or {}
-        try:
-            need = gpus.parse_request(model.get("gpus"))
-        except ValueError:
-            return SKIPPED  # the config check reports it (inspect fails on a bad model.gpus)
-        if not need:
-            return SKIPPED
-        here = worker_gpus(self.build.workerforbuilder.worker)
-        brids = [r.id for r in self.build.requests]
-        if gpus.satisfies(here, need):
-            for brid in brids:
-                _needs.pop(brid, None)
-            yield self.note(f"model.gpus: {gpus.describe(need)}; worker {self.build.getWorkerName()} "
-                            f"has {here}")
-            return SUCCESS
-        offers = {w.workername: worker_gpus(w) for w in _connected(self.build.builder)}
-        able = sorted(n for n, g in offers.items() if gpus.satisfies(g, need))
-        listing = ", ".join(f"{n}: {g}" for n, g in sorted(offers.items())) or "none"
-        if able:
-            for brid in brids:
-                remember(brid, need)
-            self.status("requeued", f"the model asks for {gpus.describe(need)} (model.gpus); "
-                        f"queued again for a worker that has them ({', '.join(able)})")
-            yield self.note(f"model.gpus: {gpus.describe(need)}; worker {self.build.getWorkerName()} has "
-                            f"{here}: queued again for {', '.join(able)} (connected workers' GPUs: {listing})")
-            return RETRY
-        for brid in brids:
-            _needs.pop(brid, None)
-        msg = (f"the model asks for {gpus.describe(need)} (model.gpus in .easeml.yml), but no "
-               f"connected worker has that many (GPUs per connected worker: {listing}); "
-               "nothing was evaluated and no use of the test set was spent")
-        self.status("infra_error", msg)
-        yield self.note(msg)
-        return FAILURE
+        held = yield require_gpus(self)
+        if held is not None:
+            return held
+        res = yield super().run()
+        return res

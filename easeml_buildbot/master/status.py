@@ -12,8 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-STATUSES = ("evaluated", "exhausted", "missing_dataset", "config_error", "model_error",
-            "protected_changed", "not_evaluated", "infra_error")
+from easeml_buildbot.master.outcome import STATUSES, EvaluationOutcome, from_build_properties  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -28,19 +27,39 @@ def build_properties(build: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v[0] if isinstance(v, (list, tuple)) else v for k, v in (build.get("properties") or {}).items()}
 
 
+def evaluation_of(build: Mapping[str, Any]) -> EvaluationOutcome:
+    """The build's typed outcome (the ``easeml_outcome`` property the last step wrote from
+    the ledger's answers). A build without one (it ended before its last step, or predates
+    the property) gets one from its status alone: no counts are re-derived for it."""
+    p = build_properties(build)
+    stored = from_build_properties(p)
+    if stored is not None:
+        return stored
+    status = p.get("easeml_status") if p.get("easeml_status") in STATUSES else "infra_error"
+    from easeml_buildbot.master.outcome import kind_for
+
+    verdict = p.get("easeml_verdict") if status == "evaluated" else None
+    return EvaluationOutcome(status=status, kind=kind_for(status), cause=str(p.get("easeml_cause") or ""),
+                             verdict=verdict, verdict_visible=verdict in ("pass", "fail"),
+                             condition=p.get("easeml_condition"), reliability=p.get("easeml_reliability"),
+                             adaptivity=p.get("easeml_adaptivity"), samples_used=p.get("easeml_samples_used"),
+                             samples_needed=p.get("easeml_samples_needed"), uses_left=p.get("easeml_uses_left"),
+                             use_state="released" if p.get("easeml_released") else None)
+
+
 def outcome_for(build: Mapping[str, Any]) -> Outcome:
     """Map a completed build dict (with properties) to the check run's conclusion and text."""
     p = build_properties(build)
-    status = p.get("easeml_status") or "infra_error"
-    cause = p.get("easeml_cause") or ""
-    lines = _facts(p)
+    ev = evaluation_of(build)
+    status, cause = ev.status, ev.cause
+    lines = _facts(p, ev)
     url = build.get("url")
     link = f"\n\nDetails: [build log]({url})" if url else ""
 
     if build.get("results") == 6:  # CANCELLED
         return Outcome("cancelled", "Evaluation cancelled", "The build was cancelled before a verdict." + link)
     if status == "evaluated":
-        verdict = p.get("easeml_verdict")
+        verdict = ev.shown_verdict
         if verdict in ("pass", "fail"):
             ok = verdict == "pass"
             title = "Condition satisfied" if ok else "Condition not satisfied"
@@ -60,6 +79,23 @@ def outcome_for(build: Mapping[str, Any]) -> Outcome:
         return Outcome("action_required", "Test set exhausted",
                        _md("Test set exhausted", lines, "Ask the operator for a fresh test set "
                            f"(`easeml` custody tools); this commit was not evaluated. {cause}".strip()) + link)
+    if status == "missing_dataset" and ev.kind == "dataset_too_small":
+        need = f" of at least {ev.samples_needed} labelled rows" if ev.samples_needed else ""
+        return Outcome("action_required", "Test set too small",
+                       _md("Test set too small", lines, f"{_code(cause)}\nThe condition needs more "
+                           f"labelled samples than the test set has. The repository's owners must encrypt a "
+                           f"larger test set{need} (`easeml dataset encrypt`) and commit it to the default "
+                           "branch; no use of the test set was spent.") + link)
+    if status == "missing_dataset" and ev.kind == "key":
+        return Outcome("action_required", "Test set could not be decrypted",
+                       _md("Test set could not be decrypted", lines, f"{_code(cause)}\nEither it was not "
+                           "encrypted to this service's public key (the owners re-encrypt it with "
+                           "`easeml_pub.asc`), or the service's key is unavailable on the worker (the "
+                           "operator has been told). No use of the test set was spent.") + link)
+    if status == "missing_dataset" and ev.kind == "dataset_invalid":
+        return Outcome("action_required", "Test set unreadable",
+                       _md("Test set unreadable", lines, f"{_code(cause)}\nThe owners fix the test set "
+                           "(format, label column) and commit it re-encrypted to the default branch.") + link)
     if status == "missing_dataset":
         return Outcome("action_required", "Test set missing",
                        _md("Test set missing", lines, f"{cause} Commit an encrypted test set to the "
@@ -84,25 +120,28 @@ def outcome_for(build: Mapping[str, Any]) -> Outcome:
     if status == "model_error":
         return Outcome("failure", "The model could not be evaluated",
                        _md("The model could not be evaluated", lines,
-                           f"{_code(cause)}\nNo use of the test set was spent." if p.get("easeml_released")
+                           f"{_code(cause)}\nNo use of the test set was spent." if ev.released
                            else _code(cause)) + link)
     return Outcome("failure", "CI infrastructure error",
                    _md("CI infrastructure error", lines, _code(cause or "the build failed before a verdict")
                        + "\nRe-run the check; tell the operator if it persists.") + link)
 
 
-def _facts(p: Mapping[str, Any]) -> list[str]:
+def _facts(p: Mapping[str, Any], ev: EvaluationOutcome) -> list[str]:
     out = []
-    if p.get("easeml_condition"):
-        out.append(f"- **Condition:** `{p['easeml_condition']}`"
-                   + (f" (reliability {p['easeml_reliability']}, adaptivity `{p.get('easeml_adaptivity')}`)"
-                      if p.get("easeml_reliability") else ""))
-    if p.get("easeml_samples_used") is not None:
-        out.append(f"- **Samples used:** {p['easeml_samples_used']}")
-    elif p.get("easeml_samples_needed") is not None:
-        out.append(f"- **Samples needed:** {p['easeml_samples_needed']}")
-    if p.get("easeml_uses_left") is not None:
-        out.append(f"- **Uses of the test set left:** {p['easeml_uses_left']}")
+    if ev.condition:
+        out.append(f"- **Condition:** `{ev.condition}`"
+                   + (f" (reliability {ev.reliability}, adaptivity `{ev.adaptivity}`)"
+                      if ev.reliability else ""))
+    if ev.samples_used is not None:
+        out.append(f"- **Samples used:** {ev.samples_used}")
+    elif ev.samples_needed is not None:
+        out.append(f"- **Samples needed:** {ev.samples_needed}")
+    if ev.use_number is not None and ev.budget:
+        out.append(f"- **Use of the test set:** {ev.use_number} of {ev.budget}"
+                   + (" (given back: nothing saw the test set)" if ev.released else ""))
+    if ev.uses_left is not None:
+        out.append(f"- **Uses of the test set left:** {ev.uses_left}")
     if p.get("easeml_base_sha"):
         out.append(f"- **Compared against:** `{str(p['easeml_base_sha'])[:12]}`")
     return out
@@ -124,7 +163,12 @@ def console_line(build: Mapping[str, Any]) -> str:
     """One log line per finished build for the local forge (no accuracies, ever)."""
     p = build_properties(build)
     o = outcome_for(build)
+    ev = evaluation_of(build)
     return (f"easeml: {p.get('easeml_repo', '?')}@{str(p.get('easeml_head_sha') or p.get('got_revision') or '?')[:12]} "
-            f"status={p.get('easeml_status', 'infra_error')} verdict={o.conclusion} "
-            f"samples_used={p.get('easeml_samples_used', '-')} uses_left={p.get('easeml_uses_left', '-')} "
-            f"title={o.title!r}")
+            f"status={ev.status} verdict={o.conclusion} "
+            f"samples_used={_dash(ev.samples_used)} uses_left={_dash(ev.uses_left)} kind={ev.kind or '-'} "
+            f"title={o.title!r} summary={ev.summary_line()!r}")
+
+
+def _dash(value: Any) -> str:
+    return "-" if value is None else str(value)

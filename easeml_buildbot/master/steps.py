@@ -18,9 +18,10 @@ from twisted.internet import defer, reactor, task, threads
 from twisted.python import log
 
 from buildbot.process import buildstep
-from buildbot.process.results import FAILURE, SKIPPED, SUCCESS, WARNINGS
+from buildbot.process.results import EXCEPTION, FAILURE, SKIPPED, SUCCESS, WARNINGS
 
 from easeml_buildbot.master import ledger_for
+from easeml_buildbot.master import outcome as eo
 from easeml_buildbot.master.accepted import get_accepted, set_accepted
 
 def evaluating(step: buildstep.BuildStep) -> bool:
@@ -49,12 +50,43 @@ def _cfg(cfg: dict[str, Any], *names: str, default: Any = None) -> Any:
     return default
 
 
+def _facts(build: Any) -> dict[str, Any]:
+    """The build's in-memory record of what the ledger answered and why it ended; read once
+    by ``Finalize`` into the typed outcome (never a build property itself)."""
+    facts = getattr(build, "easeml_facts", None)
+    if facts is None:
+        facts = build.easeml_facts = {}
+    return facts
+
+
 class _MasterStep(buildstep.BuildStep):
-    """A BuildStep that runs on the master and writes a short, secret-free log."""
+    """A BuildStep that runs on the master and writes a short, secret-free log.
+
+    ``self.summary`` (set by ``run``) is the step's line in the Buildbot UI: what it did in a
+    few words, never more than the developer may read (the UI is public)."""
+
+    summary: str | None = None
 
     def __init__(self, settings: Any, **kwargs: Any) -> None:
         self.settings = settings
+        kwargs.setdefault("updateBuildSummaryPolicy", False)  # only Finalize writes the build's line
         super().__init__(**kwargs)
+
+    def getResultSummary(self) -> dict[str, str]:
+        if not self.summary:
+            return super().getResultSummary()
+        return {"step": self.build.properties.cleanupTextFromSecrets(self.summary)
+                if self.build is not None else self.summary}
+
+    def ledger_answer(self, state: Any = None, **use: Any) -> None:
+        """Remember the ledger's answer (a LedgerEntry or Reservation, and the use's state)."""
+        facts = _facts(self.build)
+        if state is not None:
+            for name in ("remaining", "budget", "use_number", "retired"):
+                value = getattr(state, name, None)
+                if value is not None:
+                    facts["uses_left" if name == "remaining" else name] = value
+        facts.update({k: v for k, v in use.items() if v is not None})
 
     @defer.inlineCallbacks
     def note(self, text: str):
@@ -62,8 +94,9 @@ class _MasterStep(buildstep.BuildStep):
             self._note_log = yield self.addLog("easeml")
         yield self._note_log.addStdout(text.rstrip("\n") + "\n")
 
-    def status(self, status: str, cause: str = "") -> None:
+    def status(self, status: str, cause: str = "", kind: str | None = None) -> None:
         self.setProperty("easeml_status", status, "easeml")
+        _facts(self.build)["kind"] = eo.kind_for(status, kind)
         if cause:
             self.setProperty("easeml_cause", cause[:4000], "easeml")
 
@@ -95,6 +128,7 @@ class ResolveBase(_MasterStep):
     def run(self):
         if self.getProperty("easeml_base_sha"):
             yield self.note(f"base {self.getProperty('easeml_base_sha')} (from the pull request / accepted model)")
+            self.summary = f"base {str(self.getProperty('easeml_base_sha'))[:10]}"
             return SUCCESS
         repo = self.getProperty("easeml_repo")
         accepted = yield get_accepted(self.master, repo)
@@ -102,9 +136,11 @@ class ResolveBase(_MasterStep):
             self.setProperty("easeml_base_rev", accepted["sha"], "easeml")
             what = "configuration commit" if accepted.get("configuration") else "commit"
             yield self.note(f"base {accepted['sha']} (last accepted {what} on {accepted['branch']})")
+            self.summary = f"base {accepted['sha'][:10]} (last accepted {what})"
         else:
             self.setProperty("easeml_base_rev", f"{self.getProperty('revision')}^", "easeml")
             yield self.note("no accepted commit recorded yet: comparing against the parent commit")
+            self.summary = "base: the parent commit (nothing accepted yet)"
         return SUCCESS
 
 
@@ -119,6 +155,7 @@ class ReadInspection(_MasterStep):
         data = self.read_private("inspect.json")
         if data is None:
             self.status("infra_error", "the worker produced no inspect.json")
+            self.summary = "no inspection from the worker"
             return FAILURE
         cfg = data.get("config") or {}
         for prop, names in (("easeml_condition", ("condition_text", "condition")),
@@ -141,6 +178,7 @@ class ReadInspection(_MasterStep):
             # use is reserved, nothing is run; the check run says so (``status.outcome_for``)
             self.status("not_evaluated", data["not_evaluated"])
             yield self.note(data["not_evaluated"])
+            self.summary = "not evaluated: the base branch is not tested"
             return SKIPPED
         changed = list(data.get("protected_changed") or [])
         self.setProperty("easeml_protected_changed", changed, "easeml")
@@ -159,25 +197,36 @@ class ReadInspection(_MasterStep):
                             + " changed; later commits are evaluated against it (not evaluated itself)")
                 yield self.note(f"configuration commit {sha}: " + ", ".join(changed) + " changed; "
                                 "it is now the accepted commit, its model was not evaluated")
+                self.summary = "configuration commit: " + ", ".join(changed) + " changed"
                 return WARNINGS
             self.status("protected_changed", "the pull request changes " + ", ".join(changed))
             yield self.note("protected files changed by the pull request: " + ", ".join(changed))
+            self.summary = "protected files changed: " + ", ".join(changed)
             return WARNINGS
         if not data.get("ok"):
             err = data.get("error") or "unknown error"
             dataset = str(cfg.get("dataset") or "")
             if cfg and dataset and f":{dataset}:" in err:  # "<base>:<dataset>: no encrypted test set ..."
-                self.status("missing_dataset", err)
+                self.status("missing_dataset", err, kind="dataset_missing")
+                self.summary = "no encrypted test set"
             else:
-                self.status("config_error", err)
+                self.status("config_error", err, kind="config")
+                self.summary = "configuration error"
             yield self.note(err)
             return FAILURE
         if not data.get("dataset_id"):
-            self.status("missing_dataset", data.get("error") or "no encrypted test set on the base branch")
+            self.status("missing_dataset", data.get("error") or "no encrypted test set on the base branch",
+                        kind="dataset_missing")
+            self.summary = "no encrypted test set"
             return FAILURE
         yield self.note(f"condition {self.getProperty('easeml_condition')!s}; adaptivity "
                         f"{self.getProperty('easeml_adaptivity')}; dataset {data['dataset_id'][:12]}; "
                         f"samples needed {data.get('samples_needed')}")
+        cond = self.getProperty("easeml_condition")
+        self.summary = " · ".join(str(x) for x in (
+            eo.condition_text(cond) if cond else None,
+            f"adaptivity {self.getProperty('easeml_adaptivity')}" if self.getProperty("easeml_adaptivity") else None,
+            f"{data['samples_needed']} samples" if data.get("samples_needed") is not None else None) if x)
         return SUCCESS
 
 
@@ -274,6 +323,7 @@ class ReserveUse(_MasterStep):
             self.status("infra_error", problem + "; no use was handed out and nothing was evaluated. "
                         "The operator has been told; evaluations resume once the ledger is restored.")
             yield self.note(f"not evaluated: {problem}")
+            self.summary = "the test-set ledger is unusable: not evaluated"
             return FAILURE
         oid, key = yield _open_use_slot(self)
         lost = yield self.master.db.state.getState(oid, key, None)
@@ -299,13 +349,16 @@ class ReserveUse(_MasterStep):
             except PolicyMismatch as exc:
                 # the promise changed for a test set already in use: a configuration problem,
                 # fixed in .easeml.yml (or by rotating the test set); no use is spent
-                self.status("config_error", str(exc))
+                self.status("config_error", str(exc), kind="config")
                 yield self.note(f"not evaluated: {exc}")
+                self.summary = "the condition changed for a test set in use: not evaluated"
                 return FAILURE
             except (TestSetExhausted, TestSetRetired) as exc:
                 self.status("exhausted", str(exc))
                 self.setProperty("easeml_uses_left", 0, "easeml")
+                self.ledger_answer(None, uses_left=0, retired=True)
                 yield self.note(f"not evaluated: {exc}")
+                self.summary = "test set exhausted: not evaluated"
                 return WARNINGS
             yield guard.saw(repo, dataset, r.reservations)
             if r.fresh or r.state == "awaiting_labels":
@@ -317,6 +370,7 @@ class ReserveUse(_MasterStep):
                 self.status("infra_error", f"another build of this commit holds use {r.use_number} of the "
                             "test set and did not finish; nothing was evaluated here")
                 yield self.note(f"gave up waiting for the build holding use {r.use_number}")
+                self.summary = f"gave up waiting for use {r.use_number}"
                 return FAILURE
             if use.state == "committed":
                 yield self._report_existing(led, use, "another build of this commit against the same base "
@@ -327,9 +381,12 @@ class ReserveUse(_MasterStep):
         self.setProperty("easeml_use_id", r.use_id, "easeml")
         self.setProperty("easeml_use_number", r.use_number, "easeml")
         self.setProperty("easeml_uses_left", r.remaining, "easeml")
+        self.ledger_answer(r, use_state="reserved" if r.fresh else r.state)
         yield self.note(f"use {r.use_number} reserved (id {r.use_id}); {r.remaining} left after this one"
                         if r.fresh else f"use {r.use_number} of this commit continued (id {r.use_id}); "
                         "no new use spent")
+        self.summary = (f"use {r.use_number} of {r.budget} reserved" if r.fresh
+                        else f"use {r.use_number} of {r.budget} continued: no new use spent")
         return SUCCESS
 
     @defer.inlineCallbacks
@@ -380,14 +437,17 @@ class ReserveUse(_MasterStep):
             self.setProperty("easeml_samples_used", int(result["samples_used"]), "easeml")
         if state is not None:
             self.setProperty("easeml_uses_left", state.remaining, "easeml")
+        self.ledger_answer(state, use_number=use.use_number, use_state=use.state, reused=True)
         if use.verdict in ("pass", "fail"):
             self.status("evaluated")
             self.build.easeml_outcome = use.verdict
+            _facts(self.build).update(verdict=use.verdict, verdict_doc=result.get("verdict"))
             if developer_may_see(self.getProperty("easeml_adaptivity") or "none", use.verdict):
                 self.setProperty("easeml_verdict", use.verdict, "easeml")
         else:  # spent without a verdict (the model failed after seeing the features)
-            self.status(_failure_kind(result.get("status")), _failure_cause(result))
+            self.status(*_failure(result))
         yield self.note(f"{why} (use {use.use_number}); reporting its result, no new use spent")
+        self.summary = f"use {use.use_number} already recorded: reported again, nothing spent"
 
     @defer.inlineCallbacks
     def _reuse(self, led):
@@ -410,9 +470,10 @@ class ReserveUse(_MasterStep):
         return True
 
 
-def _failure_kind(status: str | None) -> str:
-    return {"model_error": "model_error", "config_error": "config_error",
-            "dataset_error": "missing_dataset"}.get(status or "", "infra_error")
+def _failure(result: dict[str, Any]) -> tuple[str, str, str]:
+    """(easeml_status, cause text, kind) of a result.json without a verdict."""
+    status, kind = eo.from_worker(result)
+    return status, _failure_cause(result), kind
 
 
 def _failure_cause(result: dict[str, Any]) -> str:
@@ -461,12 +522,18 @@ class RecordResult(_MasterStep):
         yield self.master.db.state.setState(oid, key, None)
         return outcome
 
-    def _left(self, state) -> None:
+    def _left(self, state, use_state: str) -> None:
+        """The ledger's answer to commit/release: the only source of the counts reported."""
         remaining = getattr(state, "remaining", None)
         if remaining is not None:
             self.setProperty("easeml_uses_left", remaining, "easeml")
         if getattr(state, "retired", False):
             self.setProperty("easeml_retired", True, "easeml")
+        self.ledger_answer(state, use_state=use_state)
+        number = _facts(self.build).get("use_number")
+        use = f"use {number}" if number else "the use"
+        self.summary = (f"{use} given back: nothing saw the test set" if use_state == "released"
+                        else f"{use} counted in the ledger")
 
     @defer.inlineCallbacks
     def _settle(self, led, use_id, result):
@@ -475,21 +542,21 @@ class RecordResult(_MasterStep):
         if result is None:
             if not self._evaluate_started():
                 state = yield threads.deferToThread(led.release, use_id, reason="the evaluation never started")
-                self._left(state)
+                self._left(state, "released")
                 self.setProperty("easeml_released", True, "easeml")
                 self.status("infra_error", "the evaluation did not start; the test-set use was released")
                 yield self.note("evaluation never started: use released")
-                return FAILURE
+                return self._not_scored()
             # the model may have seen the features (nothing proves otherwise): counted
             state = yield threads.deferToThread(
                 led.commit, use_id, verdict=None,
                 result={"status": "infra_error", "cause": "no_result", "spent": True,
                         "message": "the evaluation step produced no result.json"})
-            self._left(state)
+            self._left(state, "committed")
             self.status("infra_error", "the evaluation step produced no result; the test-set use counts "
                         "(the model may have seen the test set)")
             yield self.note("no result.json: use counted")
-            return FAILURE
+            return self._not_scored()
         if result.get("samples_used") is not None:
             self.setProperty("easeml_samples_used", int(result["samples_used"]), "easeml")
         status = result.get("status")
@@ -499,7 +566,7 @@ class RecordResult(_MasterStep):
             # re-evaluates this (head, base) once the labels are committed. What the developer
             # sees is what a verdict they may not see looks like (adaptivity none: nothing more).
             state = yield threads.deferToThread(led.await_labels, use_id, result)
-            self._left(state)
+            self._left(state, "awaiting_labels")
             self.status("evaluated")
             if (self.getProperty("easeml_adaptivity") or "none") != "none":
                 self.setProperty("easeml_awaiting_labels", True, "easeml")
@@ -510,36 +577,45 @@ class RecordResult(_MasterStep):
             return SUCCESS
         if not result.get("scored") or status != "scored" or not result.get("verdict"):
             cause = _failure_cause(result)
+            easeml_status, _, kind = _failure(result)
             if result.get("spent") is False:  # the worker says no model saw the features
                 reason = (result.get("message") or status or "not scored")
                 state = yield threads.deferToThread(led.release, use_id, reason=reason[:500])
-                self._left(state)
+                self._left(state, "released")
                 self.setProperty("easeml_released", True, "easeml")
-                self.status(_failure_kind(status), cause)
+                self.status(easeml_status, cause, kind)
                 yield self.note(f"not scored ({result.get('cause') or status}); nothing saw the test set: use released")
-                return FAILURE
+                return self._not_scored()
             # owners are recorded as notified when their mail is delivered (master.outbox)
             state = yield threads.deferToThread(led.commit, use_id, verdict=None, result=result)
-            self._left(state)
-            self.status(_failure_kind(status), cause)
+            self._left(state, "committed")
+            self.status(easeml_status, cause, kind)
             yield self.note(f"not scored ({result.get('cause') or status}) after the model saw the test set: "
                             "use counted")
-            return FAILURE
+            return self._not_scored()
         verdict = result["verdict"]
         outcome = verdict.get("outcome")
         adaptivity = self.getProperty("easeml_adaptivity") or "none"
         # ``notified`` is filled by the mail outbox on delivery, not here: a mail that never
         # arrives must not list its owners as notified
         state = yield threads.deferToThread(led.commit, use_id, verdict=outcome, result=result)
-        self._left(state)
+        self._left(state, "committed")
         self.status("evaluated")
+        _facts(self.build).update(verdict=outcome, verdict_doc=verdict)
         visible = developer_may_see(adaptivity, outcome)
         if visible:
             self.setProperty("easeml_verdict", outcome, "easeml")
         yield self.note("result recorded in the ledger" + (f"; verdict {outcome}" if visible else
                         "; the verdict goes to the owners only"))
         self.build.easeml_outcome = outcome  # in memory only: RecordAccepted reads it
-        return SUCCESS if (not visible or outcome == "pass") else FAILURE
+        # recording succeeded: this step is green; a visible fail is the "outcome" step's red
+        return SUCCESS
+
+    def _not_scored(self):
+        """Recorded, no verdict. The step that failed (evaluate, exit code != 0) is the red one;
+        this one is red only when nothing before it failed (the build must not look green)."""
+        earlier = [s.results for s in getattr(self.build, "executedSteps", ()) if s is not self]
+        return SUCCESS if any(r in (FAILURE, EXCEPTION) for r in earlier) else FAILURE
 
 
 class RecordAccepted(_MasterStep):
@@ -559,9 +635,27 @@ class RecordAccepted(_MasterStep):
 
 
 class Finalize(_MasterStep):
-    """Make sure every finished build carries an ``easeml_status`` for the reporters."""
+    """The build's last master step: write its one typed outcome (``master/outcome.py``).
 
-    name = "finalize"
+    Every finished build carries ``easeml_status`` and ``easeml_outcome`` for the reporters;
+    the counts in it are the ledger's answers remembered by the steps above, never
+    re-derived. Its line is the build's summary in the Buildbot UI
+    (``fail · n > 0.85 ± 0.05 · use 2 of 8 · 6 left``). It is red for a visible failed
+    condition (the only red step then), and for a build that ended without a verdict when no
+    step before it is red.
+    """
+
+    name = "outcome"
+
+    def __init__(self, settings: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("updateBuildSummaryPolicy", True)
+        super().__init__(settings, **kwargs)
+
+    def getBuildResultSummary(self):
+        summary = self.getResultSummary()
+        if self.summary:
+            summary["build"] = summary["step"]
+        return defer.succeed(summary)
 
     @defer.inlineCallbacks
     def run(self):
@@ -569,8 +663,49 @@ class Finalize(_MasterStep):
             failed = [s.name for s in self.build.executedSteps
                       if s is not self and s.results not in (None, SUCCESS, SKIPPED, WARNINGS)]
             self.status("infra_error", f"step '{failed[0]}' failed" if failed else "the build ended without a verdict")
-        yield self.note(f"status {self.getProperty('easeml_status')}")
-        return SUCCESS
+        outcome = self.outcome()
+        self.setProperty(eo.PROPERTY, outcome.to_property(), "easeml")
+        self.summary = outcome.summary_line()
+        yield self.note(f"status {outcome.status}" + (f" ({outcome.kind})" if outcome.kind else "")
+                        + f": {self.summary}")
+        earlier = [s.results for s in self.build.executedSteps if s is not self]
+        if outcome.status == "evaluated":
+            return FAILURE if outcome.shown_verdict == "fail" else SUCCESS
+        if outcome.status in ("exhausted", "protected_changed", "not_evaluated"):
+            return SUCCESS
+        return SUCCESS if any(r in (FAILURE, EXCEPTION) for r in earlier) else FAILURE
+
+    def outcome(self) -> eo.EvaluationOutcome:
+        from easeml_buildbot.custody.policy import developer_may_see
+
+        facts = _facts(self.build)
+        status = self.getProperty("easeml_status")
+        if status not in eo.STATUSES:  # a step's typo must not cost the build its outcome
+            log.msg(f"easeml: unknown easeml_status {status!r}; reported as infra_error")
+            status, facts["kind"] = "infra_error", "infrastructure"
+        adaptivity = self.getProperty("easeml_adaptivity")
+        verdict = facts.get("verdict") if status == "evaluated" else None
+        doc = facts.get("verdict_doc") or {}
+        clauses = []
+        for c in doc.get("clauses") or ():
+            if isinstance(c, dict):
+                lo, hi = (list(c.get("interval") or []) + [None, None])[:2]
+                clauses.append(eo.Clause(text=str(c.get("clause")), outcome=c.get("outcome"),
+                                         estimate=c.get("estimate"), lower=lo, upper=hi))
+        samples = self.getProperty("easeml_samples_used")
+        use_state = facts.get("use_state")
+        return eo.EvaluationOutcome(
+            status=status, kind=facts["kind"] if "kind" in facts else eo.kind_for(status),
+            cause=str(self.getProperty("easeml_cause") or "")[:4000],
+            verdict=verdict,
+            verdict_visible=bool(verdict) and developer_may_see(adaptivity or "none", verdict),
+            condition=str(self.getProperty("easeml_condition") or "") or None,
+            reliability=self.getProperty("easeml_reliability"), adaptivity=adaptivity,
+            samples_used=int(samples) if samples is not None and use_state == "committed" else None,
+            samples_needed=self.getProperty("easeml_samples_needed"),
+            use_number=facts.get("use_number"), budget=facts.get("budget"),
+            uses_left=facts.get("uses_left"), use_state=use_state if use_state != "reserved" else None,
+            retired=bool(facts.get("retired")), reused=bool(facts.get("reused")), clauses=tuple(clauses))
 
 
 def ensure_private_dir(path: str) -> None:

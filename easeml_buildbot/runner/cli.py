@@ -1,6 +1,10 @@
 """``easeml worker inspect`` and ``easeml worker evaluate``: what the master's build steps
-run on the worker. Both write their JSON to ``--out`` and exit 0 once it is written (the
-master reads the status from the file); usage errors exit 2 with a message on stderr.
+run on the worker. Both write their JSON to ``--out`` (the master reads the status from the
+file); usage errors exit 2 with a message on stderr. ``inspect`` exits 0 once its JSON is
+written. ``evaluate`` exits with ``EXIT_CODES[status]`` once result.json is written, so the
+build step that failed is the one Buildbot shows red: 0 scored (whatever the verdict: the exit
+code is in the developer-visible log, the verdict may not be), 1 the model failed, 3 not
+evaluated for a configuration or test-set reason, 4 a service-side failure.
 Neither ever prints labels, estimates or the verdict: stdout is the Buildbot build log."""
 
 from __future__ import annotations
@@ -13,6 +17,10 @@ import sys
 import traceback
 from pathlib import Path
 from typing import Any
+
+
+#: ``easeml worker evaluate``'s exit code per result.json status (see the module docstring)
+EXIT_CODES = {"scored": 0, "model_error": 1, "config_error": 3, "dataset_error": 3, "infra_error": 4}
 
 
 def _write_json(path: str, data: dict[str, Any]) -> None:
@@ -239,7 +247,7 @@ def _evaluate_guarded(args: argparse.Namespace, *, limits_cls: Any, resolve_pass
         line += ("\nthe test-set use is counted: a model was started with the features"
                  if result.get("spent") else "\nthe test-set use is not counted (no model saw the test set)")
     _echo(line)
-    return 0
+    return EXIT_CODES.get(result["status"], 4)
 
 
 def _echo(text: str, stream: Any = None) -> None:

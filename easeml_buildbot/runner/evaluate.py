@@ -312,7 +312,8 @@ def evaluate_pr(repo: str | os.PathLike[str], *, head: str, base: str,
     """
     progress = {} if progress is None else progress
     progress.setdefault("spent", False)
-    from easeml_buildbot.custody.dataset import DatasetError, decrypted_dataset
+    from easeml_buildbot.custody.dataset import (DatasetError, DatasetKeyError, DatasetTooSmall,
+                                                 decrypted_dataset)
     from easeml_buildbot.estimator.decision import DecisionError, EmptyIntervalError, decide
 
     t_start = time.perf_counter()
@@ -433,8 +434,17 @@ def evaluate_pr(repo: str | os.PathLike[str], *, head: str, base: str,
         except DatasetError as exc:
             # name the file as the repository knows it, not the private temporary copy
             msg = str(exc).replace(str(enc), f"{config_sha[:12]}:{cfg.dataset}")
-            return _result("dataset_error", cause="dataset", message=msg, spent=progress["spent"],
-                           logs=logs, timings=_rounded(timings, t_start), **base_info)
+            # the kind of problem is a field, never read back out of the message: too few rows
+            # (the owners encrypt a larger set), a key problem (service key or recipient), or a
+            # set that cannot be read as a test set (format, label column, damage)
+            extra: dict[str, Any] = {}
+            if isinstance(exc, DatasetTooSmall):
+                cause = "dataset_too_small"
+                extra = {"samples_needed": exc.needed, "samples_available": exc.have}
+            else:
+                cause = "key" if isinstance(exc, DatasetKeyError) else "dataset"
+            return _result("dataset_error", cause=cause, message=msg, spent=progress["spent"],
+                           logs=logs, timings=_rounded(timings, t_start), **extra, **base_info)
     except RunnerUnavailable as exc:
         return _result("infra_error", cause="runner_unavailable", message=str(exc),
                        spent=progress["spent"], logs=logs,

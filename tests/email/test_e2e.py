@@ -130,6 +130,11 @@ def test_mails_through_real_master_builds(tmp_path, service_keys):
             p3 = bb.build_properties(b3["buildid"])
             assert p3.get("easeml_status") in ("infra_error", "missing_dataset"), p3
             assert p3.get("easeml_released") is True
+            # the typed outcome (issue 13): a key problem is its own kind, the use was given
+            # back, and uses left is the ledger's answer to the release
+            ev3 = p3["easeml_outcome"]
+            assert (ev3["kind"], ev3["use_state"]) == ("key", "released"), ev3
+            assert ev3["uses_left"] == p3["easeml_uses_left"]
             mails = smtp.wait_for(5, timeout=30)
             by_rcpt = {tuple(m.rcpt_tos): m.message for m in mails[3:]}
             owners = [OWNER, ADDED]  # the configuration commit of build 2 is the default branch's now

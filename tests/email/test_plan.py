@@ -248,8 +248,8 @@ def test_missing_test_set_asks_owners_for_one():
 
 
 def test_undecryptable_test_set_also_tells_the_operator():
-    f = facts(status="missing_dataset", results=FAILURE, use_id=None,
-              cause="dataset: /srv/worker/keys/easeml_priv.asc: no secret key for data/test.csv.gpg")
+    f = facts(status="missing_dataset", results=FAILURE, use_id=None, cause_kind="key",
+              cause="key: /srv/worker/keys/easeml_priv.asc: no secret key for data/test.csv.gpg")
     mails = em.plan_mails(f, POLICY)
     assert [m.kind for m in mails] == ["operator", "note"]
     assert "/srv/worker/keys/easeml_priv.asc: no secret key" in decoded_text(mails[0].message)

@@ -241,15 +241,21 @@ def test_pass(world, scenarios):
 
 def test_fail(world, scenarios):
     assert world.statuses("fail") == [QUEUED, STARTED, done("failure")]
-    assert _summary(world, "fail")["title"] == "Condition not satisfied"
+    out = _summary(world, "fail")
+    assert out["title"] == "Condition not satisfied"
+    # output.text from the CheckRunFormatter (issue 13): guarantee, what was decided, step log
+    assert "every verdict is correct with probability at least" in out["text"], out["text"]
+    assert "`n > 0.8 ± 0.1`: **fail** (use 1 of 8; 7 left)" in out["text"], out["text"]
+    assert re.search(r"\(http://[^)]+#/builders/\d+/builds/\d+/steps/\d+/logs/stdio\)", out["text"]), out["text"]
 
 
 def test_none_adaptivity_is_neutral_and_leaks_nothing(world, scenarios):
     assert world.statuses("none") == [QUEUED, STARTED, done("neutral")]
     out = _summary(world, "none")
     assert out["title"] == "Evaluated; results were sent to the owners"
-    text = re.sub(r"\(http[^)]*\)", "", out["summary"])
-    text = text.replace("0.8", "").replace("0.1", "").replace("0.999", "")
+    assert "went to the repository's owners only" in out["text"] and "**fail**" not in out["text"]
+    text = re.sub(r"\(http[^)]*\)", "", out["summary"] + out["text"])
+    text = text.replace("0.8", "").replace("0.1", "").replace("0.999", "").replace("δ = 0.001", "")
     assert not re.search(r"\d\.\d", text), text
     # the Buildbot UI is visible to developers too: no verdict, no accuracy in properties or logs
     build = _build_for(world, scenarios["none"][1].sha)

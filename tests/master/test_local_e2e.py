@@ -47,6 +47,10 @@ def test_local_forge_evaluates_new_commits_and_advances_the_baseline(tmp_path, s
         assert f"@{better.sha[:12]} status=evaluated verdict=success" in lines[0]
         assert f"@{worse.sha[:12]} status=evaluated verdict=failure" in lines[1]
         assert re.search(r"samples_used=\d+ uses_left=2", lines[1])
+        # the typed outcome's summary line, the same text as the build's summary in the UI
+        assert "summary='fail · n - o > 0.02 ± 0.1 · use 2 of 4 · 2 left'" in lines[1], lines[1]
+        assert bb.api(f"builds/{b2['buildid']}")[0]["state_string"].endswith(
+            "fail · n - o > 0.02 ± 0.1 · use 2 of 4 · 2 left")
 
 
 def test_local_forge_takes_a_configuration_commit_as_the_new_configuration(tmp_path, service_keys):

@@ -174,3 +174,90 @@ def test_no_result_when_the_evaluate_step_never_ran_is_released(tmp_path):
     use, state, lines, props, out = _spent_case(tmp_path, None, started=False)
     assert use.state == "released" and state.uses == 0, out.stdout + out.stderr
     assert lines["events"] == "ledger-release,state-buildrequest-1=None", lines
+
+
+# -- the typed outcome (issue 13): written by Finalize from the ledger's answers --
+
+OUTCOME_DRIVER = SPENT_DRIVER.replace(textwrap.dedent('''
+    def main(reactor):
+        d = step.run()
+'''), textwrap.dedent('''
+    final = es.Finalize(SimpleNamespace(results_dir=results_dir, ledger_url=ledger_url)).get_step_factory().buildStep()
+    final.build, final.master = build, step.master
+    final.getProperty, final.setProperty, final.note = step.getProperty, step.setProperty, step.note
+    props.update(easeml_condition="n > 0.85 +/- 0.05", easeml_samples_needed=40, easeml_use_number=1)
+    build.easeml_facts = {"use_number": 1, "budget": 4, "uses_left": 3, "use_state": "reserved"}
+    rec = SimpleNamespace(name="record result", results=None)
+    build.executedSteps = list(build.executedSteps) + [rec]
+
+    def main(reactor):
+        d = step.run()
+        def then(r):
+            rec.results = r
+            def show(f):
+                print("final", f)
+                print("outcome", json.dumps(props["easeml_outcome"]))
+                print("summary", final.summary)
+                return r
+            return final.run().addCallback(show)
+        d.addCallback(then)
+''')).replace("import sys\n", "import sys, json\n", 1)
+assert "final.run()" in OUTCOME_DRIVER
+
+
+def _outcome_case(tmp_path, result, started=True):
+    (tmp_path / "results").mkdir(mode=0o700, exist_ok=True)
+    url = f"sqlite:///{tmp_path}/l.sqlite"
+    (tmp_path / "results" / "easeml-7-result.json").write_text(json.dumps(result))
+    with Ledger(url) as led:
+        r = led.reserve("acme/m", "b" * 64, 4, "full", commit="h" * 40, base="b" * 40)
+    out = subprocess.run([sys.executable, "-c", OUTCOME_DRIVER, str(tmp_path / "results"), url, str(r.use_id),
+                          "1" if started else "0"], capture_output=True, text=True, timeout=120)
+    lines = dict(ln.split(" ", 1) for ln in out.stdout.splitlines() if " " in ln)
+    assert "outcome" in lines, out.stdout + out.stderr
+    with Ledger(url) as led:
+        return json.loads(lines["outcome"]), led.state("acme/m", "b" * 64), lines
+
+
+def test_outcome_after_a_released_model_error_has_the_ledgers_uses_left(tmp_path):
+    ev, state, lines = _outcome_case(tmp_path, {**CRASHED, "cause": "build", "spent": False})
+    assert state.remaining == 4
+    assert (ev["status"], ev["kind"], ev["use_state"], ev["uses_left"]) == ("model_error", "model", "released", 4)
+    assert lines["summary"] == "model error · n > 0.85 ± 0.05 · use 1 of 4 given back · 4 left"
+
+
+def test_outcome_of_a_too_small_test_set_is_its_own_kind(tmp_path):
+    ev, state, _ = _outcome_case(tmp_path, {"status": "dataset_error", "cause": "dataset_too_small",
+                                            "message": "abc:data/test.csv.gpg: needs 1369 samples, the test set "
+                                                       "has 200", "scored": False, "spent": False,
+                                            "samples_needed": 1369, "samples_available": 200})
+    assert (ev["status"], ev["kind"], ev["use_state"], ev["uses_left"]) == \
+        ("missing_dataset", "dataset_too_small", "released", state.remaining)
+    from easeml_buildbot.master.status import outcome_for
+
+    o = outcome_for({"results": 2, "properties": {"easeml_outcome": (ev, "easeml"),
+                                                  "easeml_status": ("missing_dataset", "easeml")}})
+    assert o.title == "Test set too small" and "Test set missing" not in o.summary
+
+
+@pytest.mark.parametrize("adaptivity,shown", [("full", "fail"), ("none", None)])
+def test_stored_outcome_respects_the_adaptivity_and_holds_no_estimates(tmp_path, adaptivity, shown):
+    result = {"scored": True, "status": "scored", "samples_used": 40, "spent": True,
+              "verdict": {"outcome": "fail", "clauses": [{"index": 0, "clause": "n > 0.85", "estimate": 0.8123,
+                                                           "interval": [0.7623, 0.8623], "outcome": "fail",
+                                                           "technique": "hoeffding", "samples": 40}]}}
+    driver_adapt = OUTCOME_DRIVER.replace('"easeml_adaptivity": "full"', f'"easeml_adaptivity": "{adaptivity}"')
+    (tmp_path / "results").mkdir(mode=0o700, exist_ok=True)
+    url = f"sqlite:///{tmp_path}/l.sqlite"
+    (tmp_path / "results" / "easeml-7-result.json").write_text(json.dumps(result))
+    with Ledger(url) as led:
+        r = led.reserve("acme/m", "b" * 64, 4, adaptivity, commit="h" * 40, base="b" * 40)
+    out = subprocess.run([sys.executable, "-c", driver_adapt, str(tmp_path / "results"), url, str(r.use_id), "1"],
+                         capture_output=True, text=True, timeout=120)
+    lines = dict(ln.split(" ", 1) for ln in out.stdout.splitlines() if " " in ln)
+    assert "0.81" not in lines["outcome"] and "0.76" not in lines["outcome"], lines["outcome"]
+    ev = json.loads(lines["outcome"])
+    assert ev["verdict"] == shown and ev["uses_left"] == 3 and ev["samples_used"] == 40
+    assert lines["final"] == ("2" if shown == "fail" else "0")  # the outcome step is red for a visible fail
+    assert lines["result"] == "0"  # recording succeeded: "record result" is green
+    assert lines["summary"] == (f"{shown or 'evaluated'} · n > 0.85 ± 0.05 · use 1 of 4 · 3 left")

@@ -60,3 +60,47 @@ def test_cancelled_build():
 def test_console_line():
     line = console_line(build(**BASE, easeml_status="evaluated", easeml_verdict="pass", easeml_head_sha="b" * 40))
     assert "o/r@bbbbbbbbbbbb" in line and "verdict=success" in line and "samples_used=4212" in line
+
+
+def test_the_stored_outcome_is_what_every_surface_reads():
+    """issue 13: the check run and the console line read the typed outcome the last step
+    wrote from the ledger's answer, not counts re-derived from other properties."""
+    from easeml_buildbot.master.outcome import EvaluationOutcome
+
+    ev = EvaluationOutcome(status="model_error", kind="model", cause="build: the image did not build",
+                           condition="n > 0.85 +/- 0.05", use_number=3, budget=8, uses_left=6,
+                           use_state="released")
+    b = build(**{**BASE, "easeml_uses_left": 5, "easeml_status": "model_error"}, easeml_outcome=ev.to_property())
+    o = outcome_for(b)
+    assert "Uses of the test set left:** 6" in o.summary and "left:** 5" not in o.summary
+    assert "No use of the test set was spent" in o.summary
+    line = console_line(b)
+    assert "uses_left=6" in line and "kind=model" in line
+    assert "summary='model error · n > 0.85 ± 0.05 · use 3 of 8 given back · 6 left'" in line
+
+
+@pytest.mark.parametrize("kind,title", [("dataset_too_small", "Test set too small"),
+                                        ("key", "Test set could not be decrypted"),
+                                        ("dataset_invalid", "Test set unreadable"),
+                                        ("dataset_missing", "Test set missing")])
+def test_test_set_problems_are_told_by_kind(kind, title):
+    from easeml_buildbot.master.outcome import EvaluationOutcome
+
+    ev = EvaluationOutcome(status="missing_dataset", kind=kind, cause="x: y", samples_needed=1369)
+    o = outcome_for(build(**BASE, easeml_status="missing_dataset", easeml_outcome=ev.to_property()))
+    assert (o.conclusion, o.title) == ("action_required", title)
+    if kind == "dataset_too_small":
+        assert "at least 1369 labelled rows" in o.summary
+
+
+def test_the_developer_view_is_one_bit_at_most():
+    from easeml_buildbot.master.outcome import Clause, EvaluationOutcome
+
+    clauses = (Clause("n > 0.8", "pass", 0.91, 0.86, 0.96), Clause("d < 0.1", "fail", 0.12, 0.07, 0.17))
+    full = EvaluationOutcome(status="evaluated", verdict="fail", verdict_visible=True, clauses=clauses)
+    hidden = EvaluationOutcome(status="evaluated", verdict="fail", verdict_visible=False, clauses=clauses)
+    assert full.to_property()["verdict"] == "fail" and hidden.to_property()["verdict"] is None
+    for ev in (full, hidden):
+        stored = ev.to_property()
+        assert stored["clauses"] == [{"text": "n > 0.8", "outcome": None}, {"text": "d < 0.1", "outcome": None}]
+        assert "0.9" not in str(stored) and "0.1" not in str(stored).replace("d < 0.1", "")

@@ -174,6 +174,7 @@ def test_dataset_and_config_errors(digits_repo, service_keys_with_passphrase, se
                     runner="process", cache_dir=tmp_path / "c")
     assert (r["status"], r["scored"]) == ("dataset_error", False)
     assert "different key" in r["message"] and f"{digits_repo.base.sha[:12]}:data/test.csv.gpg" in r["message"]
+    assert r["cause"] == "key", r  # a key problem, as a field (issue 13), not the "dataset" catch-all
     assert "easeml-eval-" not in r["message"]  # not the private temporary copy
     bad = digits_repo.commit_files({".easeml.yml": "condition: [1]\n"}, branch=branch())
     r = evaluate_pr(digits_repo.path, head=pr.sha, base=bad, key=service_keys.private, passphrase=None,
@@ -187,6 +188,9 @@ def test_dataset_and_config_errors(digits_repo, service_keys_with_passphrase, se
     r = evaluate_pr(digits_repo.path, head=pr.sha, base=greedy, key=service_keys.private, passphrase=None,
                     runner="process", cache_dir=tmp_path / "c")
     assert r["status"] == "dataset_error" and "needs" in r["message"] and not r["scored"], r
+    # its own cause (issue 13: it was read as a key problem), the numbers as fields
+    assert r["cause"] == "dataset_too_small" and r["spent"] is False, r
+    assert r["samples_needed"] > r["samples_available"] == len(digits_repo.labels), r
 
 
 def test_passphrase_file(tmp_path, service_keys_with_passphrase):

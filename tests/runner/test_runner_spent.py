@@ -75,8 +75,12 @@ def run_cli(repo, head, keys, tmp_path, runner="process"):
     res = easeml("worker", "evaluate", "--repo", str(repo.path), "--head", head, "--base", repo.base.sha,
                  "--key", str(keys.private), "--runner", runner, "--cache-dir", str(tmp_path / "cache"),
                  "--out", str(out))
-    assert res.returncode == 0, res.stderr
-    return res, json.loads(out.read_text())
+    r = json.loads(out.read_text())
+    # the exit code says whether it scored (not the verdict): a failed model's step is red
+    from easeml_buildbot.runner.cli import EXIT_CODES
+
+    assert res.returncode == EXIT_CODES[r["status"]], res.stderr
+    return res, r
 
 
 def test_a_crash_after_reading_the_features_spends_the_use_and_shows_nothing(cancer_repos, service_keys,

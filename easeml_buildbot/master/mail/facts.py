@@ -22,6 +22,7 @@ from twisted.internet import defer
 
 from easeml_buildbot.master import chart as chart_module
 from easeml_buildbot.master.mail.policy import MailPolicy
+from easeml_buildbot.master.outcome import KINDS as CAUSE_KINDS
 from easeml_buildbot.master.status import build_properties
 
 logger = logging.getLogger(__name__)
@@ -29,10 +30,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_DATASET = "data/test.csv.gpg"
 VARIABLE_LABELS = {"n": "new model accuracy", "o": "old model accuracy", "d": "predictions that differ"}
 
-#: cause kinds (build property ``easeml_cause_kind``, set by the master's last step)
-#: a worker cause saying the test set has too few rows (``dataset: ... needs 1369 samples``)
-TOO_SMALL = re.compile(r"needs \d+ (labelled )?samples")
-CAUSE_KINDS = ("model", "config", "dataset_too_small", "key", "infrastructure")
+#: cause kinds (``CAUSE_KINDS``): the typed outcome's (build property ``easeml_outcome``,
+#: written once by the master's last step, master/outcome.py); never parsed out of a cause
 
 
 @dataclass(frozen=True)
@@ -75,14 +74,8 @@ class BuildFacts:
     def key_problem(self) -> bool:
         """The test set is on the branch but could not be decrypted (service key, or wrong recipient).
 
-        With ``easeml_cause_kind`` recorded, that says it; for a build without it the worker's
-        ``dataset:`` cause prefix is read, except a too-small set (``needs N samples``)."""
-        if self.status != "missing_dataset":
-            return False
-        if self.cause_kind is not None:
-            return self.cause_kind == "key"
-        cause = self.cause or ""
-        return cause.startswith("dataset:") and not TOO_SMALL.search(cause)
+        The outcome's cause kind says it (the worker names it from the exception type)."""
+        return self.status == "missing_dataset" and self.cause_kind == "key"
 
 
 @dataclass(frozen=True)
@@ -364,7 +357,8 @@ def facts_from_build(build: Mapping[str, Any], build_url: str | None, users: Seq
                       ("easeml_uses_left", "uses_left"), ("easeml_retired", "retired")):
         if props.get(prop) is not None:
             config[key] = props[prop]
-    kind = _prop(props, "easeml_cause_kind")
+    outcome = props.get("easeml_outcome")
+    kind = outcome.get("kind") if isinstance(outcome, Mapping) else None
     return BuildFacts(
         repo=repo,
         sha=str(_prop(props, "easeml_head_sha", "got_revision", "revision") or ss.get("revision") or ""),

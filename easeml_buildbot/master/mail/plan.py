@@ -15,7 +15,7 @@ from typing import Any
 
 from easeml_buildbot.master import chart as chart_module
 from easeml_buildbot.master.mail import render
-from easeml_buildbot.master.mail.facts import (TOO_SMALL, DEFAULT_DATASET, BuildFacts, Evaluation, OutgoingMail,
+from easeml_buildbot.master.mail.facts import (DEFAULT_DATASET, BuildFacts, Evaluation, OutgoingMail,
                                                evaluation_from, read_ledger, result_of, samples_needed,
                                                to_float, to_int)
 from easeml_buildbot.master.mail.policy import AUTHOR, OPERATOR, OWNERS, MailPolicy
@@ -74,8 +74,7 @@ def route_key(facts: BuildFacts) -> str | None:
     if facts.status == "missing_dataset":
         if facts.key_problem:
             return "missing_dataset:key"
-        if facts.cause_kind == "dataset_too_small" or (
-                facts.cause_kind is None and TOO_SMALL.search(facts.cause or "")):
+        if facts.cause_kind == "dataset_too_small":
             return "missing_dataset:too_small"
     return facts.status if facts.status in ROUTES else None
 
