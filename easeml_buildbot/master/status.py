@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from easeml_buildbot.master.rotation import DEFAULT_DATASET, rotation_text
+
 from easeml_buildbot.master.outcome import STATUSES, EvaluationOutcome, from_build_properties  # noqa: F401
 
 
@@ -77,8 +79,10 @@ def outcome_for(build: Mapping[str, Any]) -> Outcome:
                        _md("Evaluated; results were sent to the owners", lines, nxt) + link)
     if status == "exhausted":
         return Outcome("action_required", "Test set exhausted",
-                       _md("Test set exhausted", lines, "Ask the operator for a fresh test set "
-                           f"(`easeml` custody tools); this commit was not evaluated. {cause}".strip()) + link)
+                       _md("Test set exhausted", lines, f"this commit was not evaluated. {cause}".strip()
+                           + " The repository's owners rotate the test set:\n\n"
+                           + rotation_text(str(p.get("easeml_dataset_path") or DEFAULT_DATASET),
+                                           samples=ev.samples_needed)) + link)
     if status == "missing_dataset" and ev.kind == "dataset_too_small":
         need = f" of at least {ev.samples_needed} labelled rows" if ev.samples_needed else ""
         return Outcome("action_required", "Test set too small",

@@ -104,3 +104,14 @@ def test_the_developer_view_is_one_bit_at_most():
         stored = ev.to_property()
         assert stored["clauses"] == [{"text": "n > 0.8", "outcome": None}, {"text": "d < 0.1", "outcome": None}]
         assert "0.9" not in str(stored) and "0.1" not in str(stored).replace("d < 0.1", "")
+
+
+def test_an_exhausted_test_set_tells_the_one_rotation_procedure():
+    """issue 13: the check run said "ask the operator", the mail and the guide another thing;
+    all now quote master/rotation.py."""
+    from easeml_buildbot.master.rotation import rotation_text
+
+    o = outcome_for(build(**BASE, easeml_status="exhausted", easeml_cause="budget of 8 uses spent",
+                          easeml_dataset_path="data/test.csv.gpg"))
+    assert o.conclusion == "action_required"
+    assert rotation_text("data/test.csv.gpg") in o.summary and "operator" not in o.summary
