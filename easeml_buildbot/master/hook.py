@@ -2,7 +2,8 @@
 
 Why not Buildbot's own ``github`` dialect: an App must verify ``X-Hub-Signature-256``
 on *every* request (Buildbot's checks SHA-1 and only when a signature is present),
-drop redelivered events (in the database all masters share: ``master.deliveries``), understand ``check_suite``/``check_run`` re-runs and carry the
+drop redelivered events (remembered in the database all masters share:
+``master.deliveries``), understand ``check_suite``/``check_run`` re-runs and carry the
 installation id to the reporter. It follows the structure of
 ``buildbot/www/hooks/github.py``: one ``handle_<event>`` per event, returning change dicts.
 
