@@ -86,7 +86,11 @@ def configure(c: dict[str, Any], settings: Settings) -> dict[str, Any]:
         c["schedulers"] = [schedulers.AnyBranchScheduler(
             name="easeml-pull-requests", builderNames=[BUILDER_NAME], treeStableTimer=None,
             change_filter=util.ChangeFilter(category="pull"))]
-        services.append(CheckRunReporter(app, check_name=settings.github.check_name))
+        from easeml_buildbot.master.checkruns import CheckRunReconciler
+
+        # the reconciler owns the GitHub thread pool (the hook reads commit messages in it too)
+        services.append(CheckRunReconciler(app, settings.ledger_url))
+        services.append(CheckRunReporter(check_name=settings.github.check_name))
     else:
         c["change_source"] = [changes.GitPoller(
             repourl=settings.local.repo, branches=[settings.local.branch], pollInterval=settings.local.poll_interval,

@@ -7,7 +7,7 @@ the build's last step wrote), so the security decisions stay in one reviewed pla
 template only arranges what the context offers. An operator overrides it in master.cfg::
 
     from easeml_buildbot.master.check_text import CheckRunFormatter
-    c["services"].append(CheckRunReporter(app, end_formatter=CheckRunFormatter(template=MINE)))
+    c["services"].append(CheckRunReporter(end_formatter=CheckRunFormatter(template=MINE)))
 
 Context added to Buildbot's own (``build``, ``build_url``, ``buildbot_url``, ...):
 

@@ -2,8 +2,9 @@
 
 Why its own module: the App's JWT and the short-lived installation tokens are the only
 credentials the master holds for GitHub; keeping them here means one place caches,
-refreshes and never logs them. Every call here is blocking (PyGithub uses ``requests``);
-Buildbot code calls it through ``deferToThread``.
+refreshes and never logs them. Every call here is blocking (PyGithub uses ``requests``, 15 s
+timeout); Buildbot code calls it in the GitHub thread pool (``master.checkruns``), never in
+the reactor's default pool.
 """
 
 from __future__ import annotations
@@ -47,13 +48,13 @@ class GitHubApp:
 
     def __init__(self, app_id: int, private_key: str, api_url: str = "https://api.github.com",
                  refresh_margin: int = 300, clock=time.time, seconds_between_requests: float = 0.25,
-                 seconds_between_writes: float = 1.0) -> None:
+                 seconds_between_writes: float = 1.0, timeout: float = 15) -> None:
         self.app_id = app_id
         self.api_url = api_url.rstrip("/")
         self.refresh_margin = refresh_margin
         self._clock = clock
         self._pace = dict(seconds_between_requests=seconds_between_requests or None,
-                          seconds_between_writes=seconds_between_writes or None)
+                          seconds_between_writes=seconds_between_writes or None, timeout=timeout)
         self._integration = GithubIntegration(auth=Auth.AppAuth(app_id, private_key), base_url=self.api_url,
                                               retry=_retry(), **self._pace)
         self._tokens: dict[tuple[int, tuple], _Token] = {}  # (installation, permissions) -> token
@@ -111,7 +112,10 @@ class GitHubApp:
     # -- check runs ---------------------------------------------------------------------
     def create_check_run(self, installation_id: int, full_name: str, *, name: str, head_sha: str,
                          status: str, details_url: str | None = None, external_id: str | None = None,
-                         output: dict[str, Any] | None = None) -> CheckRun:
+                         output: dict[str, Any] | None = None, **fields: Any) -> CheckRun:
+        """POST a check run; ``fields`` are further check-run fields (``conclusion``,
+        ``started_at``, ``completed_at``), None ones left out: a run can be created directly
+        in the state it should show."""
         kwargs: dict[str, Any] = {"name": name, "head_sha": head_sha, "status": status}
         if _web_link(details_url):
             kwargs["details_url"] = details_url
@@ -119,10 +123,12 @@ class GitHubApp:
             kwargs["external_id"] = external_id
         if output:
             kwargs["output"] = output
+        kwargs.update({k: v for k, v in fields.items() if v is not None})
         return self.repo(installation_id, full_name).create_check_run(**kwargs)
 
     def find_check_run(self, installation_id: int, full_name: str, name: str, head_sha: str) -> CheckRun | None:
-        """A check run ``name`` on ``head_sha`` (for a reporter that lost track of its run)."""
+        """The newest check run ``name`` on ``head_sha`` (one created by an attempt whose answer
+        was lost, or before the master's state knew its id)."""
         runs = self.repo(installation_id, full_name).get_commit(head_sha).get_check_runs(check_name=name)
         return next(iter(runs), None)
 
@@ -130,6 +136,10 @@ class GitHubApp:
         if not _web_link(fields.get("details_url")):
             fields.pop("details_url", None)
         run.edit(**{k: v for k, v in fields.items() if v is not None})
+
+    def update_check_run_by_id(self, installation_id: int, full_name: str, run_id: int, **fields: Any) -> None:
+        """PATCH check run ``run_id`` (one request: the run object is not fetched first)."""
+        self.update_check_run(self.repo(installation_id, full_name).get_check_run(int(run_id)), **fields)
 
 
 def _web_link(url: str | None) -> bool:

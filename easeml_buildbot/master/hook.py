@@ -2,7 +2,8 @@
 
 Why not Buildbot's own ``github`` dialect: an App must verify ``X-Hub-Signature-256``
 on *every* request (Buildbot's checks SHA-1 and only when a signature is present),
-drop redelivered events, understand ``check_suite``/``check_run`` re-runs and carry the
+drop redelivered events (remembered in the database all masters share:
+``master.deliveries``), understand ``check_suite``/``check_run`` re-runs and carry the
 installation id to the reporter. It follows the structure of
 ``buildbot/www/hooks/github.py``: one ``handle_<event>`` per event, returning change dicts.
 
@@ -27,7 +28,6 @@ import hashlib
 import hmac
 import json
 import re
-from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any
 
@@ -40,6 +40,7 @@ from easeml_buildbot.master.accepted import get_accepted, set_accepted
 
 SKIP_PATTERNS = (r"\[ *skip *ci *\]", r"\[ *ci *skip *\]")
 PR_ACTIONS = ("opened", "synchronize", "reopened")
+COMMIT_MESSAGE_TIMEOUT = 5.0  # seconds the webhook waits for the head commit's message
 ACK_EVENTS = ("ping", "installation", "installation_repositories", "github_app_authorization")
 
 
@@ -109,28 +110,10 @@ def has_skip(message: str | None) -> bool:
     return bool(message) and any(re.search(p, message, re.I) for p in SKIP_PATTERNS)
 
 
-class DeliveryLog:
-    """Bounded memory of keys seen (delivery ids, scheduled heads), so a redelivered event
-    schedules nothing twice."""
-
-    def __init__(self, size: int = 10000) -> None:
-        self.size = size
-        self._seen: OrderedDict[Hashable, None] = OrderedDict()
-
-    def claim(self, key: Hashable) -> bool:
-        if key in self._seen:
-            return False
-        self._seen[key] = None
-        while len(self._seen) > self.size:
-            self._seen.popitem(last=False)
-        return True
-
-    def forget(self, key: Hashable) -> None:
-        self._seen.pop(key, None)
-
-
 class GitHubAppHook(BaseHookHandler):
-    """Options: ``settings`` (Settings), ``app`` (GitHubApp or None), ``dedup_size``."""
+    """Options: ``settings`` (Settings), ``app`` (GitHubApp or None), ``deliveries`` (a
+    ``DeliveryStore``; default: one on the ledger's database), ``run_db`` (how a blocking
+    database call is run; default: the reactor's thread pool)."""
 
     def __init__(self, master: Any, options: dict[str, Any] | None) -> None:
         super().__init__(master, options)
@@ -141,10 +124,43 @@ class GitHubAppHook(BaseHookHandler):
             options["settings"] = Settings.load()
         self.settings = options["settings"]
         self.app = options.get("app")
-        self.deliveries = DeliveryLog(int(options.get("dedup_size", 10000)))
+        self._deliveries = options.get("deliveries")  # opened on first use (in a thread)
+        self._run_db = options.get("run_db") or self._in_thread
         # pull_request.synchronize and check_suite.requested both announce a push: build once
-        # per pull request base (the same head into main must be evaluated after one into dev)
-        self.scheduled_heads = DeliveryLog()  # (repo, head sha, base branch)
+        # per pull request base (the same head into main must be evaluated after one into dev):
+        # claims of kind "head", key (repo, head sha, base branch)
+
+    def _in_thread(self, fn):
+        reactor = getattr(self.master, "reactor", None)
+        if reactor is None:
+            from twisted.internet import reactor
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn)
+
+    def _store(self):
+        if self._deliveries is None:
+            from easeml_buildbot.master import ledger_for
+            from easeml_buildbot.master.deliveries import DeliveryStore
+
+            self._deliveries = DeliveryStore(ledger_for(self.settings.ledger_url).engine)
+        return self._deliveries
+
+    def claim(self, kind: str, key: Hashable):
+        """Deferred: True when no master claimed ``(kind, key)`` before."""
+        return self._run_db(lambda: self._store().claim(kind, key))
+
+    def forget(self, kind: str, key: Hashable):
+        """Deferred; a failure is logged (the caller is already handling an error)."""
+        d = self._run_db(lambda: self._store().forget(kind, key))
+        d.addErrback(lambda f: log.msg(f"easeml: could not forget {kind} claim: {f.getErrorMessage()[:200]}"))
+        return d
+
+    def _github(self, fn, *args):
+        """A blocking GitHub call in the GitHub thread pool (``master.checkruns``)."""
+        manager = getattr(self.master, "service_manager", None)
+        svc = getattr(manager, "namedServices", {}).get("easeml-github")
+        if svc is not None:
+            return svc.run(fn, *args)
+        return threads.deferToThread(fn, *args)
 
     def check_name_for(self, base_ref: str, default_branch: str) -> str:
         """The check run a build for a pull request into ``base_ref`` reports on."""
@@ -173,7 +189,7 @@ class GitHubAppHook(BaseHookHandler):
             raise ValueError("body is nested too deeply") from None
         if not isinstance(payload, dict):
             raise PayloadError(f"malformed payload: a JSON object was expected, not {type(payload).__name__}")
-        if delivery and not self.deliveries.claim(delivery):
+        if delivery and not (yield self.claim("delivery", delivery)):
             log.msg(f"easeml: dropping duplicate delivery {delivery} ({event})")
             return ([], "git")
         try:
@@ -184,7 +200,7 @@ class GitHubAppHook(BaseHookHandler):
             changes = yield handler(payload, delivery)
         except Exception as exc:
             if delivery:
-                self.deliveries.forget(delivery)  # let GitHub's redelivery try again
+                yield self.forget("delivery", delivery)  # let GitHub's redelivery try again
             if isinstance(exc, (KeyError, TypeError, AttributeError, IndexError)):
                 # a payload shape the field checks missed: still the sender's problem, a 400
                 log.err(None, f"easeml: malformed {event} payload (delivery {delivery})")
@@ -231,7 +247,7 @@ class GitHubAppHook(BaseHookHandler):
         repo = payload["repository"]["full_name"]
         claim = action != "reopened"  # drafts are evaluated too: the developer pushed
         key = (repo, head_sha, base_ref)
-        if claim and not self.scheduled_heads.claim(key):
+        if claim and not (yield self.claim("head", key)):
             return []
         try:
             message = yield self._commit_message(payload, head_sha)
@@ -244,7 +260,7 @@ class GitHubAppHook(BaseHookHandler):
                                         event=f"pull_request.{action}", delivery=delivery)
         except Exception:
             if claim:  # nothing was scheduled: GitHub's redelivery must be able to schedule it
-                self.scheduled_heads.forget(key)
+                yield self.forget("head", key)
             raise
         return [change]
 
@@ -299,7 +315,7 @@ class GitHubAppHook(BaseHookHandler):
         changes = []
         for number, base_ref, base_sha, url in wanted:
             key = (repo, head_sha, base_ref)
-            if not rerun and not self.scheduled_heads.claim(key):
+            if not rerun and not (yield self.claim("head", key)):
                 continue
             try:
                 change = yield self._change(payload, number=number, head_sha=head_sha,
@@ -308,7 +324,7 @@ class GitHubAppHook(BaseHookHandler):
                                             event=event, delivery=delivery)
             except Exception:
                 if not rerun:  # see handle_pull_request
-                    self.scheduled_heads.forget(key)
+                    yield self.forget("head", key)
                 raise
             changes.append(change)
         return changes
@@ -318,9 +334,12 @@ class GitHubAppHook(BaseHookHandler):
         inst = (payload.get("installation") or {}).get("id")
         if self.app is None or inst is None:
             return ""
+        d = self._github(self.app.commit_message, inst, payload["repository"]["full_name"], sha)
+        reactor = getattr(self.master, "reactor", None)
+        if reactor is not None:  # GitHub gives a webhook 10 s to answer: a slow GitHub must not eat them
+            d.addTimeout(COMMIT_MESSAGE_TIMEOUT, reactor)
         try:
-            msg = yield threads.deferToThread(self.app.commit_message, inst,
-                                              payload["repository"]["full_name"], sha)
+            msg = yield d
         except Exception as exc:  # the check still runs; only [skip ci] detection is lost
             log.msg(f"easeml: could not read commit message of {sha[:12]}: {exc.__class__.__name__}")
             return ""

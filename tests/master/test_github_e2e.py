@@ -350,7 +350,11 @@ def test_rerequested_check_run_evaluates_again(world, scenarios):
     repo, head = scenarios["pass"]
     world.send("check_run", world.check_payload("check_run", "rerequested", "pass", repo, 1, head.sha))
     world.wait_completed("pass", count=2)
-    assert world.statuses("pass") == [QUEUED, STARTED, done("success")] * 2
+    seq = world.statuses("pass")
+    # the head's check run is reused (issue 14: re-runs made a new run each time)
+    assert seq[:3] == [QUEUED, STARTED, done("success")] and seq[-1] == done("success"), seq
+    assert [verb for verb, _, _ in seq[3:]] == ["update"] * len(seq[3:]), seq
+    assert len(world.sim.check_runs_for(scenarios["pass"][1].sha)) == 1
     # same commit, same base, same test set: the recorded result is reported, no use spent
     from easeml_buildbot.custody.ledger import Ledger
 
@@ -497,7 +501,7 @@ def test_rerequesting_a_side_branch_check_rebuilds_only_that_pull_request(world,
     assert code == 200 and "no change found" not in text, text
     world.wait_completed("side", count=4)
     assert [b.get("conclusion") for _, b in world.calls("side") if b.get("conclusion")].count("skipped") == 2
-    assert len([r for r in world.sim.check_runs.values() if r["head_sha"] == head.sha]) == 4
+    assert len([r for r in world.sim.check_runs.values() if r["head_sha"] == head.sha]) == 3  # dev's reused
 
 
 # -- bad input costs nothing -----------------------------------------------------------------

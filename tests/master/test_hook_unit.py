@@ -12,7 +12,8 @@ import uuid
 import pytest
 from twisted.internet import defer
 
-from easeml_buildbot.master.hook import DeliveryLog, SignatureError, has_skip, verify_signature
+from easeml_buildbot.master.deliveries import DeliveryStore
+from easeml_buildbot.master.hook import SignatureError, has_skip, verify_signature
 
 BODY = b'{"action":"opened"}'
 
@@ -48,14 +49,35 @@ def test_skip_markers():
     assert not has_skip("skip the ci") and not has_skip("") and not has_skip(None)
 
 
-def test_delivery_log_is_bounded_and_forgets_on_request():
-    log = DeliveryLog(size=3)
-    assert log.claim("a") and not log.claim("a")
-    log.forget("a")
-    assert log.claim("a")
-    for d in "bcd":
-        assert log.claim(d)
-    assert log.claim("a")  # evicted as the oldest
+def _engine(path=None):
+    import sqlalchemy as sa
+    from sqlalchemy.pool import StaticPool
+
+    if path is not None:
+        return sa.create_engine(f"sqlite:///{path}")
+    return sa.create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
+
+
+def test_delivery_claims_are_shared_through_the_database_and_bounded(tmp_path):
+    """Two stores on one database file are two masters (or one master before and after a
+    restart): a key claimed by one is a duplicate for the other, until it is forgotten or
+    older than the retention."""
+    now = [1000.0]
+    db = tmp_path / "ledger.sqlite"
+    one = DeliveryStore(_engine(db), retention=60, clock=lambda: now[0])
+    other = DeliveryStore(_engine(db), retention=60, clock=lambda: now[0])
+    assert one.claim("delivery", "a") and not other.claim("delivery", "a") and not one.claim("delivery", "a")
+    assert other.claim("head", "a")  # kinds do not collide
+    key = ("o/r", "c" * 40, "release/" + "x" * 300)  # longer than any column: stored as a digest
+    assert other.claim("head", key) and not one.claim("head", key)
+    one.forget("delivery", "a")
+    assert other.claim("delivery", "a")
+    now[0] += 61
+    assert other.purge() == 3 and one.claim("head", key)
+
+
+def _sync(fn):
+    return defer.maybeDeferred(fn)
 
 
 class _Request:
@@ -103,7 +125,8 @@ def test_a_delivery_that_failed_is_scheduled_when_github_redelivers_it(event, pa
     settings = Settings.from_dict({"forge": "local", "local": {"repo": "/x"}, "github": {"webhook_secret": "s"}})
     state = _FlakyState()
     hook = GitHubAppHook(types.SimpleNamespace(db=types.SimpleNamespace(state=state)),
-                         {"settings": settings, "app": None})
+                         {"settings": settings, "app": None, "deliveries": DeliveryStore(_engine()),
+                          "run_db": _sync})
     body = json.dumps(payload).encode()
     headers = {b"X-Hub-Signature-256": sign("s", body).encode(), b"X-GitHub-Event": event.encode(),
                b"X-GitHub-Delivery": b"delivery-1", b"Content-Type": b"application/json"}
@@ -121,24 +144,35 @@ def test_a_delivery_that_failed_is_scheduled_when_github_redelivers_it(event, pa
     assert deliver({**headers, b"X-GitHub-Delivery": b"delivery-2"}) == ([], "git")  # same head again
 
 
-def _hook(check_name="easeml/ci"):
+def _hook(check_name="easeml/ci", deliveries=None):
     from easeml_buildbot.master.hook import GitHubAppHook
     from easeml_buildbot.master.settings import Settings
 
     settings = Settings.from_dict({"forge": "local", "local": {"repo": "/x"},
                                    "github": {"webhook_secret": "s", "check_name": check_name}})
     return GitHubAppHook(types.SimpleNamespace(db=types.SimpleNamespace(state=_FlakyState())),
-                         {"settings": settings, "app": None})
+                         {"settings": settings, "app": None, "deliveries": deliveries or DeliveryStore(_engine()),
+                          "run_db": _sync})
 
 
-def _deliver(hook, event, payload):
+def _deliver(hook, event, payload, delivery=None):
     body = json.dumps(payload).encode()
     headers = {b"X-Hub-Signature-256": sign("s", body).encode(), b"X-GitHub-Event": event.encode(),
-               b"X-GitHub-Delivery": uuid.uuid4().hex.encode(),
+               b"X-GitHub-Delivery": (delivery or uuid.uuid4().hex).encode(),
                b"Content-Type": b"application/json"}
     out = []
     hook.getChanges(_Request(body, headers)).addBoth(out.append)
     return out[0]
+
+
+def test_a_delivery_seen_before_a_restart_or_by_another_master_is_dropped(tmp_path):
+    db = tmp_path / "ledger.sqlite"
+    before, after = _hook(deliveries=DeliveryStore(_engine(db))), _hook(deliveries=DeliveryStore(_engine(db)))
+    (change,), _ = _deliver(before, "pull_request", PR_SYNC, delivery="d-1")
+    assert change["revision"] == "a" * 40
+    assert _deliver(after, "pull_request", PR_SYNC, delivery="d-1") == ([], "git")  # redelivered
+    assert _deliver(after, "check_suite", {**SUITE, "check_suite": {**SUITE["check_suite"], "head_sha": "a" * 40}}) \
+        == ([], "git")  # the same push announced again, to the other master
 
 
 def test_check_name_per_base_branch():

@@ -18,6 +18,7 @@ API (stable; add keywords, never change these)::
         bb.wait_for_builds(n, timeout=120)    # n complete builds (dicts, by buildid)
         bb.force_build(builder="easeml", **properties) # via the ForceScheduler "force"
         bb.kill_worker(0); bb.start_worker(0)  # crash a worker (SIGKILL) and bring it back
+        bb.restart_master()        # stop the master (SIGTERM, or SIGKILL with kill=True), start it again
         bb.post_webhook(event, payload, secret=..., delivery=None)  # -> (status, body)
         bb.master_log()            # text of twistd.log
 
@@ -153,6 +154,22 @@ class BuildbotHarness:
         self.worker_procs: list[subprocess.Popen | None] = [None] * len(self.worker_dirs)
         for i in range(len(self.worker_dirs)):
             self.start_worker(i)
+
+    def restart_master(self, kill: bool = False, timeout: float = 60) -> None:
+        """Stop the master (SIGTERM and wait; ``kill``: SIGKILL) and start it on the same
+        directory, database and ports; returns once its web server answers."""
+        proc = self.master_proc
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+        (self.master_dir / "twistd.pid").unlink(missing_ok=True)
+        self.master_proc = self._spawn([str(VENV_BIN / "buildbot"), "start", "--nodaemon", str(self.master_dir)],
+                                       self.master_dir, _clean_env(self.env))
+        self._wait(lambda: self._www_up(), "the restarted master's web server", self.master_proc)
 
     def start_worker(self, index: int = 0) -> None:
         """(Re)start worker ``index`` and wait until it is connected."""

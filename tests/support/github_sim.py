@@ -13,6 +13,8 @@ calls use an installation token it issued.
     sim.commit_messages[sha] = "msg"                     # for GET /repos/o/r/commits/{sha}
     sim.check_run_calls("owner/repo")                    # [(verb, fields), ...] in order
     sim.errors()                                         # every validation problem seen
+    sim.outage(30, status=500)                           # answer every call with 500 for 30 s
+    sim.slow(40, delay=25)                               # answer every call 25 s late for 40 s
     sim.stop()
 
 Webhook bodies: ``webhook_example(event, action, **repo)`` takes GitHub's own example
@@ -153,6 +155,19 @@ class GitHubSim:
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self.fail_next: list[int] = []  # status codes to answer the next calls with (fault injection)
+        self._outage: tuple[float, int] = (0.0, 500)  # (until, status): every call fails until then
+        self._slow: tuple[float, float] = (0.0, 0.0)  # (until, delay): calls received until then are late
+
+    def outage(self, seconds: float, status: int = 500) -> None:
+        """Answer every call with ``status`` for the next ``seconds`` (GitHub down)."""
+        with self._lock:
+            self._outage = (time.monotonic() + seconds, status)
+
+    def slow(self, seconds: float, delay: float) -> None:
+        """Calls received in the next ``seconds`` are handled, then answered ``delay`` s late
+        (GitHub slow: a write the client gave up on has still been made)."""
+        with self._lock:
+            self._slow = (time.monotonic() + seconds, delay)
 
     @classmethod
     def with_new_app_key(cls, app_id: int = 4242, **kw: Any) -> tuple[GitHubSim, str]:
@@ -181,14 +196,21 @@ class GitHubSim:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
+                with sim._lock:
+                    until, delay = sim._slow
                 status, payload = sim._dispatch(self.command, self.path, dict(self.headers), raw)
+                if time.monotonic() < until:
+                    time.sleep(delay)
                 data = json.dumps(payload).encode() if payload is not None else b""
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(data)))
-                self.send_header("X-RateLimit-Remaining", "4999")
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json; charset=utf-8")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.send_header("X-RateLimit-Remaining", "4999")
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting (slow()): it never sees this answer
 
             do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _handle
 
@@ -232,6 +254,12 @@ class GitHubSim:
             elif r.operation == "checks/update":
                 out.append(("update", r.body))
         return out
+
+    def check_runs_for(self, head_sha: str) -> list[dict[str, Any]]:
+        """The check runs on ``head_sha`` as GitHub shows them now, oldest first."""
+        with self._lock:
+            return [copy.deepcopy(r) for r in sorted(self.check_runs.values(), key=lambda r: r["id"])
+                    if r["head_sha"] == head_sha]
 
     def conclusions(self, repo: str | None = None) -> list[str]:
         return [b.get("conclusion") for v, b in self.check_run_calls(repo) if b.get("conclusion")]
@@ -282,6 +310,10 @@ class GitHubSim:
         rec = Recorded(method, path, query, body, operation, errors, auth)
         with self._lock:
             self.requests.append(rec)
+            until, status = self._outage
+            if time.monotonic() < until:
+                rec.status = status
+                return rec.status, {"message": "injected outage"}
             if self.fail_next:
                 rec.status = self.fail_next.pop(0)
                 return rec.status, {"message": "injected failure"}
