@@ -20,7 +20,9 @@ from typing import Any
 
 
 #: ``easeml worker evaluate``'s exit code per result.json status (see the module docstring)
-EXIT_CODES = {"scored": 0, "model_error": 1, "config_error": 3, "dataset_error": 3, "infra_error": 4}
+# labels_needed (labels on demand) exits like scored: the public log must not tell them apart
+EXIT_CODES = {"scored": 0, "labels_needed": 0, "model_error": 1, "config_error": 3, "dataset_error": 3,
+              "infra_error": 4}
 
 
 def _write_json(path: str, data: dict[str, Any]) -> None:
