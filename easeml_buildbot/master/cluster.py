@@ -8,7 +8,7 @@ any master with a free worker claims it, and when a master stops heartbeating fo
 ``master_expiry`` the others mark it dead, finish its running builds as RETRY, unclaim its
 build requests and take over its schedulers (``buildbot.data.masters``).
 
-Two things Buildbot leaves to the configuration, done here:
+Three things Buildbot 4.3 leaves to the configuration or gets wrong, done here:
 
 * **Failover time.** Buildbot declares a master dead after 10 minutes without a heartbeat
   (``EXPIRE_MINUTES``, heartbeat every 60 s, an orphaned scheduler is picked up at the next
@@ -20,6 +20,8 @@ Two things Buildbot leaves to the configuration, done here:
   build's events on the master running it (``masterid``), a build request's on the master
   that holds the scheduler creating build requests (it published them). The mail outbox is
   keyed per build as well, so a mail is stored once even if two masters rendered it.
+* **Taking over a dead master's builds.** Its build requests stay claimed by it after another
+  master's housekeeping (see ``_take_over_dead_masters``): released here, so the retry runs.
 """
 
 from __future__ import annotations
