@@ -112,7 +112,7 @@ def configure(c: dict[str, Any], settings: Settings) -> dict[str, Any]:
     # several masters (mq_router_url): multiMaster + WAMP MQ, failover time, one report per event
     from easeml_buildbot.master.cluster import configure_cluster
 
-    configure_cluster(c, settings, scheduler_name=c["schedulers"][0].name)
+    configure_cluster(c, settings)
     # Forcing, stopping or rebuilding a build spends or wastes a use of a test set: only the
     # operator's admin account may (nobody, when none is configured). Reading stays open.
     if settings.admin_user:

@@ -16,10 +16,14 @@ Three things Buildbot 4.3 leaves to the configuration or gets wrong, done here:
   60 s) and the poll to half of it (at most 300 s): the defaults are Buildbot's.
 * **One report per event.** With the WAMP MQ every master receives every event, so every
   master's reporters would report every build: two ``queued`` check runs per pull request,
-  every check-run update twice. A reporter here acts only on the events its master owns: a
-  build's events on the master running it (``masterid``), a build request's on the master
-  that holds the scheduler creating build requests (it published them). The mail outbox is
-  keyed per build as well, so a mail is stored once even if two masters rendered it.
+  every check-run update twice. A reporter here acts only on a build's events, and only on
+  the master running that build (``masterid``). Build-request events (the ``queued`` check
+  run at scheduling time) are not reported at all with several masters: the master that
+  scheduled a request is usually not the one that runs it, and its paced ``queued`` create
+  raced the other master's start report, which then found no check run, made a second one
+  and left the first ``queued`` forever. The running master creates the check run when the
+  build starts (``queued`` then ``in_progress``, in order); a retry on another master finds
+  it by name and head. The mail outbox is keyed per build as well.
 * **Taking over a dead master's builds.** Its build requests stay claimed by it after another
   master's housekeeping (see ``_take_over_dead_masters``): released here, so the retry runs.
 """
@@ -33,17 +37,15 @@ from twisted.python import log
 
 from buildbot.util import service
 
-#: The scheduler whose master reports build-request events (set by ``configure``).
-_state: dict[str, Any] = {"scheduler": None, "patched": False}
+_state: dict[str, Any] = {"patched": False, "housekeeping": False}
 
 
-def configure_cluster(c: dict[str, Any], settings: Any, scheduler_name: str) -> None:
+def configure_cluster(c: dict[str, Any], settings: Any) -> None:
     """Fill ``c`` for several masters when ``settings.mq_router_url`` is set; else leave it."""
     if not settings.mq_router_url:
         return
     c["multiMaster"] = True
     c["mq"] = {"type": "wamp", "router_url": settings.mq_router_url, "realm": settings.mq_realm}
-    _state["scheduler"] = scheduler_name
     _set_failover(settings.master_expiry)
     _reporters_on_own_events()
     _take_over_dead_masters()
@@ -129,9 +131,7 @@ def owned_here(master: Any, key: tuple, msg: dict[str, Any]) -> bool:
     if kind == "builds":
         return msg.get("masterid") in (None, master.masterid)
     if kind == "buildrequests":
-        name = _state["scheduler"]
-        sched = master.scheduler_manager.namedServices.get(name) if name else None
-        return sched is not None and sched.isActive()
+        return False  # reported by the master that runs the build, when it starts
     return True
 
 
