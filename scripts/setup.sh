@@ -46,6 +46,17 @@ if ! .venv/bin/python -c "import easeml_buildbot, buildbot, pytest, aiosmtpd, sk
   touch .venv/.installed
 fi
 
+# crossbar, the WAMP router several masters share (mq_router_url; tests/support/crossbar.py),
+# in its own virtualenv: it pins its own autobahn/twisted/numpy stack, which must not move
+# the master's. Its bjdata extension is built against NumPy 1.x, hence numpy<2.
+if [ "${EASEML_SKIP_CROSSBAR:-0}" != 1 ] && ! .venv-crossbar/bin/crossbar version >/dev/null 2>&1; then
+  log "installing crossbar into .venv-crossbar"
+  [ -x .venv-crossbar/bin/python ] || python3 -m venv .venv-crossbar
+  .venv-crossbar/bin/pip install -q --upgrade pip 2>/dev/null || true
+  .venv-crossbar/bin/pip install -q "crossbar>=23.1" "numpy<2" \
+    || log "crossbar could not be installed: the multi-master tests will be skipped"
+fi
+
 # GitHub's REST description and webhook examples for the master's end-to-end tests.
 if [ -f tests/support/package.json ] && [ ! -d tests/support/node_modules/@octokit/openapi ]; then
   if command -v npm >/dev/null; then

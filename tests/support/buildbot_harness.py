@@ -28,6 +28,13 @@ you. ``worker_env`` becomes the workers' ``[env]`` table (EASEML_WORKER_KEY, ...
 ``master_cfg_extra`` is Python appended to master/master.cfg (e.g. an extra builder).
 ``env`` is added to both processes' environment. ``worker_settings[i]`` adds top-level keys
 to worker i's easeml-worker.toml (e.g. ``{"gpus": 2}``). Start-up is ~5-10 s on this machine.
+
+Several masters on one database (tests/support/multimaster.py): ``worker_prefix`` names this
+harness's workers (``worker1`` ... by default) so two harnesses' workers differ,
+``bb.accept_workers(other.worker_passwords)`` before ``start()`` lets this master accept the
+other's workers too, and a ``db_url`` that is not SQLite gets ``buildbot upgrade-master``
+before the first start (the template's schema is SQLite's). ``bb.kill_master()`` is a crash
+(SIGKILL), ``bb.worker_names`` lists the workers this harness runs.
 """
 
 from __future__ import annotations
@@ -101,16 +108,18 @@ class BuildbotHarness:
                  workers: int = 1, worker_env: dict[str, str] | None = None,
                  master_cfg_extra: str = "", env: dict[str, str] | None = None,
                  start_timeout: float = 90,
-                 worker_settings: list[dict[str, Any]] | None = None) -> None:
+                 worker_settings: list[dict[str, Any]] | None = None,
+                 worker_prefix: str = "worker") -> None:
         self.base_dir = Path(base_dir)
         self.master_dir = self.base_dir / "master"
-        self.worker_dirs = [self.base_dir / f"worker{i + 1}" for i in range(workers)]
+        self.worker_names = [f"{worker_prefix}{i + 1}" for i in range(workers)]
+        self.worker_dirs = [self.base_dir / n for n in self.worker_names]
         self.www_port = free_port()
         self.worker_port = free_port()
         self.metrics_port = free_port()
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/"
         self.www_url = f"http://127.0.0.1:{self.www_port}/"
-        self.worker_passwords = {f"worker{i + 1}": uuid.uuid4().hex for i in range(workers)}
+        self.worker_passwords = {n: uuid.uuid4().hex for n in self.worker_names}
         self.admin = ("admin", uuid.uuid4().hex)  # the UI's only account that may force builds
         defaults: dict[str, Any] = {
             "forge": "local", "buildbot_url": self.www_url, "www_port": self.www_port, "bind_address": "127.0.0.1",
@@ -141,13 +150,24 @@ class BuildbotHarness:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
+    def accept_workers(self, passwords: dict[str, str]) -> None:
+        """Let this master accept workers another harness runs (before ``start()``)."""
+        self.settings["workers"] = list(self.settings["workers"]) + [
+            {"name": n, "password": p} for n, p in passwords.items()]
+
     def start(self) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(_master_template(), self.master_dir)
+        if not self.master_dir.exists():  # a restart after kill_master() keeps the directory
+            shutil.copytree(_master_template(), self.master_dir)
         cfg = (ROOT / "master" / "master.cfg").read_text()
         (self.master_dir / "master.cfg").write_text(cfg + ("\n" + self.master_cfg_extra if self.master_cfg_extra else ""))
         self.settings_path.write_text(toml_dumps(self.settings))
         env = _clean_env(self.env)
+        if not str(self.settings.get("db_url", "sqlite")).startswith("sqlite"):
+            r = subprocess.run([str(VENV_BIN / "buildbot"), "upgrade-master", str(self.master_dir)],
+                               env=env, capture_output=True, text=True, timeout=300)
+            if r.returncode != 0:
+                raise HarnessError(f"buildbot upgrade-master failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
         self.master_proc = self._spawn([str(VENV_BIN / "buildbot"), "start", "--nodaemon", str(self.master_dir)],
                                        self.master_dir, env)
         self._wait(lambda: self._www_up(), "the master's web server", self.master_proc)
@@ -171,10 +191,16 @@ class BuildbotHarness:
                                        self.master_dir, _clean_env(self.env))
         self._wait(lambda: self._www_up(), "the restarted master's web server", self.master_proc)
 
+    def kill_master(self) -> None:
+        """SIGKILL the master (a crash: no goodbye to the database, the MQ or the workers)."""
+        if self.master_proc.poll() is None:
+            os.kill(self.master_proc.pid, signal.SIGKILL)
+            self.master_proc.wait()
+
     def start_worker(self, index: int = 0) -> None:
         """(Re)start worker ``index`` and wait until it is connected."""
         wdir = self.worker_dirs[index]
-        name = f"worker{index + 1}"
+        name = self.worker_names[index]
         if not (wdir / "buildbot.tac").exists():
             wdir.mkdir(parents=True, exist_ok=True)
             shutil.copy(ROOT / "worker" / "buildbot.tac", wdir / "buildbot.tac")

@@ -65,20 +65,29 @@ class GitHubWorld:
             raise AssertionError(f"{name}: check runs {self.statuses(name)}\n{self.bb.master_log()[-8000:]}")
 
 
-def start_world(base: Path, keys: Any, *, workers: int = 2, runner: str = "process",
-                extra_settings: dict[str, Any] | None = None,
-                worker_env: dict[str, str] | None = None) -> tuple[GitHubWorld, Any]:
-    sim, app_key = GitHubSim.with_new_app_key(app_id=4242)
-    sim.start()
+def github_app_settings(sim: GitHubSim, app_key: str, base: Path, keys: Any, *, runner: str = "process",
+                        ledger_url: str | None = None, extra_settings: dict[str, Any] | None = None,
+                        worker_env: dict[str, str] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """(master settings, worker env) of a GitHub App master wired to ``sim`` (also for several masters)."""
     base.mkdir(parents=True, exist_ok=True)
     (base / "app.pem").write_text(app_key)
-    ledger_url = f"sqlite:///{base}/ledger.sqlite"
-    settings = {"forge": "github", "runner": runner, "ledger_url": ledger_url,
+    settings = {"forge": "github", "runner": runner, "ledger_url": ledger_url or f"sqlite:///{base}/ledger.sqlite",
                 "github": {"app_id": 4242, "private_key_path": str(base / "app.pem"),
                            "webhook_secret": SECRET, "api_url": sim.url}}
     for k, v in (extra_settings or {}).items():
         settings[k] = {**settings[k], **v} if isinstance(v, dict) and isinstance(settings.get(k), dict) else v
     env = {"EASEML_WORKER_KEY": str(keys.private), "EASEML_WORKER_RUNNER": runner, **(worker_env or {})}
+    return settings, env
+
+
+def start_world(base: Path, keys: Any, *, workers: int = 2, runner: str = "process",
+                extra_settings: dict[str, Any] | None = None,
+                worker_env: dict[str, str] | None = None) -> tuple[GitHubWorld, Any]:
+    sim, app_key = GitHubSim.with_new_app_key(app_id=4242)
+    sim.start()
+    settings, env = github_app_settings(sim, app_key, base, keys, runner=runner, extra_settings=extra_settings,
+                                        worker_env=worker_env)
+    ledger_url = settings["ledger_url"]
     bb = BuildbotHarness(base / "bb", settings=settings, workers=workers, worker_env=env)
     try:
         bb.start()
