@@ -1,0 +1,258 @@
+"""docker-compose.yml brought up as one stack, exactly as an operator runs it
+(`docker compose up -d --build --scale worker=2`): PostgreSQL, the master built from
+master/Dockerfile, two workers built from worker/Dockerfile on the host's Docker socket. A
+real commit is evaluated through it (the local forge: a git repository mounted into the
+containers), and the verdict and the single ledger use are read back from the stack's own
+REST API and PostgreSQL.
+
+The operator's files are used unchanged: docker-compose.yml is copied byte for byte next to
+a copy of the build context (as .dockerignore lets it through, plus the host's CA bundle as
+the documented extra-ca.pem), configured only through `.env` and a
+`docker-compose.override.yml` (the standard compose mechanisms) in the test's tmp dir. The
+override only mounts the local forge's repository and polls health faster.
+
+No registry is reachable here, so the one image compose would pull, `postgres:15-bookworm`,
+is built locally under that name from Debian's `postgresql` on the local Debian base
+(tests/deploy/standins/postgres); an image of that name that is not the stand-in (a real
+pull) is used as it is.
+
+Every port is published on 127.0.0.1 only; containers, networks and volumes of the run's
+compose project are removed afterwards. The master and worker images keep a fixed test tag
+(easeml-test-compose/*:stack) so Docker's build cache serves the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from deploy.helpers import BASE_IMAGE, ROOT, build_context, compose_command, require_docker
+from support.buildbot_harness import free_port
+
+pytestmark = pytest.mark.docker
+
+STANDINS = Path(__file__).resolve().parent / "standins"
+POSTGRES_IMAGE = "postgres:15-bookworm"   # docker-compose.yml's default
+STANDIN_LABEL = "org.easeml.stand-in"
+IMAGE_PREFIX = "easeml-test-compose"
+IMAGE_TAG = "stack"
+# The healthchecks are compose's own commands; only their polling is faster than in production.
+OVERRIDE = """\
+services:
+  postgres:
+    healthcheck: {{interval: 2s, start_period: 60s}}
+  master:
+    environment:
+      EASEML_LOCAL_POLL_INTERVAL: "2"
+      EASEML_LOCAL_PROJECT: test/digits
+    volumes: ["{repo}:/repo:ro"]
+    healthcheck: {{interval: 2s, start_period: 120s}}
+  worker:
+    volumes: ["{repo}:/repo:ro"]
+    healthcheck: {{interval: 2s, start_period: 60s}}
+"""
+
+
+def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args[:3])}: {r.stderr[-2000:]}")
+    return r
+
+
+def image_label(image: str, label: str) -> str | None:
+    r = docker("image", "inspect", "-f", f'{{{{index .Config.Labels "{label}"}}}}', image, check=False)
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def ensure_standin(image: str, standin: str) -> None:
+    """Build the stand-in for ``image`` (Docker's cache makes a rebuild cheap) unless an
+    image of that name exists that is not ours (a real pull: then that one is used)."""
+    label = image_label(image, STANDIN_LABEL)
+    if label is not None and label != standin:
+        return
+    docker("build", "-q", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "-t", image,
+           str(STANDINS / standin), timeout=900)
+    assert image_label(image, STANDIN_LABEL) == standin
+
+
+def remove_project(project: str) -> None:
+    """Whatever of the compose project is left (by its label), should `down` have failed."""
+    label = f"label=com.docker.compose.project={project}"
+    for kind in ("container", "network", "volume"):
+        ids = docker(kind, "ls", "-q", *(["-a"] if kind == "container" else []), "--filter", label,
+                     check=False).stdout.split()
+        if ids:
+            docker(kind, "rm", *(["-f", "-v"] if kind == "container" else []), *ids, check=False)
+
+
+class Stack:
+    """One compose project in ``directory``; ``compose(...)`` runs the compose CLI on it."""
+
+    def __init__(self, directory: Path, project: str, cmd: list[str], www: int):
+        self.directory, self.project, self.cmd, self.www = directory, project, cmd, www
+
+    def compose(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run([*self.cmd, "--project-name", self.project, "--project-directory",
+                            str(self.directory), *args], capture_output=True, text=True,
+                           timeout=timeout, cwd=self.directory)
+        if check and r.returncode != 0:
+            raise AssertionError(f"compose {' '.join(args[:2])}: {r.stdout[-3000:]}{r.stderr[-3000:]}")
+        return r
+
+    def containers(self, service: str) -> list[str]:
+        out = self.compose("ps", "-q", service).stdout.split()
+        return out
+
+    def api(self, path: str):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.www}/api/v2/{path}", timeout=20) as r:
+            data = json.loads(r.read())
+        return data[[k for k in data if k != "meta"][0]]
+
+    def psql(self, sql: str) -> list[list[str]]:
+        out = self.compose("exec", "-T", "postgres", "psql", "-U", "easeml", "-d", "easeml",
+                           "-v", "ON_ERROR_STOP=1", "-tAF", "|", "-c", sql).stdout
+        return [line.split("|") for line in out.splitlines() if line]
+
+    def master_log(self) -> str:
+        return self.compose("exec", "-T", "master", "cat", "/var/lib/buildbot/twistd.log", check=False).stdout
+
+    def diagnostics(self) -> str:
+        ps = self.compose("ps", check=False).stdout
+        logs = self.compose("logs", "--no-color", "--tail", "30", check=False).stdout
+        return f"{ps}\n{logs[-6000:]}\n--- master twistd.log ---\n{self.master_log()[-5000:]}"
+
+
+def wait_healthy(stack: Stack, service: str, count: int, timeout: float) -> list[str]:
+    deadline = time.monotonic() + timeout
+    states: list[str] = []
+    while time.monotonic() < deadline:
+        ids = stack.containers(service)
+        states = [docker("inspect", "-f", "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}",
+                         c, check=False).stdout.strip() for c in ids]
+        if len(ids) == count and all(s == "running healthy" for s in states):
+            return ids
+        time.sleep(2)
+    raise AssertionError(f"{service}: {states}\n{stack.diagnostics()}")
+
+
+@pytest.fixture(scope="module")
+def stack():
+    require_docker(BASE_IMAGE)
+    cmd = compose_command()
+    if cmd is None:
+        pytest.skip("no compose implementation (scripts/setup.sh installs Debian's docker-compose)")
+    from easeml_buildbot.custody.keys import create_keypair
+    from easeml_buildbot.demo.repo import DemoRepo
+
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    ensure_standin(POSTGRES_IMAGE, "postgres")
+    timings["postgres stand-in"] = time.monotonic() - t0
+
+    # Not under pytest's basetemp: concurrent pytest runs prune old basetemps, and the
+    # containers bind-mount from here for the whole module.
+    tmp = Path(tempfile.mkdtemp(prefix="easeml-stack-"))
+    project_dir = build_context(tmp / "project")
+    shutil.copy(ROOT / "docker-compose.yml", project_dir / "docker-compose.yml")
+    keys = tmp / "keys"
+    (keys / "master").mkdir(parents=True)
+    pub, priv = create_keypair(keys / "worker", "easeml test service", "easeml-test@localhost", None)
+    for d in (keys, keys / "master", keys / "worker"):
+        os.chmod(d, 0o755)
+    os.chmod(priv, 0o644)  # the worker container's root reads it; the directory is the test's own
+    repo = DemoRepo(tmp / "repo", pub)
+    repo.create()
+    scratch = tmp / "scratch"
+    scratch.mkdir()
+    www, pb, metrics = free_port(), free_port(), free_port()
+    (project_dir / ".env").write_text("\n".join([
+        f"POSTGRES_PASSWORD={secrets.token_hex(16)}",
+        f"EASEML_WORKER_PASSWORD={secrets.token_hex(16)}",
+        "EASEML_FORGE=local", "EASEML_LOCAL_REPO=/repo", "EASEML_LOCAL_BRANCH=main",
+        "EASEML_SMTP_ENABLED=false", "EASEML_WORKER_SLOTS=2",
+        f"EASEML_WWW_PUBLISH=127.0.0.1:{www}", f"EASEML_WORKER_PUBLISH=127.0.0.1:{pb}",
+        f"EASEML_METRICS_PUBLISH=127.0.0.1:{metrics}",
+        f"EASEML_BUILDBOT_URL=http://127.0.0.1:{www}/",
+        f"EASEML_KEYS_DIR={keys}", f"EASEML_SCRATCH_DIR={scratch}",
+        f"EASEML_IMAGE_PREFIX={IMAGE_PREFIX}", f"EASEML_IMAGE_TAG={IMAGE_TAG}", ""]))
+    (project_dir / "docker-compose.override.yml").write_text(OVERRIDE.format(repo=repo.path))
+    st = Stack(project_dir, f"easemlstack{uuid.uuid4().hex[:8]}", cmd, www)
+    st.repo, st.timings, st.scratch, st.metrics = repo, timings, scratch, metrics
+    try:
+        t0 = time.monotonic()
+        st.compose("build", timeout=1500)
+        timings["build master+worker"] = time.monotonic() - t0
+        t0 = time.monotonic()
+        st.compose("up", "-d", "--scale", "worker=2", timeout=600)
+        wait_healthy(st, "worker", 2, 180)
+        timings["up (healthy)"] = time.monotonic() - t0
+        yield st
+    finally:
+        if not os.environ.get("EASEML_KEEP_CONTAINERS"):
+            st.compose("down", "-v", "--remove-orphans", "--timeout", "10", check=False)
+            remove_project(st.project)
+            shutil.rmtree(tmp, ignore_errors=True)
+        print("project:", st.project, st.directory, "timings:", {k: round(v, 1) for k, v in timings.items()})
+
+
+def test_compose_file_is_the_operators(stack):
+    assert (stack.directory / "docker-compose.yml").read_bytes() == (ROOT / "docker-compose.yml").read_bytes()
+    cfg = stack.compose("config", "--services").stdout.split()
+    assert {"postgres", "master", "worker"} <= set(cfg)
+
+
+def test_stack_evaluates_a_commit_and_spends_one_use(stack):
+    from easeml_buildbot.demo.repo import COMMITS
+
+    # All three services run from the images compose expects: the stand-in (or a real
+    # postgres:15-bookworm) and the two built here.
+    for service, image in (("postgres", POSTGRES_IMAGE), ("master", f"{IMAGE_PREFIX}/master:{IMAGE_TAG}"),
+                           ("worker", f"{IMAGE_PREFIX}/worker:{IMAGE_TAG}")):
+        for c in stack.containers(service):
+            assert docker("inspect", "-f", "{{.Config.Image}}", c).stdout.strip() == image
+    workers = sorted(w["name"] for w in stack.api("workers") if w["connected_to"])
+    assert workers == ["worker-1", "worker-2"], stack.diagnostics()
+
+    # Let the poller take the initial commit as its starting point, then commit a model.
+    deadline = time.monotonic() + 60
+    while "gitpoller: processing changes" not in stack.master_log():
+        assert time.monotonic() < deadline, stack.diagnostics()
+        time.sleep(1)
+    t0 = time.monotonic()
+    better = stack.repo.commit_model(COMMITS[0])
+    deadline = time.monotonic() + 180
+    builds: list = []
+    while time.monotonic() < deadline:
+        builds = [b for b in stack.api("builds") if b["complete"]]
+        if builds:
+            break
+        time.sleep(2)
+    stack.timings["commit -> verdict"] = time.monotonic() - t0
+    assert len(builds) == 1, stack.diagnostics()
+    props = {k: v[0] for k, v in stack.api(f"builds/{builds[0]['buildid']}/properties")[0].items()}
+    assert props["revision"] == better.sha
+    assert props["easeml_status"] == "evaluated", (props.get("easeml_cause"), stack.diagnostics())
+    assert props["easeml_verdict"] == "pass" and props["easeml_uses_left"] == 7
+
+    # The ledger is the stack's PostgreSQL (shared with Buildbot's tables): one committed use.
+    uses = stack.psql("select u.state, u.verdict, u.commit_sha, t.uses, t.budget from easeml_uses u "
+                      "join easeml_testsets t on t.id = u.testset_id order by u.id")
+    assert uses == [["committed", "pass", better.sha, "1", "8"]]
+    tables = {r[0] for r in stack.psql("select tablename from pg_tables where schemaname = 'public'")}
+    assert {"builds", "masters", "easeml_uses", "easeml_testsets"} <= tables
+    # The features file went through the scratch directory (same path inside and out) and is gone.
+    assert list(stack.scratch.iterdir()) == []
+    # The operator's probe port answers on loopback: healthy, and the use is visible there.
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics}/healthz", timeout=10) as r:
+        assert json.loads(r.read()) == {"master": "ok", "db": "ok", "ledger": "ok"}
