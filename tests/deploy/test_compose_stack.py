@@ -46,10 +46,14 @@ POSTGRES_IMAGE = "postgres:15-bookworm"   # docker-compose.yml's default
 STANDIN_LABEL = "org.easeml.stand-in"
 IMAGE_PREFIX = "easeml-test-compose"
 IMAGE_TAG = "stack"
+SLOW_INIT = 12  # seconds of /docker-entrypoint-initdb.d on the first start
 # The healthchecks are compose's own commands; only their polling is faster than in production.
+# PostgreSQL gets an init script as slow as a first initdb on a slow disk or an operator's own
+# /docker-entrypoint-initdb.d (it runs on the image's socket-only temporary server).
 OVERRIDE = """\
 services:
   postgres:
+    volumes: ["{initdb}:/docker-entrypoint-initdb.d:ro"]
     healthcheck: {{interval: 2s, start_period: 60s}}
   master:
     environment:
@@ -186,7 +190,10 @@ def stack():
         f"EASEML_BUILDBOT_URL=http://127.0.0.1:{www}/",
         f"EASEML_KEYS_DIR={keys}", f"EASEML_SCRATCH_DIR={scratch}",
         f"EASEML_IMAGE_PREFIX={IMAGE_PREFIX}", f"EASEML_IMAGE_TAG={IMAGE_TAG}", ""]))
-    (project_dir / "docker-compose.override.yml").write_text(OVERRIDE.format(repo=repo.path))
+    initdb = tmp / "initdb"
+    initdb.mkdir()
+    (initdb / "slow-init.sh").write_text(f"sleep {SLOW_INIT}\n")
+    (project_dir / "docker-compose.override.yml").write_text(OVERRIDE.format(repo=repo.path, initdb=initdb))
     st = Stack(project_dir, f"easemlstack{uuid.uuid4().hex[:8]}", cmd, www)
     st.repo, st.timings, st.scratch, st.metrics = repo, timings, scratch, metrics
     try:
@@ -194,7 +201,8 @@ def stack():
         st.compose("build", timeout=1500)
         timings["build master+worker"] = time.monotonic() - t0
         t0 = time.monotonic()
-        st.compose("up", "-d", "--scale", "worker=2", timeout=600)
+        up = st.compose("up", "-d", "--scale", "worker=2", timeout=600, check=False)
+        assert up.returncode == 0, f"{up.stdout[-2000:]}{up.stderr[-2000:]}\n{st.diagnostics()}"
         wait_healthy(st, "worker", 2, 180)
         timings["up (healthy)"] = time.monotonic() - t0
         yield st
@@ -210,6 +218,18 @@ def test_compose_file_is_the_operators(stack):
     assert (stack.directory / "docker-compose.yml").read_bytes() == (ROOT / "docker-compose.yml").read_bytes()
     cfg = stack.compose("config", "--services").stdout.split()
     assert {"postgres", "master", "worker"} <= set(cfg)
+
+
+def test_services_start_in_order_without_crashing(stack):
+    """`depends_on: service_healthy` holds the master until PostgreSQL takes connections
+    over TCP: while the image initialises on its socket-only temporary server, the master
+    must not start (it would fail to reach postgres:5432 and be restarted by the policy)."""
+    for service in ("postgres", "master", "worker"):
+        for c in stack.containers(service):
+            restarts = docker("inspect", "-f", "{{.RestartCount}}", c).stdout.strip()
+            assert restarts == "0", f"{service} restarted {restarts}x\n{stack.diagnostics()}"
+    log = stack.compose("logs", "--no-color", "postgres").stdout
+    assert "slow-init.sh" in log  # the init phase did run
 
 
 def test_stack_evaluates_a_commit_and_spends_one_use(stack):

@@ -1,8 +1,10 @@
 #!/bin/sh
 # The official image's start-up, reduced to what docker-compose.yml relies on: on an empty
 # $PGDATA, initdb with POSTGRES_USER as superuser (password POSTGRES_PASSWORD, scram-sha-256
-# over TCP, trust on the local socket) and create POSTGRES_DB; then run postgres as the
-# postgres user, listening on every interface of the container.
+# over TCP, trust on the local socket), then, on a temporary server that listens on the Unix
+# socket only (as the official image's), create POSTGRES_DB and run
+# /docker-entrypoint-initdb.d/*.sh and *.sql; then run postgres as the postgres user,
+# listening on every interface of the container.
 set -eu
 : "${POSTGRES_PASSWORD:?POSTGRES_PASSWORD must be set (as for the official image)}"
 POSTGRES_USER=${POSTGRES_USER:-postgres}
@@ -26,6 +28,12 @@ if [ "${1:-postgres}" = postgres ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
     as_pg psql -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d postgres -q \
       -c "CREATE DATABASE \"$POSTGRES_DB\""
   fi
+  for f in /docker-entrypoint-initdb.d/*; do
+    case "$f" in
+      *.sh) echo "$0: running $f"; . "$f" ;;
+      *.sql) echo "$0: running $f"; as_pg psql -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$POSTGRES_DB" -q -f "$f" ;;
+    esac
+  done
   as_pg pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
   echo "PostgreSQL init process complete; ready for start up."
 fi
