@@ -41,8 +41,9 @@ def build_context(dest: Path) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, dest / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.toml", "*.sqlite")
-    for name in ("easeml_buildbot", "master", "worker"):
-        shutil.copytree(ROOT / name, dest / name, ignore=ignore)
+    for name in ("easeml_buildbot", "master", "worker", "crossbar"):
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, dest / name, ignore=ignore)
     if HOST_CA_BUNDLE.exists():
         shutil.copy(HOST_CA_BUNDLE, dest / "extra-ca.pem")
     return dest

@@ -50,13 +50,25 @@ def test_config_validates_with_the_example_env(compose):
     default = {n for n, s in cfg["services"].items() if not s.get("profiles")}
     assert default == {"postgres", "master", "worker"}
     dind = _config(compose, ENV_EXAMPLE.read_text(), "--profile", "dind")
-    assert set(dind["services"]) == {"postgres", "master", "worker", "worker-dind", "dind"}
-    assert all(dind["services"][n]["profiles"] == ["dind"] for n in ("worker-dind", "dind"))
-    for name, svc in dind["services"].items():
+    in_dind = {n for n, s in dind["services"].items() if s.get("profiles", ["dind"]) == ["dind"]}
+    assert in_dind == {"postgres", "master", "worker", "worker-dind", "dind"}
+    cluster = _config(compose, ENV_EXAMPLE.read_text(), "--profile", "cluster")
+    in_cluster = {n for n, s in cluster["services"].items() if s.get("profiles", ["cluster"]) == ["cluster"]}
+    assert in_cluster == {"postgres", "master", "worker", "crossbar", "master-2", "worker-2"}
+    services = {**dind["services"], **cluster["services"]}
+    for name, svc in services.items():
         assert svc.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
     # Scalable workers: no fixed container name, no host port.
-    for name in ("worker", "worker-dind"):
-        assert "container_name" not in dind["services"][name] and not dind["services"][name].get("ports")
+    for name in ("worker", "worker-dind", "worker-2"):
+        assert "container_name" not in services[name] and not services[name].get("ports")
+    # The second master is the first one's configuration on its own state volume and ports,
+    # after the router; its workers attach to it.
+    m1, m2 = cluster["services"]["master"], cluster["services"]["master-2"]
+    assert m2["environment"] == m1["environment"] and m2["image"] == m1["image"]
+    assert m1["environment"]["EASEML_MQ_REALM"] == "realm1"
+    assert m2["depends_on"]["crossbar"]["condition"] == "service_healthy"
+    assert cluster["services"]["worker-2"]["environment"]["EASEML_WORKER_MASTER"] == "master-2:9989"
+    assert cluster["services"]["crossbar"]["build"]["args"]["BASE_IMAGE"] == "easeml/python:bookworm"
     # Images are built from the locally made base image, never pulled for master/worker.
     for name in ("master", "worker"):
         build = cfg["services"][name]["build"]

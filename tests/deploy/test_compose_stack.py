@@ -64,6 +64,17 @@ services:
   worker:
     volumes: ["{repo}:/repo:ro"]
     healthcheck: {{interval: 2s, start_period: 60s}}
+  master-2:
+    environment:
+      EASEML_LOCAL_POLL_INTERVAL: "2"
+      EASEML_LOCAL_PROJECT: test/digits
+    volumes: ["{repo}:/repo:ro"]
+    healthcheck: {{interval: 2s, start_period: 120s}}
+  worker-2:
+    volumes: ["{repo}:/repo:ro"]
+    healthcheck: {{interval: 2s, start_period: 60s}}
+  crossbar:
+    healthcheck: {{interval: 2s, start_period: 60s}}
 """
 
 
@@ -196,6 +207,7 @@ def stack():
     (project_dir / "docker-compose.override.yml").write_text(OVERRIDE.format(repo=repo.path, initdb=initdb))
     st = Stack(project_dir, f"easemlstack{uuid.uuid4().hex[:8]}", cmd, www)
     st.repo, st.timings, st.scratch, st.metrics = repo, timings, scratch, metrics
+    st.builds_seen = 0
     try:
         t0 = time.monotonic()
         st.compose("build", timeout=1500)
@@ -260,6 +272,7 @@ def test_stack_evaluates_a_commit_and_spends_one_use(stack):
         time.sleep(2)
     stack.timings["commit -> verdict"] = time.monotonic() - t0
     assert len(builds) == 1, stack.diagnostics()
+    stack.builds_seen = 1
     props = {k: v[0] for k, v in stack.api(f"builds/{builds[0]['buildid']}/properties")[0].items()}
     assert props["revision"] == better.sha
     assert props["easeml_status"] == "evaluated", (props.get("easeml_cause"), stack.diagnostics())
@@ -276,3 +289,71 @@ def test_stack_evaluates_a_commit_and_spends_one_use(stack):
     # The operator's probe port answers on loopback: healthy, and the use is visible there.
     with urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics}/healthz", timeout=10) as r:
         assert json.loads(r.read()) == {"master": "ok", "db": "ok", "ledger": "ok"}
+
+
+def _has_multimaster_settings() -> bool:
+    from easeml_buildbot.master.settings import Settings
+
+    return {"mq_router_url", "mq_realm"} <= set(Settings.__dataclass_fields__)
+
+
+@pytest.mark.skipif(not _has_multimaster_settings(),
+                    reason="needs the multi-master settings mq_router_url / mq_realm (branch multimaster)")
+def test_cluster_profile_adds_a_router_and_a_second_master(stack):
+    """The running stack grows as docs/operator-guide.md says: EASEML_MQ_ROUTER_URL in .env,
+    `--profile cluster up`: crossbar, master-2 and a worker on it join; the first master is
+    recreated with the router. A new commit is then evaluated exactly once, one more use."""
+    from easeml_buildbot.demo.repo import COMMITS
+
+    assert stack.builds_seen == 1, "runs after test_stack_evaluates_a_commit_and_spends_one_use"
+    www2, pb2, metrics2 = free_port(), free_port(), free_port()
+    env = stack.directory / ".env"
+    env.write_text(env.read_text() + "\n".join([
+        "EASEML_MQ_ROUTER_URL=ws://crossbar:8080/ws",
+        f"EASEML_MASTER2_WWW_PUBLISH=127.0.0.1:{www2}", f"EASEML_MASTER2_WORKER_PUBLISH=127.0.0.1:{pb2}",
+        f"EASEML_MASTER2_METRICS_PUBLISH=127.0.0.1:{metrics2}", ""]))
+    t0 = time.monotonic()
+    stack.compose("--profile", "cluster", "build", "crossbar", timeout=1500)
+    stack.timings["build crossbar"] = time.monotonic() - t0
+    t0 = time.monotonic()
+    up = stack.compose("--profile", "cluster", "up", "-d", "--scale", "worker=1", "--scale", "worker-2=1",
+                       check=False)
+    assert up.returncode == 0, f"{up.stdout[-2000:]}{up.stderr[-2000:]}\n{stack.diagnostics()}"
+    for service in ("crossbar", "master", "master-2", "worker", "worker-2"):
+        wait_healthy(stack, service, 1, 180)
+    stack.timings["cluster up (healthy)"] = time.monotonic() - t0
+    active = stack.psql("select name from masters where active = 1 order by id")
+    assert len(active) == 2, (active, stack.diagnostics())
+    deadline = time.monotonic() + 60
+    while True:
+        attached = {w["name"]: [m["masterid"] for m in w["connected_to"]] for w in stack.api("workers")}
+        on = sorted(tuple(v) for v in attached.values() if v)
+        if len(on) == 2:
+            break
+        assert time.monotonic() < deadline, (attached, stack.diagnostics())
+        time.sleep(2)
+    assert on[0] != on[1], f"both workers on one master: {attached}"  # one worker per master
+
+    # Both masters see every build through the shared database and MQ.
+    worse = stack.repo.commit_model(COMMITS[1])
+    t0 = time.monotonic()
+    deadline = time.monotonic() + 180
+    while True:
+        done = [b for b in stack.api("builds") if b["complete"]]
+        if len(done) >= 2:
+            break
+        assert time.monotonic() < deadline, stack.diagnostics()
+        time.sleep(2)
+    stack.timings["cluster commit -> verdict"] = time.monotonic() - t0
+    time.sleep(5)  # a duplicate evaluation by the other master would show up by now
+    builds = stack.api("builds")
+    with urllib.request.urlopen(f"http://127.0.0.1:{www2}/api/v2/builds", timeout=20) as r:
+        via_m2 = json.loads(r.read())["builds"]
+    assert [b["buildid"] for b in via_m2] == [b["buildid"] for b in builds]
+    assert len(builds) == 2 and all(b["complete"] for b in builds), stack.diagnostics()
+    props = {k: v[0] for k, v in stack.api(f"builds/{builds[1]['buildid']}/properties")[0].items()}
+    assert props["revision"] == worse.sha and props["easeml_status"] == "evaluated"
+    assert props["easeml_verdict"] == "fail" and props["easeml_uses_left"] == 6
+    uses = stack.psql("select u.state, u.verdict, u.commit_sha from easeml_uses u order by u.id")
+    assert [u[:2] for u in uses] == [["committed", "pass"], ["committed", "fail"]] and uses[1][2] == worse.sha
+    assert stack.psql("select count(*) from buildrequests") == [["2"]]
