@@ -109,6 +109,10 @@ def configure(c: dict[str, Any], settings: Settings) -> dict[str, Any]:
 
         services.append(MetricsService(_endpoint(settings, settings.metrics_port), settings.ledger_url))
     c["services"] = list(c.get("services", [])) + services
+    # several masters (mq_router_url): multiMaster + WAMP MQ, failover time, one report per event
+    from easeml_buildbot.master.cluster import configure_cluster
+
+    configure_cluster(c, settings, scheduler_name=c["schedulers"][0].name)
     # Forcing, stopping or rebuilding a build spends or wastes a use of a test set: only the
     # operator's admin account may (nobody, when none is configured). Reading stays open.
     if settings.admin_user:

@@ -199,6 +199,13 @@ class Settings:
     worker_port: int = 9989
     db_url: str = "sqlite:///state.sqlite"
     ledger_url: str = "sqlite:///ledger.sqlite"
+    # Several masters (Buildbot's multiMaster): the WAMP router every master shares (a crossbar
+    # router, crossbar/config.json); "" = one master with Buildbot's in-process MQ.
+    mq_router_url: str = ""
+    mq_realm: str = "realm1"
+    # Seconds without a heartbeat before the other masters declare a master dead and take
+    # over its build requests and schedulers (Buildbot's default: 10 minutes).
+    master_expiry: float = 600.0
     results_dir: str = "results"  # master-private directory for uploaded result.json files
     runner: str = "docker"  # "docker" | "process", passed to `easeml worker evaluate`
     build_timeout: int = 3600  # seconds of silence before a worker step is killed (file: 3600, "90s", "15m", "1h")
@@ -363,6 +370,10 @@ class Settings:
             worker_port=conv(data, "worker_port", _int, cls.worker_port, "worker_port", "a port number"),
             db_url=_db_url(str(data.get("db_url", cls.db_url)), base_dir),
             ledger_url=_db_url(str(data.get("ledger_url", cls.ledger_url)), base_dir),
+            mq_router_url=str(data.get("mq_router_url", cls.mq_router_url)).strip(),
+            mq_realm=str(data.get("mq_realm", cls.mq_realm)).strip(),
+            master_expiry=conv(data, "master_expiry", parse_duration, cls.master_expiry, "master_expiry",
+                               "a duration"),
             results_dir=path_of(str(data.get("results_dir", cls.results_dir))) or "",
             runner=str(data.get("runner", cls.runner)),
             build_timeout=conv(data, "build_timeout", _seconds_int, cls.build_timeout, "build_timeout",
@@ -404,6 +415,16 @@ class Settings:
                 add("github.private_key_path", "required when forge = 'github'")
         if self.forge == "local" and not self.local.repo:
             add("local.repo", "required when forge = 'local'")
+        if self.mq_router_url:
+            if not re.match(r"wss?://[^/\s]+", self.mq_router_url):
+                add("mq_router_url", f"must be a WAMP router's WebSocket URL (ws://host:port/path), "
+                    f"not {self.mq_router_url!r}")
+            if not self.mq_realm:
+                add("mq_realm", "required when mq_router_url is set")
+            for key, url in (("db_url", self.db_url), ("ledger_url", self.ledger_url)):
+                if url.startswith("sqlite"):
+                    add(key, "must be a server database (postgresql+psycopg://...) shared by every "
+                        "master when mq_router_url is set, not SQLite")
         if self.admin_user and not self.admin_password:
             add("admin_password(_file)", "required when admin_user is set")
         for w in self.workers:

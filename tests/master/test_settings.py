@@ -257,3 +257,52 @@ def test_buildbot_checkconfig_lists_every_settings_problem(tmp_path):
     (master / "ca.pem").write_text(_ca_pem(master))
     r = checkconfig()
     assert r.returncode == 0 and "Config file is good!" in r.stdout, r.stdout + r.stderr
+
+
+def test_several_masters_settings_from_file_and_environment(tmp_path):
+    """mq_router_url turns on Buildbot's multiMaster with the WAMP MQ; the environment names
+    (EASEML_MQ_ROUTER_URL, EASEML_MQ_REALM, EASEML_MASTER_EXPIRY) are the ones compose sets."""
+    pg = 'db_url = "postgresql+psycopg://u@pg/easeml"\nledger_url = "postgresql+psycopg://u@pg/easeml"\n'
+    text = GOOD.replace('ledger_url = "sqlite:///ledger.sqlite"\n', pg)
+    s = Settings.load(_write(tmp_path, text), env={})
+    assert (s.mq_router_url, s.mq_realm, s.master_expiry) == ("", "realm1", 600.0)  # one master
+    env = {"EASEML_MQ_ROUTER_URL": "ws://crossbar:8080/ws", "EASEML_MQ_REALM": "easeml",
+           "EASEML_MASTER_EXPIRY": "2m"}
+    s = Settings.load(_write(tmp_path, text), env=env)
+    assert (s.mq_router_url, s.mq_realm, s.master_expiry) == ("ws://crossbar:8080/ws", "easeml", 120.0)
+
+
+def test_several_masters_need_a_router_url_and_a_shared_database(tmp_path):
+    text = 'mq_router_url = "crossbar:8080"\nmaster_expiry = "soon"\n' + GOOD
+    with pytest.raises(SettingsError) as e:
+        Settings.load(_write(tmp_path, text), env={})
+    msg = str(e.value)
+    assert "easeml.toml: mq_router_url: must be a WAMP router's WebSocket URL" in msg
+    assert "easeml.toml: master_expiry: must be a duration" in msg
+    assert "easeml.toml: db_url: must be a server database" in msg
+    assert "easeml.toml: ledger_url: must be a server database" in msg
+
+
+def test_configure_several_masters(tmp_path, monkeypatch):
+    from buildbot.data import masters
+    from buildbot.util import service
+
+    from easeml_buildbot.master import configure
+    from easeml_buildbot.master.cluster import ClusterService
+
+    monkeypatch.setattr(masters, "EXPIRE_MINUTES", masters.EXPIRE_MINUTES)  # restored afterwards
+    monkeypatch.setattr(service.ClusteredBuildbotService, "POLL_INTERVAL_SEC",
+                        service.ClusteredBuildbotService.POLL_INTERVAL_SEC)
+    pg = 'db_url = "postgresql+psycopg://u@pg/easeml"\nledger_url = "postgresql+psycopg://u@pg/easeml"\n'
+    text = 'email_enabled = false\n' + GOOD.replace('ledger_url = "sqlite:///ledger.sqlite"\n', pg)
+    c: dict = {}
+    configure(c, Settings.load(_write(tmp_path, text), env={}))
+    assert "multiMaster" not in c and "mq" not in c  # one master: Buildbot's defaults
+    env = {"EASEML_MQ_ROUTER_URL": "ws://crossbar:8080/ws", "EASEML_MASTER_EXPIRY": "30s"}
+    c = {}
+    configure(c, Settings.load(_write(tmp_path, text), env=env))
+    assert c["multiMaster"] is True
+    assert c["mq"] == {"type": "wamp", "router_url": "ws://crossbar:8080/ws", "realm": "realm1"}
+    assert masters.EXPIRE_MINUTES == 0.5 and service.ClusteredBuildbotService.POLL_INTERVAL_SEC == 15
+    beats = [x for x in c["services"] if isinstance(x, ClusterService)]
+    assert len(beats) == 1 and beats[0]._config_kwargs == {"heartbeat": 10.0}
