@@ -121,3 +121,25 @@ def test_master_environment_is_understood_by_the_settings(compose):
     for var in ("EASEML_WORKER_KEY", "EASEML_WORKER_RUNNER", "EASEML_WORKER_CACHE_DIR", "EASEML_WORKER_PASSPHRASE_FILE"):
         assert var in factory and var in worker_env, var
     assert worker_env["EASEML_WORKER_KEY"] == "/keys/worker/easeml_priv.asc"
+
+
+def test_cluster_names_line_up_with_the_router_and_the_settings(compose):
+    """The router URL documented for the `cluster` profile and the default realm are what
+    crossbar/config.json serves, and (with the multi-master settings) what the masters read."""
+    import json
+
+    router = json.loads((ROOT / "crossbar" / "config.json").read_text())["workers"][0]
+    realms = {r["name"] for r in router["realms"]}
+    (web,) = [t for t in router["transports"] if t["type"] == "web"]
+    assert web["paths"]["ws"]["type"] == "websocket"
+    url = f"ws://crossbar:{web['endpoint']['port']}/ws"
+    assert f"EASEML_MQ_ROUTER_URL={url}" in ENV_EXAMPLE.read_text()
+    cfg = _config(compose, ENV_EXAMPLE.read_text() + f"\nEASEML_MQ_ROUTER_URL={url}\n"
+                  "EASEML_GITHUB_APP_ID=12345\nEASEML_GITHUB_WEBHOOK_SECRET=hook-secret\n", "--profile", "cluster")
+    env = cfg["services"]["master-2"]["environment"]
+    assert env["EASEML_MQ_ROUTER_URL"] == url and env["EASEML_MQ_REALM"] in realms
+    if "mq_router_url" not in Settings.__dataclass_fields__:
+        pytest.skip("needs the multi-master settings mq_router_url / mq_realm (branch multimaster)")
+    master_env = {k: "" if v is None else str(v) for k, v in env.items()}
+    settings = Settings.from_dict({"workers": [{"name": "worker-1", "password": "x"}]}, env=master_env)
+    assert settings.mq_router_url == url and settings.mq_realm in realms
