@@ -50,13 +50,25 @@ def test_config_validates_with_the_example_env(compose):
     default = {n for n, s in cfg["services"].items() if not s.get("profiles")}
     assert default == {"postgres", "master", "worker"}
     dind = _config(compose, ENV_EXAMPLE.read_text(), "--profile", "dind")
-    assert set(dind["services"]) == {"postgres", "master", "worker", "worker-dind", "dind"}
-    assert all(dind["services"][n]["profiles"] == ["dind"] for n in ("worker-dind", "dind"))
-    for name, svc in dind["services"].items():
+    in_dind = {n for n, s in dind["services"].items() if s.get("profiles", ["dind"]) == ["dind"]}
+    assert in_dind == {"postgres", "master", "worker", "worker-dind", "dind"}
+    cluster = _config(compose, ENV_EXAMPLE.read_text(), "--profile", "cluster")
+    in_cluster = {n for n, s in cluster["services"].items() if s.get("profiles", ["cluster"]) == ["cluster"]}
+    assert in_cluster == {"postgres", "master", "worker", "crossbar", "master-2", "worker-2"}
+    services = {**dind["services"], **cluster["services"]}
+    for name, svc in services.items():
         assert svc.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
     # Scalable workers: no fixed container name, no host port.
-    for name in ("worker", "worker-dind"):
-        assert "container_name" not in dind["services"][name] and not dind["services"][name].get("ports")
+    for name in ("worker", "worker-dind", "worker-2"):
+        assert "container_name" not in services[name] and not services[name].get("ports")
+    # The second master is the first one's configuration on its own state volume and ports,
+    # after the router; its workers attach to it.
+    m1, m2 = cluster["services"]["master"], cluster["services"]["master-2"]
+    assert m2["environment"] == m1["environment"] and m2["image"] == m1["image"]
+    assert m1["environment"]["EASEML_MQ_REALM"] == "realm1"
+    assert m2["depends_on"]["crossbar"]["condition"] == "service_healthy"
+    assert cluster["services"]["worker-2"]["environment"]["EASEML_WORKER_MASTER"] == "master-2:9989"
+    assert cluster["services"]["crossbar"]["build"]["args"]["BASE_IMAGE"] == "easeml/python:bookworm"
     # Images are built from the locally made base image, never pulled for master/worker.
     for name in ("master", "worker"):
         build = cfg["services"][name]["build"]
@@ -109,3 +121,25 @@ def test_master_environment_is_understood_by_the_settings(compose):
     for var in ("EASEML_WORKER_KEY", "EASEML_WORKER_RUNNER", "EASEML_WORKER_CACHE_DIR", "EASEML_WORKER_PASSPHRASE_FILE"):
         assert var in factory and var in worker_env, var
     assert worker_env["EASEML_WORKER_KEY"] == "/keys/worker/easeml_priv.asc"
+
+
+def test_cluster_names_line_up_with_the_router_and_the_settings(compose):
+    """The router URL documented for the `cluster` profile and the default realm are what
+    crossbar/config.json serves, and (with the multi-master settings) what the masters read."""
+    import json
+
+    router = json.loads((ROOT / "crossbar" / "config.json").read_text())["workers"][0]
+    realms = {r["name"] for r in router["realms"]}
+    (web,) = [t for t in router["transports"] if t["type"] == "web"]
+    assert web["paths"]["ws"]["type"] == "websocket"
+    url = f"ws://crossbar:{web['endpoint']['port']}/ws"
+    assert f"EASEML_MQ_ROUTER_URL={url}" in ENV_EXAMPLE.read_text()
+    cfg = _config(compose, ENV_EXAMPLE.read_text() + f"\nEASEML_MQ_ROUTER_URL={url}\n"
+                  "EASEML_GITHUB_APP_ID=12345\nEASEML_GITHUB_WEBHOOK_SECRET=hook-secret\n", "--profile", "cluster")
+    env = cfg["services"]["master-2"]["environment"]
+    assert env["EASEML_MQ_ROUTER_URL"] == url and env["EASEML_MQ_REALM"] in realms
+    if "mq_router_url" not in Settings.__dataclass_fields__:
+        pytest.skip("needs the multi-master settings mq_router_url / mq_realm (branch multimaster)")
+    master_env = {k: "" if v is None else str(v) for k, v in env.items()}
+    settings = Settings.from_dict({"workers": [{"name": "worker-1", "password": "x"}]}, env=master_env)
+    assert settings.mq_router_url == url and settings.mq_realm in realms

@@ -19,11 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy.helpers import BASE_IMAGE, ROOT, require_docker
+from deploy.helpers import BASE_IMAGE, ROOT, build_context, require_docker
 from support.postgres import postgres_server, postgres_url  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.docker
-HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 # The images' own HEALTHCHECK commands, polled faster than in production.
 FAST_HEALTH = ("--health-interval", "2s", "--health-start-period", "60s")
 
@@ -33,21 +32,6 @@ def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.C
     if check and r.returncode != 0:
         raise AssertionError(f"docker {' '.join(args[:3])}: {r.stderr[-2000:]}")
     return r
-
-
-def build_context(dest: Path) -> Path:
-    """What the repository root's .dockerignore lets through, copied (the working tree may
-    hold a virtualenv and other people's files). The host's CA bundle goes in as
-    extra-ca.pem, the documented hook for TLS-intercepting proxies between a build and PyPI."""
-    dest.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, dest / name)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.toml", "*.sqlite")
-    for name in ("easeml_buildbot", "master", "worker"):
-        shutil.copytree(ROOT / name, dest / name, ignore=ignore)
-    if HOST_CA_BUNDLE.exists():
-        shutil.copy(HOST_CA_BUNDLE, dest / "extra-ca.pem")
-    return dest
 
 
 @pytest.fixture(scope="module")
