@@ -43,12 +43,13 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
-from twisted.internet import defer, task, threads
+from twisted.internet import defer, threads
 from twisted.python import log
 
 from buildbot.util import service
 
 from easeml_buildbot.master import metrics
+from easeml_buildbot.master.drain_loop import DrainLoop
 
 metadata = sa.MetaData()
 
@@ -315,20 +316,15 @@ class CheckRunReconciler(service.BuildbotService):
                                       lease=lease))
         else:
             store.backoff, store.max_backoff, store.lease = float(backoff), float(max_backoff), float(lease)
-        self._running = getattr(self, "_running", None)
-        self._again = False
         if getattr(self, "_loop", None) is None:
-            self._loop = task.LoopingCall(self.kick)
-            self._loop.clock = reactor
-            self._loop.start(self.interval, now=True)
+            self._loop = DrainLoop(self._drain, reactor=reactor, interval=self.interval)
+            self._loop.start()
 
     @defer.inlineCallbacks
     def stopService(self):
         loop, self._loop = getattr(self, "_loop", None), None
-        if loop is not None and loop.running:
-            loop.stop()
-        if getattr(self, "_running", None) is not None:
-            yield self._running
+        if loop is not None:
+            yield loop.stop()  # waits for the pass in flight
         pool, self.pool = getattr(self, "pool", None), None
         if pool is not None:
             reactor = self.master.reactor
@@ -367,20 +363,9 @@ class CheckRunReconciler(service.BuildbotService):
 
     def kick(self) -> None:
         """Sync now (coalesced: one pass at a time; a kick during a pass runs one more)."""
-        if getattr(self, "store", None) is None:
+        if getattr(self, "store", None) is None or getattr(self, "_loop", None) is None:
             return
-        if self._running is not None:
-            self._again = True
-            return
-        self._running = self._drain()
-        self._running.addBoth(self._drained)
-
-    def _drained(self, result):
-        self._running = None
-        if self._again and self._loop is not None:
-            self._again = False
-            self.kick()
-        return None
+        self._loop.kick()
 
     @defer.inlineCallbacks
     def _drain(self):

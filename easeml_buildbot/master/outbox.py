@@ -225,45 +225,24 @@ class OutboxDrainer:
 
     def __init__(self, outbox: Outbox, send: Callable[[QueuedMail], Any], *, reactor: Any,
                  interval: float, log: Callable[[str], None], safe_reason: Callable[[BaseException], str]):
+        from easeml_buildbot.master.drain_loop import DrainLoop
+
         self.outbox = outbox
         self.send = send
         self.reactor = reactor
-        self.interval = max(0.05, float(interval))
         self.log = log
         self.safe_reason = safe_reason
-        self._loop = None
-        self._running = None  # the Deferred of the drain in progress
-        self._again = False
+        self._loop = DrainLoop(self._drain, reactor=reactor, interval=interval)
 
     def start(self) -> None:
-        from twisted.internet import task
-
-        self._loop = task.LoopingCall(self.kick)
-        self._loop.clock = self.reactor
-        self._loop.start(self.interval, now=True)
+        self._loop.start()
 
     def stop(self):
-        from twisted.internet import defer
-
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
-        return self._running if self._running is not None else defer.succeed(None)
+        """Stop draining; fires when the drain in flight is done."""
+        return self._loop.stop()
 
     def kick(self) -> None:
-        """Drain now (coalesced: one drain at a time; a kick during a drain runs one more)."""
-        if self._running is not None:
-            self._again = True
-            return
-        self._running = self._drain()
-        self._running.addBoth(self._drained)
-
-    def _drained(self, result):
-        self._running = None
-        if self._again and self._loop is not None:
-            self._again = False
-            self.kick()
-        return None
+        self._loop.kick()
 
     def _thread(self, fn, *args):
         from twisted.internet import threads
@@ -280,7 +259,7 @@ class OutboxDrainer:
                     self.log(f"easeml email: dropping expired {mail.kind} mail #{mail.id} to "
                              f"{', '.join(mail.recipients)} after {mail.attempts} attempts "
                              f"({self.outbox.expiry:g}s in the outbox); not recorded as notified")
-                if self._loop is None:
+                if not self._loop.active:  # stopped during the expiry pass
                     return
                 for mail in (yield self._thread(self.outbox.claim)):
                     yield self._one(mail)
