@@ -13,9 +13,8 @@ import uuid
 
 import pytest
 
-from support.github_sim import fixtures_available
 
-from support.github_sim_world import INSTALLATION, require_worker_cli, start_world
+from support.github_sim_world import INSTALLATION, running_world
 
 pytestmark = pytest.mark.e2e
 
@@ -29,15 +28,8 @@ def done(conclusion):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, service_keys):
-    reason = fixtures_available()
-    if reason:
-        pytest.skip(reason)
-    require_worker_cli()
-    w, stop = start_world(tmp_path_factory.mktemp("gh"), service_keys, workers=2)
-    try:
+    with running_world(tmp_path_factory.mktemp("gh"), service_keys, workers=2) as w:
         yield w
-    finally:
-        stop()
 
 
 def spend_earlier_use(world, name, repo, *, steps, verdict):

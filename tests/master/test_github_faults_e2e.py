@@ -17,8 +17,7 @@ import uuid
 
 import pytest
 
-from support.github_sim import fixtures_available
-from support.github_sim_world import require_worker_cli, start_world
+from support.github_sim_world import running_world
 from support.models import PREDICT_PY
 
 pytestmark = pytest.mark.e2e
@@ -32,15 +31,8 @@ def _slow_predict(seconds: float) -> str:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, service_keys):
-    reason = fixtures_available()
-    if reason:
-        pytest.skip(reason)
-    require_worker_cli()
-    w, stop = start_world(tmp_path_factory.mktemp("ghfaults"), service_keys, workers=2)
-    try:
+    with running_world(tmp_path_factory.mktemp("ghfaults"), service_keys, workers=2) as w:
         yield w
-    finally:
-        stop()
 
 
 def _wait(pred, timeout: float, what: str, world=None) -> None:

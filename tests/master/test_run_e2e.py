@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 
 from support.dockerd import docker_unavailable
-from support.github_sim import fixtures_available
-from support.github_sim_world import require_worker_cli, start_world
+from support.github_sim_world import running_world
 from support.models import DEFAULT_BASE_IMAGE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
@@ -46,15 +45,9 @@ def docker_client():
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, service_keys):
-    reason = fixtures_available() or docker_unavailable(DEFAULT_BASE_IMAGE)
-    if reason:
-        pytest.skip(reason)
-    require_worker_cli()
-    w, stop = start_world(tmp_path_factory.mktemp("run"), service_keys, workers=1, runner="docker")
-    try:
+    with running_world(tmp_path_factory.mktemp("run"), service_keys,
+                       needs=docker_unavailable(DEFAULT_BASE_IMAGE), workers=1, runner="docker") as w:
         yield w
-    finally:
-        stop()
 
 
 def _distinctive(repo) -> set[str]:

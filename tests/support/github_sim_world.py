@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +103,23 @@ def start_world(base: Path, keys: Any, *, workers: int = 2, runner: str = "proce
         bb.stop()
         sim.stop()
     return world, stop
+
+
+@contextmanager
+def running_world(base: Path, keys: Any, *, needs: str | None = None, **kwargs: Any) -> Iterator[GitHubWorld]:
+    """A started world for a module's tests, stopped afterwards. Skips, saying why, when the
+    simulator's fixtures or the worker CLI are missing or ``needs`` (a reason) is set."""
+    from support.github_sim import fixtures_available
+
+    reason = fixtures_available() or needs
+    if reason:
+        pytest.skip(reason)
+    require_worker_cli()
+    world, stop = start_world(base, keys, **kwargs)
+    try:
+        yield world
+    finally:
+        stop()
 
 
 def require_worker_cli() -> None:
