@@ -316,6 +316,19 @@ def _make_engine(url: str, busy_timeout: float) -> Engine:
     return sa.create_engine(u, pool_pre_ping=True)
 
 
+def create_tables(metadata: sa.MetaData, engine: Any, attempts: int = 5) -> None:
+    """``metadata.create_all(engine)``, retried: several masters (or processes) sharing one
+    database create the same tables at the same moment, and the loser's DDL fails."""
+    for attempt in range(attempts):
+        try:
+            metadata.create_all(engine)
+            return
+        except (OperationalError, ProgrammingError, IntegrityError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+
+
 class Ledger:
     """The durable record of test-set uses. Thread-safe; safe across processes."""
 

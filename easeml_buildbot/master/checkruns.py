@@ -42,7 +42,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import IntegrityError
 from twisted.internet import defer, threads
 from twisted.python import log
 
@@ -104,14 +104,9 @@ class Pending:
 
 
 def create_tables(engine: Any) -> None:
-    for attempt in range(5):
-        try:
-            metadata.create_all(engine)
-            return
-        except (OperationalError, ProgrammingError, IntegrityError):
-            if attempt == 4:  # another master created the table at the same moment
-                raise
-            time.sleep(0.1 * (attempt + 1))
+    from easeml_buildbot.custody.ledger import create_tables as create
+
+    create(metadata, engine)
 
 
 class CheckRunStore:

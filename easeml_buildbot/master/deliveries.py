@@ -26,7 +26,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import IntegrityError
 
 DEFAULT_RETENTION = 30 * 24 * 3600.0
 
@@ -57,14 +57,9 @@ class DeliveryStore:
         self.clock = clock
         self._purged_at = float("-inf")
         self._lock = threading.Lock()
-        for attempt in range(5):
-            try:
-                metadata.create_all(engine)
-                break
-            except (OperationalError, ProgrammingError, IntegrityError):
-                if attempt == 4:  # another master created the table at the same moment
-                    raise
-                time.sleep(0.1 * (attempt + 1))
+        from easeml_buildbot.custody.ledger import create_tables
+
+        create_tables(metadata, engine)
 
     def claim(self, kind: str, key: Hashable) -> bool:
         """True for the first claim of ``(kind, key)`` (on any master); False afterwards."""

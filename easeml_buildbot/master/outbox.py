@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import IntegrityError
 
 logger = logging.getLogger(__name__)
 
@@ -92,15 +92,9 @@ class Outbox:
         self.lease = float(lease)
         self.clock = clock
         self.sender_id = uuid.uuid4().hex  # this process's claims
-        for attempt in range(5):
-            try:
-                metadata.create_all(self.engine)
-                return
-            except (OperationalError, ProgrammingError, IntegrityError):
-                # another master created the table at the same moment
-                if attempt == 4:
-                    raise
-                time.sleep(0.1 * (attempt + 1))
+        from easeml_buildbot.custody.ledger import create_tables
+
+        create_tables(metadata, self.engine)
 
     # -- producer
     def enqueue(self, kind: str, recipients: Sequence[str], message: str, *, key: str | None = None,
