@@ -246,11 +246,14 @@ def test_check_run_state_survives_a_master_restart(world):
     engine = sa.create_engine(world.ledger_url)
     try:
         if sa.inspect(engine).has_table("easeml_check_runs"):  # (main before issue 14 had none)
-            with engine.connect() as conn:
-                row = conn.execute(sa.text("SELECT desired, version, synced_version FROM easeml_check_runs "
-                                           "WHERE head_sha = :s"), {"s": head.sha}).one()
-            assert '"completed"' in str(row[0]), row
-            assert row[1] > row[2]  # desired, not yet on GitHub
+            def row():
+                with engine.connect() as conn:
+                    return conn.execute(sa.text("SELECT desired, version, synced_version FROM easeml_check_runs "
+                                                "WHERE head_sha = :s"), {"s": head.sha}).one()
+            # the reporter stores the end state just after the build ends (CI once read it first)
+            _wait(lambda: '"completed"' in str(row()[0]), 60, "the completed state to be stored", world)
+            desired = row()
+            assert desired[1] > desired[2], desired  # desired, not yet on GitHub
     finally:
         engine.dispose()
     world.bb.restart_master()
