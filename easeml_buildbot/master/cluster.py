@@ -8,7 +8,15 @@ any master with a free worker claims it, and when a master stops heartbeating fo
 ``master_expiry`` the others mark it dead, finish its running builds as RETRY, unclaim its
 build requests and take over its schedulers (``buildbot.data.masters``).
 
-Three things Buildbot 4.3 leaves to the configuration or gets wrong, done here:
+Four things Buildbot 4.3 leaves to the configuration or gets wrong, done here:
+
+* **Reaching the router.** Buildbot's WAMP connector (autobahn's ``Service``, one
+  ``TCPClient``) tries the router once at start: a master that starts before crossbar
+  (compose starts them together) runs on without a message queue, healthy to every probe,
+  and no change it sees or receives is ever scheduled. Here it connects with backoff until
+  the router answers, ``/healthz`` says ``mq`` is not ok until then, and a master that later
+  loses the router exits (Buildbot stops its services but leaves the process running: a
+  zombie no supervisor restarts) so ``restart: unless-stopped`` brings it back.
 
 * **Failover time.** Buildbot declares a master dead after 10 minutes without a heartbeat
   (``EXPIRE_MINUTES``, heartbeat every 60 s, an orphaned scheduler is picked up at the next
@@ -47,10 +55,57 @@ def configure_cluster(c: dict[str, Any], settings: Any) -> None:
     c["multiMaster"] = True
     c["mq"] = {"type": "wamp", "router_url": settings.mq_router_url, "realm": settings.mq_realm}
     _set_failover(settings.master_expiry)
+    _connect_until_the_router_answers()
     _reporters_on_own_events()
     _take_over_dead_masters()
     c.setdefault("services", [])
     c["services"] = list(c["services"]) + [ClusterService(heartbeat=heartbeat_interval(settings.master_expiry))]
+
+
+def mq_state(master: Any) -> str | None:
+    """``"ok"`` when the master's WAMP session has joined the router, else why not; ``None``
+    with Buildbot's in-process MQ (one master: nothing to connect)."""
+    mq = getattr(getattr(master, "config", None), "mq", None) or {}
+    if mq.get("type") != "wamp":
+        return None
+    return "ok" if getattr(master.wamp, "service", None) is not None else f"connecting to {mq.get('router_url')}"
+
+
+def _connect_until_the_router_answers() -> None:
+    if _state.get("wamp"):
+        return
+    from autobahn.twisted.wamp import Service
+    from autobahn.wamp.types import ComponentConfig
+    from autobahn.websocket.util import parse_url as parse_ws_url
+    from buildbot.wamp import connector
+    from twisted.application.internet import ClientService, backoffPolicy
+    from twisted.internet import endpoints, reactor
+    from twisted.internet.ssl import optionsForClientTLS
+
+    class RetryingService(Service):
+        """autobahn's ``Service`` with a ``ClientService`` (retries with backoff, also when
+        the router's name does not resolve yet) instead of a one-shot ``TCPClient``."""
+
+        def setupService(self):
+            is_secure, host, port, _resource, _path, _params = parse_ws_url(self.url)
+            factory = self.factory(lambda: self.make(ComponentConfig(self.realm, self.extra)), url=self.url)
+            endpoint = endpoints.HostnameEndpoint(reactor, host, port)
+            if is_secure:
+                endpoint = endpoints.wrapClientTLS(self.context_factory or optionsForClientTLS(host), endpoint)
+            ClientService(endpoint, factory, retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=10.0)
+                          ).setServiceParent(self)
+
+    connector.WampConnector.serviceClass = RetryingService
+    def on_leave(self, details):
+        # Buildbot's own onLeave stops the master's services and leaves the process running;
+        # stopping the reactor instead shuts down as SIGTERM would (once), and the process ends.
+        if self.leaving:  # set by a normal shutdown: nothing to do then
+            return
+        log.msg(f"easeml: lost the WAMP router ({details}); exiting so the supervisor restarts this master")
+        reactor.stop()
+
+    connector.MasterService.onLeave = on_leave
+    _state["wamp"] = True
 
 
 def heartbeat_interval(expiry: float) -> float:

@@ -177,7 +177,7 @@ class MetricsService(service.BuildbotService):
     # -- health -------------------------------------------------------------------
     @defer.inlineCallbacks
     def health(self):
-        """``{"master": ..., "db": ..., "ledger": ...}``, each "ok" or why not."""
+        """``{"master": ..., "db": ..., "ledger": ...[, "mq": ...]}``, each "ok" or why not."""
         from easeml_buildbot.master import ledger_for
 
         out = {"master": "ok" if self.master.running else "stopping"}
@@ -191,6 +191,11 @@ class MetricsService(service.BuildbotService):
         led = probe(threads.deferToThread(lambda: ledger_for(self.ledger_url).instance_id()))
         out["db"] = yield db
         out["ledger"] = yield led
+        from easeml_buildbot.master.cluster import mq_state
+
+        mq = mq_state(self.master)
+        if mq is not None:  # several masters: a master without the router schedules nothing
+            out["mq"] = mq
         return out
 
 

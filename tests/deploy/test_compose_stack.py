@@ -140,13 +140,36 @@ class Stack:
                            "-v", "ON_ERROR_STOP=1", "-tAF", "|", "-c", sql).stdout
         return [line.split("|") for line in out.splitlines() if line]
 
-    def master_log(self) -> str:
-        return self.compose("exec", "-T", "master", "cat", "/var/lib/buildbot/twistd.log", check=False).stdout
+    def master_log(self, service: str = "master") -> str:
+        return self.compose("exec", "-T", service, "cat", "/var/lib/buildbot/twistd.log", check=False).stdout
+
+    def cluster_state(self) -> str:
+        """Buildbot's own view of who runs what: masters, the claims of change sources and
+        schedulers, the changes seen and the requests made (what a stalled cluster lacks)."""
+        queries = ["select id, name, active, last_active from masters order by id",
+                   "select * from changesource_masters", "select * from scheduler_masters",
+                   "select id, name from schedulers",
+                   "select changeid, branch, revision, project from changes order by changeid",
+                   "select id, buildsetid, complete, results, buildername from buildrequests r"
+                   " join builders b on b.id = r.builderid order by id",
+                   "select * from buildrequest_claims"]
+        out = []
+        for q in queries:
+            r = self.compose("exec", "-T", "postgres", "psql", "-U", "easeml", "-d", "easeml",
+                             "-tAF", "|", "-c", q, check=False)
+            out.append(f"{q}:\n{r.stdout.strip()}{r.stderr.strip()}")
+        return "\n".join(out)
 
     def diagnostics(self) -> str:
         ps = self.compose("ps", check=False).stdout
         logs = self.compose("logs", "--no-color", "--tail", "30", check=False).stdout
-        return f"{ps}\n{logs[-6000:]}\n--- master twistd.log ---\n{self.master_log()[-5000:]}"
+        quiet = ("GET /healthz", "processing changes", "disconnected before results")
+        logs_of = {service: "\n".join(line for line in self.master_log(service).splitlines()
+                                      if not any(q in line for q in quiet))[-5000:]
+                   for service in ("master", "master-2")}
+        told = "".join(f"\n--- {s} twistd.log (health and poll lines left out) ---\n{log}"
+                       for s, log in logs_of.items())
+        return f"{ps}\n{logs[-6000:]}\n--- {self.cluster_state()}{told}"
 
 
 def wait_healthy(stack: Stack, service: str, count: int, timeout: float) -> list[str]:
