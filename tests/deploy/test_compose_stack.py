@@ -150,8 +150,8 @@ class Stack:
                    "select * from changesource_masters", "select * from scheduler_masters",
                    "select id, name from schedulers",
                    "select changeid, branch, revision, project from changes order by changeid",
-                   "select id, buildsetid, complete, results, buildername from buildrequests r"
-                   " join builders b on b.id = r.builderid order by id",
+                   "select r.id, r.buildsetid, r.complete, r.results, b.name from buildrequests r"
+                   " join builders b on b.id = r.builderid order by r.id",
                    "select * from buildrequest_claims"]
         out = []
         for q in queries:
