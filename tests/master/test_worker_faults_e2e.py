@@ -34,6 +34,7 @@ from support.postgres import find_pg_bin, start_postgres
 pytestmark = pytest.mark.e2e
 
 FIGURES: list[str] = []
+LEFTOVER: dict[str, str] = {}  # a lost build's result.json, as the worker left it
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +130,8 @@ def test_kill9_worker_at_each_stage_build_retried_use_counted_once(stack, stage)
             assert [u.state for u in uses] == ["reserved"], uses
             assert steps["evaluate"] == (True, False), steps
         if stage == "scored":
-            assert list(bb.worker_dirs[index].glob("*/easeml-out/result.json")), "scored: result.json written"
+            (written,) = bb.worker_dirs[index].glob("*/easeml-out/result.json")  # scored, not collected
+            LEFTOVER["result.json"] = written.read_text()
         bb.kill_worker(index)
     try:
         builds = settled(world, name, repo, head, build, released=0 if stage == "inspect" else 1)
@@ -139,6 +141,33 @@ def test_kill9_worker_at_each_stage_build_retried_use_counted_once(stack, stage)
                        f"uses committed 1, released {0 if stage == 'inspect' else 1}; check runs 1, completed)")
     finally:
         bb.start_worker(index)
+
+
+def test_lost_builds_leftover_result_is_not_taken_for_the_next_builds(stack):
+    """A worker killed after scoring leaves its result.json in ``../easeml-out`` (its clean-up
+    step never ran). The next build on that worker whose evaluation writes nothing (the
+    evaluate process SIGKILLed, as by the OOM killer) must not upload the leftover: it is
+    another repository's verdict. It counts the use (the evaluation started) without a verdict."""
+    world, gates, _pg = stack
+    assert LEFTOVER, "needs the kill at 'scored' first (it left a real result.json)"
+    for bb in world.masters:  # whichever worker gets the build holds a lost build's leftover
+        for wdir in bb.worker_dirs:
+            for builddir in wdir.glob("*/build"):
+                (builddir.parent / "easeml-out").mkdir(exist_ok=True)
+                (builddir.parent / "easeml-out" / "result.json").write_text(LEFTOVER["result.json"])
+    name = "leftover"
+    repo, head = new_pr(world, gates, name)
+    with gates.kill_evaluate():
+        assert world.send("pull_request", world.pr_payload(name, repo, 1, head.sha))[0] == 200
+        world.wait_completed(name, timeout=240)
+    uses, state = ledger_view(world, name, repo)
+    assert [(u.commit, u.state, u.verdict) for u in uses] == [(head.sha, "committed", None)], uses
+    assert (uses[0].result or {}).get("cause") == "no_result", uses[0].result
+    assert state.uses == 1, state
+    statuses = world.statuses(name)
+    assert statuses[-1] == ("update", "completed", "failure"), statuses  # never the leftover's pass
+    FIGURES.append("evaluate killed after a lost build: 1 / 1 survived (the leftover result.json not "
+                   "recorded; use counted, no verdict; check run failure)")
 
 
 @pytest.mark.parametrize("stage", ["model", "scored"])

@@ -12,6 +12,9 @@ work through the test's own worker environment and the test's own model code:
 * ``model_hold()`` is Python to put at the top of a test model's ``main()``: the ``model``
   gate holds the model while it runs with the features.
 
+``kill_evaluate()`` makes the next ``easeml worker evaluate`` SIGKILL itself before it writes
+anything (as the kernel's OOM killer would).
+
 A held command writes ``STAGE.reached`` (its pid) and waits until the gate is removed; a
 held worker command whose worker died exits (a crashed worker's command has nobody to report
 to). ::
@@ -56,6 +59,8 @@ if _dir and len(_argv) >= 3 and os.path.basename(_argv[0]) == "easeml" and _argv
     if _argv[2] == "inspect":
         _hold("inspect")
     elif _argv[2] == "evaluate":
+        if os.path.exists(os.path.join(_dir, "evaluate.kill")):  # e.g. the kernel's OOM killer
+            os.kill(os.getpid(), 9)
         _hold("evaluate")
         atexit.register(_hold, "scored")
 '''
@@ -80,6 +85,14 @@ class FaultGates:
                 f"        open({gate!r} + '.reached', 'w').write(str(os.getpid()))\n"
                 f"        while os.path.exists({gate!r}):\n"
                 "            time.sleep(0.05)\n")
+
+    @contextlib.contextmanager
+    def kill_evaluate(self) -> Iterator[None]:
+        (self.dir / "evaluate.kill").touch()
+        try:
+            yield
+        finally:
+            (self.dir / "evaluate.kill").unlink(missing_ok=True)
 
     def reached(self, stage: str) -> bool:
         return (self.dir / f"{stage}.reached").exists()
