@@ -17,6 +17,7 @@ The figures (attempted / survived, uses, check runs) are printed at the end of t
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -91,7 +92,7 @@ def steps_of(world, build):
     return {s["name"]: (s["started_at"] is not None, s["complete"]) for s in world.live().steps(build["buildid"])}
 
 
-def settled(world, name, repo, head, build, *, released: int):
+def settled(world, name, repo, head, build, *, released: int | None):
     """The end state every fault must leave: the build request done once with SUCCESS, one
     committed use with the verdict (``released`` lost attempts given back), one check run,
     completed. Returns the build request's builds."""
@@ -118,7 +119,7 @@ def test_kill9_worker_at_each_stage_build_retried_use_counted_once(stack, stage)
     repo, head = new_pr(world, gates, name)
     with gates.hold(stage):
         assert world.send("pull_request", world.pr_payload(name, repo, 1, head.sha))[0] == 200
-        gates.wait_reached(stage, why=f"\n{world.logs()}")
+        gates.wait_reached(stage, why=world.logs)
         build = running_build(world)
         uses, _ = ledger_view(world, name, repo)
         steps = steps_of(world, build)
@@ -132,6 +133,7 @@ def test_kill9_worker_at_each_stage_build_retried_use_counted_once(stack, stage)
         if stage == "scored":
             (written,) = bb.worker_dirs[index].glob("*/easeml-out/result.json")  # scored, not collected
             LEFTOVER["result.json"] = written.read_text()
+            assert json.loads(LEFTOVER["result.json"])["status"] == "scored"
         bb.kill_worker(index)
     try:
         builds = settled(world, name, repo, head, build, released=0 if stage == "inspect" else 1)
@@ -178,7 +180,7 @@ def test_postgres_restarted_mid_build_completes_use_counted_once(stack, stage):
     with gates.hold(stage):
         code, text = world.send("pull_request", world.pr_payload(name, repo, 1, head.sha))
         assert code == 200, (code, text, world.logs())
-        gates.wait_reached(stage, why=f"\n{world.logs()}")
+        gates.wait_reached(stage, why=world.logs)
         build = running_build(world)
         t0 = time.monotonic()
         pg.restart(down=5)  # both masters' connections cut; refused for 5 s

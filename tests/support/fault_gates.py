@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 STAGES = ("inspect", "evaluate", "model", "scored")
@@ -114,10 +114,12 @@ class FaultGates:
         finally:
             self.open(stage)
 
-    def wait_reached(self, stage: str, timeout: float = 120, why: str = "") -> None:
+    def wait_reached(self, stage: str, timeout: float = 120, why: Callable[[], str] | None = None) -> None:
+        """Wait until a command or the model holds at ``stage``; ``why()`` (e.g. the masters'
+        logs) is added to the error on a timeout."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.reached(stage):
                 return
             time.sleep(0.1)
-        raise AssertionError(f"no build reached the {stage!r} gate within {timeout}s{why}")
+        raise AssertionError(f"no build reached the {stage!r} gate within {timeout}s\n{why() if why else ''}")
