@@ -68,6 +68,11 @@ def configure(c: dict[str, Any], settings: Settings) -> dict[str, Any]:
     c["titleURL"] = settings.buildbot_url
     c["buildbotURL"] = settings.buildbot_url
     c["db"] = {"db_url": settings.db_url}
+    if not settings.db_url.startswith("sqlite"):
+        # a pooled connection a database restart cut is replaced at checkout; without this
+        # Buildbot 4.3 fails the next query on each one (it retries no PostgreSQL disconnect),
+        # e.g. the first webhook after the restart is answered 500
+        c["db"]["engine_kwargs"] = {"pool_pre_ping": True}
     c["protocols"] = {"pb": {"port": _endpoint(settings, settings.worker_port)}}
     c["workers"] = [worker.Worker(w.name, w.password, max_builds=w.max_builds) for w in settings.workers]
     c["builders"] = [util.BuilderConfig(name=BUILDER_NAME, workernames=[w.name for w in settings.workers],

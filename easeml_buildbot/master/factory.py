@@ -4,7 +4,8 @@ checkout exact head → fetch the base branch and the default branch → (local 
 base) → inspect config + dataset on the default branch's accepted commit → reserve a ledger use → evaluate on the worker → upload result.json privately → commit
 or release the use → finalize properties for reporters. Worker commands write their JSON
 outside the checkout (``../easeml-out``) and it is uploaded into a master-private
-directory, never printed.
+directory, never printed. The directory is emptied when a build starts using it (a worker
+lost mid-build leaves its files; another repository's result.json must never be collected).
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def _inspect_cmd(props: Any) -> str:
     default = props.getProperty("easeml_default_branch")
     branch_check = (f" --base-ref {shlex.quote(str(props.getProperty('easeml_base_ref')))}"
                     f" --default-branch {shlex.quote(str(default))}") if default else ""
-    return (f"mkdir -p {OUT} && easeml worker inspect --repo . --base {shlex.quote(str(base))}"
+    # a build lost with its worker never ran "clean up": its files must not become this build's
+    return (f"rm -rf {OUT} && mkdir -p {OUT} && easeml worker inspect --repo . --base {shlex.quote(str(base))}"
             f"{_config_args(props)}{branch_check} "
             f"--head {shlex.quote(str(head))} --out {OUT}/inspect.json")
 
@@ -140,7 +142,10 @@ def _evaluate_cmd(runner: str):
         head = es.head_revision(props)
         base = props.getProperty("easeml_base_sha")
         return (
-            f"mkdir -p {OUT} && exec easeml worker evaluate --repo . --head {shlex.quote(str(head))} "
+            # "collect result" uploads whatever result.json is there, also when evaluate wrote
+            # none (killed): it must be this evaluation's, never a lost build's leftover
+            f"mkdir -p {OUT} && rm -f {OUT}/result.json && "
+            f"exec easeml worker evaluate --repo . --head {shlex.quote(str(head))} "
             f"--base {shlex.quote(str(base))}{_config_args(props)} "
             '--key "${EASEML_WORKER_KEY:?the worker has no EASEML_WORKER_KEY (private key path)}" '
             '${EASEML_WORKER_PASSPHRASE_FILE:+--passphrase-file "$EASEML_WORKER_PASSPHRASE_FILE"} '

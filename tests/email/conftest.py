@@ -7,46 +7,16 @@ aiosmtpd server on loopback (``support.smtp``).
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
-from twisted.internet import defer
 from twisted.internet.threads import blockingCallFromThread
 from twisted.python import log as twlog
 
-from support.smtp import smtp_server  # noqa: F401  (fixture)
+from support.smtp import reactor_thread, smtp_server, start_notifier_in  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="session")
 def reactor():
-    from twisted.internet import reactor as r
-
-    if not r.running:
-        threading.Thread(target=r.run, kwargs={"installSignalHandlers": False},
-                         daemon=True, name="twisted-reactor").start()
-        deadline = time.monotonic() + 10
-        while not r.running and time.monotonic() < deadline:
-            time.sleep(0.01)
-    assert r.running, "the Twisted reactor did not start"
-    return r
-
-
-class _Consumer:
-    def stopConsuming(self):
-        return defer.succeed(None)
-
-
-class LoopbackMaster:
-    """What ``ReporterBase.reconfigService`` needs of a master: a reactor and an mq to subscribe to."""
-
-    def __init__(self, reactor):
-        self.reactor = reactor
-        self.mq = self
-        self.master = self  # services find their master through their parent
-
-    def startConsuming(self, callback, key):
-        return defer.succeed(_Consumer())
+    return reactor_thread()
 
 
 @pytest.fixture
@@ -54,10 +24,7 @@ def start_notifier(reactor):
     """``start_notifier(notifier)``: configure a notifier service as Buildbot would, in the reactor."""
 
     def start(notifier):
-        notifier.parent = LoopbackMaster(reactor)
-        blockingCallFromThread(reactor, notifier.reconfigService,
-                               *notifier._config_args, **notifier._config_kwargs)
-        return notifier
+        return start_notifier_in(reactor, notifier)
 
     return start
 

@@ -187,3 +187,19 @@ def test_a_deleted_ledger_file_does_not_swallow_the_mail(tmp_path, smtp_server, 
         assert any("the outbox cannot store evaluation mail" in line for line in twisted_log)
     finally:
         stop(reactor, n)
+
+
+def test_relay_down_past_the_old_give_up_window_mail_delivered_after_it_returns(tmp_path, reactor):
+    """The relay (aiosmtpd) is stopped for 16 s, longer than the old notifier's whole retry
+    window (4 attempts, 2 + 4 + 8 s), with the production backoff (2 s, doubling); only the
+    longest delay is shortened so the mail goes out soon after the return. The same code runs
+    5 minutes with the production schedule in benchmarks/fault_smtp_outage.py."""
+    from support.smtp_outage import run_outage
+
+    f = run_outage(tmp_path, reactor, outage=16, mails=3, smtp={"outbox_max_backoff": 4, "timeout": 2})
+    assert (f.mails, f.delivered, f.lost, f.duplicated) == (3, 3, 0, 0), f.lines()
+    assert f.notified_early == 0 and f.notified == 3, f.lines()  # notified only from delivery on
+    # the next attempt after the return: at most the longest delay (4 s) and a drain tick (2 s)
+    # later, with slack for a loaded machine
+    assert f.return_to_delivered <= 20, f.lines()
+    assert all(a >= 3 for a in f.attempts) and set(f.states) == {"sent"}, f.lines()  # failed, retried, sent

@@ -4,7 +4,8 @@
 ``/usr/lib/postgresql/*/bin`` on a free 127.0.0.1 port. PostgreSQL refuses to run as root, so
 when the tests run as root the cluster belongs to the ``postgres`` system user (or
 ``nobody``) and the commands run through ``runuser``. ``postgres_url`` (function scope) gives
-each test a fresh, empty database. Everything is stopped and removed at the end; without the
+each test a fresh, empty database. ``restart(down=5)`` cuts every connection and brings the
+server back on the same port (fault tests). Everything is stopped and removed at the end; without the
 binaries the tests are skipped with the reason.
 
     from support.postgres import postgres_server, postgres_url  # noqa: F401 (fixtures)
@@ -88,6 +89,9 @@ class PostgresServer:
                       "-U", self.superuser, "-E", "UTF8", "--no-sync", "--locale=C"], timeout=120)
         if r.returncode != 0:
             raise RuntimeError(f"initdb failed: {r.stderr.strip() or r.stdout.strip()}")
+        self._pg_start()
+
+    def _pg_start(self) -> None:
         opts = (f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off "
                 "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100")
         r = self.run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l",
@@ -96,6 +100,18 @@ class PostgresServer:
             log = (self.base / "postgres.log")
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             raise RuntimeError(f"pg_ctl start failed: {r.stderr.strip()} {tail}")
+
+    def restart(self, down: float = 0.0, mode: str = "fast") -> None:
+        """Stop the server (``pg_ctl stop -m mode``: every client connection is cut), stay down
+        ``down`` seconds (clients are refused), start it again on the same port and data."""
+        import time
+
+        r = self.run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "-t", "30",
+                      "stop"], timeout=40)
+        if r.returncode != 0:
+            raise RuntimeError(f"pg_ctl stop failed: {r.stderr.strip() or r.stdout.strip()}")
+        time.sleep(down)
+        self._pg_start()
 
     def _postmaster_pid(self) -> int | None:
         try:

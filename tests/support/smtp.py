@@ -5,6 +5,10 @@ closed, connections are refused) and bring it back on the same port, require AUT
 speak STARTTLS or implicit TLS with a throw-away self-signed certificate.
 
     from support.smtp import smtp_server   # fixture; or SmtpServer() directly
+
+Twisted mail code runs on the global reactor in a daemon thread (``reactor_thread()``), and
+``start_notifier_in(reactor, notifier)`` configures a notifier service the way Buildbot
+does (the email tests' fixtures and benchmarks/fault_smtp_outage.py use both).
 """
 
 from __future__ import annotations
@@ -170,6 +174,51 @@ class SmtpServer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def reactor_thread():
+    """The global Twisted reactor, running in a daemon thread (started on first call)."""
+    from twisted.internet import reactor as r
+
+    if not r.running:
+        threading.Thread(target=r.run, kwargs={"installSignalHandlers": False},
+                         daemon=True, name="twisted-reactor").start()
+        deadline = time.monotonic() + 10
+        while not r.running and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert r.running, "the Twisted reactor did not start"
+    return r
+
+
+class _Consumer:
+    def stopConsuming(self):
+        from twisted.internet import defer
+
+        return defer.succeed(None)
+
+
+class LoopbackMaster:
+    """What ``ReporterBase.reconfigService`` needs of a master: a reactor and an mq to subscribe to."""
+
+    def __init__(self, reactor):
+        self.reactor = reactor
+        self.mq = self
+        self.master = self  # services find their master through their parent
+
+    def startConsuming(self, callback, key):
+        from twisted.internet import defer
+
+        return defer.succeed(_Consumer())
+
+
+def start_notifier_in(reactor, notifier):
+    """Configure a notifier service (``make_email_reporters``) in ``reactor`` as Buildbot would."""
+    from twisted.internet.threads import blockingCallFromThread
+
+    notifier.parent = LoopbackMaster(reactor)
+    blockingCallFromThread(reactor, notifier.reconfigService,
+                           *notifier._config_args, **notifier._config_kwargs)
+    return notifier
 
 
 @pytest.fixture
