@@ -98,9 +98,10 @@ class InstallationTokenAuth:
         if settings is None or settings.forge != "github" or not inst or \
                 not url.startswith(("https://", "http://")):
             return
-        from easeml_buildbot.master import app_for
+        from easeml_buildbot.master.service import easeml_service
 
-        token = yield threads.deferToThread(app_for(settings).clone_token, int(inst))
+        svc = easeml_service(self.master)
+        token = yield threads.deferToThread(lambda: svc.app().clone_token(int(inst)))
         self.build.properties.useSecret(token, "github installation token")
         self._git_auth.git_credential_options = GitCredentialOptions(
             credentials=[f"url={url}\nusername=x-access-token\npassword={token}\n"])

@@ -20,7 +20,7 @@ from twisted.python import log
 from buildbot.process import buildstep
 from buildbot.process.results import EXCEPTION, FAILURE, SKIPPED, SUCCESS, WARNINGS
 
-from easeml_buildbot.master import ledger_for
+from easeml_buildbot.master.service import easeml_service
 from easeml_buildbot.master import outcome as eo
 from easeml_buildbot.master.accepted import get_accepted, set_accepted
 
@@ -71,6 +71,10 @@ class _MasterStep(buildstep.BuildStep):
         self.settings = settings
         kwargs.setdefault("updateBuildSummaryPolicy", False)  # only Finalize writes the build's line
         super().__init__(**kwargs)
+
+    def ledger(self):
+        """Deferred: the master's Ledger (``EasemlService``), opened in a thread on first use."""
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), easeml_service(self.master).ledger)
 
     def getResultSummary(self) -> dict[str, str]:
         if not self.summary:
@@ -330,7 +334,7 @@ class ReserveUse(_MasterStep):
         from easeml_buildbot.custody.ledger import (LedgerError, PolicyMismatch, TestSetExhausted,
                                                     TestSetRetired)
 
-        led = ledger_for(self.settings.ledger_url)
+        led = yield self.ledger()
         repo, dataset = self.getProperty("easeml_repo"), self.getProperty("easeml_dataset_id")
         guard = LedgerGuard(self, led)
         problem = yield guard.problem(repo, dataset)
@@ -509,7 +513,7 @@ class RecordResult(_MasterStep):
 
     @defer.inlineCallbacks
     def run(self):
-        led = ledger_for(self.settings.ledger_url)
+        led = yield self.ledger()
         use_id = self.getProperty("easeml_use_id")
         # kept until the ledger has it: if recording fails (database down), the use stays
         # spent and its result stays in the master-private directory for the operator

@@ -38,12 +38,19 @@ class _Consumer:
 
 
 class LoopbackMaster:
-    """What ``ReporterBase.reconfigService`` needs of a master: a reactor and an mq to subscribe to."""
+    """What ``ReporterBase.reconfigService`` needs of a master: a reactor, an mq to subscribe
+    to and, with ``settings``, the master's EasemlService (its ledger holds the outbox)."""
 
-    def __init__(self, reactor):
+    def __init__(self, reactor, settings=None):
+        from types import SimpleNamespace
+
+        from easeml_buildbot.master.service import EasemlService
+
         self.reactor = reactor
         self.mq = self
         self.master = self  # services find their master through their parent
+        self.service_manager = SimpleNamespace(
+            namedServices={"easeml": EasemlService(settings)} if settings is not None else {})
 
     def startConsuming(self, callback, key):
         return defer.succeed(_Consumer())
@@ -51,10 +58,11 @@ class LoopbackMaster:
 
 @pytest.fixture
 def start_notifier(reactor):
-    """``start_notifier(notifier)``: configure a notifier service as Buildbot would, in the reactor."""
+    """``start_notifier(notifier, settings=None)``: configure a notifier service as Buildbot
+    would, in the reactor, on a master whose settings (and ledger) are ``settings``."""
 
-    def start(notifier):
-        notifier.parent = LoopbackMaster(reactor)
+    def start(notifier, settings=None):
+        notifier.parent = LoopbackMaster(reactor, settings)
         blockingCallFromThread(reactor, notifier.reconfigService,
                                *notifier._config_args, **notifier._config_kwargs)
         return notifier
