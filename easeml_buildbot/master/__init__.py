@@ -4,16 +4,19 @@
 
     from easeml_buildbot.master import Settings, configure
     c = BuildmasterConfig = {}
-    configure(c, Settings.load(os.path.join(basedir, "easeml.toml")))
+    configure(c, Settings.load(os.path.join(basedir, "easeml.toml"), strict=False))
 
 Everything else (hook, builder, reporters) is derived from the settings, so the demo,
-docker-compose and the tests all run the same configuration.
+docker-compose and the tests all run the same configuration. The settings, the ledger and
+the GitHub App belong to one service, ``EasemlService`` (``master/service.py``), that the
+other parts find through their master; its ``checkConfig`` reports the settings' problems
+(``strict=False`` keeps them in ``settings.problems``) with every other configuration
+error, all at once.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 from typing import Any
 
 from easeml_buildbot.master.settings import (GitHubSettings, LocalSettings, Settings, SettingsError,
@@ -23,34 +26,6 @@ __all__ = ["configure", "Settings", "SettingsError", "WorkerSettings", "GitHubSe
            "LocalSettings", "SmtpSettings", "BUILDER_NAME"]
 
 BUILDER_NAME = "easeml"
-_apps: dict[tuple, Any] = {}
-_ledgers: dict[str, Any] = {}
-_ledgers_lock = threading.Lock()
-
-
-def app_for(settings: Settings):
-    """One GitHubApp (token cache) per app id and API URL per master process."""
-    from easeml_buildbot.master.github_app import GitHubApp
-
-    key = (settings.github.app_id, settings.github.api_url, settings.github.private_key_path)
-    if key not in _apps:
-        _apps[key] = GitHubApp(settings.github.app_id, settings.github.private_key(),
-                               settings.github.api_url, settings.github.token_refresh_margin,
-                               seconds_between_requests=settings.github.seconds_between_requests,
-                               seconds_between_writes=settings.github.seconds_between_writes)
-    return _apps[key]
-
-
-def ledger_for(url: str):
-    """One Ledger (one SQLAlchemy engine) per URL per master process: build steps and mail
-    share it, from reactor threads."""
-    from easeml_buildbot.custody.ledger import Ledger
-
-    with _ledgers_lock:
-        led = _ledgers.get(url)
-        if led is None:
-            led = _ledgers[url] = Ledger(url)
-        return led
 
 
 def configure(c: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -59,6 +34,7 @@ def configure(c: dict[str, Any], settings: Settings) -> dict[str, Any]:
     from easeml_buildbot.master import buildbot_fixes, gpus, www_limits
     from easeml_buildbot.master.console import ConsoleReporter
     from easeml_buildbot.master.factory import make_factory
+    from easeml_buildbot.master.service import EasemlService
 
     buildbot_fixes.apply()
     www_limits.install()  # request bodies over GitHub's 25 MB are refused before being read
@@ -78,15 +54,15 @@ def configure(c: dict[str, Any], settings: Settings) -> dict[str, Any]:
     c["builders"] = [util.BuilderConfig(name=BUILDER_NAME, workernames=[w.name for w in settings.workers],
                                         factory=make_factory(settings), collapseRequests=False,
                                         canStartBuild=gpus.can_start_build)]
-    services: list[Any] = [ConsoleReporter()]
+    # first: the others look it up (settings, ledger, GitHub App) when they start
+    services: list[Any] = [EasemlService(settings), ConsoleReporter()]
     www: dict[str, Any] = {"port": _endpoint(settings, settings.www_port),
                            "plugins": {}, "change_hook_dialects": {}}
     if settings.forge == "github":
         from easeml_buildbot.master.checks import CheckRunReporter
         from easeml_buildbot.master.hook import GitHubAppHook
 
-        app = app_for(settings)
-        www["change_hook_dialects"]["github"] = {"custom_class": GitHubAppHook, "settings": settings, "app": app}
+        www["change_hook_dialects"]["github"] = {"custom_class": GitHubAppHook}
         c["change_source"] = []
         c["schedulers"] = [schedulers.AnyBranchScheduler(
             name="easeml-pull-requests", builderNames=[BUILDER_NAME], treeStableTimer=None,
@@ -94,7 +70,7 @@ def configure(c: dict[str, Any], settings: Settings) -> dict[str, Any]:
         from easeml_buildbot.master.checkruns import CheckRunReconciler
 
         # the reconciler owns the GitHub thread pool (the hook reads commit messages in it too)
-        services.append(CheckRunReconciler(app, settings.ledger_url))
+        services.append(CheckRunReconciler())
         services.append(CheckRunReporter(check_name=settings.github.check_name))
     else:
         c["change_source"] = [changes.GitPoller(
@@ -108,7 +84,9 @@ def configure(c: dict[str, Any], settings: Settings) -> dict[str, Any]:
     c["schedulers"].append(schedulers.ForceScheduler(name="force", builderNames=[BUILDER_NAME],
                                                      properties=[util.StringParameter(name="easeml_repo",
                                                                                       default=settings.local.project)]))
-    if settings.email_enabled:
+    if settings.email_enabled and not settings.problems:
+        # (with problems the EasemlService reports them; a notifier made of the rejected
+        # values would only repeat them)
         from easeml_buildbot.master.mail import make_email_reporters
 
         # with ``c``: the SMTP password becomes a Buildbot secret, never a plain argument
@@ -116,7 +94,7 @@ def configure(c: dict[str, Any], settings: Settings) -> dict[str, Any]:
     if settings.metrics_port:
         from easeml_buildbot.master.metrics import MetricsService
 
-        services.append(MetricsService(_endpoint(settings, settings.metrics_port), settings.ledger_url))
+        services.append(MetricsService(_endpoint(settings, settings.metrics_port)))
     c["services"] = list(c.get("services", [])) + services
     # several masters (mq_router_url): multiMaster + WAMP MQ, failover time, one report per event
     from easeml_buildbot.master.cluster import configure_cluster

@@ -276,7 +276,7 @@ class CheckRunReconciler(service.BuildbotService):
 
     name = "easeml-github"
 
-    def checkConfig(self, app: Any, ledger_url: str, *, github_threads: int = 4, interval: float = 1.0,
+    def checkConfig(self, *, github_threads: int = 4, interval: float = 1.0,
                     backoff: float = 1.0, max_backoff: float = 60.0, lease: float = 120.0, **kwargs: Any):
         from buildbot import config
 
@@ -287,13 +287,13 @@ class CheckRunReconciler(service.BuildbotService):
                          "(max_backoff >= backoff)")
 
     @defer.inlineCallbacks
-    def reconfigService(self, app: Any, ledger_url: str, *, github_threads: int = 4, interval: float = 1.0,
+    def reconfigService(self, *, github_threads: int = 4, interval: float = 1.0,
                         backoff: float = 1.0, max_backoff: float = 60.0, lease: float = 120.0, **kwargs: Any):
         from twisted.python.threadpool import ThreadPool
 
-        from easeml_buildbot.master import ledger_for
+        from easeml_buildbot.master.service import easeml_service
 
-        self.app = app
+        svc = easeml_service(self.master)
         self.interval = max(0.05, float(interval))
         self.github_threads = int(github_threads)
         if getattr(self, "pool", None) is None:
@@ -303,11 +303,12 @@ class CheckRunReconciler(service.BuildbotService):
             self.pool.adjustPoolsize(0, self.github_threads)
         reactor = self.master.reactor
         store = getattr(self, "store", None)
-        if store is None or store.engine is not ledger_for(ledger_url).engine:
+        led = yield threads.deferToThreadPool(reactor, reactor.getThreadPool(), svc.ledger)
+        if store is None or store.engine is not led.engine:
             # one store (one lease owner) per process: a reconfig keeps the claims in flight
             self.store = yield threads.deferToThreadPool(
                 reactor, reactor.getThreadPool(),
-                lambda: CheckRunStore(ledger_for(ledger_url).engine, backoff=backoff, max_backoff=max_backoff,
+                lambda: CheckRunStore(led.engine, backoff=backoff, max_backoff=max_backoff,
                                       lease=lease))
         else:
             store.backoff, store.max_backoff, store.lease = float(backoff), float(max_backoff), float(lease)
@@ -337,6 +338,13 @@ class CheckRunReconciler(service.BuildbotService):
         if self.pool is None:
             return defer.fail(RuntimeError("the GitHub thread pool is stopped"))
         return threads.deferToThreadPool(self.master.reactor, self.pool, fn, *args, **kwargs)
+
+    @property
+    def app(self):
+        """The master's GitHub App (``EasemlService``; opened on first use, read in the pool)."""
+        from easeml_buildbot.master.service import easeml_service
+
+        return easeml_service(self.master).app()
 
     def desire(self, **kwargs: Any):
         """Store a desired state (Deferred of bool) and sync soon."""
@@ -378,7 +386,7 @@ class CheckRunReconciler(service.BuildbotService):
         if row.attempts:
             metrics.GITHUB_RETRIES.inc()
         try:
-            run_id = yield self.run(push, self.app, row)
+            run_id = yield self.run(lambda: push(self.app, row))
         except Exception as exc:  # noqa: BLE001  (every GitHub failure is retried)
             metrics.GITHUB_ERRORS.inc()
             known = exc.run_id if isinstance(exc, CheckRunIdKnown) else None

@@ -1,7 +1,7 @@
 """The evaluation build: one Buildbot step per stage, so progress shows in the UI.
 
-checkout exact head → fetch the base branch and the default branch → (local forge: resolve
-base) → inspect config + dataset on the default branch's accepted commit → reserve a ledger use → evaluate on the worker → upload result.json privately → commit
+checkout exact head → resolve base, which adds the git steps this build needs (fetch the
+base branch and the default branch, resolve a commit) → inspect config + dataset on the default branch's accepted commit → reserve a ledger use → evaluate on the worker → upload result.json privately → commit
 or release the use → finalize properties for reporters. Worker commands write their JSON
 outside the checkout (``../easeml-out``) and it is uploaded into a master-private
 directory, never printed. The directory is emptied when a build starts using it (a worker
@@ -100,9 +100,10 @@ class InstallationTokenAuth:
         if settings is None or settings.forge != "github" or not inst or \
                 not url.startswith(("https://", "http://")):
             return
-        from easeml_buildbot.master import app_for
+        from easeml_buildbot.master.service import easeml_service
 
-        token = yield threads.deferToThread(app_for(settings).clone_token, int(inst))
+        svc = easeml_service(self.master)
+        token = yield threads.deferToThread(lambda: svc.app().clone_token(int(inst)))
         self.build.properties.useSecret(token, "github installation token")
         self._git_auth.git_credential_options = GitCredentialOptions(
             credentials=[f"url={url}\nusername=x-access-token\npassword={token}\n"])
@@ -185,22 +186,22 @@ def make_factory(settings: Any) -> BuildFactory:
     f = BuildFactory()
     # Steps report only their own line (``updateBuildSummaryPolicy=False``): the build's
     # summary is the last master step's (``Finalize``: "fail · n > 0.85 ± 0.05 · use 2 of 8 ·
-    # 6 left"). Helper steps that mean nothing to a user are hidden and come after it, and
-    # the GitHub-only fetches exist only on that forge, so the UI's step numbers have no gaps
-    # (Buildbot numbers hidden and skipped steps too).
+    # 6 left"). Buildbot numbers skipped and hidden steps too, so the UI's step numbers have
+    # no gaps only if no hidden step comes before a visible one: the git helpers a build
+    # needs are added by "resolve base" when they will run (the GitHub fetches exist only on
+    # that forge), and the hidden helpers come after the last visible step.
     quiet = dict(updateBuildSummaryPolicy=False)
     f.addStep(GitCheckout(name="checkout", repourl=util.Property("repository"), mode="full",
                           method="fresh", haltOnFailure=True, logEnviron=False, settings=settings,
                           description="checking out the head commit", descriptionDone="checked out",
                           **quiet))
-    if settings.forge != "local":
-        _add_github_fetches(f, settings)
-    f.addStep(es.ResolveBase(settings, haltOnFailure=True))
-    f.addStep(steps.SetPropertyFromCommand(
-        name="resolve base commit", doStepIf=_base_is_ref, hideStepIf=lambda r, s: r == util.SKIPPED,
+    then = _github_fetches(settings) if settings.forge != "local" else []
+    then.append((_base_is_ref, steps.SetPropertyFromCommand(
+        name="resolve base commit",
         command=["git", "rev-parse", "--verify", util.Interpolate("%(prop:easeml_base_rev)s^{commit}")],
         property="easeml_base_sha", haltOnFailure=True, logEnviron=False,
-        description="resolving the base commit", descriptionDone="base commit resolved", **quiet))
+        description="resolving the base commit", descriptionDone="base commit resolved", **quiet)))
+    f.addStep(es.ResolveBase(settings, then=then, haltOnFailure=True))
     f.addStep(steps.ShellCommand(name="inspect", command=_inspect_cmd, haltOnFailure=True, logEnviron=False,
                                  description="reading .easeml.yml on the default branch",
                                  descriptionDone="read .easeml.yml and the test set id", **quiet))
@@ -238,27 +239,28 @@ def make_factory(settings: Any) -> BuildFactory:
     return f
 
 
-def _add_github_fetches(f: BuildFactory, settings: Any) -> None:
+def _github_fetches(settings: Any) -> list[tuple[Any, Any]]:
+    """(predicate, step) for the base and default branch fetches and the default branch's
+    commit, as "resolve base" adds them (only those the build needs)."""
     quiet = dict(updateBuildSummaryPolicy=False)
-    f.addStep(GitFetchRef(
-        doStepIf=_has_base_ref, hideStepIf=lambda r, s: r == util.SKIPPED,
-        # argv, not a shell string: branch names may contain shell metacharacters
-        repourl=util.Property("repository"),
-        branch=util.Interpolate("+refs/heads/%(prop:easeml_base_ref)s:refs/remotes/origin/%(prop:easeml_base_ref)s"),
-        haltOnFailure=True, logEnviron=False, settings=settings, **quiet))
-    f.addStep(GitFetchRef(
-        name="fetch default branch", doStepIf=_fetch_default_branch,
-        hideStepIf=lambda r, s: r == util.SKIPPED, repourl=util.Property("repository"),
-        branch=util.Interpolate("+refs/heads/%(prop:easeml_default_branch)s:"
-                                "refs/remotes/origin/%(prop:easeml_default_branch)s"),
-        haltOnFailure=True, logEnviron=False, settings=settings, **quiet))
-    f.addStep(steps.SetPropertyFromCommand(
-        name="resolve default branch", doStepIf=_resolve_default_branch,
-        hideStepIf=lambda r, s: r == util.SKIPPED,
-        command=["git", "rev-parse", "--verify",
-                 util.Interpolate("refs/remotes/origin/%(prop:easeml_default_branch)s^{commit}")],
-        property="easeml_config_sha", haltOnFailure=True, logEnviron=False,
-        description="resolving the default branch", descriptionDone="default branch resolved", **quiet))
+    return [
+        (_has_base_ref, GitFetchRef(
+            # argv, not a shell string: branch names may contain shell metacharacters
+            repourl=util.Property("repository"),
+            branch=util.Interpolate("+refs/heads/%(prop:easeml_base_ref)s:refs/remotes/origin/%(prop:easeml_base_ref)s"),
+            haltOnFailure=True, logEnviron=False, settings=settings, **quiet)),
+        (_fetch_default_branch, GitFetchRef(
+            name="fetch default branch", repourl=util.Property("repository"),
+            branch=util.Interpolate("+refs/heads/%(prop:easeml_default_branch)s:"
+                                    "refs/remotes/origin/%(prop:easeml_default_branch)s"),
+            haltOnFailure=True, logEnviron=False, settings=settings, **quiet)),
+        (_resolve_default_branch, steps.SetPropertyFromCommand(
+            name="resolve default branch",
+            command=["git", "rev-parse", "--verify",
+                     util.Interpolate("refs/remotes/origin/%(prop:easeml_default_branch)s^{commit}")],
+            property="easeml_config_sha", haltOnFailure=True, logEnviron=False,
+            description="resolving the default branch", descriptionDone="default branch resolved", **quiet)),
+    ]
 
 
 def _private_dest(settings: Any, name: str):

@@ -111,24 +111,37 @@ def has_skip(message: str | None) -> bool:
 
 
 class GitHubAppHook(BaseHookHandler):
-    """Options: ``settings`` (Settings), ``app`` (GitHubApp or None), ``deliveries`` (a
-    ``DeliveryStore``; default: one on the ledger's database), ``run_db`` (how a blocking
+    """Settings, ledger and GitHub App come from the master's ``EasemlService``. Options
+    (tests): ``settings``, ``app`` (a GitHubApp, or None for none), ``deliveries`` (a
+    ``DeliveryStore``; default: one on the master's ledger), ``run_db`` (how a blocking
     database call is run; default: the reactor's thread pool)."""
 
     def __init__(self, master: Any, options: dict[str, Any] | None) -> None:
         super().__init__(master, options)
-        options = options or {}
-        if options.get("settings") is None:  # mounted by name through the entry point
-            from easeml_buildbot.master.settings import Settings
-
-            options["settings"] = Settings.load()
-        self.settings = options["settings"]
-        self.app = options.get("app")
+        self._options = options = options or {}
         self._deliveries = options.get("deliveries")  # opened on first use (in a thread)
         self._run_db = options.get("run_db") or self._in_thread
         # pull_request.synchronize and check_suite.requested both announce a push: build once
         # per pull request base (the same head into main must be evaluated after one into dev):
         # claims of kind "head", key (repo, head sha, base branch)
+
+    def _service(self):
+        from easeml_buildbot.master.service import easeml_service
+
+        return easeml_service(self.master)
+
+    @property
+    def settings(self):
+        if "settings" in self._options:
+            return self._options["settings"]
+        return self._service().settings
+
+    @property
+    def app(self):
+        """The GitHub App, opened on first use (reads the key file: call in a thread)."""
+        if "app" in self._options:
+            return self._options["app"]
+        return self._service().app()
 
     def _in_thread(self, fn):
         reactor = getattr(self.master, "reactor", None)
@@ -138,10 +151,9 @@ class GitHubAppHook(BaseHookHandler):
 
     def _store(self):
         if self._deliveries is None:
-            from easeml_buildbot.master import ledger_for
             from easeml_buildbot.master.deliveries import DeliveryStore
 
-            self._deliveries = DeliveryStore(ledger_for(self.settings.ledger_url).engine)
+            self._deliveries = DeliveryStore(self._service().ledger().engine)
         return self._deliveries
 
     def claim(self, kind: str, key: Hashable):
@@ -332,9 +344,9 @@ class GitHubAppHook(BaseHookHandler):
     @defer.inlineCallbacks
     def _commit_message(self, payload: dict[str, Any], sha: str):
         inst = (payload.get("installation") or {}).get("id")
-        if self.app is None or inst is None:
+        if inst is None or ("app" in self._options and self._options["app"] is None):
             return ""
-        d = self._github(self.app.commit_message, inst, payload["repository"]["full_name"], sha)
+        d = self._github(lambda: self.app.commit_message(inst, payload["repository"]["full_name"], sha))
         reactor = getattr(self.master, "reactor", None)
         if reactor is not None:  # GitHub gives a webhook 10 s to answer: a slow GitHub must not eat them
             d.addTimeout(COMMIT_MESSAGE_TIMEOUT, reactor)

@@ -79,15 +79,14 @@ class MetricsService(service.BuildbotService):
 
     name = "easeml-metrics"
 
-    def checkConfig(self, endpoint: str, ledger_url: str, cache_seconds: float = 15.0) -> None:
+    def checkConfig(self, endpoint: str, cache_seconds: float = 15.0) -> None:
         if not endpoint:
             config.error("easeml metrics: an endpoint is needed (e.g. tcp:8011)")
         if cache_seconds < 0:
             config.error("easeml metrics: cache_seconds must be >= 0")
 
     @defer.inlineCallbacks
-    def reconfigService(self, endpoint: str, ledger_url: str, cache_seconds: float = 15.0):
-        self.ledger_url = ledger_url
+    def reconfigService(self, endpoint: str, cache_seconds: float = 15.0):
         self.cache_seconds = float(cache_seconds)
         if getattr(self, "_gauges", None) is None:
             self._gauges = _Gauges()
@@ -158,8 +157,9 @@ class MetricsService(service.BuildbotService):
 
     @defer.inlineCallbacks
     def _refresh(self):
-        from easeml_buildbot.master import ledger_for
+        from easeml_buildbot.master.service import easeml_service
 
+        svc = easeml_service(self.master)
         try:
             pending = yield self.master.db.buildrequests.getBuildRequests(claimed=False, complete=False)
             self._gauges.pending = len(pending)
@@ -168,7 +168,7 @@ class MetricsService(service.BuildbotService):
             self._gauges.pending = None
         try:
             self._gauges.testsets = yield threads.deferToThread(
-                lambda: ledger_for(self.ledger_url).entries())
+                lambda: svc.ledger().entries())
         except Exception as exc:  # noqa: BLE001
             log.msg(f"easeml metrics: ledger entries: {type(exc).__name__}")
             self._gauges.testsets = []
@@ -178,8 +178,9 @@ class MetricsService(service.BuildbotService):
     @defer.inlineCallbacks
     def health(self):
         """``{"master": ..., "db": ..., "ledger": ...[, "mq": ...]}``, each "ok" or why not."""
-        from easeml_buildbot.master import ledger_for
+        from easeml_buildbot.master.service import easeml_service
 
+        svc = easeml_service(self.master)
         out = {"master": "ok" if self.master.running else "stopping"}
 
         def probe(d):
@@ -188,7 +189,7 @@ class MetricsService(service.BuildbotService):
             return d
 
         db = probe(self.master.db.pool.do(lambda conn: conn.exec_driver_sql("SELECT 1").fetchall()))
-        led = probe(threads.deferToThread(lambda: ledger_for(self.ledger_url).instance_id()))
+        led = probe(threads.deferToThread(lambda: svc.ledger().instance_id()))
         out["db"] = yield db
         out["ledger"] = yield led
         from easeml_buildbot.master.cluster import mq_state

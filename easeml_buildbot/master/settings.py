@@ -19,6 +19,7 @@ import ssl
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +82,10 @@ class _Problems:
         self.source = source
         self.from_env = from_env  # dotted key -> the EASEML_* variable that set it
         self.items: list[str] = []
+        self.keys: set[str] = set()
 
     def add(self, key: str, message: str) -> None:
+        self.keys.add(key)
         env = self.from_env.get(key)
         where = f"{key} (from ${env})" if env else key
         self.items.append(f"{self.source}: {where}: {message}")
@@ -223,14 +226,20 @@ class Settings:
     admin_user: str = ""
     admin_password: str = field(repr=False, default="")
     source: str = "<defaults>"
+    # Every problem found while loading (``load(strict=False)``), one ``FILE: key: message``
+    # each; the master's EasemlService reports them through ``config.error``.
+    problems: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None,
-             env: Mapping[str, str] | None = None) -> Settings:
+             env: Mapping[str, str] | None = None, *, strict: bool = True) -> Settings:
         """Read ``path`` (default ``$EASEML_SETTINGS`` or ``master/easeml.toml``), then env overrides.
 
         A missing file is fine when every needed value comes from the environment.
-        Relative paths in the file are resolved against the file's directory.
+        Relative paths in the file are resolved against the file's directory. With
+        ``strict=False`` problems are not raised but kept in ``problems`` (a bad value takes
+        its default): ``master.cfg`` hands them to the EasemlService, whose ``checkConfig``
+        reports them with every other problem of the configuration.
         """
         env = os.environ if env is None else env
         p = Path(path or env.get("EASEML_SETTINGS") or DEFAULT_PATH)
@@ -239,19 +248,23 @@ class Settings:
             try:
                 data = tomllib.loads(p.read_text())
             except tomllib.TOMLDecodeError as exc:
-                raise SettingsError(f"{p}: {exc}") from None
-        return cls.from_dict(data, base_dir=p.resolve().parent, source=str(p), env=env, check_files=True)
+                if strict:
+                    raise SettingsError(f"{p}: {exc}") from None
+                return cls(source=str(p), problems=(f"{p}: {exc}",))
+        return cls.from_dict(data, base_dir=p.resolve().parent, source=str(p), env=env, check_files=True,
+                             strict=strict)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, base_dir: Path | None = None,
                   source: str = "<dict>", env: Mapping[str, str] | None = None,
-                  check_files: bool = False) -> Settings:
+                  check_files: bool = False, strict: bool = True) -> Settings:
         """Settings from parsed TOML ``data`` plus ``EASEML_*`` overrides in ``env``.
 
         Every problem is collected and raised together as one :class:`SettingsError`, each
         line naming ``source`` and the key (and the environment variable when one set it).
         With ``check_files`` the files the master will read (the GitHub App's private key,
         the relay's CA file) must exist and be usable now, not at the first webhook or mail.
+        With ``strict=False`` the problems are kept in ``problems`` instead of raised.
         """
         env = {} if env is None else env
         base_dir = base_dir or Path.cwd()
@@ -391,8 +404,9 @@ class Settings:
         s._check(problems)
         if check_files:
             s._check_files(problems)
-        problems.raise_if_any()
-        return s
+        if strict:
+            problems.raise_if_any()
+        return replace(s, problems=tuple(problems.items))
 
     def validate(self) -> None:
         """Raise :class:`SettingsError` listing every problem of these (already parsed) settings."""
@@ -407,7 +421,7 @@ class Settings:
         if self.runner not in ("docker", "process"):
             add("runner", f"must be 'docker' or 'process', not {self.runner!r}")
         if self.forge == "github":
-            if not self.github.webhook_secret:
+            if not self.github.webhook_secret and "github.webhook_secret_file" not in problems.keys:
                 add("github.webhook_secret(_file)", "required (unsigned webhooks are rejected)")
             if self.github.app_id is None:
                 add("github.app_id", "required when forge = 'github'")
@@ -425,11 +439,18 @@ class Settings:
                 if url.startswith("sqlite"):
                     add(key, "must be a server database (postgresql+psycopg://...) shared by every "
                         "master when mq_router_url is set, not SQLite")
-        if self.admin_user and not self.admin_password:
+        if self.admin_user and not self.admin_password and "admin_password_file" not in problems.keys:
             add("admin_password(_file)", "required when admin_user is set")
         for w in self.workers:
             if not w.password:
                 add(f"workers.{w.name}.password(_file)", "required")
+        if self.operator_email and not is_address(self.operator_email):
+            add("operator_email", f"{self.operator_email!r} is not an email address")
+        if self.email_enabled and self.smtp.enabled:
+            if not is_address(self.smtp.from_addr):
+                add("smtp.from_addr", f"{self.smtp.from_addr!r} is not an email address")
+            if self.smtp.attempts is not None and self.smtp.attempts < 1:
+                add("smtp.attempts", f"must be at least 1, not {self.smtp.attempts}")
 
     def _check_files(self, problems: _Problems) -> None:
         """The files the master reads later must be usable now (checkconfig, start)."""
@@ -454,6 +475,14 @@ class Settings:
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+
+_ADDRESS = re.compile(r"[^@\s]+@[^@\s]+")
+
+
+def is_address(text: Any) -> bool:
+    """One address (``Name <a@b>`` or ``a@b``; ``a@localhost`` too)."""
+    return bool(_ADDRESS.fullmatch(parseaddr(str(text or ""))[1] or ""))
 
 
 def _bool(v: Any) -> bool:

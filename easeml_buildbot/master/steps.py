@@ -20,7 +20,7 @@ from twisted.python import log
 from buildbot.process import buildstep
 from buildbot.process.results import EXCEPTION, FAILURE, SKIPPED, SUCCESS, WARNINGS
 
-from easeml_buildbot.master import ledger_for
+from easeml_buildbot.master.service import easeml_service
 from easeml_buildbot.master import outcome as eo
 from easeml_buildbot.master.accepted import get_accepted, set_accepted
 
@@ -72,6 +72,10 @@ class _MasterStep(buildstep.BuildStep):
         kwargs.setdefault("updateBuildSummaryPolicy", False)  # only Finalize writes the build's line
         super().__init__(**kwargs)
 
+    def ledger(self):
+        """Deferred: the master's Ledger (``EasemlService``), opened in a thread on first use."""
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), easeml_service(self.master).ledger)
+
     def getResultSummary(self) -> dict[str, str]:
         if not self.summary:
             return super().getResultSummary()
@@ -120,12 +124,28 @@ class _MasterStep(buildstep.BuildStep):
 
 
 class ResolveBase(_MasterStep):
-    """Choose the accepted model ``o`` to compare against (local forge: last accepted commit)."""
+    """Choose the accepted model ``o`` to compare against (local forge: last accepted commit).
+
+    ``then``: ``(predicate(step), step)`` pairs; once the base is chosen, the steps whose
+    predicate holds are added after this one (Buildbot's ``addStepsAfterCurrentStep``). A
+    git helper this build does not need (the default branch's fetch when the pull request is
+    into it) is never added, instead of being skipped and hidden: Buildbot numbers skipped
+    and hidden steps too, so they would leave gaps in the UI's step numbers."""
 
     name = "resolve base"
 
+    def __init__(self, settings: Any, then: Any = (), **kwargs: Any) -> None:
+        self.then = tuple(then)
+        super().__init__(settings, **kwargs)
+
     @defer.inlineCallbacks
     def run(self):
+        res = yield self._resolve()
+        self.build.addStepsAfterCurrentStep([step for wanted, step in self.then if wanted(self)])
+        return res
+
+    @defer.inlineCallbacks
+    def _resolve(self):
         if self.getProperty("easeml_base_sha"):
             yield self.note(f"base {self.getProperty('easeml_base_sha')} (from the pull request / accepted model)")
             self.summary = f"base {str(self.getProperty('easeml_base_sha'))[:10]}"
@@ -314,7 +334,7 @@ class ReserveUse(_MasterStep):
         from easeml_buildbot.custody.ledger import (LedgerError, PolicyMismatch, TestSetExhausted,
                                                     TestSetRetired)
 
-        led = ledger_for(self.settings.ledger_url)
+        led = yield self.ledger()
         repo, dataset = self.getProperty("easeml_repo"), self.getProperty("easeml_dataset_id")
         guard = LedgerGuard(self, led)
         problem = yield guard.problem(repo, dataset)
@@ -493,7 +513,7 @@ class RecordResult(_MasterStep):
 
     @defer.inlineCallbacks
     def run(self):
-        led = ledger_for(self.settings.ledger_url)
+        led = yield self.ledger()
         use_id = self.getProperty("easeml_use_id")
         # kept until the ledger has it: if recording fails (database down), the use stays
         # spent and its result stays in the master-private directory for the operator

@@ -21,10 +21,11 @@ def reactor():
 
 @pytest.fixture
 def start_notifier(reactor):
-    """``start_notifier(notifier)``: configure a notifier service as Buildbot would, in the reactor."""
+    """``start_notifier(notifier, settings=None)``: configure a notifier service as Buildbot
+    would, in the reactor, on a master whose settings (and ledger) are ``settings``."""
 
-    def start(notifier):
-        return start_notifier_in(reactor, notifier)
+    def start(notifier, settings=None):
+        return start_notifier_in(reactor, notifier, settings)
 
     return start
 

@@ -57,7 +57,7 @@ def report(use_id, buildid=7, n=1):
 
 def notifier(start_notifier, s):
     (n,) = em.make_email_reporters(s)
-    return start_notifier(n)
+    return start_notifier(n, s)
 
 
 def send(reactor, n, rep):

@@ -294,7 +294,7 @@ def test_notifier_check_config_reports_every_problem_at_once(tmp_path):
         em.EasemlMailNotifier(fromaddr="not an address", relayhost="127.0.0.1", useTls=True,
                               generators=[em.EasemlMailGenerator(em.MailPolicy(operator="ops"))],
                               attempts=0, timeout="soon", ca_file=str(tmp_path / "no-ca.pem"),
-                              outbox_url="sqlite://", outbox_expiry=-1)
+                              outbox=True, outbox_expiry=-1)
     text = "\n".join(errors.errors)
     for expected in ("smtp.from_addr: 'not an address' is not an email address",
                      "smtp.attempts: must be >= 1, not 0",

@@ -384,6 +384,26 @@ def _build_for(world, sha):
     raise AssertionError(f"no build for {sha}")
 
 
+def test_step_numbers_have_no_gaps(world, scenarios):
+    """Issue 13: the UI numbers steps as the master adds them; a skipped helper step (the
+    default branch's fetch when the pull request is into it, the default branch's resolve
+    when the accepted commit is known) would be a hidden step between visible ones and leave
+    a gap. Only the steps a build runs exist; hidden helpers come after the last visible one."""
+    repo, head, _ = scenarios["side"]
+    world.wait_completed("side", count=3)
+    for sha, base, fetched in ((scenarios["pass"][1].sha, "main", ["fetch base branch"]),  # into the default
+                               (head.sha, "release/1", ["fetch base branch", "fetch default branch"])):
+        (build, *_) = [b for b in world.bb.api("builds", order="buildid") if b.get("complete")
+                       and world.bb.build_properties(b["buildid"]).get("easeml_head_sha") == sha
+                       and world.bb.build_properties(b["buildid"]).get("easeml_base_ref") == base]
+        steps = world.bb.steps(build["buildid"])
+        rows = [(s["number"], s["name"], s["hidden"], s["results"]) for s in steps]
+        shown = [s for s in steps if not s["hidden"]]
+        assert [s["number"] for s in shown] == list(range(len(shown))), rows
+        assert [s["name"] for s in shown if s["name"].startswith("fetch")] == fetched, rows
+        assert all(s["results"] != 3 for s in shown if s["name"].startswith(("fetch", "resolve"))), rows  # none skipped
+
+
 def test_worker_crash_mid_evaluation_releases_the_use_and_retries(world, scenarios, tmp_path):
     """SIGKILL the worker while the model runs: the reserved use is released (nothing was
     scored or shown), the check run goes back to queued, and the retried build completes."""

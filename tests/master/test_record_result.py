@@ -20,6 +20,8 @@ DRIVER = textwrap.dedent('''
     from types import SimpleNamespace
     from twisted.internet import defer, task
     from easeml_buildbot.master import steps as es
+    from easeml_buildbot.master.service import EasemlService
+    from easeml_buildbot.master.settings import Settings
 
     results_dir, ledger_url, use_id = sys.argv[1], sys.argv[2], int(sys.argv[3])
     props = {"buildername": "easeml", "buildnumber": 7, "easeml_use_id": use_id,
@@ -29,7 +31,8 @@ DRIVER = textwrap.dedent('''
     state = SimpleNamespace(getObjectId=lambda *a: defer.succeed(1),
                             setState=lambda *a: defer.succeed(None))
     step = es.RecordResult(SimpleNamespace(results_dir=results_dir, ledger_url=ledger_url)).get_step_factory().buildStep()
-    step.build, step.master = build, SimpleNamespace(db=SimpleNamespace(state=state))
+    step.build, step.master = build, SimpleNamespace(db=SimpleNamespace(state=state), service_manager=SimpleNamespace(
+        namedServices={"easeml": EasemlService(Settings(ledger_url=ledger_url))}))  # the master's ledger
     step.getProperty = build.getProperty
     step.setProperty = lambda k, v, src=None: props.__setitem__(k, v)
     step.note = lambda text: defer.succeed(None)
@@ -86,6 +89,8 @@ SPENT_DRIVER = textwrap.dedent('''
     from twisted.internet import defer, task
     from easeml_buildbot.custody import ledger as ledger_mod
     from easeml_buildbot.master import steps as es
+    from easeml_buildbot.master.service import EasemlService
+    from easeml_buildbot.master.settings import Settings
 
     results_dir, ledger_url, use_id, started = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
     events = []
@@ -106,7 +111,8 @@ SPENT_DRIVER = textwrap.dedent('''
         return defer.succeed(None)
     state = SimpleNamespace(getObjectId=lambda *a: defer.succeed(1), setState=set_state)
     step = es.RecordResult(SimpleNamespace(results_dir=results_dir, ledger_url=ledger_url)).get_step_factory().buildStep()
-    step.build, step.master = build, SimpleNamespace(db=SimpleNamespace(state=state))
+    step.build, step.master = build, SimpleNamespace(db=SimpleNamespace(state=state), service_manager=SimpleNamespace(
+        namedServices={"easeml": EasemlService(Settings(ledger_url=ledger_url))}))  # the master's ledger
     step.getProperty = build.getProperty
     step.setProperty = lambda k, v, src=None: props.__setitem__(k, v)
     step.note = lambda text: defer.succeed(None)

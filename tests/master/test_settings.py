@@ -259,6 +259,40 @@ def test_buildbot_checkconfig_lists_every_settings_problem(tmp_path):
     assert r.returncode == 0 and "Config file is good!" in r.stdout, r.stdout + r.stderr
 
 
+def test_buildbot_checkconfig_lists_settings_and_mail_problems_together(tmp_path):
+    """Issue 13: one `buildbot checkconfig` lists every operator-setting problem, those found
+    while parsing (a bad duration), the files (an empty App key, a missing CA file, a missing
+    secret file) and the values only the mail needs (sender, operator, attempts), each naming
+    the settings file and the key; none waits for the first one to be fixed."""
+    import shutil
+    import subprocess
+
+    from support.buildbot_harness import ROOT, VENV_BIN, _clean_env, _master_template
+
+    master = tmp_path / "master"
+    shutil.copytree(_master_template(), master)
+    shutil.copy(ROOT / "master" / "master.cfg", master / "master.cfg")
+    text = ('build_timeout = "1x"\noperator_email = "ops"\n'
+            + GOOD.replace('host = "mail"', 'host = "mail"\nca_file = "ca.pem"\nfrom_addr = "nope"\nattempts = 0')
+            .replace('webhook_secret_file = "hook-secret"', 'webhook_secret_file = "no-such-secret"'))
+    _write(master, text)
+    (master / "app.pem").write_text("")
+    r = subprocess.run([str(VENV_BIN / "buildbot"), "checkconfig", str(master)], capture_output=True,
+                       text=True, env=_clean_env(None), timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    toml = master / "easeml.toml"
+    lines = [ln.strip() for ln in r.stderr.split("Configuration Errors:", 1)[-1].splitlines() if ln.strip()]
+    expected = [f"{toml}: build_timeout: must be a duration (seconds, or e.g. 90s, 15m, 1h), not '1x'",
+                f"{toml}: github.webhook_secret_file: cannot read {master / 'no-such-secret'}: No such file or directory",
+                f"{toml}: github.private_key_path: {master / 'app.pem'} is empty (expected the GitHub App's PEM private key)",
+                f"{toml}: smtp.ca_file: {master / 'ca.pem'}: no such file",
+                f"{toml}: smtp.from_addr: 'nope' is not an email address",
+                f"{toml}: smtp.attempts: must be at least 1, not 0",
+                f"{toml}: operator_email: 'ops' is not an email address"]
+    assert sorted(lines) == sorted(expected), r.stderr  # each once: the unreadable secret is not also "required"
+    assert "Traceback" not in r.stderr
+
+
 def test_several_masters_settings_from_file_and_environment(tmp_path):
     """mq_router_url turns on Buildbot's multiMaster with the WAMP MQ; the environment names
     (EASEML_MQ_ROUTER_URL, EASEML_MQ_REALM, EASEML_MASTER_EXPIRY) are the ones compose sets."""

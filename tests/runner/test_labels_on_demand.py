@@ -84,6 +84,8 @@ RECORD = textwrap.dedent('''
     from types import SimpleNamespace
     from twisted.internet import defer, task
     from easeml_buildbot.master import steps as es
+    from easeml_buildbot.master.service import EasemlService
+    from easeml_buildbot.master.settings import Settings
 
     results_dir, ledger_url, use_id, adaptivity = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     props = {"buildername": "easeml", "buildnumber": 9, "easeml_use_id": use_id,
@@ -92,7 +94,8 @@ RECORD = textwrap.dedent('''
     build = SimpleNamespace(getProperty=lambda k, d=None: props.get(k, d), requests=[SimpleNamespace(id=1)])
     state = SimpleNamespace(getObjectId=lambda *a: defer.succeed(1), setState=lambda *a: defer.succeed(None))
     step = es.RecordResult(SimpleNamespace(results_dir=results_dir, ledger_url=ledger_url)).get_step_factory().buildStep()
-    step.build, step.master = build, SimpleNamespace(db=SimpleNamespace(state=state))
+    step.build, step.master = build, SimpleNamespace(db=SimpleNamespace(state=state), service_manager=SimpleNamespace(
+        namedServices={"easeml": EasemlService(Settings(ledger_url=ledger_url))}))  # the master's ledger
     step.getProperty = build.getProperty
     step.setProperty = lambda k, v, src=None: props.__setitem__(k, v)
     step.note = lambda text: defer.succeed(notes.append(text))
@@ -223,6 +226,8 @@ RESERVE = textwrap.dedent('''
     from types import SimpleNamespace
     from twisted.internet import defer, task
     from easeml_buildbot.master import steps as es
+    from easeml_buildbot.master.service import EasemlService
+    from easeml_buildbot.master.settings import Settings
 
     ledger_url = sys.argv[1]
     props = {"buildername": "easeml", "buildnumber": 3, "easeml_repo": "acme/m", "easeml_dataset_id": "d" * 64,
@@ -242,7 +247,8 @@ RESERVE = textwrap.dedent('''
     build = SimpleNamespace(getProperty=lambda k, d=None: props.get(k, d), requests=[SimpleNamespace(id=1)],
                             getUrl=lambda: defer.succeed("http://bb/builds/3"))
     step = es.ReserveUse(SimpleNamespace(ledger_url=ledger_url, build_timeout=60)).get_step_factory().buildStep()
-    step.build, step.master = build, SimpleNamespace(db=SimpleNamespace(state=state))
+    step.build, step.master = build, SimpleNamespace(db=SimpleNamespace(state=state), service_manager=SimpleNamespace(
+        namedServices={"easeml": EasemlService(Settings(ledger_url=ledger_url))}))  # the master's ledger
     step.getProperty = build.getProperty
     step.setProperty = lambda k, v, src=None: props.__setitem__(k, v)
     step.note = lambda text: defer.succeed(notes.append(text))

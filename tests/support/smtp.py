@@ -198,12 +198,19 @@ class _Consumer:
 
 
 class LoopbackMaster:
-    """What ``ReporterBase.reconfigService`` needs of a master: a reactor and an mq to subscribe to."""
+    """What ``ReporterBase.reconfigService`` needs of a master: a reactor, an mq to subscribe
+    to and, with ``settings``, the master's EasemlService (its ledger holds the outbox)."""
 
-    def __init__(self, reactor):
+    def __init__(self, reactor, settings=None):
+        from types import SimpleNamespace
+
+        from easeml_buildbot.master.service import EasemlService
+
         self.reactor = reactor
         self.mq = self
         self.master = self  # services find their master through their parent
+        self.service_manager = SimpleNamespace(
+            namedServices={"easeml": EasemlService(settings)} if settings is not None else {})
 
     def startConsuming(self, callback, key):
         from twisted.internet import defer
@@ -211,11 +218,12 @@ class LoopbackMaster:
         return defer.succeed(_Consumer())
 
 
-def start_notifier_in(reactor, notifier):
-    """Configure a notifier service (``make_email_reporters``) in ``reactor`` as Buildbot would."""
+def start_notifier_in(reactor, notifier, settings=None):
+    """Configure a notifier service (``make_email_reporters``) in ``reactor`` as Buildbot
+    would, on a master whose settings (and ledger) are ``settings``."""
     from twisted.internet.threads import blockingCallFromThread
 
-    notifier.parent = LoopbackMaster(reactor)
+    notifier.parent = LoopbackMaster(reactor, settings)
     blockingCallFromThread(reactor, notifier.reconfigService,
                            *notifier._config_args, **notifier._config_kwargs)
     return notifier

@@ -103,7 +103,7 @@ def run_outage(base: Path, reactor: Any, *, outage: float, mails: int = 3, smtp:
     s = Settings.from_dict({"forge": "local", "local": {"repo": "/r"}, "smtp": section, "ledger_url": url,
                             "allowed_email_domains": ["example.com"]})
     (notifier,) = em.make_email_reporters(s)
-    start_notifier_in(reactor, notifier)
+    start_notifier_in(reactor, notifier, s)
     early = 0
     first_notified: dict[int, float] = {}
     try:

@@ -210,11 +210,18 @@ def _pair(value: Any) -> tuple[float, float] | None:
     return None if math.isnan(lo) or math.isnan(hi) else (lo, hi)
 
 
-def read_ledger(ledger_url: str, repo: str, dataset_id: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The test set's uses (oldest first, as dicts with ``result`` parsed) and its state."""
-    from easeml_buildbot.master import ledger_for
+def read_ledger(ledger_url: str, repo: str, dataset_id: str,
+                led: Any = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The test set's uses (oldest first, as dicts with ``result`` parsed) and its state.
 
-    return snapshot(ledger_for(ledger_url), repo, dataset_id)  # the master's own Ledger: no engine per mail
+    ``led``: an open ``Ledger`` (the master's, from its EasemlService: no engine per mail);
+    without it one is opened on ``ledger_url`` for this read (tools, tests)."""
+    if led is not None:
+        return snapshot(led, repo, dataset_id)
+    from easeml_buildbot.custody.ledger import Ledger
+
+    with Ledger(ledger_url) as own:
+        return snapshot(own, repo, dataset_id)
 
 
 def snapshot(led: Any, repo: str, dataset_id: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import ssl
 from collections.abc import Sequence
 from email.message import EmailMessage
@@ -32,16 +31,11 @@ from easeml_buildbot.master import metrics
 from easeml_buildbot.master.mail.facts import OutgoingMail, facts_from_build, failed_step_tail
 from easeml_buildbot.master.mail.plan import plan_mails
 from easeml_buildbot.master.mail.policy import MailPolicy, filter_recipients
+from easeml_buildbot.master.settings import is_address
 
 logger = logging.getLogger(__name__)
 
 SMTP_PASSWORD_SECRET = "easeml_smtp_password"
-_ADDRESS = re.compile(r"[^@\s]+@[^@\s]+")
-
-
-def is_address(text: Any) -> bool:
-    """One address (``Name <a@b>`` or ``a@b``; ``a@localhost`` too)."""
-    return bool(_ADDRESS.fullmatch(parseaddr(str(text or ""))[1] or ""))
 
 
 DEFAULTS = dict(attempts=4, backoff=2.0, timeout=30.0, outbox_expiry=3 * 24 * 3600.0, outbox_max_backoff=600.0)
@@ -100,8 +94,12 @@ class EasemlMailGenerator:
                 facts = dataclasses.replace(facts, failed_step=step, log_tail=tail)
             except Exception as exc:  # noqa: BLE001  (the mail goes out without the tail)
                 logger.warning("easeml email: cannot read the failed step's log: %s", exc)
+        from easeml_buildbot.master.service import easeml_service
+
+        svc = easeml_service(master)
         mails = yield threads.deferToThreadPool(
-            master.reactor, master.reactor.getThreadPool(), plan_mails, facts, self.policy)
+            master.reactor, master.reactor.getThreadPool(),
+            lambda: plan_mails(facts, self.policy, led=svc.ledger() if self.policy.ledger_url else None))
         if not mails:
             return None
         owners, _ = filter_recipients(facts.owners, self.policy.allowed_domains)
@@ -118,11 +116,12 @@ class EasemlMailGenerator:
 class EasemlMailNotifier(MailNotifier):
     """``MailNotifier`` that sends each planned mail on its own.
 
-    With ``outbox_url`` (the ledger's URL; ``make_email_reporters`` passes it) each mail is
-    stored in the outbox and sent by the service's drain loop (``master.outbox``): retried
-    with doubling delays from ``backoff`` up to ``outbox_max_backoff`` until delivered or
-    ``outbox_expiry`` seconds old, across master restarts. Without it, ``deliver`` sends
-    directly with ``attempts`` bounded retries (tests, tools).
+    With ``outbox`` (``make_email_reporters`` sets it when there is a ledger) each mail is
+    stored in the outbox, a table in the master's ledger (``EasemlService.ledger``), and
+    sent by the service's drain loop (``master.outbox``): retried with doubling delays from
+    ``backoff`` up to ``outbox_max_backoff`` until delivered or ``outbox_expiry`` seconds old,
+    across master restarts. Without it, ``deliver`` sends directly with ``attempts`` bounded
+    retries (tests, tools).
 
     The SMTP password is a Buildbot secret (``secrets`` below): it is rendered when the
     service is configured and never written to a log or a mail.
@@ -131,7 +130,7 @@ class EasemlMailNotifier(MailNotifier):
     name = "EasemlMailNotifier"
 
     def checkConfig(self, fromaddr, *, attempts=DEFAULTS["attempts"], backoff=DEFAULTS["backoff"],
-                    timeout=DEFAULTS["timeout"], ca_file=None, outbox_url=None,
+                    timeout=DEFAULTS["timeout"], ca_file=None, outbox=False,
                     outbox_expiry=DEFAULTS["outbox_expiry"], outbox_max_backoff=DEFAULTS["outbox_max_backoff"],
                     **kwargs):
         """Every problem through ``config.error`` (``buildbot checkconfig`` lists them all),
@@ -153,7 +152,7 @@ class EasemlMailNotifier(MailNotifier):
         number("attempts", attempts, integer=True, minimum=1, strict=False)
         number("backoff", backoff, strict=False)
         number("timeout", timeout)
-        if outbox_url is not None:
+        if outbox:
             number("outbox_expiry", outbox_expiry)
             number("outbox_max_backoff", outbox_max_backoff)
         if ca_file:
@@ -169,7 +168,7 @@ class EasemlMailNotifier(MailNotifier):
 
     @defer.inlineCallbacks
     def reconfigService(self, fromaddr, *, attempts=DEFAULTS["attempts"], backoff=DEFAULTS["backoff"],
-                        timeout=DEFAULTS["timeout"], ca_file=None, outbox_url=None,
+                        timeout=DEFAULTS["timeout"], ca_file=None, outbox=False,
                         outbox_expiry=DEFAULTS["outbox_expiry"],
                         outbox_max_backoff=DEFAULTS["outbox_max_backoff"], **kwargs):
         yield self._stop_outbox()
@@ -181,14 +180,16 @@ class EasemlMailNotifier(MailNotifier):
         self.failed: list[tuple[str, tuple[str, ...], str]] = []
         yield super().reconfigService(fromaddr, **kwargs)
         self.outbox = None
-        if outbox_url:
+        if outbox:
             from twisted.internet import threads
 
-            from easeml_buildbot.master import ledger_for
             from easeml_buildbot.master import outbox as ob
+            from easeml_buildbot.master.service import easeml_service
+
+            svc = easeml_service(self.master)
 
             def open_outbox():
-                return ob.Outbox(ledger_for(outbox_url), expiry=outbox_expiry, backoff=self.backoff,
+                return ob.Outbox(svc.ledger(), expiry=outbox_expiry, backoff=self.backoff,
                                  max_backoff=outbox_max_backoff, lease=4 * self.timeout + 60)
 
             reactor = self.master.reactor
@@ -418,6 +419,6 @@ def make_email_reporters(settings: Any, c: dict | None = None, *,
         sendToInterestedUsers=False,
         generators=[EasemlMailGenerator(policy, builders)],
         ca_file=smtp.ca_file or None,
-        outbox_url=policy.ledger_url,
+        outbox=bool(policy.ledger_url),
         **tuning,
     )]

@@ -82,8 +82,8 @@ def route_key(facts: BuildFacts) -> str | None:
 class _Plan:
     """The facts of one build, gathered once, and the mails of its routes."""
 
-    def __init__(self, facts: BuildFacts, policy: MailPolicy, ledger: Any):
-        self.facts, self.policy, self.ledger = facts, policy, ledger
+    def __init__(self, facts: BuildFacts, policy: MailPolicy, ledger: Any, led: Any = None):
+        self.facts, self.policy, self.ledger, self.led = facts, policy, ledger, led
         self.owners, dropped = _filter(facts.owners, policy)
         if dropped:
             logger.warning("easeml email: %d address(es) of %r not in the allowed domains, not mailed: %s",
@@ -115,7 +115,7 @@ class _Plan:
                 logger.warning("easeml email: no ledger or dataset id for %r, cannot report", f.repo)
                 return False
             try:
-                self.ledger = read_ledger(policy.ledger_url, f.repo, f.dataset_id)
+                self.ledger = read_ledger(policy.ledger_url, f.repo, f.dataset_id, self.led)
             except Exception as exc:  # noqa: BLE001  (logged; the build is long finished)
                 logger.warning("easeml email: ledger unavailable for %r, no result mail: %s", f.repo, exc)
                 return False
@@ -138,7 +138,7 @@ class _Plan:
         f = self.facts
         if self.policy.ledger_url and f.dataset_id and self.ledger is None:
             try:
-                uses, state = read_ledger(self.policy.ledger_url, f.repo, f.dataset_id)
+                uses, state = read_ledger(self.policy.ledger_url, f.repo, f.dataset_id, self.led)
                 if uses:
                     self.ev = evaluation_from(uses[-1], state, self.config)
             except Exception as exc:  # noqa: BLE001
@@ -233,17 +233,18 @@ def _filter(addresses: Sequence[str], policy: MailPolicy) -> tuple[list[str], li
 _WORKER_PATH = re.compile(r"(?<![\w.:])/[^\s:'\"]+")
 
 
-def plan_mails(facts: BuildFacts, policy: MailPolicy, *, ledger: Any = None) -> list[OutgoingMail]:
+def plan_mails(facts: BuildFacts, policy: MailPolicy, *, ledger: Any = None, led: Any = None) -> list[OutgoingMail]:
     """Every mail one finished build causes, with its recipients (blocking: run in a thread).
 
     ``ledger`` is ``(uses, state)`` when already read (tests); otherwise the ledger at
-    ``policy.ledger_url`` is read for the build's ``easeml_use_id``.
+    ``policy.ledger_url`` is read for the build's ``easeml_use_id``, through ``led`` (the
+    master's open ``Ledger``) when given.
     """
     key = route_key(facts)
     routes = ROUTES.get(key or "", ())
     if not routes:
         return []
-    plan = _Plan(facts, policy, ledger)
+    plan = _Plan(facts, policy, ledger, led)
     if key == "evaluated":
         if not plan.load_evaluation():
             return []
