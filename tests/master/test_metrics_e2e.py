@@ -48,6 +48,8 @@ def test_metrics_count_a_build_and_health_reports_the_ledger(tmp_path, service_k
         assert status == 200
         assert _sample(before, "easeml_builds_total", status="evaluated") == 0
         assert _sample(before, "easeml_pending_build_requests") == 0
+        assert _sample(before, "easeml_check_runs_pending") == 0  # (the GitHub faults e2e sees them > 0)
+        assert _sample(before, "easeml_outbox_pending") == 0
         bb.wait_first_poll()
         repo.commit_model(quality=0.97, branch="main", message="better model")
         (b1,) = bb.wait_for_builds(1, timeout=120)
