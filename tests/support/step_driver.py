@@ -23,16 +23,17 @@ from typing import Any
 
 
 def drive_step(step: str, ledger_url: str, props: dict[str, Any], *, results_dir: Path | str | None = None,
-               started: bool | None = None, finalize: dict[str, Any] | None = None, build_timeout: float = 60,
+               started: bool = False, finalize: dict[str, Any] | None = None, build_timeout: float = 60,
                timeout: float = 120) -> dict[str, Any]:
     """Run step class ``step`` of ``easeml_buildbot.master.steps`` on a stand-in build with
     ``props``. ``started``: the build's executed steps hold an ``evaluate`` step that
-    succeeded (True) or was skipped (False); None: no executed steps. ``finalize``: then run
+    succeeded (else the build ran no step before this one). ``finalize``: then run
     ``Finalize`` with ``{"props": {...}, "facts": {...}}`` added to the build."""
     spec = {"step": step, "ledger_url": ledger_url, "props": props, "build_timeout": build_timeout,
             "results_dir": str(results_dir) if results_dir is not None else None, "started": started,
             "finalize": finalize}
-    out = subprocess.run([sys.executable, __file__], input=json.dumps(spec), capture_output=True, text=True,
+    # -P: not this folder first on sys.path (its modules would shadow real ones)
+    out = subprocess.run([sys.executable, "-P", __file__], input=json.dumps(spec), capture_output=True, text=True,
                          timeout=timeout)
     lines = out.stdout.strip().splitlines()
     if out.returncode != 0 or not lines:
@@ -76,8 +77,7 @@ def _main(spec: dict[str, Any]) -> None:
 
     state = SimpleNamespace(getObjectId=lambda *a: defer.succeed(1), getState=get_state, setState=set_state,
                             atomicCreateState=create_state)
-    started = spec["started"]
-    executed = [] if started is None else [SimpleNamespace(name="evaluate", results=0)] if started else []
+    executed = [SimpleNamespace(name="evaluate", results=0)] if spec["started"] else []
     build = SimpleNamespace(getProperty=lambda k, d=None: props.get(k, d), requests=[SimpleNamespace(id=1)],
                             executedSteps=executed,
                             getUrl=lambda: defer.succeed(f"http://bb/builds/{props.get('buildnumber')}"))
