@@ -9,7 +9,7 @@ alone), and per test set only the uses left, which every check run states.
 
 Counters are per master process (Prometheus sums them over masters); builds are counted by
 the master that ran them, so a multi-master setup counts each build once. Gauges that need a
-database query (queue depth, uses left) are refreshed at most every ``cache_seconds`` however
+database query (queue depth, the check-run and mail backlogs, uses left) are refreshed at most every ``cache_seconds`` however
 often the endpoint is scraped.
 """
 
@@ -55,6 +55,8 @@ class _Gauges:
 
     def __init__(self) -> None:
         self.pending: int | None = None
+        self.check_runs: int | None = None
+        self.outbox: int | None = None
         self.testsets: list[Any] = []
 
     def collect(self):
@@ -63,6 +65,15 @@ class _Gauges:
         if self.pending is not None:
             g.add_metric([], self.pending)
         yield g
+        for name, doc, value in (
+                ("easeml_check_runs_pending", "Check runs whose desired state GitHub does not show yet "
+                 "(the reconciler's backlog, all masters).", self.check_runs),
+                ("easeml_outbox_pending", "Mails in the outbox waiting to be delivered (all masters).",
+                 self.outbox)):
+            g = GaugeMetricFamily(name, doc)
+            if value is not None:  # unknown (the database is unreachable): no sample
+                g.add_metric([], value)
+            yield g
         left = GaugeMetricFamily("easeml_testset_uses_left",
                                  "Uses of a test set left (0 once retired).", labels=["repo", "dataset"])
         retired = GaugeMetricFamily("easeml_testset_retired", "1 when a test set is retired.",
@@ -93,6 +104,7 @@ class MetricsService(service.BuildbotService):
             REGISTRY.register(self._gauges)
             self._refreshed = float("-inf")
             self._refreshing: defer.Deferred | None = None
+            self._stores: tuple[Any, Any] | None = None
         if endpoint != getattr(self, "_endpoint", None):
             if getattr(self, "_port", None) is not None:
                 yield self._port.stopListening()
@@ -167,12 +179,29 @@ class MetricsService(service.BuildbotService):
             log.msg(f"easeml metrics: pending build requests: {exc}")
             self._gauges.pending = None
         try:
+            self._gauges.check_runs, self._gauges.outbox = yield threads.deferToThread(self._backlogs)
+        except Exception as exc:  # noqa: BLE001
+            log.msg(f"easeml metrics: check-run and outbox backlog: {type(exc).__name__}")
+            self._gauges.check_runs = self._gauges.outbox = None
+        try:
             self._gauges.testsets = yield threads.deferToThread(
                 lambda: svc.ledger().entries())
         except Exception as exc:  # noqa: BLE001
             log.msg(f"easeml metrics: ledger entries: {type(exc).__name__}")
             self._gauges.testsets = []
         self._refreshed = time.monotonic()
+
+    def _backlogs(self) -> tuple[int, int]:
+        """(check runs not yet as desired on GitHub, mails not yet delivered); blocking."""
+        from easeml_buildbot.master import ledger_for
+        from easeml_buildbot.master.checkruns import CheckRunStore
+        from easeml_buildbot.master.outbox import Outbox
+
+        if self._stores is None:  # (creating either store makes its table if need be)
+            led = ledger_for(self.ledger_url)
+            self._stores = (CheckRunStore(led.engine), Outbox(led))
+        check_runs, outbox = self._stores
+        return check_runs.depth(), outbox.depth()
 
     # -- health -------------------------------------------------------------------
     @defer.inlineCallbacks

@@ -181,6 +181,7 @@ def test_mails_through_real_master_builds(tmp_path, service_keys):
             assert re.search(r"attempt 4 to send exhaustion mail #\d+ failed", log), log[-3000:]
             assert "giving up" not in log
             assert len(smtp.messages) == 8
+            assert bb.metric("easeml_outbox_pending") == 1  # the operator sees it waiting (first scrape: fresh)
             assert bb.api("builders")  # the master still answers
             smtp.up()
             late = smtp.wait_for(9, timeout=30)[8]

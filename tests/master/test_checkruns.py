@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from easeml_buildbot.master.checkruns import CheckRunStore, push
+from support.github_sim import APP_ID, app_sim  # noqa: F401  (fixture)
 from support.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
 HEAD = dict(repo="o/r", head_sha="a" * 40, name="easeml/ci", installation_id=5)
@@ -114,46 +115,32 @@ def test_two_masters_on_one_postgres_claim_each_run_once(postgres_url):
     assert everything == sorted({r["id"] for r in stores[0].rows()}) and len(everything) == 30
 
 
-@pytest.fixture
-def sim():
-    from support.github_sim import GitHubSim, fixtures_available
-
-    reason = fixtures_available()
-    if reason:
-        pytest.skip(reason)
-    s, key = GitHubSim.with_new_app_key(app_id=77)
-    s.app_key = key
-    s.start()
-    yield s
-    s.stop()
-
-
-def test_a_create_whose_answer_is_lost_is_found_and_updated_not_repeated(sim, tmp_path):
+def test_a_create_whose_answer_is_lost_is_found_and_updated_not_repeated(app_sim, tmp_path):
     from easeml_buildbot.master.github_app import GitHubApp
 
-    app = GitHubApp(77, sim.app_key, sim.url, timeout=1, seconds_between_requests=0, seconds_between_writes=0)
+    app = GitHubApp(APP_ID, app_sim.app_key, app_sim.url, timeout=1, seconds_between_requests=0, seconds_between_writes=0)
     app.installation_token(5)  # before GitHub turns slow
     now = [100.0]
     st = _store(f"sqlite:///{tmp_path}/l.sqlite", now, backoff=1)
     st.desire(**HEAD, order=(1, 0, 0), desired=_queued())
-    sim.slow(2.5, delay=2)  # handled, answered after the client gave up
+    app_sim.slow(2.5, delay=2)  # handled, answered after the client gave up
     (row,) = st.claim()
     with pytest.raises(Exception):
         push(app, row)
     st.failed(row, "timeout")
-    assert len(sim.check_runs) == 1  # GitHub made it
-    sim.wait_for(lambda: False, timeout=2.6)  # GitHub is fast again
+    assert len(app_sim.check_runs) == 1  # GitHub made it
+    app_sim.wait_for(lambda: False, timeout=2.6)  # GitHub is fast again
     st.desire(**HEAD, order=(1, 9, 2), desired=_done())
     (row,) = st.claim()
     assert row.lookup and row.check_run_id is None
     run_id = push(app, row)
     assert st.synced(row, run_id)
-    (run,) = sim.check_runs.values()
+    (run,) = app_sim.check_runs.values()
     assert run["id"] == run_id and run["status"] == "completed" and run["conclusion"] == "success"
     # known id: one PATCH, no lookup, no create
     st.desire(**HEAD, order=(2, 0, 0), desired=_queued())
     (row,) = st.claim()
-    before = len(sim.requests)
+    before = len(app_sim.requests)
     assert push(app, row) == run_id
-    assert [r.operation for r in sim.requests[before:]] == ["checks/update"]
-    assert sim.errors() == []
+    assert [r.operation for r in app_sim.requests[before:]] == ["checks/update"]
+    assert app_sim.errors() == []

@@ -76,6 +76,15 @@ def _completed(world, sha: str) -> bool:
     return bool(runs) and all(r["status"] == "completed" for r in runs)
 
 
+def _dirty(world) -> int:
+    """Check runs whose desired state GitHub does not show yet, read from the database."""
+    from easeml_buildbot.custody.ledger import Ledger
+    from easeml_buildbot.master.checkruns import CheckRunStore
+
+    with Ledger(world.ledger_url) as led:
+        return CheckRunStore(led.engine).depth()
+
+
 def _builds_for(world, sha: str) -> list[dict]:
     out = []
     for b in world.bb.api("builds", order="buildid"):
@@ -129,8 +138,13 @@ def test_a_30s_run_of_500s_at_the_end_of_builds_still_ends_completed(world, tmp_
     marker.unlink()
     _wait(lambda: all(_builds_for(world, h.sha) for _, h, _, _ in prs.values()), 180, "the builds to end", world)
     ended = time.monotonic() - t0
-    world.sim.outage(max(30 - ended, 5), status=500)
-    outage = max(30.0, ended + 5)
+    # the operator sees the backlog on /metrics: both end states wait for GitHub (the gauge is
+    # refreshed at most every 15 s; this is the module's first scrape, so it is fresh)
+    _wait(lambda: _dirty(world) == 2, 30, "both end states to be stored", world)
+    assert world.bb.metric("easeml_check_runs_pending") == 2
+    held = time.monotonic() - t0
+    world.sim.outage(max(30 - held, 5), status=500)
+    outage = max(30.0, held + 5)
     assert all(_writes(world, h.sha)[-1] == ("in_progress", None) for _, h, _, _ in prs.values())
     _wait(lambda: all(_completed(world, h.sha) for _, h, _, _ in prs.values()), 150,
           "every check run to end completed after the outage", world)
@@ -148,6 +162,8 @@ def test_a_30s_run_of_500s_at_the_end_of_builds_still_ends_completed(world, tmp_
         done = writes.index(("completed", "success"))
         assert writes[done:] == [("completed", "success")], (name, writes)  # nothing older after it
     assert world.sim.errors() == []
+    _wait(lambda: world.bb.metric("easeml_check_runs_pending") == 0, 60, "the backlog gauge to drain", world)
+    assert world.bb.metric("easeml_github_retries_total") > 0 and world.bb.metric("easeml_github_errors_total") > 0
 
 
 def test_25s_answers_leave_no_run_queued_and_slow_neither_ledger_nor_ui(world):

@@ -8,22 +8,20 @@ import time
 
 import pytest
 
-from support.github_sim_world import require_worker_cli
-from support.buildbot_harness import BuildbotHarness
+from support.local_forge import local_forge_master
 from support.models import make_model_repo
 
 pytestmark = pytest.mark.e2e
 
 
+def _repo(tmp_path, service_keys, steps):
+    return make_model_repo(tmp_path / "repo", public_key=service_keys.public, quality=0.6,
+                           condition="n - o > 0.02 +/- 0.1", reliability=0.95, adaptivity="full", steps=steps)
+
+
 def test_local_forge_evaluates_new_commits_and_advances_the_baseline(tmp_path, service_keys):
-    require_worker_cli()
-    repo = make_model_repo(tmp_path / "repo", public_key=service_keys.public, quality=0.6,
-                           condition="n - o > 0.02 +/- 0.1", reliability=0.95,
-                           adaptivity="full", steps=4)
-    settings = {"forge": "local", "ledger_url": f"sqlite:///{tmp_path}/ledger.sqlite",
-                "local": {"repo": str(repo.path), "branch": "main", "poll_interval": 1, "project": "demo/models"}}
-    env = {"EASEML_WORKER_KEY": str(service_keys.private), "EASEML_WORKER_RUNNER": "process"}
-    with BuildbotHarness(tmp_path / "bb", settings=settings, worker_env=env) as bb:
+    repo = _repo(tmp_path, service_keys, steps=4)
+    with local_forge_master(tmp_path / "bb", repo, service_keys) as bb:
         # the poller records the current head at its first poll; commit only after that
         bb.wait_first_poll()
         better = repo.commit_model(quality=0.97, branch="main", message="much better model")
@@ -57,14 +55,8 @@ def test_local_forge_takes_a_configuration_commit_as_the_new_configuration(tmp_p
     """Issue 14: a commit on the watched (trusted) branch that edits ``.easeml.yml`` is not
     evaluated as a model; it becomes the accepted commit, so the commits after it are
     evaluated under the new configuration instead of being ``protected_changed`` forever."""
-    require_worker_cli()
-    repo = make_model_repo(tmp_path / "repo", public_key=service_keys.public, quality=0.6,
-                           condition="n - o > 0.02 +/- 0.1", reliability=0.95,
-                           adaptivity="full", steps=8)
-    settings = {"forge": "local", "ledger_url": f"sqlite:///{tmp_path}/ledger.sqlite",
-                "local": {"repo": str(repo.path), "branch": "main", "poll_interval": 1, "project": "demo/models"}}
-    env = {"EASEML_WORKER_KEY": str(service_keys.private), "EASEML_WORKER_RUNNER": "process"}
-    with BuildbotHarness(tmp_path / "bb", settings=settings, worker_env=env) as bb:
+    repo = _repo(tmp_path, service_keys, steps=8)
+    with local_forge_master(tmp_path / "bb", repo, service_keys) as bb:
         bb.wait_first_poll()
         better = repo.commit_model(quality=0.97, branch="main", message="much better model")
         (b1,) = bb.wait_for_builds(1, timeout=120)

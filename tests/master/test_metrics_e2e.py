@@ -10,8 +10,7 @@ import urllib.request
 
 import pytest
 
-from support.buildbot_harness import BuildbotHarness
-from support.github_sim_world import require_worker_cli
+from support.local_forge import local_forge_master
 from support.models import make_model_repo
 
 pytestmark = pytest.mark.e2e
@@ -38,21 +37,19 @@ def _sample(text: str, name: str, **labels: str) -> float | None:
 
 
 def test_metrics_count_a_build_and_health_reports_the_ledger(tmp_path, service_keys):
-    require_worker_cli()
     repo = make_model_repo(tmp_path / "repo", public_key=service_keys.public, quality=0.6,
                            condition="n - o > 0.02 +/- 0.1", reliability=0.95,
                            adaptivity="none", steps=4)
     ledger = tmp_path / "ledger.sqlite"
-    settings = {"forge": "local", "ledger_url": f"sqlite:///{ledger}",
-                "local": {"repo": str(repo.path), "branch": "main", "poll_interval": 1, "project": "demo/models"}}
-    env = {"EASEML_WORKER_KEY": str(service_keys.private), "EASEML_WORKER_RUNNER": "process"}
-    with BuildbotHarness(tmp_path / "bb", settings=settings, worker_env=env) as bb:
+    with local_forge_master(tmp_path / "bb", repo, service_keys, ledger_url=f"sqlite:///{ledger}") as bb:
         status, body = _get(bb.metrics_url + "healthz")
         assert status == 200 and json.loads(body) == {"master": "ok", "db": "ok", "ledger": "ok"}, body
         status, before = _get(bb.metrics_url + "metrics")
         assert status == 200
         assert _sample(before, "easeml_builds_total", status="evaluated") == 0
         assert _sample(before, "easeml_pending_build_requests") == 0
+        assert _sample(before, "easeml_check_runs_pending") == 0  # (the GitHub faults e2e sees them > 0)
+        assert _sample(before, "easeml_outbox_pending") == 0
         bb.wait_first_poll()
         repo.commit_model(quality=0.97, branch="main", message="better model")
         (b1,) = bb.wait_for_builds(1, timeout=120)

@@ -12,8 +12,8 @@ import pytest
 from easeml_buildbot.custody.dataset import dataset_id, decrypted_dataset, encrypt_dataset
 from easeml_buildbot.custody.ledger import Ledger
 from easeml_buildbot.estimator import decide
-from support.buildbot_harness import BuildbotHarness
 from support.github_sim_world import require_worker_cli
+from support.local_forge import local_forge_master
 from support.models import DATASET_PATH, make_model_repo
 from support.models import test_set_csv as csv_text
 
@@ -36,10 +36,7 @@ def test_sorted_test_set_is_scored_in_the_service_row_order(tmp_path, service_ke
     plain.unlink()
     repo.commit_files({DATASET_PATH: enc.read_bytes()}, branch="main", message="test set sorted by class")
     ledger_url = f"sqlite:///{tmp_path}/ledger.sqlite"
-    settings = {"forge": "local", "ledger_url": ledger_url,
-                "local": {"repo": str(repo.path), "branch": "main", "poll_interval": 1, "project": "demo/models"}}
-    env = {"EASEML_WORKER_KEY": str(service_keys.private), "EASEML_WORKER_RUNNER": "process"}
-    with BuildbotHarness(tmp_path / "bb", settings=settings, worker_env=env) as bb:
+    with local_forge_master(tmp_path / "bb", repo, service_keys, ledger_url=ledger_url) as bb:
         bb.wait_first_poll()
         head = repo.commit_model(quality=0.9, branch="main", message="new model")
         (b1,) = bb.wait_for_builds(1, timeout=120)

@@ -17,7 +17,6 @@ import secrets
 import subprocess
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from easeml_buildbot.custody.dataset import decrypted_dataset, encrypt_dataset
 from easeml_buildbot.custody.ledger import Ledger
 from easeml_buildbot.estimator.decision import decide
 from support.models import make_model_repo
+from support.step_driver import drive_step
 
 CONDITION = "d < 0.4 +/- 0.1 /\\ n - o > 0.0 +/- 0.1"
 OWNER, AUTHOR = "owner@example.com", "dev@example.com"
@@ -79,44 +79,15 @@ def _evaluate(lod, service_keys, tmp_path, config_rev):
     return json.loads(out.read_text()), res.stdout + res.stderr
 
 
-RECORD = textwrap.dedent('''
-    import json, sys
-    from types import SimpleNamespace
-    from twisted.internet import defer, task
-    from easeml_buildbot.master import steps as es
-    from easeml_buildbot.master.service import EasemlService
-    from easeml_buildbot.master.settings import Settings
-
-    results_dir, ledger_url, use_id, adaptivity = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    props = {"buildername": "easeml", "buildnumber": 9, "easeml_use_id": use_id,
-             "easeml_adaptivity": adaptivity}
-    notes = []
-    build = SimpleNamespace(getProperty=lambda k, d=None: props.get(k, d), requests=[SimpleNamespace(id=1)])
-    state = SimpleNamespace(getObjectId=lambda *a: defer.succeed(1), setState=lambda *a: defer.succeed(None))
-    step = es.RecordResult(SimpleNamespace(results_dir=results_dir, ledger_url=ledger_url)).get_step_factory().buildStep()
-    step.build, step.master = build, SimpleNamespace(db=SimpleNamespace(state=state), service_manager=SimpleNamespace(
-        namedServices={"easeml": EasemlService(Settings(ledger_url=ledger_url))}))  # the master's ledger
-    step.getProperty = build.getProperty
-    step.setProperty = lambda k, v, src=None: props.__setitem__(k, v)
-    step.note = lambda text: defer.succeed(notes.append(text))
-
-    def main(reactor):
-        d = step.run()
-        d.addCallback(lambda r: print(json.dumps({"result": r, "props": props, "notes": notes}, default=str)))
-        return d
-    task.react(main)
-''')
-
-
 def _record(tmp_path, ledger_url, use_id, result, adaptivity="none"):
     """The real RecordResult step on the worker's result.json (a stand-in build around it)."""
     results = tmp_path / "results"
     results.mkdir(mode=0o700, exist_ok=True)
     (results / "easeml-9-result.json").write_text(json.dumps(result))
-    out = subprocess.run([sys.executable, "-c", RECORD, str(results), ledger_url, str(use_id), adaptivity],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    out = drive_step("RecordResult", ledger_url, {"buildername": "easeml", "buildnumber": 9, "easeml_use_id": use_id,
+                                                  "easeml_adaptivity": adaptivity}, results_dir=results)
+    assert out["error"] is None, out
+    return out
 
 
 def test_labels_on_demand_end_to_end(lod, service_keys, tmp_path):
@@ -221,46 +192,6 @@ def test_awaiting_labels_shows_a_neutral_pending_check_under_full(lod, tmp_path)
     led.close()
 
 
-RESERVE = textwrap.dedent('''
-    import json, sys
-    from types import SimpleNamespace
-    from twisted.internet import defer, task
-    from easeml_buildbot.master import steps as es
-    from easeml_buildbot.master.service import EasemlService
-    from easeml_buildbot.master.settings import Settings
-
-    ledger_url = sys.argv[1]
-    props = {"buildername": "easeml", "buildnumber": 3, "easeml_repo": "acme/m", "easeml_dataset_id": "d" * 64,
-             "easeml_steps": 4, "easeml_adaptivity": "none", "revision": "h1", "easeml_base_sha": "b1"}
-    store = {}
-    notes = []
-    def get_state(oid, key, default=None):
-        return defer.succeed(store.get(key, default))
-    def set_state(oid, key, value):
-        store[key] = value
-        return defer.succeed(None)
-    def create_state(oid, key, fn):
-        store.setdefault(key, fn())
-        return defer.succeed(store[key])
-    state = SimpleNamespace(getObjectId=lambda *a: defer.succeed(1), getState=get_state, setState=set_state,
-                            atomicCreateState=create_state)
-    build = SimpleNamespace(getProperty=lambda k, d=None: props.get(k, d), requests=[SimpleNamespace(id=1)],
-                            getUrl=lambda: defer.succeed("http://bb/builds/3"))
-    step = es.ReserveUse(SimpleNamespace(ledger_url=ledger_url, build_timeout=60)).get_step_factory().buildStep()
-    step.build, step.master = build, SimpleNamespace(db=SimpleNamespace(state=state), service_manager=SimpleNamespace(
-        namedServices={"easeml": EasemlService(Settings(ledger_url=ledger_url))}))  # the master's ledger
-    step.getProperty = build.getProperty
-    step.setProperty = lambda k, v, src=None: props.__setitem__(k, v)
-    step.note = lambda text: defer.succeed(notes.append(text))
-
-    def main(reactor):
-        d = step.run()
-        d.addCallback(lambda r: print(json.dumps({"result": r, "props": props, "notes": notes}, default=str)))
-        return d
-    task.react(main)
-''')
-
-
 def test_the_rerun_continues_the_waiting_use(tmp_path):
     """The real ReserveUse step: a build of a (head, base) whose use waits for labels gets that
     use (nothing new spent, no waiting for a "twin"); a new head gets a new use."""
@@ -268,9 +199,11 @@ def test_the_rerun_continues_the_waiting_use(tmp_path):
     with Ledger(url) as led:
         r = led.reserve("acme/m", "d" * 64, 4, "none", commit="h1", base="b1")
         led.await_labels(r.use_id, {"status": "labels_needed", "labels_needed": {"ids": ["x"]}})
-    out = subprocess.run([sys.executable, "-c", RESERVE, url], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = drive_step("ReserveUse", url, {"buildername": "easeml", "buildnumber": 3, "easeml_repo": "acme/m",
+                                         "easeml_dataset_id": "d" * 64, "easeml_steps": 4,
+                                         "easeml_adaptivity": "none", "revision": "h1", "easeml_base_sha": "b1"},
+                     build_timeout=60, timeout=60)
+    assert got["error"] is None, got
     assert got["result"] == 0 and got["props"]["easeml_use_id"] == r.use_id
     assert "no new use spent" in got["notes"][-1] and "label" not in " ".join(got["notes"])
     with Ledger(url) as led:

@@ -287,6 +287,18 @@ class BuildbotHarness:
         key = [k for k in data if k != "meta"]
         return data[key[0]] if key else []
 
+    def metric(self, name: str, **labels: str) -> float | None:
+        """One sample of the master's ``/metrics`` (parsed by prometheus-client), or None."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(self.metrics_url + "metrics", timeout=30) as r:
+            text = r.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return sample.value
+        return None
+
     def build_properties(self, buildid: int) -> dict[str, Any]:
         props = self.api(f"builds/{buildid}/properties")
         return {k: v[0] for k, v in (props[0] if props else {}).items()}

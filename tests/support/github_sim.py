@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
+
 NODE_MODULES = Path(__file__).resolve().parent / "node_modules"
 OPENAPI_PATH = NODE_MODULES / "@octokit" / "openapi" / "generated" / "api.github.com.json"
 WEBHOOKS_PATH = NODE_MODULES / "@octokit" / "webhooks-examples" / "api.github.com" / "index.json"
@@ -458,3 +460,20 @@ def adapt_check_suite(payload: dict[str, Any], key: str, *, number: int, head_sh
     if key == "check_suite":
         obj["head_commit"] = dict(obj.get("head_commit") or {}, id=head_sha, message=message)
     return p
+
+
+APP_ID = 77  # the App of the ``app_sim`` fixture
+
+
+@pytest.fixture
+def app_sim():
+    """A started GitHub stand-in with a fresh App key (``app_sim.app_key``, the PEM the App
+    signs its JWTs with) for App ``APP_ID``; skips without the npm fixtures."""
+    reason = fixtures_available()
+    if reason:
+        pytest.skip(reason)
+    s, key = GitHubSim.with_new_app_key(app_id=APP_ID)
+    s.app_key = key
+    s.start()
+    yield s
+    s.stop()
