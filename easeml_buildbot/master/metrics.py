@@ -193,14 +193,14 @@ class MetricsService(service.BuildbotService):
 
     def _backlogs(self) -> tuple[int, int]:
         """(check runs not yet as desired on GitHub, mails not yet delivered); blocking."""
-        from easeml_buildbot.master import ledger_for
         from easeml_buildbot.master.checkruns import CheckRunStore
         from easeml_buildbot.master.outbox import Outbox
+        from easeml_buildbot.master.service import easeml_service
 
-        if self._stores is None:  # (creating either store makes its table if need be)
-            led = ledger_for(self.ledger_url)
-            self._stores = (CheckRunStore(led.engine), Outbox(led))
-        check_runs, outbox = self._stores
+        led = easeml_service(self.master).ledger()
+        if self._stores is None or self._stores[0] is not led:  # (a reconfig may bring another ledger)
+            self._stores = (led, CheckRunStore(led.engine), Outbox(led))  # creating either makes its table
+        _led, check_runs, outbox = self._stores
         return check_runs.depth(), outbox.depth()
 
     # -- health -------------------------------------------------------------------
