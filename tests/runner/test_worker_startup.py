@@ -1,0 +1,58 @@
+"""What a worker command imports: each ``easeml worker ...`` is a fresh Python process on
+the worker, started several times per build, so what it imports is paid per build."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import subprocess
+import sys
+
+from easeml_buildbot import cli
+
+
+def _commands(module: str) -> set[str]:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    importlib.import_module(module).register(sub)
+    return set(sub.choices)
+
+
+def test_command_table_names_every_registered_command():
+    registered = {name: m for m in cli.COMMAND_MODULES for name in _commands(m)}
+    assert registered == cli.COMMANDS
+    assert set(cli.COMMANDS.values()) == set(cli.COMMAND_MODULES)
+
+
+def _modules_after(argv: list[str]) -> set[str]:
+    code = ("import json, sys\nfrom easeml_buildbot.cli import main\n"
+            "try:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+            "print(json.dumps(sorted(sys.modules)), file=sys.stderr)" % (argv,))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    return set(json.loads(r.stderr.strip().splitlines()[-1]))
+
+
+def test_worker_command_imports_neither_the_master_nor_the_ledger():
+    mods = _modules_after(["worker", "inspect", "--help"])
+    for heavy in ("sqlalchemy", "scipy", "buildbot", "twisted", "easeml_buildbot.estimator.cli",
+                  "easeml_buildbot.custody.ledger"):
+        assert heavy not in mods, heavy
+
+
+def test_top_level_help_still_lists_every_command(capsys):
+    try:
+        cli.main(["--help"])
+    except SystemExit:
+        pass
+    out = capsys.readouterr().out
+    for name in cli.COMMANDS:
+        assert name in out
+
+
+def test_unknown_first_word_gets_the_full_parser(capsys):
+    try:
+        cli.main(["no-such-command"])
+    except SystemExit as exc:
+        assert exc.code == 2
+    assert "invalid choice" in capsys.readouterr().err
