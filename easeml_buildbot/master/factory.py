@@ -100,7 +100,12 @@ class InstallationTokenAuth:
             return
         from easeml_buildbot.master import app_for
 
-        token = yield threads.deferToThread(app_for(settings).clone_token, int(inst))
+        # in the GitHub thread pool (master.checkruns): a slow GitHub must not hold one of the
+        # reactor's default threads, which the ledger steps and the web UI need
+        github = self.master.service_manager.namedServices.get("easeml-github")
+        fetch = app_for(settings).clone_token
+        token = yield (github.run(fetch, int(inst)) if github is not None
+                       else threads.deferToThread(fetch, int(inst)))
         self.build.properties.useSecret(token, "github installation token")
         self._git_auth.git_credential_options = GitCredentialOptions(
             credentials=[f"url={url}\nusername=x-access-token\npassword={token}\n"])
