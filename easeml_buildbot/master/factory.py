@@ -70,7 +70,7 @@ def _inspect_cmd(props: Any) -> str:
                     f" --default-branch {shlex.quote(str(default))}") if default else ""
     return (f"mkdir -p {OUT} && easeml worker inspect --repo . --base {shlex.quote(str(base))}"
             f"{_config_args(props)}{branch_check} "
-            f"--head {shlex.quote(str(head))} --out {OUT}/inspect.json")
+            f"--head {shlex.quote(str(head))} --no-plan --out {OUT}/inspect.json")
 
 
 class InstallationTokenAuth:

@@ -56,3 +56,24 @@ def test_unknown_first_word_gets_the_full_parser(capsys):
     except SystemExit as exc:
         assert exc.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_inspect_no_plan_imports_no_scipy_and_the_master_plans_the_same(digits_repo, tmp_path):
+    """``--no-plan`` (what the build runs): the worker validates the configuration without
+    SciPy; the master's ``plan_inspection`` then gives exactly the worker's planned answer,
+    also for a condition that cannot be planned (error text, ok false, no dataset id)."""
+    from easeml_buildbot.master.steps import plan_inspection
+    from easeml_buildbot.runner.evaluate import inspect_repo
+
+    base = digits_repo.base.sha
+    out = tmp_path / "inspect.json"
+    mods = _modules_after(["worker", "inspect", "--repo", str(digits_repo.path), "--base", base,
+                           "--no-plan", "--out", str(out)])
+    assert not any(m == "scipy" or m.startswith("scipy.") for m in mods)
+    unplanned = json.loads(out.read_text())
+    assert unplanned["ok"] and unplanned["samples_needed"] is None
+    assert plan_inspection(unplanned) == inspect_repo(digits_repo.path, base)
+    bad = digits_repo.commit_files({".easeml.yml": "condition: n > 0.5 +/- 1e-9\n"}, branch="unplannable")
+    planned = inspect_repo(digits_repo.path, bad)
+    assert not planned["ok"] and "condition:" in planned["error"]
+    assert plan_inspection(inspect_repo(digits_repo.path, bad, plan=False)) == planned
