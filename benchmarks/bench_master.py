@@ -258,6 +258,7 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=30)
     ap.add_argument("--base", default=BASE, help=f"the 'before' commit (default {BASE})")
     ap.add_argument("--paced", action="store_true", help="also drain with GitHub's pacing")
+    ap.add_argument("--after", help="the 'after' commit (default: this working tree)")
     ap.add_argument("--only", choices=("before", "after"), help="run one column only")
     args = ap.parse_args()
     reason = fixtures_available()
@@ -268,7 +269,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-master-") as tmp:
         top = Path(tmp)
         keys = make_service_keys(top / "keys")
-        cols = [("before", _tree(args.base, top / "before-tree")), ("after", None)]
+        cols = [("before", _tree(args.base, top / "before-tree")),
+                ("after", _tree(args.after, top / "after-tree") if args.after else None)]
         for col, tree in cols:
             if args.only and col != args.only:
                 continue
@@ -295,7 +297,7 @@ def _print(res: dict, args) -> None:
         print(f"  {label:<52}" + "".join(f"{x:>{w}}" for x in cells))
 
     print(f"\nwebhook -> check run completed: trivial model, process runner, 1 worker, GitHub pacing, "
-          f"median of {args.runs} (before = {args.base}, after = this tree)")
+          f"median of {args.runs} (before = {args.base}, after = {args.after or 'this tree'})")
     print(f"  {'':<52}" + "".join(f"{c:>{w}}" for c in cols))
     row("total, s", lambda r: r["lat"]["median_total_s"])
     row("minus model run time (overhead), s", lambda r: r["lat"]["median_overhead_s"])
