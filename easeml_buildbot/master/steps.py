@@ -188,6 +188,8 @@ class ReadInspection(_MasterStep):
             self.summary = "no inspection from the worker"
             return FAILURE
         data = yield threads.deferToThread(plan_inspection, data)
+        if data.get("author_email"):
+            self.setProperty("easeml_author_email", str(data["author_email"]), "easeml")
         cfg = data.get("config") or {}
         for prop, names in (("easeml_condition", ("condition_text", "condition")),
                             ("easeml_adaptivity", ("adaptivity",)),

@@ -195,6 +195,12 @@ def inspect_repo(repo: str | os.PathLike[str], base: str, head: str | None = Non
         out["error"] = str(exc)
         return out
     out["base"], out["head"], out["config_rev"] = base_sha, head_sha, config_sha
+    if head_sha:  # the head commit's author (mail to the developer; the build's last step read it before)
+        try:
+            out["author_email"] = _git(repo_p, "log", "-1", "--format=%ae", head_sha).decode(
+                "utf-8", "replace").strip()[:320] or None
+        except GitError:
+            pass
     cfg, err = load_base_config(repo_p, config_sha)
     dataset = cfg.dataset if cfg else "data/test.csv.gpg"
     if head_sha:

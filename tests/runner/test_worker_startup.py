@@ -77,3 +77,15 @@ def test_inspect_no_plan_imports_no_scipy_and_the_master_plans_the_same(digits_r
     planned = inspect_repo(digits_repo.path, bad)
     assert not planned["ok"] and "condition:" in planned["error"]
     assert plan_inspection(inspect_repo(digits_repo.path, bad, plan=False)) == planned
+
+
+def test_inspect_reports_the_head_commits_author(digits_repo):
+    """The build's 'head commit author' worker command runs only when no inspection was
+    read: the inspection carries the address (what ``git log -1 --format=%ae`` says)."""
+    from easeml_buildbot.runner.evaluate import inspect_repo
+
+    pr = digits_repo.commit_model(quality=0.9, branch="author-check")
+    expected = subprocess.run(["git", "-C", str(digits_repo.path), "log", "-1", "--format=%ae", pr.sha],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    assert expected and inspect_repo(digits_repo.path, digits_repo.base.sha, pr.sha)["author_email"] == expected
+    assert "author_email" not in inspect_repo(digits_repo.path, digits_repo.base.sha)
