@@ -45,17 +45,22 @@ def _fetch_default_branch(step: Any) -> bool:
     return bool(default) and default != step.build.getProperty("easeml_base_ref")
 
 
-def _resolve_default_branch(step: Any) -> bool:
-    """No accepted commit recorded yet: the configuration comes from the default branch's head."""
-    return bool(step.build.getProperty("easeml_default_branch")) and \
-        not step.build.getProperty("easeml_config_sha")
+def default_branch_ref(props: Any) -> str | None:
+    """No accepted commit recorded yet (GitHub): the configuration comes from the default
+    branch's head, the ref the fetch step wrote. ``easeml worker inspect`` resolves it
+    (``config_rev`` in its answer) and ``read config`` records the commit as
+    ``easeml_config_sha``, which the evaluation then uses: both read the same commit."""
+    default = props.getProperty("easeml_default_branch")
+    if not default or props.getProperty("easeml_config_sha"):
+        return None
+    return f"refs/remotes/origin/{default}"
 
 
 def _config_args(props: Any) -> str:
-    """``--config-rev`` (the default branch's accepted commit) and the branch check; the local
-    forge has neither and reads the configuration from its base, as before."""
+    """``--config-rev`` (the default branch's accepted commit, or the ref of its head) and the
+    branch check; the local forge has neither and reads the configuration from its base."""
     out = ""
-    config = props.getProperty("easeml_config_sha")
+    config = props.getProperty("easeml_config_sha") or default_branch_ref(props)
     if config:
         out += f" --config-rev {shlex.quote(str(config))}"
     return out
@@ -255,13 +260,8 @@ def _add_github_fetches(f: BuildFactory, settings: Any) -> None:
         branch=util.Interpolate("+refs/heads/%(prop:easeml_default_branch)s:"
                                 "refs/remotes/origin/%(prop:easeml_default_branch)s"),
         haltOnFailure=True, logEnviron=False, settings=settings, **quiet))
-    f.addStep(steps.SetPropertyFromCommand(
-        name="resolve default branch", doStepIf=_resolve_default_branch,
-        hideStepIf=lambda r, s: r == util.SKIPPED,
-        command=["git", "rev-parse", "--verify",
-                 util.Interpolate("refs/remotes/origin/%(prop:easeml_default_branch)s^{commit}")],
-        property="easeml_config_sha", haltOnFailure=True, logEnviron=False,
-        description="resolving the default branch", descriptionDone="default branch resolved", **quiet))
+    # the default branch's head is resolved by the inspection (default_branch_ref), not by a
+    # step of its own: one worker command fewer per build
 
 
 def _private_dest(settings: Any, name: str):

@@ -188,6 +188,17 @@ class ReadInspection(_MasterStep):
             self.summary = "no inspection from the worker"
             return FAILURE
         data = yield threads.deferToThread(plan_inspection, data)
+        from easeml_buildbot.master.factory import default_branch_ref
+
+        ref = default_branch_ref(self.build)
+        if ref is not None:
+            if not data.get("config_rev"):  # the fetched default branch did not resolve
+                self.status("infra_error", f"the default branch's head {ref} could not be resolved: "
+                            f"{data.get('error') or 'no commit'}")
+                yield self.note(f"could not resolve {ref}")
+                self.summary = "the default branch could not be resolved"
+                return FAILURE
+            self.setProperty("easeml_config_sha", data["config_rev"], "easeml")
         if data.get("author_email"):
             self.setProperty("easeml_author_email", str(data["author_email"]), "easeml")
         cfg = data.get("config") or {}

@@ -438,7 +438,9 @@ def test_worker_crash_mid_evaluation_releases_the_use_and_retries(world, scenari
     assert statuses.count("released") == 1 and statuses.count("committed") == 1, statuses
     seq = world.statuses("crash")
     assert seq[0] in (QUEUED, CREATED_STARTED) and seq[-1] == done("success")
-    assert ("update", "queued", None) in seq  # back to queued while the build is retried
+    # the retry shows: back to queued while it waits, or (it started within the reconciler's
+    # queued grace) straight to in_progress again, with the new build's start
+    assert ("update", "queued", None) in seq or sum(1 for _v, st, _c in seq if st == "in_progress") >= 2, seq
 
 
 # -- where the test comes from ---------------------------------------------------------------
