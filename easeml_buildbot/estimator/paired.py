@@ -35,8 +35,7 @@ import math
 from functools import lru_cache
 
 import numpy as np
-from scipy import stats
-from scipy.special import logsumexp
+from easeml_buildbot.estimator.lazy import special, stats
 
 MAX_ROWS = 1_000_000  # beyond this planning takes over ~10 s: the other techniques plan (Bennett, Hoeffding)
 SLACK = math.log(0.9)  # searches at ν_max aim 10% below δ_c so that the rigorous supremum closes
@@ -60,7 +59,7 @@ def _log_g(dd: np.ndarray, s: int, mu: float, nu: float) -> np.ndarray:
 def _log_expect(n: int, dd: np.ndarray, log_g: np.ndarray, nu: float) -> float:
     """ln E[g(D)] for D ~ Bin(n, nu), g given on dd (g <= 1 elsewhere: bounded by the mass)."""
     with np.errstate(divide="ignore"):
-        inner = logsumexp(stats.binom.logpmf(dd, n, nu) + log_g) if len(dd) else -np.inf
+        inner = special.logsumexp(stats.binom.logpmf(dd, n, nu) + log_g) if len(dd) else -np.inf
         lo, hi = (int(dd[0]), int(dd[-1])) if len(dd) else (n + 1, n)
         outside = np.logaddexp(stats.binom.logcdf(lo - 1, n, nu) if lo > 0 else -np.inf,
                                stats.binom.logsf(hi, n, nu))
@@ -114,7 +113,7 @@ def _cell_bound(n: int, s: int, mu: float, nu0: float, nu1: float) -> float:
     g = np.maximum(_log_g(dd, s, mu, nu0), _log_g(dd, s, mu, nu1))
     with np.errstate(divide="ignore"):
         pmf = stats.binom.logpmf(dd, n, np.clip(dd / n, nu0, nu1))
-        inner = logsumexp(pmf + g)
+        inner = special.logsumexp(pmf + g)
         lo, hi = int(dd[0]), int(dd[-1])
         if lo == 0 and hi == n:
             return float(inner)

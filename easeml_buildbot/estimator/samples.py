@@ -37,8 +37,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import stats
-from scipy.special import gammaln, logsumexp
+from easeml_buildbot.estimator.lazy import special, stats
 
 from easeml_buildbot.estimator import techniques
 from easeml_buildbot.estimator.condition import Clause, Condition, parse_condition
@@ -94,7 +93,8 @@ def log_transcripts(k: int, steps: int) -> float:
     """
     k = min(k, steps)
     j = np.arange(1, k + 1)
-    return float(logsumexp(gammaln(steps + 1) - gammaln(j + 1) - gammaln(steps - j + 1)))
+    return float(special.logsumexp(special.gammaln(steps + 1) - special.gammaln(j + 1)
+                                 - special.gammaln(steps - j + 1)))
 
 
 def normalize_method(method: str) -> str:

@@ -18,8 +18,7 @@ import math
 from functools import lru_cache
 
 import numpy as np
-from scipy import stats
-from scipy.optimize import brentq
+from easeml_buildbot.estimator.lazy import optimize, stats
 
 EXACT_LOG_FLOOR = -600.0  # below this ln δ, scipy's binomial tails underflow: use Chernoff
 WINDOW_PERIODS = 4  # the exact planner checks this many saw-tooth periods (1/e rows each) above N
@@ -61,7 +60,7 @@ def bennett_width(n: int, p: float, log_budget: float) -> float:
     hi = 1.0
     while bennett_h(hi) < target:
         hi *= 2.0
-    u = brentq(lambda x: bennett_h(x) - target, 0.0, hi, xtol=1e-14, rtol=1e-12)
+    u = optimize.brentq(lambda x: bennett_h(x) - target, 0.0, hi, xtol=1e-14, rtol=1e-12)
     return u * p
 
 
@@ -169,7 +168,7 @@ def chernoff_bounds(k: int, n: int, log_delta: float) -> tuple[float, float]:
     p_hat, target = k / n, -log_delta / n
 
     def solve(lo: float, hi: float) -> float:
-        return float(brentq(lambda m: bernoulli_kl(p_hat, m) - target, lo, hi, xtol=1e-15))
+        return float(optimize.brentq(lambda m: bernoulli_kl(p_hat, m) - target, lo, hi, xtol=1e-15))
 
     eps = 1e-300
     lower = 0.0 if k == 0 or bernoulli_kl(p_hat, eps) <= target else solve(eps, p_hat)

@@ -22,7 +22,10 @@ PostgreSQL all masters share), made like the mail outbox (``master.outbox``):
   dirty); ``failed`` schedules the next attempt.
 
 A run whose GitHub id is unknown is created directly in its current desired state (one
-write); when an earlier create may have reached GitHub unseen (a timeout, a lost answer) or
+write). A ``queued`` state waits ``queued_grace`` seconds (default 1) before it is written: a
+build that starts within that time supersedes it, and the run is created directly
+``in_progress``, one write fewer per build (GitHub asks for >= 1 s between writes, so each
+write saved is a second of a check run's latency and of the App's write budget); when an earlier create may have reached GitHub unseen (a timeout, a lost answer) or
 the build answers a replayed event, the reconciler first looks the run up by name on the
 head, so no second run is created.
 
@@ -113,9 +116,10 @@ class CheckRunStore:
     """The ``easeml_check_runs`` table on a ``Ledger``'s engine. Blocking; thread-safe."""
 
     def __init__(self, engine: Any, *, backoff: float = 1.0, max_backoff: float = 60.0,
-                 lease: float = 120.0, expiry: float = DEFAULT_EXPIRY,
+                 lease: float = 120.0, expiry: float = DEFAULT_EXPIRY, queued_grace: float = 0.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.engine = engine
+        self.queued_grace = max(0.0, float(queued_grace))
         self.expiry = float(expiry)
         self.backoff = max(0.01, float(backoff))
         self.max_backoff = max(self.backoff, float(max_backoff))
@@ -129,13 +133,15 @@ class CheckRunStore:
         """Record what the check run should show; False when a newer state is stored already."""
         t = check_runs_table
         now = self.clock()
+        # a queued state is written only if no build start supersedes it soon (module docstring)
+        due = now + (self.queued_grace if desired.get("status") == "queued" else 0.0)
         req, build, phase = (int(x) for x in order)
         try:
             with self.engine.begin() as conn:
                 conn.execute(sa.insert(t).values(
                     repo=repo, head_sha=head_sha, name=name, installation_id=int(installation_id),
                     o_request=req, o_build=build, o_phase=phase, desired=desired, version=1,
-                    synced_version=0, lookup=bool(lookup), attempts=0, next_attempt_at=now,
+                    synced_version=0, lookup=bool(lookup), attempts=0, next_attempt_at=due,
                     updated_at=now))
             return True
         except IntegrityError:
@@ -145,7 +151,7 @@ class CheckRunStore:
                        sa.and_(t.c.o_request == req, t.c.o_build == build, t.c.o_phase < phase))
         values: dict[str, Any] = dict(
             installation_id=int(installation_id), o_request=req, o_build=build, o_phase=phase,
-            desired=desired, version=t.c.version + 1, attempts=0, next_attempt_at=now,
+            desired=desired, version=t.c.version + 1, attempts=0, next_attempt_at=due,
             updated_at=now, last_error=None)
         if lookup:
             values["lookup"] = True
@@ -277,9 +283,12 @@ class CheckRunReconciler(service.BuildbotService):
     name = "easeml-github"
 
     def checkConfig(self, *, github_threads: int = 4, interval: float = 1.0,
-                    backoff: float = 1.0, max_backoff: float = 60.0, lease: float = 120.0, **kwargs: Any):
+                    backoff: float = 1.0, max_backoff: float = 60.0, lease: float = 120.0,
+                    queued_grace: float = 1.0, **kwargs: Any):
         from buildbot import config
 
+        if float(queued_grace) < 0:
+            config.error("CheckRunReconciler: queued_grace must be >= 0 seconds")
         if int(github_threads) < 1:
             config.error("CheckRunReconciler: github_threads must be at least 1")
         if not (float(backoff) > 0 and float(max_backoff) >= float(backoff) and float(lease) > 0):
@@ -288,7 +297,8 @@ class CheckRunReconciler(service.BuildbotService):
 
     @defer.inlineCallbacks
     def reconfigService(self, *, github_threads: int = 4, interval: float = 1.0,
-                        backoff: float = 1.0, max_backoff: float = 60.0, lease: float = 120.0, **kwargs: Any):
+                        backoff: float = 1.0, max_backoff: float = 60.0, lease: float = 120.0,
+                        queued_grace: float = 1.0, **kwargs: Any):
         from twisted.python.threadpool import ThreadPool
 
         from easeml_buildbot.master.service import easeml_service
@@ -309,9 +319,10 @@ class CheckRunReconciler(service.BuildbotService):
             self.store = yield threads.deferToThreadPool(
                 reactor, reactor.getThreadPool(),
                 lambda: CheckRunStore(led.engine, backoff=backoff, max_backoff=max_backoff,
-                                      lease=lease))
+                                      lease=lease, queued_grace=queued_grace))
         else:
             store.backoff, store.max_backoff, store.lease = float(backoff), float(max_backoff), float(lease)
+            store.queued_grace = max(0.0, float(queued_grace))
         if getattr(self, "_loop", None) is None:
             self._loop = DrainLoop(self._drain, reactor=reactor, interval=self.interval)
             self._loop.start()

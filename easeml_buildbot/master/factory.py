@@ -46,17 +46,22 @@ def _fetch_default_branch(step: Any) -> bool:
     return bool(default) and default != step.build.getProperty("easeml_base_ref")
 
 
-def _resolve_default_branch(step: Any) -> bool:
-    """No accepted commit recorded yet: the configuration comes from the default branch's head."""
-    return bool(step.build.getProperty("easeml_default_branch")) and \
-        not step.build.getProperty("easeml_config_sha")
+def default_branch_ref(props: Any) -> str | None:
+    """No accepted commit recorded yet (GitHub): the configuration comes from the default
+    branch's head, the ref the fetch step wrote. ``easeml worker inspect`` resolves it
+    (``config_rev`` in its answer) and ``read config`` records the commit as
+    ``easeml_config_sha``, which the evaluation then uses: both read the same commit."""
+    default = props.getProperty("easeml_default_branch")
+    if not default or props.getProperty("easeml_config_sha"):
+        return None
+    return f"refs/remotes/origin/{default}"
 
 
 def _config_args(props: Any) -> str:
-    """``--config-rev`` (the default branch's accepted commit) and the branch check; the local
-    forge has neither and reads the configuration from its base, as before."""
+    """``--config-rev`` (the default branch's accepted commit, or the ref of its head) and the
+    branch check; the local forge has neither and reads the configuration from its base."""
     out = ""
-    config = props.getProperty("easeml_config_sha")
+    config = props.getProperty("easeml_config_sha") or default_branch_ref(props)
     if config:
         out += f" --config-rev {shlex.quote(str(config))}"
     return out
@@ -72,7 +77,7 @@ def _inspect_cmd(props: Any) -> str:
     # a build lost with its worker never ran "clean up": its files must not become this build's
     return (f"rm -rf {OUT} && mkdir -p {OUT} && easeml worker inspect --repo . --base {shlex.quote(str(base))}"
             f"{_config_args(props)}{branch_check} "
-            f"--head {shlex.quote(str(head))} --out {OUT}/inspect.json")
+            f"--head {shlex.quote(str(head))} --no-plan --out {OUT}/inspect.json")
 
 
 class InstallationTokenAuth:
@@ -102,8 +107,12 @@ class InstallationTokenAuth:
             return
         from easeml_buildbot.master.service import easeml_service
 
-        svc = easeml_service(self.master)
-        token = yield threads.deferToThread(lambda: svc.app().clone_token(int(inst)))
+        # in the GitHub thread pool (master.checkruns): a slow GitHub must not hold one of the
+        # reactor's default threads, which the ledger steps and the web UI need
+        github = self.master.service_manager.namedServices.get("easeml-github")
+        fetch = easeml_service(self.master).app().clone_token
+        token = yield (github.run(fetch, int(inst)) if github is not None
+                       else threads.deferToThread(fetch, int(inst)))
         self.build.properties.useSecret(token, "github installation token")
         self._git_auth.git_credential_options = GitCredentialOptions(
             credentials=[f"url={url}\nusername=x-access-token\npassword={token}\n"])
@@ -229,9 +238,12 @@ def make_factory(settings: Any) -> BuildFactory:
     # hidden helpers, after the last visible step
     # The head commit's author: GitHub's pull-request events name a login, not an address.
     # Mail to it still goes only to allowed domains, with only what the developer may see.
+    # The inspection reports it (read config sets it); this step runs only when no inspection
+    # was read (a build that stopped before), so it costs a worker command only then.
     f.addStep(steps.SetPropertyFromCommand(
         name="head commit author", command=["git", "log", "-1", "--format=%ae", "HEAD"],
         property="easeml_author_email", hideStepIf=True, flunkOnFailure=False, warnOnFailure=False,
+        doStepIf=lambda s: not s.build.getProperty("easeml_author_email"),
         alwaysRun=True, logEnviron=False, **quiet))
     f.addStep(steps.ShellCommand(name="clean up", command=["rm", "-rf", OUT], alwaysRun=True,
                                  hideStepIf=True, logEnviron=False, flunkOnFailure=False,
@@ -240,8 +252,8 @@ def make_factory(settings: Any) -> BuildFactory:
 
 
 def _github_fetches(settings: Any) -> list[tuple[Any, Any]]:
-    """(predicate, step) for the base and default branch fetches and the default branch's
-    commit, as "resolve base" adds them (only those the build needs)."""
+    """(predicate, step) for the base and default branch fetches, as "resolve base" adds
+    them (only those the build needs)."""
     quiet = dict(updateBuildSummaryPolicy=False)
     return [
         (_has_base_ref, GitFetchRef(
@@ -254,12 +266,8 @@ def _github_fetches(settings: Any) -> list[tuple[Any, Any]]:
             branch=util.Interpolate("+refs/heads/%(prop:easeml_default_branch)s:"
                                     "refs/remotes/origin/%(prop:easeml_default_branch)s"),
             haltOnFailure=True, logEnviron=False, settings=settings, **quiet)),
-        (_resolve_default_branch, steps.SetPropertyFromCommand(
-            name="resolve default branch",
-            command=["git", "rev-parse", "--verify",
-                     util.Interpolate("refs/remotes/origin/%(prop:easeml_default_branch)s^{commit}")],
-            property="easeml_config_sha", haltOnFailure=True, logEnviron=False,
-            description="resolving the default branch", descriptionDone="default branch resolved", **quiet)),
+        # the default branch's head is resolved by the inspection (default_branch_ref), not by
+        # a step of its own: one worker command fewer per build
     ]
 
 

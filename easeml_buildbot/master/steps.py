@@ -8,6 +8,7 @@ developers). Ledger calls block (SQLAlchemy) and run through ``deferToThread``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -164,9 +165,38 @@ class ResolveBase(_MasterStep):
         return SUCCESS
 
 
+@functools.lru_cache(maxsize=512)
+def _plan_rows(condition: str, reliability: Any, adaptivity: Any, steps: Any, method: Any,
+               labelling: str) -> tuple[int | None, str | None]:
+    """(rows, None) or (None, why not): the plan of a configuration (cached: builds of one
+    repository ask for the same plan; planning may take a while)."""
+    from easeml_buildbot.estimator.samples import sample_size
+
+    try:
+        return int(sample_size(condition, reliability, adaptivity, steps, method, labelling=labelling).rows), None
+    except ValueError as exc:
+        return None, str(exc)
+
+
+def plan_inspection(data: dict[str, Any]) -> dict[str, Any]:
+    """Fill ``samples_needed`` of an inspection made with ``--no-plan`` (blocking: in a
+    thread). The answer is what the worker's own planning writes: on a planning error the
+    inspection is not ok, with the error (and no dataset id), whatever followed."""
+    cfg = data.get("config") or {}
+    if data.get("samples_needed") is not None or not cfg or data.get("not_evaluated"):
+        return data
+    rows, err = _plan_rows(str(cfg.get("condition")), cfg.get("reliability"), cfg.get("adaptivity"),
+                           cfg.get("steps"), cfg.get("method"), "active" if cfg.get("labels") else "full")
+    if err is not None:
+        return {**data, "ok": False, "dataset_id": None, "samples_needed": 0,
+                "error": f"{cfg.get('source')}: condition: {err}"}
+    return {**data, "samples_needed": rows}
+
+
 class ReadInspection(_MasterStep):
     """Read ``easeml worker inspect``'s JSON: config and dataset id come from the default
-    branch's accepted commit (the local forge: the base)."""
+    branch's accepted commit (the local forge: the base). The plan (samples needed) is made
+    here, on the master: see :func:`plan_inspection`."""
 
     name = "read config"
 
@@ -177,6 +207,20 @@ class ReadInspection(_MasterStep):
             self.status("infra_error", "the worker produced no inspect.json")
             self.summary = "no inspection from the worker"
             return FAILURE
+        data = yield threads.deferToThread(plan_inspection, data)
+        from easeml_buildbot.master.factory import default_branch_ref
+
+        ref = default_branch_ref(self.build)
+        if ref is not None:
+            if not data.get("config_rev"):  # the fetched default branch did not resolve
+                self.status("infra_error", f"the default branch's head {ref} could not be resolved: "
+                            f"{data.get('error') or 'no commit'}")
+                yield self.note(f"could not resolve {ref}")
+                self.summary = "the default branch could not be resolved"
+                return FAILURE
+            self.setProperty("easeml_config_sha", data["config_rev"], "easeml")
+        if data.get("author_email"):
+            self.setProperty("easeml_author_email", str(data["author_email"]), "easeml")
         cfg = data.get("config") or {}
         for prop, names in (("easeml_condition", ("condition_text", "condition")),
                             ("easeml_adaptivity", ("adaptivity",)),

@@ -47,12 +47,12 @@ def _inspect(args: argparse.Namespace) -> int:
         print("easeml worker inspect: --base-ref and --default-branch go together", file=sys.stderr)
         return 2
     data = inspect_repo(args.repo, args.base, args.head, config_rev=args.config_rev,
-                        base_ref=args.base_ref, default_branch=args.default_branch)
+                        base_ref=args.base_ref, default_branch=args.default_branch, plan=args.plan)
     _write_json(args.out, data)
     where = f"configuration {str(data['config_rev'])[:12]}" if data.get("config_rev") else "configuration"
     if data["ok"]:
-        print(f"inspected {where}: dataset {data['dataset_id'][:12]}, "
-              f"{data['samples_needed']} samples needed")
+        print(f"inspected {where}: dataset {data['dataset_id'][:12]}"
+              + (f", {data['samples_needed']} samples needed" if data["samples_needed"] is not None else ""))
     elif data.get("not_evaluated"):
         print(f"inspected {where}: {data['not_evaluated']}")
     else:
@@ -279,6 +279,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--default-branch", help="the repository's default branch")
     p.add_argument("--head", help="head commit; lists the protected files it changes")
     p.add_argument("--out", required=True, help="where to write inspect.json")
+    p.add_argument("--no-plan", dest="plan", action="store_false",
+                   help="leave samples_needed to the master (no SciPy import on the worker)")
     p.set_defaults(func=_inspect)
 
     p = sub.add_parser("evaluate", help="run the models, score them on the decrypted test set")

@@ -169,7 +169,7 @@ def protected_changes(repo: Path, base: str, head: str, paths: list[str]) -> lis
 
 def inspect_repo(repo: str | os.PathLike[str], base: str, head: str | None = None, *,
                  config_rev: str | None = None, base_ref: str | None = None,
-                 default_branch: str | None = None) -> dict[str, Any]:
+                 default_branch: str | None = None, plan: bool = True) -> dict[str, Any]:
     """What ``easeml worker inspect`` writes (see TEAM.md).
 
     ``base`` is the old model ``o`` (the pull request's base or the accepted commit) and the
@@ -178,6 +178,10 @@ def inspect_repo(repo: str | os.PathLike[str], base: str, head: str | None = Non
     ``base_ref`` and ``default_branch``, a pull request into a branch that is neither the
     default branch nor listed under ``branches:`` of that configuration is not evaluated
     (``not_evaluated`` says why; nothing else is needed from the test set).
+
+    ``plan=False`` leaves ``samples_needed`` None: the master plans (it has SciPy loaded; the
+    estimator's planning import costs a worker command seconds per build), with the same
+    answer and the same error text (``{source}: condition: ...``).
     """
     repo_p = Path(repo)
     out: dict[str, Any] = {"ok": False, "error": None, "config": {}, "dataset_id": None,
@@ -191,6 +195,12 @@ def inspect_repo(repo: str | os.PathLike[str], base: str, head: str | None = Non
         out["error"] = str(exc)
         return out
     out["base"], out["head"], out["config_rev"] = base_sha, head_sha, config_sha
+    if head_sha:  # the head commit's author (mail to the developer; the build's last step read it before)
+        try:
+            out["author_email"] = _git(repo_p, "log", "-1", "--format=%ae", head_sha).decode(
+                "utf-8", "replace").strip()[:320] or None
+        except GitError:
+            pass
     cfg, err = load_base_config(repo_p, config_sha)
     dataset = cfg.dataset if cfg else "data/test.csv.gpg"
     if head_sha:
@@ -207,11 +217,14 @@ def inspect_repo(repo: str | os.PathLike[str], base: str, head: str | None = Non
             f"({', '.join(cfg.branches) or 'none'}) are")
         return out
     out["config"] = cfg.to_dict()
-    try:
-        out["samples_needed"] = int(cfg.required_samples().rows)
-    except ValueError as exc:
-        out["error"] = f"{cfg.source}: condition: {exc}"
-        return out
+    if not plan:
+        out["samples_needed"] = None
+    else:
+        try:
+            out["samples_needed"] = int(cfg.required_samples().rows)
+        except ValueError as exc:
+            out["error"] = f"{cfg.source}: condition: {exc}"
+            return out
     blob = show(repo_p, config_sha, dataset)
     if blob is None:
         out["error"] = (f"{config_sha[:12]}:{dataset}: no encrypted test set on the default branch "

@@ -144,3 +144,29 @@ def test_a_create_whose_answer_is_lost_is_found_and_updated_not_repeated(app_sim
     assert push(app, row) == run_id
     assert [r.operation for r in app_sim.requests[before:]] == ["checks/update"]
     assert app_sim.errors() == []
+
+
+def test_a_build_that_starts_within_the_grace_creates_its_run_in_progress(tmp_path):
+    """A queued state waits ``queued_grace``: a build start meanwhile makes the run's first
+    write ``in_progress`` (one write fewer); a build that does not start shows queued after it."""
+    now = [100.0]
+    st = _store(f"sqlite:///{tmp_path}/l.sqlite", now, queued_grace=1.0)
+    assert st.desire(**HEAD, order=(7, 0, 0), desired=_queued())
+    assert st.claim() == []  # not yet: a build may start
+    now[0] += 0.4
+    assert st.desire(**HEAD, order=(7, 30, 1), desired=_started())
+    (row,) = st.claim()
+    assert row.desired["status"] == "in_progress" and row.check_run_id is None and row.version == 2
+    assert st.synced(row, 991)
+    # another head whose build waits for a worker: queued is written once the grace is over
+    other = {**HEAD, "head_sha": "b" * 40}
+    assert st.desire(**other, order=(8, 0, 0), desired=_queued())
+    now[0] += 0.9
+    assert st.claim() == []
+    now[0] += 0.2
+    (row,) = st.claim()
+    assert row.head_sha == "b" * 40 and row.desired["status"] == "queued"
+    # a completed state is never held back
+    assert st.desire(**HEAD, order=(7, 30, 2), desired=_done())
+    (row,) = st.claim()
+    assert row.desired["status"] == "completed" and row.check_run_id == 991

@@ -28,8 +28,10 @@ def test_broken_dockerfile_fails_with_cause_and_spends_nothing(world):
                              dockerfile="FROM easeml/does-not-exist:never\nRUN false\n")
     world.send("pull_request", world.pr_payload("broken", repo, 1, head.sha))
     world.wait_completed("broken", timeout=240)
-    assert world.statuses("broken") == [("create", "queued", None), ("update", "in_progress", None),
-                                        ("update", "completed", "failure")]
+    # queued first only when the build waited for a worker (master.checkruns, queued grace)
+    assert world.statuses("broken") in ([("create", "queued", None), ("update", "in_progress", None),
+                                         ("update", "completed", "failure")],
+                                        [("create", "in_progress", None), ("update", "completed", "failure")])
     out = [b for _, b in world.calls("broken") if b.get("conclusion")][-1]["output"]
     assert out["title"] == "The model could not be evaluated"
     assert "build" in out["summary"].lower() and "No use of the test set was spent" in out["summary"]

@@ -20,10 +20,23 @@ pytestmark = pytest.mark.e2e
 
 QUEUED = ("create", "queued", None)
 STARTED = ("update", "in_progress", None)
+CREATED_STARTED = ("create", "in_progress", None)
 
 
 def done(conclusion):
     return ("update", "completed", conclusion)
+
+
+def one_run(end):
+    """A head's check-run writes up to ``end``: queued first when its build waited for a
+    worker longer than the reconciler's queued grace, else created in_progress directly."""
+    return ([QUEUED, STARTED, end], [CREATED_STARTED, end])
+
+
+def first_run(seq):
+    """The writes of ``seq`` up to and with the first completed one."""
+    ends = [i for i, (_v, status, _c) in enumerate(seq) if status == "completed"]
+    return seq[:ends[0] + 1] if ends else seq
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +227,7 @@ def test_no_secret_reaches_a_log(world, scenarios):
 
 
 def test_pass(world, scenarios):
-    assert world.statuses("pass") == [QUEUED, STARTED, done("success")]
+    assert world.statuses("pass") in one_run(done("success"))
     out = _summary(world, "pass")
     assert out["title"] == "Condition satisfied"
     assert "n > 0.8 +/- 0.1" in out["summary"] and "Uses of the test set left:** 7" in out["summary"]
@@ -232,7 +245,7 @@ def test_pass(world, scenarios):
 
 
 def test_fail(world, scenarios):
-    assert world.statuses("fail") == [QUEUED, STARTED, done("failure")]
+    assert world.statuses("fail") in one_run(done("failure"))
     out = _summary(world, "fail")
     assert out["title"] == "Condition not satisfied"
     # output.text from the CheckRunFormatter (issue 13): guarantee, what was decided, step log
@@ -242,7 +255,7 @@ def test_fail(world, scenarios):
 
 
 def test_none_adaptivity_is_neutral_and_leaks_nothing(world, scenarios):
-    assert world.statuses("none") == [QUEUED, STARTED, done("neutral")]
+    assert world.statuses("none") in one_run(done("neutral"))
     out = _summary(world, "none")
     assert out["title"] == "Evaluated; results were sent to the owners"
     assert "went to the repository's owners only" in out["text"] and "**fail**" not in out["text"]
@@ -260,14 +273,14 @@ def test_none_adaptivity_is_neutral_and_leaks_nothing(world, scenarios):
 
 
 def test_exhausted_test_set_requires_action(world, scenarios):
-    assert world.statuses("exhausted") == [QUEUED, STARTED, done("action_required")]
+    assert world.statuses("exhausted") in one_run(done("action_required"))
     assert "exhausted" in _summary(world, "exhausted")["title"].lower()
 
 
 def test_changed_policy_of_a_used_test_set_is_a_config_error(world, scenarios):
     from easeml_buildbot.custody.ledger import Ledger
 
-    assert world.statuses("policy") == [QUEUED, STARTED, done("failure")]
+    assert world.statuses("policy") in one_run(done("failure"))
     out = _summary(world, "policy")
     assert out["title"] == "Configuration error" and "steps" in out["summary"]
     repo, _ = scenarios["policy"]
@@ -279,7 +292,7 @@ def test_changed_policy_of_a_used_test_set_is_a_config_error(world, scenarios):
 
 
 def test_private_repository_clones_with_the_installation_token(world, scenarios, private_host):
-    assert world.statuses("private") == [QUEUED, STARTED, done("success")]
+    assert world.statuses("private") in one_run(done("success"))
     refused = [p for p, ok in private_host.requests if not ok]
     served = [p for p, ok in private_host.requests if ok]
     assert refused and any(p.endswith("/git-upload-pack") for p in served)
@@ -294,24 +307,24 @@ def test_private_repository_clones_with_the_installation_token(world, scenarios,
 
 def test_branch_names_never_reach_a_shell(world, scenarios):
     repo, head, pwned = scenarios["weird"]
-    assert world.statuses("weird") == [QUEUED, STARTED, done("success")]
+    assert world.statuses("weird") in one_run(done("success"))
     assert not pwned.exists()
 
 
 def test_missing_test_set_requires_action(world, scenarios):
-    assert world.statuses("missing") == [QUEUED, STARTED, done("action_required")]
+    assert world.statuses("missing") in one_run(done("action_required"))
     out = _summary(world, "missing")
     assert out["title"] == "Test set missing" and "data/test.csv.gpg" in out["summary"]
 
 
 def test_broken_base_config_fails_naming_the_key(world, scenarios):
-    assert world.statuses("badconfig") == [QUEUED, STARTED, done("failure")]
+    assert world.statuses("badconfig") in one_run(done("failure"))
     out = _summary(world, "badconfig")
     assert out["title"] == "Configuration error" and "stepz" in out["summary"]
 
 
 def test_config_changed_in_pr_is_protected(world, scenarios):
-    assert world.statuses("protected") == [QUEUED, STARTED, done("neutral")]
+    assert world.statuses("protected") in one_run(done("neutral"))
     out = _summary(world, "protected")
     assert "takes effect after merge" in out["title"] and "`.easeml.yml`" in out["summary"]
 
@@ -319,7 +332,7 @@ def test_config_changed_in_pr_is_protected(world, scenarios):
 def test_duplicate_delivery_builds_once(world, scenarios):
     assert [c for c, _ in scenarios["dup_replies"]] == [200, 200]
     assert "no change found" in scenarios["dup_replies"][1][1]
-    assert world.statuses("dup") == [QUEUED, STARTED, done("success")]
+    assert world.statuses("dup") in one_run(done("success"))
 
 
 def test_forged_signature_is_rejected(world, scenarios):
@@ -335,7 +348,7 @@ def test_skip_ci_and_ping(world, scenarios):
 
 
 def test_check_suite_requested_alone_evaluates(world, scenarios):
-    assert world.statuses("suite") == [QUEUED, STARTED, done("success")]
+    assert world.statuses("suite") in one_run(done("success"))
 
 
 def test_rerequested_check_run_evaluates_again(world, scenarios):
@@ -344,7 +357,7 @@ def test_rerequested_check_run_evaluates_again(world, scenarios):
     world.wait_completed("pass", count=2)
     seq = world.statuses("pass")
     # the head's check run is reused (issue 14: re-runs made a new run each time)
-    assert seq[:3] == [QUEUED, STARTED, done("success")] and seq[-1] == done("success"), seq
+    assert seq[:3] in one_run(done("success")) and seq[-1] == done("success"), seq
     assert [verb for verb, _, _ in seq[3:]] == ["update"] * len(seq[3:]), seq
     assert len(world.sim.check_runs_for(scenarios["pass"][1].sha)) == 1
     # same commit, same base, same test set: the recorded result is reported, no use spent
@@ -444,8 +457,10 @@ def test_worker_crash_mid_evaluation_releases_the_use_and_retries(world, scenari
     statuses = [u.state for u in uses]
     assert statuses.count("released") == 1 and statuses.count("committed") == 1, statuses
     seq = world.statuses("crash")
-    assert seq[0] == QUEUED and seq[-1] == done("success")
-    assert ("update", "queued", None) in seq  # back to queued while the build is retried
+    assert seq[0] in (QUEUED, CREATED_STARTED) and seq[-1] == done("success")
+    # the retry shows: back to queued while it waits, or (it started within the reconciler's
+    # queued grace) straight to in_progress again, with the new build's start
+    assert ("update", "queued", None) in seq or sum(1 for _v, st, _c in seq if st == "in_progress") >= 2, seq
 
 
 # -- where the test comes from ---------------------------------------------------------------
@@ -520,7 +535,7 @@ def test_rerequesting_a_side_branch_check_rebuilds_only_that_pull_request(world,
 
 def test_yaml_alias_bomb_on_the_default_branch_is_refused(world, scenarios):
     world.wait_completed("bomb", timeout=120)
-    assert world.statuses("bomb") == [QUEUED, STARTED, done("failure")]
+    assert world.statuses("bomb") in one_run(done("failure"))
     out = _summary(world, "bomb")
     assert out["title"] == "Configuration error"
     assert ".easeml.yml:3: YAML anchors (&name) are not allowed" in out["summary"]

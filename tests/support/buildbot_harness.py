@@ -26,7 +26,9 @@ API (stable; add keywords, never change these)::
 ``workers``) and written as TOML; nested tables are dicts, ``workers`` is filled in for
 you. ``worker_env`` becomes the workers' ``[env]`` table (EASEML_WORKER_KEY, ...).
 ``master_cfg_extra`` is Python appended to master/master.cfg (e.g. an extra builder).
-``env`` is added to both processes' environment. ``worker_settings[i]`` adds top-level keys
+``env`` is added to both processes' environment. ``root`` is the source tree whose
+master/master.cfg and worker/buildbot.tac are used (default: this repository; a benchmark
+passes an older tree, with ``env={"PYTHONPATH": tree}``). ``worker_settings[i]`` adds top-level keys
 to worker i's easeml-worker.toml (e.g. ``{"gpus": 2}``). Start-up is ~5-10 s on this machine.
 
 Several masters on one database (tests/support/multimaster.py): ``worker_prefix`` names this
@@ -109,8 +111,9 @@ class BuildbotHarness:
                  master_cfg_extra: str = "", env: dict[str, str] | None = None,
                  start_timeout: float = 90,
                  worker_settings: list[dict[str, Any]] | None = None,
-                 worker_prefix: str = "worker") -> None:
+                 worker_prefix: str = "worker", root: str | os.PathLike[str] | None = None) -> None:
         self.base_dir = Path(base_dir)
+        self.root = Path(root) if root is not None else ROOT
         self.master_dir = self.base_dir / "master"
         self.worker_names = [f"{worker_prefix}{i + 1}" for i in range(workers)]
         self.worker_dirs = [self.base_dir / n for n in self.worker_names]
@@ -159,7 +162,7 @@ class BuildbotHarness:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         if not self.master_dir.exists():  # a restart after kill_master() keeps the directory
             shutil.copytree(_master_template(), self.master_dir)
-        cfg = (ROOT / "master" / "master.cfg").read_text()
+        cfg = (self.root / "master" / "master.cfg").read_text()
         (self.master_dir / "master.cfg").write_text(cfg + ("\n" + self.master_cfg_extra if self.master_cfg_extra else ""))
         self.settings_path.write_text(toml_dumps(self.settings))
         env = _clean_env(self.env)
@@ -203,7 +206,7 @@ class BuildbotHarness:
         name = self.worker_names[index]
         if not (wdir / "buildbot.tac").exists():
             wdir.mkdir(parents=True, exist_ok=True)
-            shutil.copy(ROOT / "worker" / "buildbot.tac", wdir / "buildbot.tac")
+            shutil.copy(self.root / "worker" / "buildbot.tac", wdir / "buildbot.tac")
             wsettings = {"master": f"127.0.0.1:{self.worker_port}", "name": name,
                          "password": self.worker_passwords[name], "maxdelay": 2, "env": self.worker_env}
             if index < len(self.worker_settings):

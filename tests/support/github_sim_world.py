@@ -84,13 +84,16 @@ def github_app_settings(sim: GitHubSim, app_key: str, base: Path, keys: Any, *, 
 
 def start_world(base: Path, keys: Any, *, workers: int = 2, runner: str = "process",
                 extra_settings: dict[str, Any] | None = None,
-                worker_env: dict[str, str] | None = None) -> tuple[GitHubWorld, Any]:
+                worker_env: dict[str, str] | None = None,
+                **harness: Any) -> tuple[GitHubWorld, Any]:
+    """A GitHub stand-in and a master wired to it; ``harness`` goes to BuildbotHarness
+    (``master_cfg_extra``, ``env``, ``root``)."""
     sim, app_key = GitHubSim.with_new_app_key(app_id=4242)
     sim.start()
     settings, env = github_app_settings(sim, app_key, base, keys, runner=runner, extra_settings=extra_settings,
                                         worker_env=worker_env)
     ledger_url = settings["ledger_url"]
-    bb = BuildbotHarness(base / "bb", settings=settings, workers=workers, worker_env=env)
+    bb = BuildbotHarness(base / "bb", settings=settings, workers=workers, worker_env=env, **harness)
     try:
         bb.start()
     except BaseException:
