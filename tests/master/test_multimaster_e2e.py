@@ -15,12 +15,11 @@ import time
 import pytest
 from buildbot.process.results import RETRY, SUCCESS
 
-from easeml_buildbot.custody.ledger import Ledger
 from support.crossbar import crossbar_router  # noqa: F401 (session fixture)
 from support.github_sim import fixtures_available
 from support.github_sim_world import require_worker_cli
 from support.models import PREDICT_PY
-from support.multimaster import start_cluster
+from support.multimaster import start_cluster, uses_of
 from support.postgres import postgres_server  # noqa: F401 (session fixture)
 
 pytestmark = pytest.mark.e2e
@@ -42,14 +41,6 @@ def cluster(tmp_path_factory, service_keys, postgres_server, crossbar_router):  
         yield world
     finally:
         stop()
-
-
-def uses_of(world, name, repo):
-    led = Ledger(world.ledger_url)
-    try:
-        return led.uses(f"acme/{name}", repo.dataset_id), led.state(f"acme/{name}", repo.dataset_id)
-    finally:
-        led.close()
 
 
 def test_prs_over_both_masters_each_evaluated_once(cluster):

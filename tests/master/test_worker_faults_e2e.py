@@ -23,13 +23,12 @@ import time
 import pytest
 from buildbot.process.results import RETRY, SUCCESS
 
-from easeml_buildbot.custody.ledger import Ledger
 from support.crossbar import crossbar_router  # noqa: F401 (session fixture)
 from support.fault_gates import FaultGates
 from support.github_sim import fixtures_available
 from support.github_sim_world import require_worker_cli
 from support.models import PREDICT_PY
-from support.multimaster import start_cluster
+from support.multimaster import start_cluster, uses_of
 from support.postgres import find_pg_bin, start_postgres
 
 pytestmark = pytest.mark.e2e
@@ -62,14 +61,6 @@ def stack(tmp_path_factory, service_keys, crossbar_router):  # noqa: F811
             print("\n== faults on the multi-master stack (attempted / survived)\n  " + "\n  ".join(FIGURES))
 
 
-def ledger_view(world, name, repo):
-    led = Ledger(world.ledger_url)
-    try:
-        return led.uses(f"acme/{name}", repo.dataset_id), led.state(f"acme/{name}", repo.dataset_id)
-    finally:
-        led.close()
-
-
 def new_pr(world, gates, name):
     repo = world.repo(name, quality=0.9, condition="n > 0.8 +/- 0.1", adaptivity="full", steps=8)
     predict = PREDICT_PY.replace("def main():\n", "def main():\n" + gates.model_hold(), 1)
@@ -99,7 +90,7 @@ def settled(world, name, repo, head, build, *, released: int | None):
     world.wait_completed(name, timeout=240)
     builds = [b for b in world.builds() if b["buildrequestid"] == build["buildrequestid"]]
     assert builds[-1]["results"] == SUCCESS and all(b["results"] == RETRY for b in builds[:-1]), builds
-    uses, state = ledger_view(world, name, repo)
+    uses, state = uses_of(world, name, repo)
     if released is None:  # as many lost attempts as Buildbot retried, each given back
         released = len(uses) - 1
     assert [u.state for u in uses] == ["released"] * released + ["committed"], uses
@@ -121,7 +112,7 @@ def test_kill9_worker_at_each_stage_build_retried_use_counted_once(stack, stage)
         assert world.send("pull_request", world.pr_payload(name, repo, 1, head.sha))[0] == 200
         gates.wait_reached(stage, why=world.logs)
         build = running_build(world)
-        uses, _ = ledger_view(world, name, repo)
+        uses, _ = uses_of(world, name, repo)
         steps = steps_of(world, build)
         bb, index = worker_of(world, build)
         # the stage the worker dies in, as the ledger and Buildbot's REST API show it
@@ -162,7 +153,7 @@ def test_lost_builds_leftover_result_is_not_taken_for_the_next_builds(stack):
     with gates.kill_evaluate():
         assert world.send("pull_request", world.pr_payload(name, repo, 1, head.sha))[0] == 200
         world.wait_completed(name, timeout=240)
-    uses, state = ledger_view(world, name, repo)
+    uses, state = uses_of(world, name, repo)
     assert [(u.commit, u.state, u.verdict) for u in uses] == [(head.sha, "committed", None)], uses
     assert (uses[0].result or {}).get("cause") == "no_result", uses[0].result
     assert state.uses == 1, state

@@ -67,6 +67,17 @@ class ClusterWorld(GitHubWorld):
                   f"{count} completed check runs of {name}: {self.statuses(name)}", timeout)
 
 
+def uses_of(world: GitHubWorld, name: str, repo: Any) -> tuple[int, Any]:
+    """The ledger's (uses, states) for test repository ``acme/<name>``."""
+    from easeml_buildbot.custody.ledger import Ledger
+
+    led = Ledger(world.ledger_url)
+    try:
+        return led.uses(f"acme/{name}", repo.dataset_id), led.state(f"acme/{name}", repo.dataset_id)
+    finally:
+        led.close()
+
+
 def start_cluster(base: Path, keys: Any, postgres: Any, router: Any, *, masters: int = 2,
                   workers_per_master: int = 2, master_expiry: float | None = None, runner: str = "process",
                   extra_settings: dict[str, Any] | None = None,
@@ -103,4 +114,4 @@ def start_cluster(base: Path, keys: Any, postgres: Any, router: Any, *, masters:
     return world, stop
 
 
-__all__ = ["ClusterWorld", "start_cluster", "HarnessError"]
+__all__ = ["ClusterWorld", "start_cluster", "uses_of", "HarnessError"]
