@@ -1,8 +1,9 @@
 """The evaluation build: one Buildbot step per stage, so progress shows in the UI.
 
-checkout exact head → resolve base, which adds the git steps this build needs (fetch the
-base branch and the default branch, resolve a commit) → inspect config + dataset on the default branch's accepted commit → reserve a ledger use → evaluate on the worker → upload result.json privately → commit
-or release the use → finalize properties for reporters. Worker commands write their JSON
+resolve base (master) → checkout: the exact head, the base and the branches the build reads,
+in one worker command (master/checkout.py) → inspect config + dataset on the default
+branch's accepted commit → reserve a ledger use → evaluate on the worker → upload
+result.json privately → commit or release the use → finalize properties for reporters. Worker commands write their JSON
 outside the checkout (``../easeml-out``) and it is uploaded into a master-private
 directory, never printed. The directory is emptied when a build starts using it (a worker
 lost mid-build leaves its files; another repository's result.json must never be collected).
@@ -13,15 +14,14 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 
 from buildbot.plugins import steps, util
 from buildbot.process.factory import BuildFactory
 from buildbot.process.results import FAILURE, SUCCESS
-from buildbot.steps.source.git import GitPush
-from buildbot.util.git_credential import GitCredentialOptions
 
 from easeml_buildbot.master import steps as es
+from easeml_buildbot.master.checkout import Checkout
 from easeml_buildbot.master.gpus import ReadConfig
 
 OUT = "../easeml-out"
@@ -30,20 +30,6 @@ OUT = "../easeml-out"
 #: may carry a bounded model log, so it gets a few MiB
 INSPECT_MAX_BYTES = 1024 * 1024
 RESULT_MAX_BYTES = 8 * 1024 * 1024
-
-
-def _base_is_ref(step: Any) -> bool:
-    return bool(step.build.getProperty("easeml_base_rev"))
-
-
-def _has_base_ref(step: Any) -> bool:
-    return bool(step.build.getProperty("easeml_base_ref"))
-
-
-def _fetch_default_branch(step: Any) -> bool:
-    """GitHub: the default branch is needed unless the base branch fetch brought it."""
-    default = step.build.getProperty("easeml_default_branch")
-    return bool(default) and default != step.build.getProperty("easeml_base_ref")
 
 
 def default_branch_ref(props: Any) -> str | None:
@@ -78,72 +64,6 @@ def _inspect_cmd(props: Any) -> str:
     return (f"rm -rf {OUT} && mkdir -p {OUT} && easeml worker inspect --repo . --base {shlex.quote(str(base))}"
             f"{_config_args(props)}{branch_check} "
             f"--head {shlex.quote(str(head))} --no-plan --out {OUT}/inspect.json")
-
-
-class InstallationTokenAuth:
-    """Mixin for Buildbot's Git steps: authenticate HTTPS clones with the GitHub App's
-    installation token, so private repositories work.
-
-    Buildbot 4.3 renders ``auth_credentials`` without the build's properties, so a per-build
-    token (the installation and the URL come from the webhook) cannot go through it. Instead,
-    once the step has rendered ``repourl``, the token is minted (or taken from the cache) on
-    the master, registered with ``useSecret`` so Buildbot redacts it from every log, and
-    handed to Buildbot's own credential machinery: a credential-store file on the worker that
-    exists only while git runs (never a URL or ``.git/config``). Git sends it only when the
-    server asks for authentication.
-    """
-
-    def __init__(self, *args: Any, settings: Any = None, **kwargs: Any):
-        self.easeml_settings = settings
-        super().__init__(*args, **kwargs)
-
-    @defer.inlineCallbacks
-    def _easeml_use_installation_token(self):
-        settings = self.easeml_settings
-        inst = self.build.getProperty("easeml_installation_id")
-        url = str(self.repourl or "")
-        if settings is None or settings.forge != "github" or not inst or \
-                not url.startswith(("https://", "http://")):
-            return
-        from easeml_buildbot.master.service import easeml_service
-
-        # in the GitHub thread pool (master.checkruns): a slow GitHub must not hold one of the
-        # reactor's default threads, which the ledger steps and the web UI need
-        github = self.master.service_manager.namedServices.get("easeml-github")
-        fetch = easeml_service(self.master).app().clone_token
-        token = yield (github.run(fetch, int(inst)) if github is not None
-                       else threads.deferToThread(fetch, int(inst)))
-        self.build.properties.useSecret(token, "github installation token")
-        self._git_auth.git_credential_options = GitCredentialOptions(
-            credentials=[f"url={url}\nusername=x-access-token\npassword={token}\n"])
-
-
-class GitCheckout(InstallationTokenAuth, steps.Git):
-    """Buildbot's Git checkout, with the installation token for private repositories."""
-
-    @defer.inlineCallbacks
-    def run_vc(self, branch, revision, patch):
-        yield self._easeml_use_installation_token()
-        res = yield super().run_vc(branch, revision, patch)
-        return res
-
-
-class GitFetchRef(InstallationTokenAuth, GitPush):
-    """``git fetch -q -f REPOURL REFSPEC`` (``branch`` is the refspec), with Buildbot's Git
-    credential handling: GitPush runs exactly one git command against ``repourl``."""
-
-    name = "fetch base branch"
-    description = "fetching"
-    descriptionDone = "fetched"
-
-    @defer.inlineCallbacks
-    def run(self):
-        yield self._easeml_use_installation_token()
-        res = yield super().run()
-        return res
-
-    def _doPush(self):
-        return self._dovccmd(["fetch", "-q", "-f", self.repourl, self.branch])
 
 
 def _evaluate_cmd(runner: str):
@@ -196,21 +116,13 @@ def make_factory(settings: Any) -> BuildFactory:
     # Steps report only their own line (``updateBuildSummaryPolicy=False``): the build's
     # summary is the last master step's (``Finalize``: "fail · n > 0.85 ± 0.05 · use 2 of 8 ·
     # 6 left"). Buildbot numbers skipped and hidden steps too, so the UI's step numbers have
-    # no gaps only if no hidden step comes before a visible one: the git helpers a build
-    # needs are added by "resolve base" when they will run (the GitHub fetches exist only on
-    # that forge), and the hidden helpers come after the last visible step.
+    # no gaps only if no hidden step comes before a visible one: the hidden helpers come
+    # after the last visible step.
     quiet = dict(updateBuildSummaryPolicy=False)
-    f.addStep(GitCheckout(name="checkout", repourl=util.Property("repository"), mode="full",
-                          method="fresh", haltOnFailure=True, logEnviron=False, settings=settings,
-                          description="checking out the head commit", descriptionDone="checked out",
-                          **quiet))
-    then = _github_fetches(settings) if settings.forge != "local" else []
-    then.append((_base_is_ref, steps.SetPropertyFromCommand(
-        name="resolve base commit",
-        command=["git", "rev-parse", "--verify", util.Interpolate("%(prop:easeml_base_rev)s^{commit}")],
-        property="easeml_base_sha", haltOnFailure=True, logEnviron=False,
-        description="resolving the base commit", descriptionDone="base commit resolved", **quiet)))
-    f.addStep(es.ResolveBase(settings, then=then, haltOnFailure=True))
+    # "resolve base" (master) first: the checkout then fetches and resolves the base with the
+    # head in one worker command (master/checkout.py)
+    f.addStep(es.ResolveBase(settings, haltOnFailure=True))
+    f.addStep(Checkout(settings, haltOnFailure=True, **quiet))
     f.addStep(steps.ShellCommand(name="inspect", command=_inspect_cmd, haltOnFailure=True, logEnviron=False,
                                  description="reading .easeml.yml on the default branch",
                                  descriptionDone="read .easeml.yml and the test set id", **quiet))
@@ -249,26 +161,6 @@ def make_factory(settings: Any) -> BuildFactory:
                                  hideStepIf=True, logEnviron=False, flunkOnFailure=False,
                                  description="cleaning up", descriptionDone="cleaned up", **quiet))
     return f
-
-
-def _github_fetches(settings: Any) -> list[tuple[Any, Any]]:
-    """(predicate, step) for the base and default branch fetches, as "resolve base" adds
-    them (only those the build needs)."""
-    quiet = dict(updateBuildSummaryPolicy=False)
-    return [
-        (_has_base_ref, GitFetchRef(
-            # argv, not a shell string: branch names may contain shell metacharacters
-            repourl=util.Property("repository"),
-            branch=util.Interpolate("+refs/heads/%(prop:easeml_base_ref)s:refs/remotes/origin/%(prop:easeml_base_ref)s"),
-            haltOnFailure=True, logEnviron=False, settings=settings, **quiet)),
-        (_fetch_default_branch, GitFetchRef(
-            name="fetch default branch", repourl=util.Property("repository"),
-            branch=util.Interpolate("+refs/heads/%(prop:easeml_default_branch)s:"
-                                    "refs/remotes/origin/%(prop:easeml_default_branch)s"),
-            haltOnFailure=True, logEnviron=False, settings=settings, **quiet)),
-        # the default branch's head is resolved by the inspection (default_branch_ref), not by
-        # a step of its own: one worker command fewer per build
-    ]
 
 
 def _private_dest(settings: Any, name: str):

@@ -127,22 +127,14 @@ class _MasterStep(buildstep.BuildStep):
 class ResolveBase(_MasterStep):
     """Choose the accepted model ``o`` to compare against (local forge: last accepted commit).
 
-    ``then``: ``(predicate(step), step)`` pairs; once the base is chosen, the steps whose
-    predicate holds are added after this one (Buildbot's ``addStepsAfterCurrentStep``). A
-    git helper this build does not need (the default branch's fetch when the pull request is
-    into it) is never added, instead of being skipped and hidden: Buildbot numbers skipped
-    and hidden steps too, so they would leave gaps in the UI's step numbers."""
+    It runs before the checkout, which fetches and resolves the base (``easeml_base_rev``)
+    with the head in one worker command (master/checkout.py)."""
 
     name = "resolve base"
-
-    def __init__(self, settings: Any, then: Any = (), **kwargs: Any) -> None:
-        self.then = tuple(then)
-        super().__init__(settings, **kwargs)
 
     @defer.inlineCallbacks
     def run(self):
         res = yield self._resolve()
-        self.build.addStepsAfterCurrentStep([step for wanted, step in self.then if wanted(self)])
         return res
 
     @defer.inlineCallbacks
