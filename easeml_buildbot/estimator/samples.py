@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -138,6 +139,14 @@ class ClauseSize:
         d["delta"] = math.exp(self.log_delta)
         return d
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ClauseSize":
+        """The inverse of :meth:`to_dict` (``delta`` is derived, so it is not read)."""
+        return cls(index=int(d["index"]), clause=str(d["clause"]), technique=str(d["technique"]),
+                   labels=int(d["labels"]), unlabeled=int(d["unlabeled"]),
+                   log_delta=float(d["log_delta"]),
+                   params={str(k): float(v) for k, v in dict(d.get("params") or {}).items()})
+
 
 @dataclass(frozen=True)
 class SampleSize:
@@ -182,6 +191,27 @@ class SampleSize:
             "expected_labels": self.expected_labels,
             "clauses": [c.to_dict() for c in self.clauses],
         }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SampleSize":
+        """The inverse of :meth:`to_dict`: a plan made elsewhere (the master plans once per
+        configuration; the worker's evaluation then need not import SciPy's planning).
+        ``rows`` and ``expected_labels`` are derived, so they are not read.
+
+        Raises
+        ------
+        SampleSizeError
+            A document that is not a plan (a missing key, a value of the wrong type).
+        """
+        try:
+            return cls(labels=int(d["labels"]), unlabeled=int(d["unlabeled"]), method=str(d["method"]),
+                       clauses=tuple(ClauseSize.from_dict(c) for c in d["clauses"]),
+                       condition=str(d["condition"]), reliability=float(d["reliability"]),
+                       adaptivity=str(d["adaptivity"]), steps=int(d["steps"]),
+                       labelling=str(d.get("labelling", "full")),
+                       candidates={str(k): int(v) for k, v in dict(d.get("candidates") or {}).items()})
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SampleSizeError(f"not a sample-size plan: {type(exc).__name__}: {exc}") from None
 
 
 def _needs_labels(clause: Clause) -> bool:
@@ -318,6 +348,32 @@ def sample_size(
         labelling=labelling,
         candidates={m: plans[m][0] for m in plans},
     )
+
+
+def plan_mismatch(plan: SampleSize, condition: Condition | str, reliability: float,
+                  adaptivity: str = "full", steps: int = 32, method: str = "auto",
+                  labelling: str = "full") -> str | None:
+    """Why ``plan`` is not :func:`sample_size`'s plan for these arguments, or None.
+
+    A cheap check (no planning): the plan names its condition, reliability, adaptivity,
+    steps and labelling; its method is the one asked for, or under ``auto`` a method
+    ``auto`` chooses among. A plan handed over from elsewhere is used only if it is for
+    exactly this configuration."""
+    cond = parse_condition(condition) if isinstance(condition, str) else condition
+    want = {"condition": str(cond), "reliability": float(reliability),
+            "adaptivity": normalize_adaptivity(adaptivity), "steps": int(steps), "labelling": labelling}
+    for key, value in want.items():
+        if getattr(plan, key) != value:
+            return f"the plan's {key} is {getattr(plan, key)!r}, the configuration's {value!r}"
+    asked = normalize_method(method)
+    allowed = ((asked,) if asked != "auto"
+               else tuple(m for m in valid_methods(cond) if m not in AUTO_EXCLUDES))
+    if plan.method not in allowed:
+        return f"the plan's method is {plan.method!r}, the configuration asks for {asked!r}"
+    if len(plan.clauses) != len(cond.clauses) or any(
+            c.index != i or c.clause != str(k) for i, (c, k) in enumerate(zip(plan.clauses, cond.clauses))):
+        return "the plan's clauses are not the condition's"
+    return None
 
 
 D_HINT_P, D_HINT_EPS = 0.1, 0.01  # the d clause check-config suggests

@@ -14,11 +14,12 @@ of the binomial, Biometrika 26, 1934.
 
 from __future__ import annotations
 
+import importlib
 import math
 from functools import lru_cache
 
 import numpy as np
-from easeml_buildbot.estimator.lazy import optimize, stats
+from easeml_buildbot.estimator.lazy import optimize, special, stats
 
 EXACT_LOG_FLOOR = -600.0  # below this ln δ, scipy's binomial tails underflow: use Chernoff
 WINDOW_PERIODS = 4  # the exact planner checks this many saw-tooth periods (1/e rows each) above N
@@ -196,6 +197,21 @@ def clopper_pearson(k: int, n: int, log_delta: float) -> tuple[float, float]:
     if log_delta < EXACT_LOG_FLOOR:
         return chernoff_bounds(k, n, log_delta)
     a = math.exp(log_delta)
-    lo = 0.0 if k == 0 else float(stats.beta.ppf(a, k, n - k + 1))
-    hi = 1.0 if k == n else float(stats.beta.isf(a, k + 1, n - k))
+    lo = 0.0 if k == 0 else float(_beta_ppf(a, k, n - k + 1))
+    hi = 1.0 if k == n else float(special.betainccinv(k + 1, n - k, a))
     return lo, hi
+
+
+def _beta_ppf(q: float, a: float, b: float) -> float:
+    """``scipy.stats.beta.ppf(q, a, b)`` without importing ``scipy.stats``.
+
+    The decision runs in a fresh worker process for every evaluation, and ``scipy.stats``
+    takes about a second to import, ``scipy.special`` a quarter of that. ``beta.ppf`` is
+    ``scipy.special._ufuncs._beta_ppf`` (SciPy 1.17: ``_continuous_distns.beta._ppf``) and
+    ``beta.isf`` is ``special.betainccinv``; ``special.betaincinv`` differs from ``ppf`` in
+    the last bits on some arguments, so the ufunc ``ppf`` calls is used where it exists
+    (``tests/estimator/test_tails.py`` checks both agree bit for bit with ``scipy.stats``)."""
+    ufunc = getattr(importlib.import_module("scipy.special._ufuncs"), "_beta_ppf", None)
+    if ufunc is None:  # another SciPy: its own public function
+        return float(stats.beta.ppf(q, a, b))
+    return float(ufunc(q, a, b))

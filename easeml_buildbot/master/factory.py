@@ -71,6 +71,9 @@ def _evaluate_cmd(runner: str):
     def render(props: Any) -> str:
         head = es.head_revision(props)
         base = props.getProperty("easeml_base_sha")
+        # read config's plan: the worker checks it and need not plan (nor import scipy.stats)
+        plan = props.getProperty("easeml_plan")
+        plan_arg = f" --plan {shlex.quote(str(plan))}" if plan else ""
         return (
             # "collect result" uploads whatever result.json is there, also when evaluate wrote
             # none (killed): it must be this evaluation's, never a lost build's leftover
@@ -81,7 +84,7 @@ def _evaluate_cmd(runner: str):
             '${EASEML_WORKER_PASSPHRASE_FILE:+--passphrase-file "$EASEML_WORKER_PASSPHRASE_FILE"} '
             f'--runner "${{EASEML_WORKER_RUNNER:-{runner}}}" '
             '--cache-dir "${EASEML_WORKER_CACHE_DIR:-../easeml-cache}" '
-            f"--out {OUT}/result.json"
+            f"--out {OUT}/result.json{plan_arg}"
         )
     return render
 

@@ -158,16 +158,23 @@ class ResolveBase(_MasterStep):
 
 
 @functools.lru_cache(maxsize=512)
-def _plan_rows(condition: str, reliability: Any, adaptivity: Any, steps: Any, method: Any,
-               labelling: str) -> tuple[int | None, str | None]:
-    """(rows, None) or (None, why not): the plan of a configuration (cached: builds of one
-    repository ask for the same plan; planning may take a while)."""
+def _plan(condition: str, reliability: Any, adaptivity: Any, steps: Any, method: Any,
+          labelling: str) -> tuple[str | None, int | None, str | None]:
+    """(plan as JSON, rows, None) or (None, None, why not): the plan of a configuration
+    (cached: builds of one repository ask for the same plan; planning may take a while).
+    The JSON is what ``easeml worker evaluate --plan`` reads (``SampleSize.from_dict``)."""
     from easeml_buildbot.estimator.samples import sample_size
 
     try:
-        return int(sample_size(condition, reliability, adaptivity, steps, method, labelling=labelling).rows), None
+        plan = sample_size(condition, reliability, adaptivity, steps, method, labelling=labelling)
     except ValueError as exc:
-        return None, str(exc)
+        return None, None, str(exc)
+    return json.dumps(plan.to_dict(), separators=(",", ":")), int(plan.rows), None
+
+
+def _plan_of(cfg: dict[str, Any]) -> tuple[str | None, int | None, str | None]:
+    return _plan(str(cfg.get("condition")), cfg.get("reliability"), cfg.get("adaptivity"),
+                 cfg.get("steps"), cfg.get("method"), "active" if cfg.get("labels") else "full")
 
 
 def plan_inspection(data: dict[str, Any]) -> dict[str, Any]:
@@ -177,8 +184,7 @@ def plan_inspection(data: dict[str, Any]) -> dict[str, Any]:
     cfg = data.get("config") or {}
     if data.get("samples_needed") is not None or not cfg or data.get("not_evaluated"):
         return data
-    rows, err = _plan_rows(str(cfg.get("condition")), cfg.get("reliability"), cfg.get("adaptivity"),
-                           cfg.get("steps"), cfg.get("method"), "active" if cfg.get("labels") else "full")
+    _, rows, err = _plan_of(cfg)
     if err is not None:
         return {**data, "ok": False, "dataset_id": None, "samples_needed": 0,
                 "error": f"{cfg.get('source')}: condition: {err}"}
@@ -227,6 +233,11 @@ class ReadInspection(_MasterStep):
                 self.setProperty(prop, list(value) if isinstance(value, tuple) else value, "easeml")
         if data.get("samples_needed") is not None:
             self.setProperty("easeml_samples_needed", data["samples_needed"], "easeml")
+            # the evaluation reuses this plan (``--plan``) instead of planning on the worker;
+            # it is made from the configuration alone, which the developer can read anyway
+            plan, rows, _ = yield threads.deferToThread(_plan_of, cfg)  # cached by plan_inspection
+            if plan is not None and rows == data["samples_needed"] and len(plan) <= PLAN_ARG_MAX:
+                self.setProperty("easeml_plan", plan, "easeml")
         if data.get("dataset_id"):
             self.setProperty("easeml_dataset_id", data["dataset_id"], "easeml")
         if data.get("not_evaluated"):
@@ -285,6 +296,10 @@ class ReadInspection(_MasterStep):
             f"{data['samples_needed']} samples" if data.get("samples_needed") is not None else None) if x)
         return SUCCESS
 
+
+#: a larger plan (a condition of very many clauses) is made again on the worker rather than
+#: passed on its command line (Linux caps one argument at 128 KiB)
+PLAN_ARG_MAX = 32 * 1024
 
 _OPEN_USES = ("easeml-open-uses", "easeml_buildbot.master.steps")
 _LEDGER_GUARD = ("easeml-ledger", "easeml_buildbot.master.steps")

@@ -224,7 +224,7 @@ def _evaluate_guarded(args: argparse.Namespace, *, limits_cls: Any, resolve_pass
         result = evaluate_pr(args.repo, head=args.head, base=args.base, config_rev=args.config_rev,
                              key=args.key,
                              passphrase=passphrase, runner=args.runner, cache_dir=args.cache_dir,
-                             limits=limits, echo=_echo, progress=progress)
+                             limits=limits, echo=_echo, progress=progress, plan=args.plan)
     except Interrupted as exc:
         result = {"status": "infra_error", "cause": "interrupted", "scored": False,
                   "spent": bool(progress["spent"]), "verdict": None,
@@ -295,4 +295,7 @@ def register(subparsers: Any) -> None:
                    help="docker (sandbox) or process (local subprocess, NOT a sandbox)")
     p.add_argument("--cache-dir", required=True, help="predictions cache per (commit, dataset id)")
     p.add_argument("--out", required=True, help="where to write result.json")
+    p.add_argument("--plan", help="the master's sample-size plan for this configuration (JSON of "
+                   "SampleSize.to_dict()); checked against .easeml.yml, saves planning (and "
+                   "SciPy's import) here")
     p.set_defaults(func=_evaluate)

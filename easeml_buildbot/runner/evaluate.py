@@ -311,11 +311,17 @@ def evaluate_pr(repo: str | os.PathLike[str], *, head: str, base: str,
                 limits: Limits | None = None,
                 echo: Callable[[str], None] = lambda s: None,
                 progress: dict[str, Any] | None = None,
-                config_rev: str | None = None) -> dict[str, Any]:
+                config_rev: str | None = None,
+                plan: str | Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate ``head`` against ``base`` and return the ``result.json`` document.
 
     ``.easeml.yml`` and the test set come from ``config_rev`` (the default branch's
     accepted commit; default ``base``), the old model ``o`` from ``base``.
+
+    ``plan``: the sample-size plan (``SampleSize.to_dict()``, or its JSON) the master made
+    for this configuration; used only if it is for exactly this configuration (else an
+    ``infra_error``, nothing looked at). Without it the plan is made here, which imports
+    SciPy's statistics (about a second per evaluation).
 
     ``echo`` receives the developer-visible build log (image build output, progress, a
     failed run's short stderr tail where the adaptivity allows); it never receives the
@@ -341,10 +347,24 @@ def evaluate_pr(repo: str | os.PathLike[str], *, head: str, base: str,
     cfg, err = load_base_config(repo_p, config_sha)
     if cfg is None:
         return _result("config_error", cause="config", message=err or "", **ids)
-    try:
-        plan = cfg.required_samples()
-    except ValueError as exc:
-        return _result("config_error", cause="config", message=f"{cfg.source}: {exc}", **ids)
+    if plan is not None:  # made by the master for this configuration: checked, not redone
+        from easeml_buildbot.estimator.samples import SampleSize, SampleSizeError, plan_mismatch
+
+        try:
+            given = SampleSize.from_dict(json.loads(plan) if isinstance(plan, str) else plan)
+            why = plan_mismatch(given, cfg.condition, cfg.reliability, cfg.adaptivity, cfg.steps,
+                                cfg.method, cfg.labelling)
+        except (SampleSizeError, ValueError, TypeError, AttributeError) as exc:
+            why = f"unreadable: {exc}"
+        if why is not None:
+            return _result("infra_error", cause="plan", message=f"the master's sample-size plan "
+                           f"does not fit {cfg.source}: {why}", **ids)
+        plan, plan_by = given, "master"
+    else:
+        try:
+            plan, plan_by = cfg.required_samples(), "worker"
+        except ValueError as exc:
+            return _result("config_error", cause="config", message=f"{cfg.source}: {exc}", **ids)
     model = dict(cfg.model or {})
     try:
         limits = (limits or Limits.from_env()).lowered_by(model)
@@ -362,7 +382,7 @@ def evaluate_pr(repo: str | os.PathLike[str], *, head: str, base: str,
     from easeml_buildbot.custody.policy import developer_may_see
 
     work = private_tmpdir("eval")
-    base_info = dict(runner=runner_name, limits=limits.to_dict(), **ids)
+    base_info = dict(runner=runner_name, limits=limits.to_dict(), plan_by=plan_by, **ids)
     logs: dict[str, str] = {}
     show_tail = developer_may_see(cfg.adaptivity, "fail")
     try:

@@ -243,3 +243,48 @@ def test_k_pass_sizes_between_first_change_and_full() -> None:
     assert log_use_delta(0.99, "3-pass", 10) == pytest.approx(math.log(0.01) - math.log(10 + 45 + 120))
     with pytest.raises(SampleSizeError, match="k-pass"):
         sample_size("n > 0.8 +/- 0.05", 0.9999, "0-pass", 32)
+
+
+@pytest.mark.parametrize("condition,method,labelling", [
+    ("n > 0.5 +/- 0.2", "auto", "full"),
+    ("n - o > 0.02 +/- 0.01", "sequential", "full"),
+    ("d < 0.1 +/- 0.01 /\\ n - o > 0.02 +/- 0.01", "betting", "full"),
+    ("d < 0.1 +/- 0.01 /\\ n - o > 0.02 +/- 0.01", "auto", "active"),
+])
+def test_a_plan_survives_json_and_is_checked_against_its_configuration(condition, method, labelling) -> None:
+    """The master plans once and hands the plan to the worker as JSON: it must come back
+    equal, and be refused for any other configuration (a changed reliability, adaptivity,
+    steps, labelling, method or condition)."""
+    import json
+
+    from easeml_buildbot.estimator.samples import SampleSize, SampleSizeError, plan_mismatch
+
+    plan = sample_size(condition, 0.999, "full", 8, method, labelling=labelling)
+    back = SampleSize.from_dict(json.loads(json.dumps(plan.to_dict())))
+    assert back == plan and back.rows == plan.rows
+    assert plan_mismatch(back, condition, 0.999, "full", 8, method, labelling) is None
+    assert plan_mismatch(back, condition, 0.999, "hybrid" if plan.adaptivity == "firstChange" else "full",
+                         8, method, labelling) is None
+    for changed in (dict(reliability=0.99), dict(adaptivity="none"), dict(steps=9),
+                    dict(labelling="full" if labelling == "active" else "active"),
+                    dict(method="hoeffding"), dict(condition=condition.replace("+/- 0.", "+/- 0.0", 1))):
+        args = {**dict(condition=condition, reliability=0.999, adaptivity="full", steps=8, method=method,
+                       labelling=labelling), **changed}
+        assert plan_mismatch(back, **args) is not None, changed
+    with pytest.raises(SampleSizeError, match="not a sample-size plan"):
+        SampleSize.from_dict({"labels": 3})
+
+
+def test_clopper_pearson_without_scipy_stats_is_scipy_stats_bit_for_bit() -> None:
+    """The worker decides without importing ``scipy.stats`` (tails._beta_ppf): the bounds
+    must be exactly ``stats.beta.ppf`` / ``stats.beta.isf``, or a verdict could differ
+    from the one the master's tests and simulations checked."""
+    from easeml_buildbot.estimator.tails import clopper_pearson
+
+    for n in [*range(1, 60), 71, 151, 505, 5000, 246126]:
+        for k in sorted({0, 1, n // 3, n // 2, n - 1, n, *range(0, n + 1, max(1, n // 15))}):
+            for log_delta in (math.log(0.05), math.log(1e-6), math.log(0.1 / 2 ** 8 / 3), -30.0):
+                a = math.exp(log_delta)
+                lo, hi = clopper_pearson(k, n, log_delta)
+                assert lo == (0.0 if k == 0 else float(stats.beta.ppf(a, k, n - k + 1))), (k, n, log_delta)
+                assert hi == (1.0 if k == n else float(stats.beta.isf(a, k + 1, n - k))), (k, n, log_delta)

@@ -3,12 +3,14 @@ instead of check runs, the last passing commit becomes the accepted model ``o``.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
 import pytest
 
-from support.local_forge import local_forge_master
+from easeml_buildbot.custody.ledger import Ledger
+from support.local_forge import PROJECT, local_forge_master
 from support.models import make_model_repo
 
 pytestmark = pytest.mark.e2e
@@ -29,6 +31,11 @@ def test_local_forge_evaluates_new_commits_and_advances_the_baseline(tmp_path, s
         p1 = bb.build_properties(b1["buildid"])
         assert p1["easeml_status"] == "evaluated" and p1["easeml_verdict"] == "pass", bb.master_log()[-5000:]
         assert p1["easeml_base_sha"] == repo.base.sha  # no accepted commit yet: the parent
+        # the master's plan reached the worker, which used it rather than planning again
+        assert json.loads(p1["easeml_plan"])["rows"] == p1["easeml_samples_needed"]
+        with Ledger(f"sqlite:///{tmp_path / 'bb'}-ledger.sqlite") as led:
+            (use,) = led.uses(PROJECT, repo.dataset_id)
+        assert use.result["plan_by"] == "master" and use.result["samples_used"] == p1["easeml_samples_needed"]
         worse = repo.commit_model(quality=0.7, branch="main", message="worse model")
         b1, b2 = bb.wait_for_builds(2, timeout=120)
         p2 = bb.build_properties(b2["buildid"])

@@ -89,3 +89,38 @@ def test_inspect_reports_the_head_commits_author(digits_repo):
                               capture_output=True, text=True, check=True).stdout.strip()
     assert expected and inspect_repo(digits_repo.path, digits_repo.base.sha, pr.sha)["author_email"] == expected
     assert "author_email" not in inspect_repo(digits_repo.path, digits_repo.base.sha)
+
+
+def test_evaluate_with_the_masters_plan_imports_no_scipy_stats_and_decides_the_same(
+        digits_repo, service_keys, tmp_path):
+    """The build passes the master's plan (``--plan``): the worker checks it against the
+    configuration instead of planning, and decides without ``scipy.stats`` (a second of
+    import per evaluation); the verdict is the one the worker's own plan gives, bit for bit."""
+    from easeml_buildbot.config import parse_config
+    from easeml_buildbot.runner.evaluate import evaluate_pr
+
+    base = digits_repo.base.sha
+    text = subprocess.run(["git", "-C", str(digits_repo.path), "show", f"{base}:.easeml.yml"],
+                          capture_output=True, text=True, check=True).stdout
+    plan = parse_config(text).required_samples().to_dict()
+    args = ["worker", "evaluate", "--repo", str(digits_repo.path), "--head", base, "--base", base,
+            "--key", str(service_keys.private), "--runner", "process",
+            "--cache-dir", str(tmp_path / "cache")]
+    out = tmp_path / "result.json"
+    mods = _modules_after([*args, "--out", str(out), "--plan", json.dumps(plan)])
+    given = json.loads(out.read_text())
+    assert given["status"] == "scored", given
+    assert "scipy.stats" not in mods, sorted(m for m in mods if "stats" in m or "optimize" in m)
+    own = evaluate_pr(digits_repo.path, head=base, base=base, key=service_keys.private, passphrase=None,
+                      runner="process", cache_dir=tmp_path / "cache2")
+    assert own["status"] == "scored"
+    assert given["verdict"] == own["verdict"] and given["samples_used"] == own["samples_used"]
+
+    # a plan for another configuration is refused before anything is looked at
+    other = {**plan, "reliability": 0.5}
+    mods = _modules_after([*args, "--out", str(out), "--plan", json.dumps(other)])
+    refused = json.loads(out.read_text())
+    assert (refused["status"], refused["cause"], refused["spent"]) == ("infra_error", "plan", False)
+    assert "reliability" in refused["message"] and refused["verdict"] is None
+    mods = _modules_after([*args, "--out", str(out), "--plan", "{not json"])
+    assert json.loads(out.read_text())["cause"] == "plan"
