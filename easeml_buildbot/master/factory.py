@@ -1,8 +1,8 @@
 """The evaluation build: one Buildbot step per stage, so progress shows in the UI.
 
-resolve base (master) → checkout: the exact head, the base and the branches the build reads,
-in one worker command (master/checkout.py) → inspect config + dataset on the default
-branch's accepted commit → reserve a ledger use → evaluate on the worker → upload
+checkout: the base chosen (master), then the exact head, the base and the branches the build
+reads, and the inspection of config + dataset on the default branch's accepted commit, in
+one worker command (master/checkout.py) → reserve a ledger use → evaluate on the worker → upload
 result.json privately → commit or release the use → finalize properties for reporters. Worker commands write their JSON
 outside the checkout (``../easeml-out``) and it is uploaded into a master-private
 directory, never printed. The directory is emptied when a build starts using it (a worker
@@ -54,16 +54,9 @@ def _config_args(props: Any) -> str:
 
 
 @util.renderer
-def _inspect_cmd(props: Any) -> str:
-    head = es.head_revision(props) or "HEAD"
-    base = props.getProperty("easeml_base_sha")
-    default = props.getProperty("easeml_default_branch")
-    branch_check = (f" --base-ref {shlex.quote(str(props.getProperty('easeml_base_ref')))}"
-                    f" --default-branch {shlex.quote(str(default))}") if default else ""
-    # a build lost with its worker never ran "clean up": its files must not become this build's
-    return (f"rm -rf {OUT} && mkdir -p {OUT} && easeml worker inspect --repo . --base {shlex.quote(str(base))}"
-            f"{_config_args(props)}{branch_check} "
-            f"--head {shlex.quote(str(head))} --no-plan --out {OUT}/inspect.json")
+def _config_rev(props: Any) -> str | None:
+    """What ``--config-rev`` names (see :func:`_config_args`), None for the base."""
+    return props.getProperty("easeml_config_sha") or default_branch_ref(props)
 
 
 def _evaluate_cmd(runner: str):
@@ -122,13 +115,10 @@ def make_factory(settings: Any) -> BuildFactory:
     # no gaps only if no hidden step comes before a visible one: the hidden helpers come
     # after the last visible step.
     quiet = dict(updateBuildSummaryPolicy=False)
-    # "resolve base" (master) first: the checkout then fetches and resolves the base with the
-    # head in one worker command (master/checkout.py)
-    f.addStep(es.ResolveBase(settings, haltOnFailure=True))
-    f.addStep(Checkout(settings, haltOnFailure=True, **quiet))
-    f.addStep(steps.ShellCommand(name="inspect", command=_inspect_cmd, haltOnFailure=True, logEnviron=False,
-                                 description="reading .easeml.yml on the default branch",
-                                 descriptionDone="read .easeml.yml and the test set id", **quiet))
+    # the base chosen on the master, then one worker command fetches and resolves it with the
+    # head and reads .easeml.yml on the default branch (easeml worker inspect): master/checkout.py
+    f.addStep(Checkout(settings, resolve_base=es.resolve_base, inspect_out=OUT, config_rev=_config_rev,
+                       haltOnFailure=True, **quiet))
     f.addStep(steps.FileUpload(name="collect inspection", workersrc=f"{OUT}/inspect.json",
                                masterdest=_private_dest(settings, "inspect.json"),
                                maxsize=INSPECT_MAX_BYTES, mode=0o600, haltOnFailure=True,

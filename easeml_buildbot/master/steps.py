@@ -124,37 +124,22 @@ class _MasterStep(buildstep.BuildStep):
             pass
 
 
-class ResolveBase(_MasterStep):
-    """Choose the accepted model ``o`` to compare against (local forge: last accepted commit).
+@defer.inlineCallbacks
+def resolve_base(step: buildstep.BuildStep):
+    """Choose the accepted model ``o`` to compare against, before the checkout fetches and
+    resolves it (``easeml_base_rev``) with the head in one worker command (master/checkout.py).
 
-    It runs before the checkout, which fetches and resolves the base (``easeml_base_rev``)
-    with the head in one worker command (master/checkout.py)."""
-
-    name = "resolve base"
-
-    @defer.inlineCallbacks
-    def run(self):
-        res = yield self._resolve()
-        return res
-
-    @defer.inlineCallbacks
-    def _resolve(self):
-        if self.getProperty("easeml_base_sha"):
-            yield self.note(f"base {self.getProperty('easeml_base_sha')} (from the pull request / accepted model)")
-            self.summary = f"base {str(self.getProperty('easeml_base_sha'))[:10]}"
-            return SUCCESS
-        repo = self.getProperty("easeml_repo")
-        accepted = yield get_accepted(self.master, repo)
-        if accepted:
-            self.setProperty("easeml_base_rev", accepted["sha"], "easeml")
-            what = "configuration commit" if accepted.get("configuration") else "commit"
-            yield self.note(f"base {accepted['sha']} (last accepted {what} on {accepted['branch']})")
-            self.summary = f"base {accepted['sha'][:10]} (last accepted {what})"
-        else:
-            self.setProperty("easeml_base_rev", f"{self.getProperty('revision')}^", "easeml")
-            yield self.note("no accepted commit recorded yet: comparing against the parent commit")
-            self.summary = "base: the parent commit (nothing accepted yet)"
-        return SUCCESS
+    A pull request names its base (``easeml_base_sha``); the local forge compares against the
+    last accepted commit, else the parent. Returns the line the checkout step shows."""
+    if step.getProperty("easeml_base_sha"):
+        return f"base {str(step.getProperty('easeml_base_sha'))[:10]}"
+    accepted = yield get_accepted(step.master, step.getProperty("easeml_repo"))
+    if accepted:
+        step.setProperty("easeml_base_rev", accepted["sha"], "easeml")
+        what = "configuration commit" if accepted.get("configuration") else "commit"
+        return f"base {accepted['sha'][:10]}, the last accepted {what} on {accepted['branch']}"
+    step.setProperty("easeml_base_rev", f"{step.getProperty('revision')}^", "easeml")
+    return "base: the parent commit (nothing accepted yet)"
 
 
 @functools.lru_cache(maxsize=512)

@@ -114,3 +114,38 @@ def test_the_token_helper_answers_only_get(tmp_path):
 
 def test_parse_output_reads_only_shas():
     assert parse_output("head " + "a" * 40 + "\nbase nope\nnoise\n") == {"head": "a" * 40}
+
+
+def test_the_inspection_runs_in_the_same_command_on_the_commits_it_resolved(tmp_path, service_keys):
+    """The evaluation build's checkout also runs ``easeml worker inspect`` (one worker
+    command, not two): on the head it checked out, the base it resolved and the default
+    branch's configuration; a lost build's leftovers in the output directory are gone first;
+    the developer's branch name reaches it as argv."""
+    import json
+    import os
+    import sys
+
+    from support.models import make_model_repo
+
+    repo = make_model_repo(tmp_path / "origin", public_key=service_keys.public, quality=0.8)
+    pr = repo.commit_model(quality=0.9, branch="x;touch${IFS}pwned")
+    work, out = tmp_path / "build", tmp_path / "easeml-out"
+    out.mkdir()
+    (out / "result.json").write_text("a lost build's")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    work.mkdir()
+    r = subprocess.run(command(str(repo.path), pr.sha, "x;touch${IFS}pwned", "", repo.base.sha, "main", "main",
+                               inspect_out=str(out), config_rev="refs/remotes/origin/main"),
+                       cwd=work, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert parse_output(r.stdout) == {"head": pr.sha, "base": repo.base.sha}
+    assert "inspected configuration" in r.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["inspect.json"]
+    data = json.loads((out / "inspect.json").read_text())
+    assert data["ok"] and data["config_rev"] == repo.base.sha and data["dataset_id"] == repo.dataset_id
+    assert data["samples_needed"] is None  # --no-plan: the master plans
+    assert not (work / "pwned").exists() and not (tmp_path / "pwned").exists()
+    # without an output directory it is the plain checkout, nothing inspected
+    r = subprocess.run(command(str(repo.path), pr.sha, "main", "", repo.base.sha), cwd=work,
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and "inspected" not in r.stdout, r.stderr

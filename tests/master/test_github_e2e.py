@@ -403,7 +403,8 @@ def test_step_numbers_have_no_gaps(world, scenarios):
     """Issue 13: the UI numbers steps as the master adds them; a skipped helper step would be
     a hidden step between visible ones and leave a gap. Issue 14: the base branch, the
     default branch (a pull request into another branch) and the base commit come with the
-    checkout, one worker command: no git step of their own. Hidden helpers come last."""
+    checkout, one worker command: no git step of their own; so does the inspection, and the
+    base is chosen in the same step. Hidden helpers come last."""
     repo, head, _ = scenarios["side"]
     world.wait_completed("side", count=3)
     for sha, base in ((scenarios["pass"][1].sha, "main"), (head.sha, "release/1")):
@@ -414,9 +415,12 @@ def test_step_numbers_have_no_gaps(world, scenarios):
         rows = [(s["number"], s["name"], s["hidden"], s["results"]) for s in steps]
         shown = [s for s in steps if not s["hidden"]]
         assert [s["number"] for s in shown] == list(range(len(shown))), rows
-        assert [s["name"] for s in shown][1:4] == ["resolve base", "checkout", "inspect"], rows
-        assert not [s for s in steps if s["name"].startswith(("fetch", "git"))], rows
-        assert all(s["results"] == 0 for s in shown[:4]), rows
+        # one step chooses the base, checks out and inspects (a step and a worker command each before)
+        assert [s["name"] for s in shown][1:3] == ["checkout", "collect inspection"], rows
+        assert not [s for s in steps if s["name"].startswith(("fetch", "git", "resolve", "inspect"))], rows
+        assert all(s["results"] == 0 for s in shown[:3]), rows
+        assert f"(base {world.bb.build_properties(build['buildid'])['easeml_base_sha'][:10]})" in \
+            shown[1]["state_string"], shown[1]
 
 
 def test_worker_crash_mid_evaluation_releases_the_use_and_retries(world, scenarios, tmp_path):
