@@ -64,9 +64,6 @@ def _evaluate_cmd(runner: str):
     def render(props: Any) -> str:
         head = es.head_revision(props)
         base = props.getProperty("easeml_base_sha")
-        # read config's plan: the worker checks it and need not plan (nor import scipy.stats)
-        plan = props.getProperty("easeml_plan")
-        plan_arg = f" --plan {shlex.quote(str(plan))}" if plan else ""
         return (
             # "collect result" uploads whatever result.json is there, also when evaluate wrote
             # none (killed): it must be this evaluation's, never a lost build's leftover
@@ -77,9 +74,17 @@ def _evaluate_cmd(runner: str):
             '${EASEML_WORKER_PASSPHRASE_FILE:+--passphrase-file "$EASEML_WORKER_PASSPHRASE_FILE"} '
             f'--runner "${{EASEML_WORKER_RUNNER:-{runner}}}" '
             '--cache-dir "${EASEML_WORKER_CACHE_DIR:-../easeml-cache}" '
-            f"--out {OUT}/result.json{plan_arg}"
+            f"--out {OUT}/result.json"
+            # read config's plan (the step's environment, EASEML_PLAN: a long JSON kept out of
+            # the log's command line): the worker checks it and need not plan (nor import scipy.stats)
+            ' ${EASEML_PLAN:+--plan "$EASEML_PLAN"}'
         )
     return render
+
+
+@util.renderer
+def _plan_env(props: Any) -> str:
+    return str(props.getProperty("easeml_plan") or "")
 
 
 class Evaluate(steps.ShellCommand):
@@ -119,16 +124,13 @@ def make_factory(settings: Any) -> BuildFactory:
     # head and reads .easeml.yml on the default branch (easeml worker inspect): master/checkout.py
     f.addStep(Checkout(settings, resolve_base=es.resolve_base, inspect_out=OUT, config_rev=_config_rev,
                        haltOnFailure=True, **quiet))
-    f.addStep(steps.FileUpload(name="collect inspection", workersrc=f"{OUT}/inspect.json",
-                               masterdest=_private_dest(settings, "inspect.json"),
-                               maxsize=INSPECT_MAX_BYTES, mode=0o600, haltOnFailure=True,
-                               description="collecting the inspection",
-                               descriptionDone="inspection collected (master-private)", **quiet))
-    # model.gpus: on a worker with too few GPUs "read config" queues the build again for one
-    # that has them (RETRY), before any use is reserved (master/gpus.py)
+    # "read config" reads inspect.json from the worker itself (into memory, bounded). On a
+    # worker with too few GPUs (model.gpus) it queues the build again for one that has them
+    # (RETRY), before any use is reserved (master/gpus.py)
     f.addStep(ReadConfig(settings, doStepIf=es.evaluating))
     f.addStep(es.ReserveUse(settings, doStepIf=es.evaluating, haltOnFailure=True))
-    f.addStep(Evaluate(command=_evaluate_cmd(settings.runner), doStepIf=es.evaluating,
+    f.addStep(Evaluate(command=_evaluate_cmd(settings.runner), env={"EASEML_PLAN": _plan_env},
+                       doStepIf=es.evaluating,
                        timeout=settings.build_timeout, logEnviron=False, flunkOnFailure=True))
     f.addStep(steps.FileUpload(name="collect result", workersrc=f"{OUT}/result.json",
                                masterdest=_private_dest(settings, "result.json"), mode=0o600,

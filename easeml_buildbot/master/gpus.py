@@ -79,7 +79,7 @@ def require_gpus(step: Any):
 
     None when the build may go on (no GPUs asked for, or this worker has them); else the
     step result: RETRY (queued again for a worker that has them) or FAILURE (none has)."""
-    data = step.read_private("inspect.json", keep=True) or {}
+    data = (yield step.inspection()) or {}
     model = (data.get("config") or {}).get("model") or {}
     try:
         need = gpus.parse_request(model.get("gpus"))

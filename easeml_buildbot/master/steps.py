@@ -18,7 +18,7 @@ from typing import Any
 from twisted.internet import defer, reactor, task, threads
 from twisted.python import log
 
-from buildbot.process import buildstep
+from buildbot.process import buildstep, remotecommand, remotetransfer
 from buildbot.process.results import EXCEPTION, FAILURE, SKIPPED, SUCCESS, WARNINGS
 
 from easeml_buildbot.master.service import easeml_service
@@ -105,6 +105,26 @@ class _MasterStep(buildstep.BuildStep):
         if cause:
             self.setProperty("easeml_cause", cause[:4000], "easeml")
 
+    @defer.inlineCallbacks
+    def read_worker_json(self, workersrc: str, maxsize: int):
+        """A JSON document the worker wrote (relative to the build's workdir), read into memory
+        with Buildbot's own ``uploadFile`` worker command, at most ``maxsize`` bytes: no
+        step of its own, no copy on the master's disk. None when it is missing, larger or
+        not JSON. A lost worker raises, as any remote command (the build is retried)."""
+        writer = remotetransfer.StringFileWriter()
+        cmd = remotecommand.RemoteCommand(
+            "uploadFile", {"workdir": self.workdir, "writer": writer, "maxsize": maxsize,
+                           "blocksize": 32 * 1024, "workersrc": workersrc},
+            decodeRC={None: SUCCESS, 0: SUCCESS})
+        yield self.runCommand(cmd)
+        if cmd.didFail():
+            return None
+        try:
+            data = json.loads(writer.buffer)
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
     def read_private(self, name: str, *, keep: bool = False) -> dict[str, Any] | None:
         """A JSON file the worker uploaded; removed after reading unless ``keep``."""
         path = private_path(self.settings.results_dir, self.build, name)
@@ -182,10 +202,20 @@ class ReadInspection(_MasterStep):
     here, on the master: see :func:`plan_inspection`."""
 
     name = "read config"
+    _inspection: Any = ()  # not read yet
+
+    @defer.inlineCallbacks
+    def inspection(self):
+        """The worker's ``inspect.json`` (None: none, or unreadable), read once."""
+        if self._inspection == ():
+            from easeml_buildbot.master.factory import INSPECT_MAX_BYTES, OUT
+
+            self._inspection = yield self.read_worker_json(f"{OUT}/inspect.json", INSPECT_MAX_BYTES)
+        return self._inspection
 
     @defer.inlineCallbacks
     def run(self):
-        data = self.read_private("inspect.json")
+        data = yield self.inspection()
         if data is None:
             self.status("infra_error", "the worker produced no inspect.json")
             self.summary = "no inspection from the worker"
