@@ -210,8 +210,12 @@ def _beta_ppf(q: float, a: float, b: float) -> float:
     ``scipy.special._ufuncs._beta_ppf`` (SciPy 1.17: ``_continuous_distns.beta._ppf``) and
     ``beta.isf`` is ``special.betainccinv``; ``special.betaincinv`` differs from ``ppf`` in
     the last bits on some arguments, so the ufunc ``ppf`` calls is used where it exists
-    (``tests/estimator/test_tails.py`` checks both agree bit for bit with ``scipy.stats``)."""
-    ufunc = getattr(importlib.import_module("scipy.special._ufuncs"), "_beta_ppf", None)
-    if ufunc is None:  # another SciPy: its own public function
-        return float(stats.beta.ppf(q, a, b))
-    return float(ufunc(q, a, b))
+    (``tests/estimator/test_samples.py`` checks both agree bit for bit with ``scipy.stats``)."""
+    ufunc = _beta_ppf_ufunc()
+    return float(ufunc(q, a, b) if ufunc is not None else stats.beta.ppf(q, a, b))
+
+
+@lru_cache(maxsize=1)
+def _beta_ppf_ufunc():
+    """SciPy's private ufunc behind ``beta.ppf``, or None (another SciPy: use ``stats``)."""
+    return getattr(importlib.import_module("scipy.special._ufuncs"), "_beta_ppf", None)

@@ -34,7 +34,7 @@ RESULT_MAX_BYTES = 8 * 1024 * 1024
 
 def default_branch_ref(props: Any) -> str | None:
     """No accepted commit recorded yet (GitHub): the configuration comes from the default
-    branch's head, the ref the fetch step wrote. ``easeml worker inspect`` resolves it
+    branch's head, the ref the checkout fetched. ``easeml worker inspect`` resolves it
     (``config_rev`` in its answer) and ``read config`` records the commit as
     ``easeml_config_sha``, which the evaluation then uses: both read the same commit."""
     default = props.getProperty("easeml_default_branch")
@@ -43,20 +43,16 @@ def default_branch_ref(props: Any) -> str | None:
     return f"refs/remotes/origin/{default}"
 
 
-def _config_args(props: Any) -> str:
-    """``--config-rev`` (the default branch's accepted commit, or the ref of its head) and the
-    branch check; the local forge has neither and reads the configuration from its base."""
-    out = ""
-    config = props.getProperty("easeml_config_sha") or default_branch_ref(props)
-    if config:
-        out += f" --config-rev {shlex.quote(str(config))}"
-    return out
-
-
-@util.renderer
-def _config_rev(props: Any) -> str | None:
-    """What ``--config-rev`` names (see :func:`_config_args`), None for the base."""
+def config_rev(props: Any) -> str | None:
+    """The commit the configuration and the test set are read from (``--config-rev``): the
+    default branch's accepted commit, or the ref of its head; None on the local forge, which
+    reads them from its base."""
     return props.getProperty("easeml_config_sha") or default_branch_ref(props)
+
+
+def _config_args(props: Any) -> str:
+    config = config_rev(props)
+    return f" --config-rev {shlex.quote(str(config))}" if config else ""
 
 
 def _evaluate_cmd(runner: str):
@@ -122,7 +118,7 @@ def make_factory(settings: Any) -> BuildFactory:
     quiet = dict(updateBuildSummaryPolicy=False)
     # the base chosen on the master, then one worker command fetches and resolves it with the
     # head and reads .easeml.yml on the default branch (easeml worker inspect): master/checkout.py
-    f.addStep(Checkout(settings, resolve_base=es.resolve_base, inspect_out=OUT, config_rev=_config_rev,
+    f.addStep(Checkout(settings, resolve_base=es.resolve_base, inspect_out=OUT, config_rev=util.renderer(config_rev),
                        haltOnFailure=True, **quiet))
     # "read config" reads inspect.json from the worker itself (into memory, bounded). On a
     # worker with too few GPUs (model.gpus) it queues the build again for one that has them

@@ -196,18 +196,33 @@ def plan_inspection(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "samples_needed": rows}
 
 
+_UNREAD = object()
+
+
+def _planned(data: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """:func:`plan_inspection`, and the plan ``easeml worker evaluate --plan`` gets (its JSON,
+    when the inspection's rows are that plan's and it is small enough to pass on), in one
+    call (blocking: in a thread)."""
+    data = plan_inspection(data)
+    if data.get("samples_needed") is None:
+        return data, None
+    plan, rows, _ = _plan_of(data.get("config") or {})
+    ok = plan is not None and rows == data["samples_needed"] and len(plan) <= PLAN_ARG_MAX
+    return data, plan if ok else None
+
+
 class ReadInspection(_MasterStep):
     """Read ``easeml worker inspect``'s JSON: config and dataset id come from the default
     branch's accepted commit (the local forge: the base). The plan (samples needed) is made
     here, on the master: see :func:`plan_inspection`."""
 
     name = "read config"
-    _inspection: Any = ()  # not read yet
+    _inspection: Any = _UNREAD
 
     @defer.inlineCallbacks
     def inspection(self):
         """The worker's ``inspect.json`` (None: none, or unreadable), read once."""
-        if self._inspection == ():
+        if self._inspection is _UNREAD:
             from easeml_buildbot.master.factory import INSPECT_MAX_BYTES, OUT
 
             self._inspection = yield self.read_worker_json(f"{OUT}/inspect.json", INSPECT_MAX_BYTES)
@@ -220,7 +235,7 @@ class ReadInspection(_MasterStep):
             self.status("infra_error", "the worker produced no inspect.json")
             self.summary = "no inspection from the worker"
             return FAILURE
-        data = yield threads.deferToThread(plan_inspection, data)
+        data, plan = yield threads.deferToThread(_planned, data)
         from easeml_buildbot.master.factory import default_branch_ref
 
         ref = default_branch_ref(self.build)
@@ -250,8 +265,7 @@ class ReadInspection(_MasterStep):
             self.setProperty("easeml_samples_needed", data["samples_needed"], "easeml")
             # the evaluation reuses this plan (``--plan``) instead of planning on the worker;
             # it is made from the configuration alone, which the developer can read anyway
-            plan, rows, _ = yield threads.deferToThread(_plan_of, cfg)  # cached by plan_inspection
-            if plan is not None and rows == data["samples_needed"] and len(plan) <= PLAN_ARG_MAX:
+            if plan is not None:
                 self.setProperty("easeml_plan", plan, "easeml")
         if data.get("dataset_id"):
             self.setProperty("easeml_dataset_id", data["dataset_id"], "easeml")
@@ -313,7 +327,7 @@ class ReadInspection(_MasterStep):
 
 
 #: a larger plan (a condition of very many clauses) is made again on the worker rather than
-#: passed on its command line (Linux caps one argument at 128 KiB)
+#: passed on to it (Linux caps one argument or environment string at 128 KiB)
 PLAN_ARG_MAX = 32 * 1024
 
 _OPEN_USES = ("easeml-open-uses", "easeml_buildbot.master.steps")
