@@ -56,7 +56,7 @@ if [ -n "$base" ]; then
   echo "base $sha"
 fi
 [ -n "$out" ] || exit 0
-# a build lost with its worker never ran "clean up": its files must not become this build's
+# a build lost with its worker never removed its files (outcome does): they must not become this build's
 rm -rf "$out" && mkdir -p "$out"
 set -- --repo . --head "$(git rev-parse HEAD)" --out "$out/inspect.json" --no-plan
 [ -z "$base" ] || set -- "$@" --base "$sha"

@@ -2,11 +2,12 @@
 
 checkout: the base chosen (master), then the exact head, the base and the branches the build
 reads, and the inspection of config + dataset on the default branch's accepted commit, in
-one worker command (master/checkout.py) → reserve a ledger use → evaluate on the worker → upload
-result.json privately → commit or release the use → finalize properties for reporters. Worker commands write their JSON
-outside the checkout (``../easeml-out``) and it is uploaded into a master-private
-directory, never printed. The directory is emptied when a build starts using it (a worker
-lost mid-build leaves its files; another repository's result.json must never be collected).
+one worker command (master/checkout.py) → reserve a ledger use → evaluate on the worker → read
+result.json from the worker (into memory) and commit or release the use → finalize properties
+for reporters and remove the worker's files. Worker commands write their JSON outside the
+checkout (``../easeml-out``); the master reads it with Buildbot's ``uploadFile`` command, never
+printed. The directory is emptied when a build starts using it (a worker lost mid-build leaves
+its files; another repository's result.json must never be collected).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def _evaluate_cmd(runner: str):
         head = es.head_revision(props)
         base = props.getProperty("easeml_base_sha")
         return (
-            # "collect result" uploads whatever result.json is there, also when evaluate wrote
+            # "record result" reads whatever result.json is there, also when evaluate wrote
             # none (killed): it must be this evaluation's, never a lost build's leftover
             f"mkdir -p {OUT} && rm -f {OUT}/result.json && "
             f"exec easeml worker evaluate --repo . --head {shlex.quote(str(head))} "
@@ -128,17 +129,12 @@ def make_factory(settings: Any) -> BuildFactory:
     f.addStep(Evaluate(command=_evaluate_cmd(settings.runner), env={"EASEML_PLAN": _plan_env},
                        doStepIf=es.evaluating,
                        timeout=settings.build_timeout, logEnviron=False, flunkOnFailure=True))
-    f.addStep(steps.FileUpload(name="collect result", workersrc=f"{OUT}/result.json",
-                               masterdest=_private_dest(settings, "result.json"), mode=0o600,
-                               maxsize=RESULT_MAX_BYTES,
-                               doStepIf=es.has_open_use, alwaysRun=True, flunkOnFailure=False,
-                               warnOnFailure=True, description="collecting the result",
-                               descriptionDone="result collected (master-private)", **quiet))
     f.addStep(es.RecordResult(settings, doStepIf=es.has_open_use, alwaysRun=True))
     if settings.forge == "local":
         f.addStep(es.RecordAccepted(settings, doStepIf=lambda s: s.build.getProperty("easeml_status") == "evaluated"))
+    # the outcome, then the worker's ../easeml-out removed (inside the step: no "clean up" step)
     f.addStep(es.Finalize(settings, alwaysRun=True))
-    # hidden helpers, after the last visible step
+    # a hidden helper, after the last visible step
     # The head commit's author: GitHub's pull-request events name a login, not an address.
     # Mail to it still goes only to allowed domains, with only what the developer may see.
     # The inspection reports it (read config sets it); this step runs only when no inspection
@@ -148,14 +144,5 @@ def make_factory(settings: Any) -> BuildFactory:
         property="easeml_author_email", hideStepIf=True, flunkOnFailure=False, warnOnFailure=False,
         doStepIf=lambda s: not s.build.getProperty("easeml_author_email"),
         alwaysRun=True, logEnviron=False, **quiet))
-    f.addStep(steps.ShellCommand(name="clean up", command=["rm", "-rf", OUT], alwaysRun=True,
-                                 hideStepIf=True, logEnviron=False, flunkOnFailure=False,
-                                 description="cleaning up", descriptionDone="cleaned up", **quiet))
     return f
 
-
-def _private_dest(settings: Any, name: str):
-    @util.renderer
-    def render(props: Any) -> str:
-        return es.private_path(settings.results_dir, props, name)
-    return render

@@ -209,7 +209,7 @@ class Settings:
     # Seconds without a heartbeat before the other masters declare a master dead and take
     # over its build requests and schedulers (Buildbot's default: 10 minutes).
     master_expiry: float = 600.0
-    results_dir: str = "results"  # master-private directory for uploaded result.json files
+    results_dir: str = "results"  # master-private directory: a result.json the ledger could not take
     runner: str = "docker"  # "docker" | "process", passed to `easeml worker evaluate`
     build_timeout: int = 3600  # seconds of silence before a worker step is killed (file: 3600, "90s", "15m", "1h")
     operator_email: str = ""

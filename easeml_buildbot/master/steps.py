@@ -12,10 +12,11 @@ import functools
 import hashlib
 import json
 import os
+import posixpath
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, reactor, task, threads
+from twisted.internet import defer, error, reactor, task, threads
 from twisted.python import log
 
 from buildbot.process import buildstep, remotecommand, remotetransfer
@@ -125,24 +126,20 @@ class _MasterStep(buildstep.BuildStep):
             return None
         return data if isinstance(data, dict) else None
 
-    def read_private(self, name: str, *, keep: bool = False) -> dict[str, Any] | None:
-        """A JSON file the worker uploaded; removed after reading unless ``keep``."""
+    def keep_private(self, name: str, data: dict[str, Any] | None) -> str | None:
+        """Write ``data`` (a worker's JSON) to the master-private directory, owner-only; its
+        path, or None (nothing to keep, or it cannot be written)."""
+        if data is None:
+            return None
         path = private_path(self.settings.results_dir, self.build, name)
         try:
-            with open(path) as fh:
-                return json.load(fh)
-        except (OSError, ValueError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(data, fh)
+        except OSError as exc:
+            log.msg(f"easeml: cannot keep {name} in {path}: {exc}")
             return None
-        finally:
-            if not keep:
-                self.forget_private(name)
-
-    def forget_private(self, name: str) -> None:
-        try:  # the ledger is where results live; no copies on disk
-            os.unlink(private_path(self.settings.results_dir, self.build, name))
-        except OSError:
-            pass
-
+        return path
 
 @defer.inlineCallbacks
 def resolve_base(step: buildstep.BuildStep):
@@ -595,17 +592,36 @@ class RecordResult(_MasterStep):
     def run(self):
         led = yield self.ledger()
         use_id = self.getProperty("easeml_use_id")
-        # kept until the ledger has it: if recording fails (database down), the use stays
-        # spent and its result stays in the master-private directory for the operator
-        result = self.read_private("result.json", keep=True)
+        result = yield self.collect_result()
         try:
             outcome = yield self._record(led, use_id, result)
         except Exception:
-            log.err(None, f"easeml: use {use_id} could not be recorded; its result stays in "
-                          f"{private_path(self.settings.results_dir, self.build, 'result.json')}")
+            # the ledger does not have it (database down): the use stays spent and its result
+            # goes to the master-private directory for the operator
+            where = self.keep_private("result.json", result)
+            log.err(None, f"easeml: use {use_id} could not be recorded"
+                          + (f"; its result stays in {where}" if where else ""))
             raise
-        self.forget_private("result.json")
         return outcome
+
+    @defer.inlineCallbacks
+    def collect_result(self):
+        """result.json, read from the worker into memory (bounded, no copy on the master's
+        disk); None when there is none (evaluate was killed or skipped), it is too large or
+        unreadable: a use whose evaluation started is then counted without a verdict.
+
+        A worker lost while it is read raises (Buildbot's ``ConnectionLost``: the step and the
+        build are RETRY), as a worker lost in any step before: the use stays open and the
+        retry settles it (``_open_use_slot``)."""
+        from easeml_buildbot.master.factory import OUT, RESULT_MAX_BYTES
+
+        try:
+            return (yield self.read_worker_json(f"{OUT}/result.json", RESULT_MAX_BYTES))
+        except error.ConnectionLost:
+            raise
+        except Exception as exc:  # the read itself failed: no result to record
+            log.msg(f"easeml: result.json of use {self.getProperty('easeml_use_id')} not read: {exc}")
+            return None
 
     def _evaluate_started(self) -> bool:
         for s in getattr(self.build, "executedSteps", ()):
@@ -768,12 +784,31 @@ class Finalize(_MasterStep):
         self.summary = outcome.summary_line()
         yield self.note(f"status {outcome.status}" + (f" ({outcome.kind})" if outcome.kind else "")
                         + f": {self.summary}")
+        yield self.clean_worker()
         earlier = [s.results for s in self.build.executedSteps if s is not self]
         if outcome.status == "evaluated":
             return FAILURE if outcome.shown_verdict == "fail" else SUCCESS
         if outcome.status in ("exhausted", "protected_changed", "not_evaluated"):
             return SUCCESS
         return SUCCESS if any(r in (FAILURE, EXCEPTION) for r in earlier) else FAILURE
+
+    @defer.inlineCallbacks
+    def clean_worker(self):
+        """Remove the build's ``../easeml-out`` (inspect.json, result.json) from the worker:
+        Buildbot's ``rmdir`` worker command, inside this step rather than a step of its own.
+        Best effort: a lost worker leaves the files, and the next build's checkout empties
+        the directory before anything reads it."""
+        from easeml_buildbot.master.factory import OUT
+
+        if self.build is None or getattr(self.build, "conn", None) is None:
+            return
+        out = posixpath.normpath(posixpath.join(self.workdir or "build", OUT))
+        cmd = remotecommand.RemoteCommand("rmdir", {"dir": out, "logEnviron": False},
+                                          decodeRC={None: SUCCESS, 0: SUCCESS})
+        try:
+            yield self.runCommand(cmd)
+        except Exception as exc:
+            log.msg(f"easeml: {out} not removed from the worker: {exc}")
 
     def outcome(self) -> eo.EvaluationOutcome:
         from easeml_buildbot.custody.policy import developer_may_see

@@ -13,8 +13,9 @@ def test_every_upload_from_a_worker_has_a_maxsize(tmp_path):
     settings = Settings.from_dict({"forge": "local", "local": {"repo": "/x"},
                                    "results_dir": str(tmp_path / "results")})
     uploads = [f for f in make_factory(settings).steps if issubclass(f.step_class, FileUpload)]
-    sizes = {f.kwargs["name"]: f.kwargs.get("maxsize") for f in uploads}
-    assert sizes == {"collect result": RESULT_MAX_BYTES}
+    # read config and record result read their JSON themselves (bounded: the tests below),
+    # so no step uploads a file to the master's disk
+    assert uploads == []
     assert INSPECT_MAX_BYTES <= 1 << 20 and 2 << 20 <= RESULT_MAX_BYTES <= 16 << 20
 
 
@@ -36,3 +37,36 @@ def test_read_config_reads_the_inspection_from_the_worker_bounded():
     step = Probe(settings=None).get_step_factory().buildStep()  # the instance a build runs
     assert step.inspection().result == {"ok": True} and step.inspection().result == {"ok": True}
     assert asked == [(f"{OUT}/inspect.json", INSPECT_MAX_BYTES)]  # once per build, bounded
+
+
+def test_record_result_reads_the_result_from_the_worker_bounded_a_lost_worker_is_retried():
+    """``record result`` reads result.json itself (no 'collect result' step): ``uploadFile``
+    into memory with a maxsize. A worker lost while it is read raises, so the build is
+    RETRY (Buildbot's ``ConnectionLost``: the retry settles the use, as after any lost step);
+    a read that fails otherwise is no result (the use is then counted without a verdict)."""
+    from twisted.internet import defer, error
+
+    from easeml_buildbot.master.factory import OUT, RESULT_MAX_BYTES
+    from easeml_buildbot.master.steps import RecordResult
+
+    asked = []
+
+    class Probe(RecordResult):
+        answer = defer.succeed({"status": "scored"})
+
+        def read_worker_json(self, workersrc, maxsize):
+            asked.append((workersrc, maxsize))
+            return self.answer
+
+        def getProperty(self, name, default=None):
+            return default
+
+    step = Probe(settings=None).get_step_factory().buildStep()
+    assert step.collect_result().result == {"status": "scored"}
+    assert asked == [(f"{OUT}/result.json", RESULT_MAX_BYTES)]
+    step.answer = defer.fail(OSError("unreadable"))
+    assert step.collect_result().result is None
+    step.answer = defer.fail(error.ConnectionLost("worker lost"))
+    lost = []
+    step.collect_result().addErrback(lost.append)
+    assert [f.check(error.ConnectionLost) for f in lost] == [error.ConnectionLost]

@@ -56,6 +56,12 @@ def test_local_forge_evaluates_new_commits_and_advances_the_baseline(tmp_path, s
         assert "summary='fail · n - o > 0.02 ± 0.1 · use 2 of 4 · 2 left'" in lines[1], lines[1]
         assert bb.api(f"builds/{b2['buildid']}")[0]["state_string"].endswith(
             "fail · n - o > 0.02 ± 0.1 · use 2 of 4 · 2 left")
+        # the outcome step removed the worker's ../easeml-out (no clean-up step of its own), and
+        # record result read result.json into memory: no copy on either side
+        builddirs = [d for w in bb.worker_dirs for d in w.glob("*/build")]
+        assert builddirs and not [w for w in bb.worker_dirs for w in w.glob("*/easeml-out")], builddirs
+        names = [s["name"] for s in bb.api(f"builds/{b2['buildid']}/steps")]
+        assert "collect result" not in names and "clean up" not in names, names
 
 
 def test_local_forge_takes_a_configuration_commit_as_the_new_configuration(tmp_path, service_keys):

@@ -1,4 +1,5 @@
-"""RecordResult keeps the worker's result.json until the ledger holds it.
+"""RecordResult reads the worker's result.json and keeps a master-private copy only when the
+ledger cannot take it.
 
 Driven in a subprocess with a real reactor, a real SQLite ledger and the real step class; only
 the Buildbot build around it is a stand-in (properties, state store, logs): support.step_driver.
@@ -26,18 +27,23 @@ def reserved(tmp_path):
     (tmp_path / "results").mkdir(mode=0o700)
     result = {"scored": True, "status": "scored", "samples_used": 40,
               "verdict": {"outcome": "pass"}, "estimates": {"n": 0.91}}
-    path = tmp_path / "results" / "easeml-7-result.json"
-    path.write_text(json.dumps(result))
+    _worker_writes(tmp_path, result)
     with Ledger(f"sqlite:///{tmp_path}/l.sqlite") as led:
         r = led.reserve("acme/m", "a" * 64, 4, "full")
-    return r.use_id, path
+    return r.use_id, tmp_path / "results" / "easeml-7-result.json"  # the master-private copy
+
+
+def _worker_writes(tmp_path, result):
+    """result.json in the stand-in worker's ../easeml-out (support.step_driver)."""
+    (tmp_path / "easeml-out").mkdir(exist_ok=True)
+    (tmp_path / "easeml-out" / "result.json").write_text(json.dumps(result))
 
 
 def test_recorded_result_leaves_no_copy(tmp_path, reserved):
     use_id, path = reserved
     out = _drive(tmp_path, use_id)
     assert out["result"] == 0, out  # SUCCESS
-    assert not path.exists()
+    assert not path.exists() and not list((tmp_path / "results").iterdir())  # no copy kept
     with Ledger(f"sqlite:///{tmp_path}/l.sqlite") as led:
         use = led.use(use_id)
         assert use.state == "committed" and use.result["estimates"] == {"n": 0.91}
@@ -49,7 +55,9 @@ def test_result_survives_when_the_ledger_refuses_it(tmp_path, reserved):
         led.release(use_id, reason="operator")
     out = _drive(tmp_path, use_id)
     assert out["error"].startswith("LedgerError"), out
-    assert json.loads(path.read_text())["estimates"] == {"n": 0.91}  # still there for the operator
+    # read from the worker, then kept on the master, owner-only, for the operator
+    assert json.loads(path.read_text())["estimates"] == {"n": 0.91}
+    assert path.stat().st_mode & 0o777 == 0o600
 
 
 # -- what counts (issue 11): result.json's "spent", a missing result.json, the marker order --
@@ -62,7 +70,7 @@ def _spent_case(tmp_path, result, *, started=True):
     (tmp_path / "results").mkdir(mode=0o700, exist_ok=True)
     url = f"sqlite:///{tmp_path}/l.sqlite"
     if result is not None:
-        (tmp_path / "results" / "easeml-7-result.json").write_text(json.dumps(result))
+        _worker_writes(tmp_path, result)
     with Ledger(url) as led:
         r = led.reserve("acme/m", "b" * 64, 4, "full", commit="h" * 40, base="b" * 40)
     out = drive_step("RecordResult", url, {**PROPS, "easeml_use_id": r.use_id}, results_dir=tmp_path / "results",
@@ -119,7 +127,7 @@ def _outcome_case(tmp_path, result, started=True, adaptivity="full"):
     the driver's output)."""
     (tmp_path / "results").mkdir(mode=0o700, exist_ok=True)
     url = f"sqlite:///{tmp_path}/l.sqlite"
-    (tmp_path / "results" / "easeml-7-result.json").write_text(json.dumps(result))
+    _worker_writes(tmp_path, result)
     with Ledger(url) as led:
         r = led.reserve("acme/m", "b" * 64, 4, adaptivity, commit="h" * 40, base="b" * 40)
     out = drive_step("RecordResult", url, {**PROPS, "easeml_adaptivity": adaptivity, "easeml_use_id": r.use_id},

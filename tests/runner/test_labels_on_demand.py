@@ -83,7 +83,8 @@ def _record(tmp_path, ledger_url, use_id, result, adaptivity="none"):
     """The real RecordResult step on the worker's result.json (a stand-in build around it)."""
     results = tmp_path / "results"
     results.mkdir(mode=0o700, exist_ok=True)
-    (results / "easeml-9-result.json").write_text(json.dumps(result))
+    (tmp_path / "easeml-out").mkdir(exist_ok=True)  # the stand-in worker's ../easeml-out
+    (tmp_path / "easeml-out" / "result.json").write_text(json.dumps(result))
     out = drive_step("RecordResult", ledger_url, {"buildername": "easeml", "buildnumber": 9, "easeml_use_id": use_id,
                                                   "easeml_adaptivity": adaptivity}, results_dir=results)
     assert out["error"] is None, out

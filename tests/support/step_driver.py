@@ -3,6 +3,8 @@ a subprocess with a real reactor and a real ledger; only the Buildbot build arou
 stand-in (properties, the ``db.state`` store, notes, the executed steps).
 
     out = drive_step("RecordResult", ledger_url, props, results_dir=tmp / "results")
+    # the stand-in worker's files (what read_worker_json reads): tmp / "easeml-out" / "result.json",
+    # the ``../easeml-out`` of the results directory's parent
     out["result"]            # the step's result (0 = SUCCESS), or None with out["error"] set
     out["error"]             # "LedgerError: ..." when the step raised
     out["props"], out["notes"]
@@ -96,6 +98,17 @@ def _main(spec: dict[str, Any]) -> None:
         s.setProperty = lambda k, v, src=None: props.__setitem__(k, v)
         s.note = lambda text: defer.succeed(notes.append(text))
         return s
+
+    worker_out = Path(spec["results_dir"]).parent / "easeml-out" if spec["results_dir"] else None
+
+    def read_worker_json(self, workersrc, maxsize):  # the stand-in worker: a file in worker_out
+        path = worker_out / Path(workersrc).name if worker_out is not None else None
+        if path is None or not path.is_file() or path.stat().st_size > maxsize:
+            return defer.succeed(None)
+        data = json.loads(path.read_text())
+        path.unlink()  # read from the worker: nothing of it is on the master's disk
+        return defer.succeed(data)
+    es._MasterStep.read_worker_json = read_worker_json
 
     step = make(getattr(es, spec["step"]))
     fin = spec["finalize"]
