@@ -141,6 +141,7 @@ class _MasterStep(buildstep.BuildStep):
             return None
         return path
 
+
 @defer.inlineCallbacks
 def resolve_base(step: buildstep.BuildStep):
     """Choose the accepted model ``o`` to compare against, before the checkout fetches and
