@@ -801,7 +801,7 @@ class Finalize(_MasterStep):
         the directory before anything reads it."""
         from easeml_buildbot.master.factory import OUT
 
-        if self.build is None or getattr(self.build, "conn", None) is None:
+        if getattr(self.build, "conn", None) is None:  # the worker is gone already
             return
         out = posixpath.normpath(posixpath.join(self.workdir or "build", OUT))
         cmd = remotecommand.RemoteCommand("rmdir", {"dir": out, "logEnviron": False},

@@ -59,7 +59,8 @@ def test_local_forge_evaluates_new_commits_and_advances_the_baseline(tmp_path, s
         # the outcome step removed the worker's ../easeml-out (no clean-up step of its own), and
         # record result read result.json into memory: no copy on either side
         builddirs = [d for w in bb.worker_dirs for d in w.glob("*/build")]
-        assert builddirs and not [w for w in bb.worker_dirs for w in w.glob("*/easeml-out")], builddirs
+        leftovers = [d for w in bb.worker_dirs for d in w.glob("*/easeml-out")]
+        assert builddirs and not leftovers, (builddirs, leftovers)
         names = [s["name"] for s in bb.api(f"builds/{b2['buildid']}/steps")]
         assert "collect result" not in names and "clean up" not in names, names
 
