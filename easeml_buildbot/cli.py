@@ -12,12 +12,16 @@ SQLAlchemy, SciPy or the other command groups; ``easeml --help`` still lists the
 
 from __future__ import annotations
 
-import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from easeml_buildbot import __version__
+
+if TYPE_CHECKING:
+    import argparse
 
 COMMAND_MODULES: tuple[str, ...] = (
     "easeml_buildbot.estimator.cli",
@@ -47,6 +51,8 @@ COMMANDS: dict[str, str] = {
 
 def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentParser:
     """The ``easeml`` parser with the commands of ``modules`` (default: all)."""
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="easeml",
         description="ease.ml/ci for Buildbot: statistically sound CI for ML models.",
@@ -61,6 +67,14 @@ def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentP
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     # a known command first: only its module (a worker command starts in a fraction of the time)
+    if args_list[:1] == ["worker"] and os.environ.get("EASEML_WARM_SOCKET"):
+        # forked from the worker's warm server, which has imported the command's code
+        # already (runner/warm.py); None: no server answered, the command runs here
+        from easeml_buildbot.runner.warm import delegate
+
+        code = delegate(args_list)
+        if code is not None:
+            return code
     module = COMMANDS.get(args_list[0]) if args_list else None
     parser = build_parser((module,) if module else COMMAND_MODULES)
     argv = args_list

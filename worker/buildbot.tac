@@ -86,6 +86,26 @@ application = service.Application("buildbot-worker")
 logfile = LogFile.fromFullPath(os.path.join(basedir, "twistd.log"), rotateLength=10_000_000, maxRotatedFiles=10)
 application.setComponent(ILogObserver, FileLogObserver(logfile).emit)
 
+# Warm worker commands (easeml_buildbot/runner/warm.py): `easeml worker evaluate|inspect` are
+# forked, one fresh process each, from a server that has imported their code (~0.7 s a build
+# less). It holds no key, token or data; its socket is in this directory (or a private
+# temporary one when the path is too long for AF_UNIX). warm = "off" runs every command cold.
+# Started after EASEML_WORKER_KEY_B64 is gone; restarted by Twisted's ProcessMonitor if it dies.
+if str(_setting("warm", "on")).strip().lower() not in ("off", "false", "0", "no"):
+    from twisted.runner.procmon import ProcessMonitor
+
+    warm_sock = os.path.join(basedir, "warm.sock")
+    if len(os.fsencode(warm_sock)) > 100:  # sun_path holds 108 bytes
+        import tempfile
+
+        warm_sock = os.path.join(tempfile.mkdtemp(prefix="easeml-warm-"), "sock")
+    os.environ["EASEML_WARM_SOCKET"] = warm_sock
+    monitor = ProcessMonitor()
+    monitor.addProcess("easeml-warm", [sys.executable, "-m", "easeml_buildbot.runner.warm", warm_sock],
+                       env={k: v for k, v in os.environ.items() if not k.startswith("EASEML_WORKER_PASSWORD")},
+                       cwd=basedir)
+    monitor.setServiceParent(application)
+
 s = Worker(host, int(port), workername, passwd, basedir, int(_setting("keepalive", 600)),
            umask=0o077, maxdelay=int(_setting("maxdelay", 30)), numcpus=None, allow_shutdown=None,
            maxRetries=None, protocol="pb", useTls=False, delete_leftover_dirs=False,

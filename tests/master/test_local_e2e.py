@@ -63,6 +63,12 @@ def test_local_forge_evaluates_new_commits_and_advances_the_baseline(tmp_path, s
         assert builddirs and not leftovers, (builddirs, leftovers)
         names = [s["name"] for s in bb.api(f"builds/{b2['buildid']}/steps")]
         assert "collect result" not in names and "clean up" not in names, names
+        # both worker commands of each build were forked from the worker's warm server
+        # (runner/warm.py: started by worker/buildbot.tac), not started as fresh interpreters
+        wlog = "".join((w / "twistd.log").read_text() for w in bb.worker_dirs)
+        assert "easeml warm: serving " in wlog, wlog[-3000:]
+        assert len(re.findall(r"easeml warm: \d+ runs worker evaluate", wlog)) == 2, wlog[-3000:]
+        assert len(re.findall(r"easeml warm: \d+ runs worker inspect", wlog)) >= 2, wlog[-3000:]
 
 
 def test_local_forge_takes_a_configuration_commit_as_the_new_configuration(tmp_path, service_keys):
