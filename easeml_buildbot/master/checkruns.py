@@ -22,12 +22,14 @@ PostgreSQL all masters share), made like the mail outbox (``master.outbox``):
   dirty); ``failed`` schedules the next attempt.
 
 A run whose GitHub id is unknown is created directly in its current desired state (one
-write). A ``queued`` state waits ``queued_grace`` seconds (default 1) before it is written: a
-build that starts within that time supersedes it, and the run is created directly
-``in_progress``, one write fewer per build (GitHub asks for >= 1 s between writes, so each
-write saved is a second of a check run's latency and of the App's write budget); when an earlier create may have reached GitHub unseen (a timeout, a lost answer) or
-the build answers a replayed event, the reconciler first looks the run up by name on the
-head, so no second run is created.
+write). A ``queued`` state waits ``queued_grace`` seconds (default 1) before it is written,
+an ``in_progress`` one ``started_grace`` seconds (default 2): a build that starts within the
+first supersedes the queued state, one that ends within the second supersedes the started
+one, and a fast build's run is created directly ``completed``: one write per build instead of
+three. GitHub asks for >= 1 s between writes, so each write saved is a second of a check
+run's latency and of the App's write budget. When an earlier create may have reached GitHub
+unseen (a timeout, a lost answer) or the build answers a replayed event, the reconciler
+first looks the run up by name on the head, so no second run is created.
 
 GitHub calls run in the service's own bounded :class:`~twisted.python.threadpool.ThreadPool`
 (``github_threads``), never in the reactor's default pool that the ledger steps, the mail
@@ -117,9 +119,10 @@ class CheckRunStore:
 
     def __init__(self, engine: Any, *, backoff: float = 1.0, max_backoff: float = 60.0,
                  lease: float = 120.0, expiry: float = DEFAULT_EXPIRY, queued_grace: float = 0.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 started_grace: float = 0.0, clock: Callable[[], float] = time.time) -> None:
         self.engine = engine
         self.queued_grace = max(0.0, float(queued_grace))
+        self.started_grace = max(0.0, float(started_grace))
         self.expiry = float(expiry)
         self.backoff = max(0.01, float(backoff))
         self.max_backoff = max(self.backoff, float(max_backoff))
@@ -133,8 +136,10 @@ class CheckRunStore:
         """Record what the check run should show; False when a newer state is stored already."""
         t = check_runs_table
         now = self.clock()
-        # a queued state is written only if no build start supersedes it soon (module docstring)
-        due = now + (self.queued_grace if desired.get("status") == "queued" else 0.0)
+        # a queued (started) state is written only if no build start (end) supersedes it soon
+        # (module docstring); a completed one at once
+        grace = {"queued": self.queued_grace, "in_progress": self.started_grace}
+        due = now + grace.get(str(desired.get("status")), 0.0)
         req, build, phase = (int(x) for x in order)
         try:
             with self.engine.begin() as conn:
@@ -284,11 +289,12 @@ class CheckRunReconciler(service.BuildbotService):
 
     def checkConfig(self, *, github_threads: int = 4, interval: float = 1.0,
                     backoff: float = 1.0, max_backoff: float = 60.0, lease: float = 120.0,
-                    queued_grace: float = 1.0, **kwargs: Any):
+                    queued_grace: float = 1.0, started_grace: float = 2.0, **kwargs: Any):
         from buildbot import config
 
-        if float(queued_grace) < 0:
-            config.error("CheckRunReconciler: queued_grace must be >= 0 seconds")
+        for key, value in (("queued_grace", queued_grace), ("started_grace", started_grace)):
+            if float(value) < 0:
+                config.error(f"CheckRunReconciler: {key} must be >= 0 seconds")
         if int(github_threads) < 1:
             config.error("CheckRunReconciler: github_threads must be at least 1")
         if not (float(backoff) > 0 and float(max_backoff) >= float(backoff) and float(lease) > 0):
@@ -298,7 +304,7 @@ class CheckRunReconciler(service.BuildbotService):
     @defer.inlineCallbacks
     def reconfigService(self, *, github_threads: int = 4, interval: float = 1.0,
                         backoff: float = 1.0, max_backoff: float = 60.0, lease: float = 120.0,
-                        queued_grace: float = 1.0, **kwargs: Any):
+                        queued_grace: float = 1.0, started_grace: float = 2.0, **kwargs: Any):
         from twisted.python.threadpool import ThreadPool
 
         from easeml_buildbot.master.service import easeml_service
@@ -319,10 +325,12 @@ class CheckRunReconciler(service.BuildbotService):
             self.store = yield threads.deferToThreadPool(
                 reactor, reactor.getThreadPool(),
                 lambda: CheckRunStore(led.engine, backoff=backoff, max_backoff=max_backoff,
-                                      lease=lease, queued_grace=queued_grace))
+                                      lease=lease, queued_grace=queued_grace,
+                                      started_grace=started_grace))
         else:
             store.backoff, store.max_backoff, store.lease = float(backoff), float(max_backoff), float(lease)
             store.queued_grace = max(0.0, float(queued_grace))
+            store.started_grace = max(0.0, float(started_grace))
         if getattr(self, "_loop", None) is None:
             self._loop = DrainLoop(self._drain, reactor=reactor, interval=self.interval)
             self._loop.start()

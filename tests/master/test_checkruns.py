@@ -146,6 +146,28 @@ def test_a_create_whose_answer_is_lost_is_found_and_updated_not_repeated(app_sim
     assert app_sim.errors() == []
 
 
+def test_a_build_that_ends_within_the_started_grace_creates_its_run_completed(tmp_path):
+    """An in_progress state waits ``started_grace``: a build that ends meanwhile makes the
+    run's one and only write ``completed``; a longer build shows in_progress after it."""
+    now = [100.0]
+    st = _store(f"sqlite:///{tmp_path}/l.sqlite", now, queued_grace=1.0, started_grace=2.0)
+    assert st.desire(**HEAD, order=(7, 30, 1), desired=_started())
+    now[0] += 1.9
+    assert st.claim() == []  # not yet: the build may end
+    assert st.desire(**HEAD, order=(7, 30, 2), desired=_done())
+    (row,) = st.claim()
+    assert row.desired["status"] == "completed" and row.check_run_id is None and row.version == 2
+    assert st.synced(row, 992)
+    # another head's build runs longer: in_progress is written once the grace is over
+    other = {**HEAD, "head_sha": "c" * 40}
+    assert st.desire(**other, order=(9, 31, 1), desired=_started())
+    now[0] += 1.9
+    assert st.claim() == []
+    now[0] += 0.2
+    (row,) = st.claim()
+    assert row.head_sha == "c" * 40 and row.desired["status"] == "in_progress"
+
+
 def test_a_build_that_starts_within_the_grace_creates_its_run_in_progress(tmp_path):
     """A queued state waits ``queued_grace``: a build start meanwhile makes the run's first
     write ``in_progress`` (one write fewer); a build that does not start shows queued after it."""

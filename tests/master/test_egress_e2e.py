@@ -54,10 +54,10 @@ def test_sklearn_repository_cold_and_warm(world):
 
     w.send("pull_request", w.pr_payload("sklearn", repo, 1, good.sha))
     w.wait_completed("sklearn", timeout=900)
-    assert w.statuses("sklearn")[-1] == ("update", "completed", "success"), w.bb.master_log()[-6000:]
+    assert w.statuses("sklearn")[-1][1:] == ("completed", "success"), w.bb.master_log()[-6000:]
     w.send("pull_request", w.pr_payload("sklearn", repo, 2, bad.sha, title="retrained"))
     w.wait_completed("sklearn", count=2, timeout=900)
-    assert w.statuses("sklearn")[-1] == ("update", "completed", "failure"), w.bb.master_log()[-6000:]
+    assert w.statuses("sklearn")[-1][1:] == ("completed", "failure"), w.bb.master_log()[-6000:]
 
     led = Ledger(w.ledger_url)
     try:
