@@ -109,31 +109,32 @@ def delegate(argv: Sequence[str]) -> int | None:
     try:
         socket.send_fds(conn, [_HEADER.pack(len(request))], [0, 1, 2])
         conn.sendall(request)
-        while chunk := conn.recv(4096):
+        # until the code, not EOF: what the command forked (its watchdog) may hold the socket
+        while (code := _answer(answer, "exit", "signal")) is None and (chunk := conn.recv(4096)):
             answer += chunk
-            if child is None and (child := _started(answer)) is not None:
+            if child is None and (child := _answer(answer, "started")) is not None:
                 # a stop (SIGTERM, ...) reaches the command as it would reach it cold: it
                 # unwinds (container, features copy, plaintext removed) and answers its code
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     signal.signal(sig, lambda signum, _f, pid=child: os.kill(pid, signum))
     except OSError:
-        pass
+        code = None
     finally:
         conn.close()
     if child is None:
         return None  # refused, or dropped before anything ran
-    words = answer.decode("ascii", "replace").splitlines()[-1].split()
-    if len(words) == 2 and words[0] in ("exit", "signal") and words[1].isdigit():
-        return int(words[1]) if words[0] == "exit" else 128 + int(words[1])
-    print("easeml: the warm worker server went away during the command", file=sys.stderr)
-    return 4
+    if code is None:
+        print("easeml: the warm worker server went away during the command", file=sys.stderr)
+        return 4
+    return code
 
 
-def _started(answer: bytes) -> int | None:
-    for line in answer.decode("ascii", "replace").splitlines():
-        words = line.split()
-        if len(words) == 2 and words[0] == "started" and words[1].isdigit():
-            return int(words[1])
+def _answer(answer: bytes, *words: str) -> int | None:
+    """The number of the first complete line ``WORD N`` (``signal N``: 128 + N, as a shell says)."""
+    for line in answer.decode("ascii", "replace").splitlines(keepends=True):
+        parts = line.split()
+        if line.endswith("\n") and len(parts) == 2 and parts[0] in words and parts[1].isdigit():
+            return int(parts[1]) + (128 if parts[0] == "signal" else 0)
     return None
 
 
