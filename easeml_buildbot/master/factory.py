@@ -113,9 +113,8 @@ def make_factory(settings: Any) -> BuildFactory:
     f = BuildFactory()
     # Steps report only their own line (``updateBuildSummaryPolicy=False``): the build's
     # summary is the last master step's (``Finalize``: "fail · n > 0.85 ± 0.05 · use 2 of 8 ·
-    # 6 left"). Buildbot numbers skipped and hidden steps too, so the UI's step numbers have
-    # no gaps only if no hidden step comes before a visible one: the hidden helpers come
-    # after the last visible step.
+    # 6 left"). No step is hidden: Buildbot numbers hidden steps too, and each step costs
+    # its bookkeeping in every build, so helpers run inside the steps that need them.
     quiet = dict(updateBuildSummaryPolicy=False)
     # the base chosen on the master, then one worker command fetches and resolves it with the
     # head and reads .easeml.yml on the default branch (easeml worker inspect): master/checkout.py
@@ -132,17 +131,8 @@ def make_factory(settings: Any) -> BuildFactory:
     f.addStep(es.RecordResult(settings, doStepIf=es.has_open_use, alwaysRun=True))
     if settings.forge == "local":
         f.addStep(es.RecordAccepted(settings, doStepIf=lambda s: s.build.getProperty("easeml_status") == "evaluated"))
-    # the outcome, then the worker's ../easeml-out removed (inside the step: no "clean up" step)
+    # the outcome, then the worker's ../easeml-out removed and, when no inspection said it, the
+    # head commit's author read (inside the step: no "clean up" or "head commit author" step)
     f.addStep(es.Finalize(settings, alwaysRun=True))
-    # a hidden helper, after the last visible step
-    # The head commit's author: GitHub's pull-request events name a login, not an address.
-    # Mail to it still goes only to allowed domains, with only what the developer may see.
-    # The inspection reports it (read config sets it); this step runs only when no inspection
-    # was read (a build that stopped before), so it costs a worker command only then.
-    f.addStep(steps.SetPropertyFromCommand(
-        name="head commit author", command=["git", "log", "-1", "--format=%ae", "HEAD"],
-        property="easeml_author_email", hideStepIf=True, flunkOnFailure=False, warnOnFailure=False,
-        doStepIf=lambda s: not s.build.getProperty("easeml_author_email"),
-        alwaysRun=True, logEnviron=False, **quiet))
     return f
 

@@ -786,6 +786,7 @@ class Finalize(_MasterStep):
         yield self.note(f"status {outcome.status}" + (f" ({outcome.kind})" if outcome.kind else "")
                         + f": {self.summary}")
         yield self.clean_worker()
+        yield self.head_author()
         earlier = [s.results for s in self.build.executedSteps if s is not self]
         if outcome.status == "evaluated":
             return FAILURE if outcome.shown_verdict == "fail" else SUCCESS
@@ -810,6 +811,27 @@ class Finalize(_MasterStep):
             yield self.runCommand(cmd)
         except Exception as exc:
             log.msg(f"easeml: {out} not removed from the worker: {exc}")
+
+    @defer.inlineCallbacks
+    def head_author(self):
+        """``easeml_author_email`` when no inspection reported it (a build that stopped
+        before ``read config``): ``git log -1 --format=%ae HEAD`` on the worker, inside this
+        step (it was a hidden step of its own, a step's bookkeeping in every build). GitHub's
+        pull-request events name a login, not an address; mail to it still goes only to
+        allowed domains, with only what the developer may see. Best effort, no log."""
+        if self.getProperty("easeml_author_email") or getattr(self.build, "conn", None) is None:
+            return
+        cmd = remotecommand.RemoteShellCommand(self.workdir or "build", ["git", "log", "-1", "--format=%ae", "HEAD"],
+                                               want_stderr=False, collectStdout=True, logEnviron=False,
+                                               timeout=60, decodeRC={0: SUCCESS})
+        try:
+            yield self.runCommand(cmd)
+        except Exception as exc:
+            log.msg(f"easeml: the head commit's author not read: {exc}")
+            return
+        email = (cmd.stdout or "").strip()
+        if cmd.rc == 0 and email and len(email) <= 320 and not any(c.isspace() for c in email):
+            self.setProperty("easeml_author_email", email, "easeml")
 
     def outcome(self) -> eo.EvaluationOutcome:
         from easeml_buildbot.custody.policy import developer_may_see

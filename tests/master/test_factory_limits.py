@@ -70,3 +70,46 @@ def test_record_result_reads_the_result_from_the_worker_bounded_a_lost_worker_is
     lost = []
     step.collect_result().addErrback(lost.append)
     assert [f.check(error.ConnectionLost) for f in lost] == [error.ConnectionLost]
+
+
+def test_outcome_reads_the_head_commits_author_only_when_no_inspection_did():
+    """No hidden 'head commit author' step: the outcome step asks the worker for ``git log
+    -1 --format=%ae HEAD`` itself, without a log, only when the property is missing, and
+    takes one address (no whitespace), nothing else."""
+    from twisted.internet import defer
+
+    from easeml_buildbot.master.factory import make_factory
+    from easeml_buildbot.master.settings import Settings
+    from easeml_buildbot.master.steps import Finalize
+
+    settings = Settings.from_dict({"forge": "local", "local": {"repo": "/x"}, "results_dir": "/tmp/easeml-r"})
+    names = [getattr(f.step_class, "name", None) for f in make_factory(settings).steps]
+    assert "head commit author" not in names and names[-1] == "outcome", names
+    ran, props = [], {}
+
+    class Probe(Finalize):
+        answer = ("dev@example.com\n", 0)
+
+        def getProperty(self, name, default=None):
+            return props.get(name, default)
+
+        def setProperty(self, name, value, source, runtime=True):
+            props[name] = value
+
+        def runCommand(self, cmd):
+            ran.append((cmd.remote_command, cmd.command, sorted(cmd.logs)))
+            cmd.stdout, cmd.rc = self.answer
+            return defer.succeed(None)
+
+    step = Probe(settings=None).get_step_factory().buildStep()
+    step.build = type("B", (), {"conn": object(), "workdir": "build"})()
+    step.head_author()
+    assert ran == [("shell", ["git", "log", "-1", "--format=%ae", "HEAD"], [])]
+    assert props["easeml_author_email"] == "dev@example.com"
+    step.head_author()  # known now: no second command
+    assert len(ran) == 1
+    for answer in (("two words\n", 0), ("dev@example.com\n", 128), ("", 0)):
+        props.clear()
+        step.answer = answer
+        step.head_author()
+        assert "easeml_author_email" not in props, answer

@@ -80,8 +80,8 @@ def test_inspect_no_plan_imports_no_scipy_and_the_master_plans_the_same(digits_r
 
 
 def test_inspect_reports_the_head_commits_author(digits_repo):
-    """The build's 'head commit author' worker command runs only when no inspection was
-    read: the inspection carries the address (what ``git log -1 --format=%ae`` says)."""
+    """The outcome step's ``git log`` for the author runs only when no inspection was read:
+    the inspection carries the address (what ``git log -1 --format=%ae`` says)."""
     from easeml_buildbot.runner.evaluate import inspect_repo
 
     pr = digits_repo.commit_model(quality=0.9, branch="author-check")
