@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from support.models import PREDICT_PY  # noqa: F401 - the default model of commit_model
 
 SLEEPER = "import time\nprint('sleeping', flush=True)\ntime.sleep(10**6)\n"
 
