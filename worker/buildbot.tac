@@ -5,7 +5,8 @@
 #
 # Settings come from easeml-worker.toml next to this file, overridden by the
 # environment: EASEML_WORKER_MASTER (host:port), EASEML_WORKER_NAME,
-# EASEML_WORKER_PASSWORD (or EASEML_WORKER_PASSWORD_FILE), EASEML_WORKER_GPUS. The [env]
+# EASEML_WORKER_PASSWORD (or EASEML_WORKER_PASSWORD_FILE), EASEML_WORKER_GPUS,
+# EASEML_WORKER_WARM ("off": no warm worker commands, see below). The [env]
 # table is exported to the build steps (EASEML_WORKER_KEY, EASEML_WORKER_RUNNER,
 # EASEML_WORKER_CACHE_DIR, ...). EASEML_WORKER_KEY_B64 (environment only) is the private key,
 # base64-encoded: see below.
