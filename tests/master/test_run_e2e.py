@@ -107,6 +107,13 @@ def test_a_model_printing_its_features_leaks_nothing_and_spends_the_use(world):
         led.close()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _evaluate_pids(head: str) -> list[int]:
     pids = []
     for p in Path("/proc").iterdir():
@@ -140,15 +147,22 @@ def test_killed_worker_takes_its_evaluation_and_model_with_it(world, docker_clie
     model = {"label": [f"easeml.tag=head-{head.sha[:12]}", "easeml.runner=model"]}
     assert _wait(lambda: docker_client.containers.list(filters=model), 240), world.bb.master_log()[-4000:]
     worker_pid = world.bb.worker_procs[0].pid
-    # `exec easeml worker evaluate`: the worker's own child (its watchdog has the same argv)
-    pids = [p for p in _evaluate_pids(head.sha)
-            if int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1]) == worker_pid]
-    assert len(pids) == 1, (pids, _evaluate_pids(head.sha))
+    # `exec easeml worker evaluate`: the worker's own child (its watchdog has the same argv);
+    # it is the warm client, and the evaluation is the child the worker's warm server forked
+    # for it (runner/warm.py; its pid in the worker's log), or, cold, that process itself
+    clients = [p for p in _evaluate_pids(head.sha)
+               if int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1]) == worker_pid]
+    assert len(clients) == 1, (clients, _evaluate_pids(head.sha))
+    wlog = (world.bb.worker_dirs[0] / "twistd.log").read_text()
+    warm = [int(p) for p in re.findall(r"easeml warm: (\d+) runs worker evaluate", wlog) if _alive(int(p))]
+    assert len(warm) == 1, ("the evaluation did not run warm", wlog[-3000:])
+    pids = warm
     shm = secure_tmp_base() or Path("/tmp")
     assert list(shm.glob(f"easeml-ds-{pids[0]}-*")), "the decrypted test set is not where expected"
     world.bb.kill_worker(0)
     try:
-        assert _wait(lambda: not _evaluate_pids(head.sha), 30), "evaluate outlived its worker"
+        assert _wait(lambda: not _evaluate_pids(head.sha) and not _alive(pids[0]), 30), \
+            "evaluate outlived its worker"
         assert _wait(lambda: not docker_client.containers.list(all=True, filters=flt), 30)
         assert not list(shm.glob(f"easeml-ds-{pids[0]}-*")), "plaintext left in /dev/shm"
         assert not [p for p in Path(os.environ.get("TMPDIR", "/tmp")).glob(f"easeml-run-{pids[0]}-*")]
