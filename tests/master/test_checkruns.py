@@ -146,49 +146,35 @@ def test_a_create_whose_answer_is_lost_is_found_and_updated_not_repeated(app_sim
     assert app_sim.errors() == []
 
 
-def test_a_build_that_ends_within_the_started_grace_creates_its_run_completed(tmp_path):
-    """An in_progress state waits ``started_grace``: a build that ends meanwhile makes the
-    run's one and only write ``completed``; a longer build shows in_progress after it."""
+@pytest.mark.parametrize("held, then, grace", [
+    ((0, _queued), (1, _started), {"queued_grace": 1.0}),
+    ((1, _started), (2, _done), {"queued_grace": 1.0, "started_grace": 2.0}),
+], ids=["queued-then-started", "started-then-completed"])
+def test_a_state_superseded_within_its_grace_is_never_written(tmp_path, held, then, grace):
+    """A queued state waits ``queued_grace``, an in_progress one ``started_grace``: a newer
+    state meanwhile (the build started; it ended) is the run's first write, made directly in
+    that state (one write fewer); a state nothing supersedes is written once its grace is
+    over; a completed state is never held back."""
+    (phase, state), (next_phase, next_state) = held, then
+    wait = grace["started_grace" if phase else "queued_grace"]
     now = [100.0]
-    st = _store(f"sqlite:///{tmp_path}/l.sqlite", now, queued_grace=1.0, started_grace=2.0)
-    assert st.desire(**HEAD, order=(7, 30, 1), desired=_started())
-    now[0] += 1.9
-    assert st.claim() == []  # not yet: the build may end
-    assert st.desire(**HEAD, order=(7, 30, 2), desired=_done())
+    st = _store(f"sqlite:///{tmp_path}/l.sqlite", now, **grace)
+    assert st.desire(**HEAD, order=(7, 30, phase), desired=state())
+    now[0] += 0.9 * wait
+    assert st.claim() == []  # not yet: the build may start (end)
+    assert st.desire(**HEAD, order=(7, 30, next_phase), desired=next_state())
     (row,) = st.claim()
-    assert row.desired["status"] == "completed" and row.check_run_id is None and row.version == 2
-    assert st.synced(row, 992)
-    # another head's build runs longer: in_progress is written once the grace is over
-    other = {**HEAD, "head_sha": "c" * 40}
-    assert st.desire(**other, order=(9, 31, 1), desired=_started())
-    now[0] += 1.9
-    assert st.claim() == []
-    now[0] += 0.2
-    (row,) = st.claim()
-    assert row.head_sha == "c" * 40 and row.desired["status"] == "in_progress"
-
-
-def test_a_build_that_starts_within_the_grace_creates_its_run_in_progress(tmp_path):
-    """A queued state waits ``queued_grace``: a build start meanwhile makes the run's first
-    write ``in_progress`` (one write fewer); a build that does not start shows queued after it."""
-    now = [100.0]
-    st = _store(f"sqlite:///{tmp_path}/l.sqlite", now, queued_grace=1.0)
-    assert st.desire(**HEAD, order=(7, 0, 0), desired=_queued())
-    assert st.claim() == []  # not yet: a build may start
-    now[0] += 0.4
-    assert st.desire(**HEAD, order=(7, 30, 1), desired=_started())
-    (row,) = st.claim()
-    assert row.desired["status"] == "in_progress" and row.check_run_id is None and row.version == 2
+    assert row.desired["status"] == next_state()["status"] and row.check_run_id is None and row.version == 2
     assert st.synced(row, 991)
-    # another head whose build waits for a worker: queued is written once the grace is over
+    # another head whose build waits for a worker (runs long): written once the grace is over
     other = {**HEAD, "head_sha": "b" * 40}
-    assert st.desire(**other, order=(8, 0, 0), desired=_queued())
-    now[0] += 0.9
+    assert st.desire(**other, order=(8, 31, phase), desired=state())
+    now[0] += 0.9 * wait
     assert st.claim() == []
-    now[0] += 0.2
+    now[0] += 0.2 * wait
     (row,) = st.claim()
-    assert row.head_sha == "b" * 40 and row.desired["status"] == "queued"
+    assert row.head_sha == "b" * 40 and row.desired["status"] == state()["status"]
     # a completed state is never held back
-    assert st.desire(**HEAD, order=(7, 30, 2), desired=_done())
+    assert st.desire(**HEAD, order=(7, 32, 2), desired=_done())
     (row,) = st.claim()
     assert row.desired["status"] == "completed" and row.check_run_id == 991
