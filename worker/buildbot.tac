@@ -103,7 +103,11 @@ if str(_setting("warm", "on")).strip().lower() not in ("off", "false", "0", "no"
     os.environ["EASEML_WARM_SOCKET"] = warm_sock
     monitor = ProcessMonitor()
     monitor.addProcess("easeml-warm", [sys.executable, "-m", "easeml_buildbot.runner.warm", warm_sock],
-                       env={k: v for k, v in os.environ.items() if not k.startswith("EASEML_WORKER_PASSWORD")},
+                       # only what an interpreter needs: no worker secret (passphrase, password)
+                       # is in the server's environment; each command brings its own
+                       env={k: v for k, v in os.environ.items()
+                            if k in ("PATH", "HOME", "LANG", "TZ", "TMPDIR", "PYTHONPATH", "PYTHONHOME",
+                                     "PYTHONUNBUFFERED", "PYTHONIOENCODING") or k.startswith("LC_")},
                        cwd=basedir)
     monitor.setServiceParent(application)
 

@@ -19,7 +19,13 @@ import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(os.environ.get("EASEML_CGROUP_ROOT", "/sys/fs/cgroup"))
+def cgroup_root() -> Path:
+    """Read when a cgroup is made, not at import: a warm worker command (runner/warm.py) runs
+    in a process that imported this module before the command's environment was known."""
+    return Path(os.environ.get("EASEML_CGROUP_ROOT", "/sys/fs/cgroup"))
+
+
+ROOT = cgroup_root()
 PARENT = "easeml-build"
 PERIOD = 100_000  # µs, the CFS period the quota is measured against
 
@@ -31,8 +37,8 @@ class CgroupUnavailable(Exception):
 class BuildCgroup:
     """One build's cgroup; ``parent`` is the value for the build's ``cgroup_parent``."""
 
-    def __init__(self, *, pids: int, cpus: float, memory: int, root: Path = ROOT) -> None:
-        self.root = Path(root)
+    def __init__(self, *, pids: int, cpus: float, memory: int, root: Path | None = None) -> None:
+        self.root = Path(root) if root is not None else cgroup_root()
         self.name = f"{PARENT}/{uuid.uuid4().hex[:16]}"
         self.parent = "/" + self.name
         self.limits = {"pids": int(pids), "cpus": float(cpus), "memory": int(memory)}

@@ -64,6 +64,8 @@ PRELOAD = (
     "scipy.stats",
 )
 _HEADER = struct.Struct("!I")
+#: the stops a build sends; the command unwinds on them, and once it is done they are held off
+_STOPS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 #: a request is argv, a path and an environment: bounded, as any input the server reads
 MAX_REQUEST = 4 * 1024 * 1024
 _PR_SET_PDEATHSIG = 1
@@ -115,18 +117,32 @@ def delegate(argv: Sequence[str]) -> int | None:
             if child is None and (child := _answer(answer, "started")) is not None:
                 # a stop (SIGTERM, ...) reaches the command as it would reach it cold: it
                 # unwinds (container, features copy, plaintext removed) and answers its code
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                    signal.signal(sig, lambda signum, _f, pid=child: os.kill(pid, signum))
+                for sig in _STOPS:
+                    signal.signal(sig, lambda signum, _f, pid=child: _signal_group(pid, signum))
     except OSError:
         code = None
     finally:
         conn.close()
+        if child is not None:  # no late stop to a pid that may be another process's by now
+            for sig in _STOPS:
+                signal.signal(sig, signal.SIG_DFL)
     if child is None:
         return None  # refused, or dropped before anything ran
     if code is None:
         print("easeml: the warm worker server went away during the command", file=sys.stderr)
         return 4
     return code
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    """A stop to the command's process group, as Buildbot's stop reaches a cold one's."""
+    try:
+        os.killpg(pid, signum)
+    except OSError:
+        try:
+            os.kill(pid, signum)
+        except OSError:
+            pass
 
 
 def _answer(answer: bytes, *words: str) -> int | None:
@@ -175,13 +191,15 @@ def _child(conn: socket.socket, fds: list[int], length: int, inherited: list) ->
     code = 1
     try:
         os.setpgid(0, 0)  # one group: the server kills it whole when the client hangs up
-        for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
             signal.signal(s, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as a fresh interpreter has it
         signal.set_wakeup_fd(-1)
         for other in inherited:  # the server's socket, its signal pipe, other clients
             other.close() if isinstance(other, socket.socket) else os.close(other)
-        conn.settimeout(None)
+        conn.settimeout(30)  # a client that stalls mid-request does not keep a child forever
         request = json.loads(_recv_exactly(conn, length))
+        conn.settimeout(None)
         argv = [str(a) for a in request["argv"]]
         # to the server's log (the worker's twistd.log, the operator's): the command's name only
         print(f"easeml warm: {os.getpid()} runs {' '.join(argv[:2])}", flush=True)
@@ -211,12 +229,16 @@ def _child(conn: socket.socket, fds: list[int], length: int, inherited: list) ->
 
             traceback.print_exc()
             code = 1
+        # done: a stop arriving now must not change the code or cut the report short (the
+        # command's own handlers raise into whatever runs)
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
         import atexit
 
         atexit._run_exitfuncs()  # what the interpreter's exit would run (temp dirs, ...)
     except BaseException:  # noqa: BLE001 - the child never returns into the server's loop
         code = 1
     finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
@@ -315,7 +337,9 @@ def _accept(server: socket.socket, children: dict[int, socket.socket], own: list
     if _peer_uid(conn) != os.getuid():
         conn.close()
         return None
-    conn.settimeout(5)
+    # the client sends its header right after connecting; a same-user client that stalls holds
+    # the loop (hang-ups, reaping) for at most this long
+    conn.settimeout(1.0)
     fds: list[int] = []
     try:
         header, fds, _flags, _addr = socket.recv_fds(conn, _HEADER.size, 3)
@@ -329,13 +353,16 @@ def _accept(server: socket.socket, children: dict[int, socket.socket], own: list
         for fd in fds:
             os.close(fd)
         try:
-            conn.sendall(b"cold\n")
+            conn.send(b"cold\n", socket.MSG_DONTWAIT)
         except OSError:
             pass
         conn.close()
         return None
     if pid == 0:
-        _child(conn, fds, length, [*own, *children.values()])
+        try:
+            _child(conn, fds, length, [*own, *children.values()])
+        finally:  # never back into the server's loop (its finally would remove the live socket)
+            os._exit(1)
     try:
         os.setpgid(pid, pid)  # also here: a hang-up right after the fork must find the group
     except OSError:
@@ -369,11 +396,14 @@ def _reap(children: dict[int, socket.socket], by_fd: dict[int, int], poller) -> 
             continue
         if by_fd.pop(conn.fileno(), None) is not None:
             poller.unregister(conn)
-        if os.WIFSIGNALED(status):
-            try:
-                conn.sendall(f"signal {os.WTERMSIG(status)}\n".encode())
-            except OSError:
-                pass
+        # the child reports its own code; this is the same code, for a child that could not
+        # (the client takes the first code line)
+        answer = (f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
+                  else f"exit {os.waitstatus_to_exitcode(status) & 0xFF}")
+        try:
+            conn.send(f"{answer}\n".encode(), socket.MSG_DONTWAIT)
+        except OSError:
+            pass
         conn.close()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -73,6 +74,11 @@ def test_local_forge_evaluates_new_commits_and_advances_the_baseline(tmp_path, s
         wlog = "".join((w / "twistd.log").read_text() for w in bb.worker_dirs)
         assert len(re.findall(r"easeml warm: \d+ runs worker evaluate", wlog)) == 2, wlog[-3000:]
         assert len(re.findall(r"easeml warm: \d+ runs worker inspect", wlog)) == 2, wlog[-3000:]
+        # the long-lived server was started with an interpreter's environment only: no worker
+        # setting (key path, passphrase file, password) is in it for its whole life
+        (server,) = [int(p) for p in re.findall(r"easeml warm: serving \S+ \(pid (\d+)\)", wlog)]
+        env = dict(kv.split(b"=", 1) for kv in (Path(f"/proc/{server}/environ").read_bytes().split(b"\0")) if kv)
+        assert env and not [k for k in env if k.startswith(b"EASEML")], sorted(env)
 
 
 def test_local_forge_takes_a_configuration_commit_as_the_new_configuration(tmp_path, service_keys):
