@@ -19,13 +19,13 @@ import time
 import uuid
 from pathlib import Path
 
+
 def cgroup_root() -> Path:
     """Read when a cgroup is made, not at import: a warm worker command (runner/warm.py) runs
     in a process that imported this module before the command's environment was known."""
     return Path(os.environ.get("EASEML_CGROUP_ROOT", "/sys/fs/cgroup"))
 
 
-ROOT = cgroup_root()
 PARENT = "easeml-build"
 PERIOD = 100_000  # µs, the CFS period the quota is measured against
 

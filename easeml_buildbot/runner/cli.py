@@ -63,30 +63,9 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 class Interrupted(BaseException):
-    """SIGTERM/SIGINT/SIGHUP (a stopped build, or the worker died: see ``_die_with_parent``).
+    """SIGTERM/SIGINT/SIGHUP (a stopped build, or the worker died: ``parent_death``).
     A BaseException, so no ``except Exception`` on the way swallows it and every
     ``finally`` (container, features copy, decrypted test set) runs."""
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(sig: int = signal.SIGTERM) -> None:
-    """Ask the kernel for ``sig`` when our parent dies. The factory runs ``exec easeml worker
-    evaluate``, so the parent is the Buildbot worker process: a worker killed with -9 can no
-    longer leave an evaluation (and its model, and the plaintext) running."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    parent = os.getppid()
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-    except (OSError, AttributeError):  # pragma: no cover - no prctl: the watchdog still sweeps
-        return
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os.kill(os.getpid(), sig)
 
 
 _interrupted: list[int] = []
@@ -173,11 +152,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     from easeml_buildbot.custody.gpghome import sweep_stale
     from easeml_buildbot.custody.keys import KeysError, resolve_passphrase
     from easeml_buildbot.runner.base import Limits
+    from easeml_buildbot.runner.parent_death import die_with_parent
     from easeml_buildbot.runner.evaluate import evaluate_pr
     from easeml_buildbot.runner.workspace import run_base_dir
 
     # Die with the worker, unwind on a stop; clean up after a SIGKILL of ourselves too.
-    _die_with_parent()
+    die_with_parent(signal.SIGTERM)
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, _on_signal)
     dirs = [Path(run_base_dir() or tempfile.gettempdir()), Path(tempfile.gettempdir())]

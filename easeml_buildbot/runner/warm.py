@@ -41,6 +41,8 @@ import struct
 import sys
 from collections.abc import Sequence
 
+from easeml_buildbot.runner.parent_death import die_with_parent
+
 #: the environment variable naming the server's socket (set by worker/buildbot.tac)
 ENV = "EASEML_WARM_SOCKET"
 #: the commands that may run warm: what the build steps run on the worker, nothing else
@@ -68,22 +70,6 @@ _HEADER = struct.Struct("!I")
 _STOPS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 #: a request is argv, a path and an environment: bounded, as any input the server reads
 MAX_REQUEST = 4 * 1024 * 1024
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(sig: int) -> None:
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    parent = os.getppid()
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-    except (OSError, AttributeError):  # pragma: no cover - no prctl
-        return
-    if os.getppid() != parent:
-        os.kill(os.getpid(), sig)
-
 
 # ---------------------------------------------------------------------------------------
 # client: inside `easeml worker ...`, before anything heavy is imported
@@ -102,7 +88,7 @@ def delegate(argv: Sequence[str]) -> int | None:
         conn.close()
         return None
     # the Buildbot worker killed with -9: we die, the server sees the hang-up, the child goes
-    _die_with_parent(signal.SIGKILL)
+    die_with_parent(signal.SIGKILL)
     umask = os.umask(0o077)
     os.umask(umask)
     request = json.dumps({"argv": list(argv), "cwd": os.getcwd(), "umask": umask,
@@ -135,7 +121,8 @@ def delegate(argv: Sequence[str]) -> int | None:
 
 
 def _signal_group(pid: int, signum: int) -> None:
-    """A stop to the command's process group, as Buildbot's stop reaches a cold one's."""
+    """``signum`` to the command's process group (a stop, as Buildbot's reaches a cold
+    command's; SIGKILL when its client hung up), or to the command if it has none yet."""
     try:
         os.killpg(pid, signum)
     except OSError:
@@ -271,7 +258,7 @@ def serve(path: str, preload: Sequence[str] = PRELOAD) -> None:
     import importlib
     import select
 
-    _die_with_parent(signal.SIGTERM)
+    die_with_parent(signal.SIGTERM)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # no BLAS threads in a process that forks
     for name in preload:
         try:
@@ -317,7 +304,7 @@ def serve(path: str, preload: Sequence[str] = PRELOAD) -> None:
                         # a hang-up only (POLLRDHUP): the request's bytes are the child's to read
                         poller.register(conn, select.POLLRDHUP)
                 elif fd in by_fd:  # the client hung up before its command ended
-                    _kill(by_fd.pop(fd))
+                    _signal_group(by_fd.pop(fd), signal.SIGKILL)
                     poller.unregister(fd)
     finally:
         server.close()
@@ -371,16 +358,6 @@ def _accept(server: socket.socket, children: dict[int, socket.socket], own: list
         os.close(fd)
     children[pid] = conn
     return pid
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except OSError:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
 
 
 def _reap(children: dict[int, socket.socket], by_fd: dict[int, int], poller) -> None:

@@ -9,7 +9,9 @@ import uuid
 
 import pytest
 
-from easeml_buildbot.runner.build_cgroup import PARENT, ROOT, BuildCgroup, CgroupUnavailable
+from easeml_buildbot.runner.build_cgroup import PARENT, BuildCgroup, CgroupUnavailable, cgroup_root
+
+ROOT = cgroup_root()  # where BuildCgroup makes its cgroups in this environment
 
 
 @pytest.fixture
