@@ -28,6 +28,20 @@ __all__ = ["configure", "Settings", "SettingsError", "WorkerSettings", "GitHubSe
 BUILDER_NAME = "easeml"
 
 
+def sqlite_engine_kwargs() -> dict[str, Any]:
+    """Buildbot 4.3 gives a SQLite file ``NullPool``: every query opens a connection and
+    closes it, and closing the last connection to a WAL database checkpoints it (fsync) and
+    deletes the WAL. A build makes a few hundred queries: that was most of the master's CPU
+    and a third of a trivial build's time (benchmarks/bench_master.py). SQLAlchemy 2's own
+    default for a SQLite file is a ``QueuePool``: keep connections open. Buildbot runs SQLite
+    queries in one thread; a connection is only ever used by one thread at a time (the pool
+    checks it out), so ``check_same_thread`` may be off. Durability is unchanged (WAL,
+    ``synchronous`` as before)."""
+    from sqlalchemy.pool import QueuePool
+
+    return {"poolclass": QueuePool, "connect_args": {"check_same_thread": False}}
+
+
 def configure(c: dict[str, Any], settings: Settings) -> dict[str, Any]:
     from buildbot.plugins import changes, schedulers, util, worker
 
@@ -49,6 +63,8 @@ def configure(c: dict[str, Any], settings: Settings) -> dict[str, Any]:
         # Buildbot 4.3 fails the next query on each one (it retries no PostgreSQL disconnect),
         # e.g. the first webhook after the restart is answered 500
         c["db"]["engine_kwargs"] = {"pool_pre_ping": True}
+    elif settings.db_url not in ("sqlite://", "sqlite:///:memory:"):
+        c["db"]["engine_kwargs"] = sqlite_engine_kwargs()
     c["protocols"] = {"pb": {"port": _endpoint(settings, settings.worker_port)}}
     c["workers"] = [worker.Worker(w.name, w.password, max_builds=w.max_builds) for w in settings.workers]
     c["builders"] = [util.BuilderConfig(name=BUILDER_NAME, workernames=[w.name for w in settings.workers],
