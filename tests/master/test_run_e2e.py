@@ -22,6 +22,7 @@ import pytest
 from support.dockerd import docker_unavailable
 from support.github_sim_world import running_world
 from support.models import DEFAULT_BASE_IMAGE
+from support.procs import alive, stat_fields
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 
@@ -107,13 +108,6 @@ def test_a_model_printing_its_features_leaks_nothing_and_spends_the_use(world):
         led.close()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _evaluate_pids(head: str) -> list[int]:
     pids = []
     for p in Path("/proc").iterdir():
@@ -151,17 +145,17 @@ def test_killed_worker_takes_its_evaluation_and_model_with_it(world, docker_clie
     # it is the warm client, and the evaluation is the child the worker's warm server forked
     # for it (runner/warm.py; its pid in the worker's log), or, cold, that process itself
     clients = [p for p in _evaluate_pids(head.sha)
-               if int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1]) == worker_pid]
+               if int(stat_fields(p)[1]) == worker_pid]
     assert len(clients) == 1, (clients, _evaluate_pids(head.sha))
     wlog = (world.bb.worker_dirs[0] / "twistd.log").read_text()
-    warm = [int(p) for p in re.findall(r"easeml warm: (\d+) runs worker evaluate", wlog) if _alive(int(p))]
+    warm = [int(p) for p in re.findall(r"easeml warm: (\d+) runs worker evaluate", wlog) if alive(int(p))]
     assert len(warm) == 1, ("the evaluation did not run warm", wlog[-3000:])
     pids = warm
     shm = secure_tmp_base() or Path("/tmp")
     assert list(shm.glob(f"easeml-ds-{pids[0]}-*")), "the decrypted test set is not where expected"
     world.bb.kill_worker(0)
     try:
-        assert _wait(lambda: not _evaluate_pids(head.sha) and not _alive(pids[0]), 30), \
+        assert _wait(lambda: not _evaluate_pids(head.sha) and not alive(pids[0]), 30), \
             "evaluate outlived its worker"
         assert _wait(lambda: not docker_client.containers.list(all=True, filters=flt), 30)
         assert not list(shm.glob(f"easeml-ds-{pids[0]}-*")), "plaintext left in /dev/shm"

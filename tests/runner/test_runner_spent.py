@@ -20,6 +20,7 @@ import pytest
 
 from easeml_buildbot.runner.evaluate import evaluate_pr
 from support.models import make_model_repo
+from support.procs import alive
 
 # Prints every feature row to stdout and to stderr, then fails.
 LEAKER = '''\
@@ -207,22 +208,11 @@ def test_evaluate_dies_with_its_parent(digits_repo, service_keys, tmp_path):
     assert _private_dirs(child)
     parent.kill()
     parent.wait()
-    assert _wait(lambda: not _pid_alive(child), 30), "evaluate outlived its parent"
+    assert _wait(lambda: not alive(child), 30), "evaluate outlived its parent"
     assert _wait(lambda: not _private_dirs(child), 10), _private_dirs(child)
     assert _wait(lambda: not _model_pids(marker), 10)
     r = json.loads((tmp_path / "r.json").read_text())
     assert (r["cause"], r["spent"]) == ("interrupted", True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie (no parent reaped it yet) is dead too
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def test_stderr_tail_is_bounded_in_lines_and_bytes():

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from support.procs import alive, stat_fields
+
 
 SLEEPER = "import time\nprint('sleeping', flush=True)\ntime.sleep(10**6)\n"
 
@@ -104,24 +106,15 @@ def test_the_command_gets_its_own_directory_environment_and_umask(warm_server, d
     assert len(warm_server.pids("worker evaluate")) == 2
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie of a parent that has not reaped it yet is dead for us
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _group(pgid: int) -> list[tuple[int, str]]:
     """Live (not zombie) processes of process group ``pgid``."""
     out = []
     for p in Path("/proc").iterdir():
         try:
-            fields = (p / "stat").read_text().rsplit(")", 1)[1].split()
-            if p.name.isdigit() and int(fields[2]) == pgid and fields[0] != "Z":
+            if not p.name.isdigit():
+                continue
+            fields = stat_fields(p.name)
+            if int(fields[2]) == pgid and fields[0] != "Z":
                 out.append((int(p.name), (p / "cmdline").read_bytes().replace(b"\0", b" ")[:200].decode()))
         except (OSError, ValueError, IndexError):
             continue
@@ -150,13 +143,13 @@ def test_a_killed_client_takes_its_command_with_it(warm_server, digits_repo, ser
     """Buildbot stops a command by killing its process group: the warm command (not in that
     group) must die as a cold one would, and the evaluation's watchdog cleans up after it."""
     client, child, out, _ = _start_sleeper(warm_server, digits_repo, service_keys, tmp_path, "warm-kill")
-    assert _alive(child)
+    assert alive(child)
     client.kill()
     client.wait(timeout=30)
     deadline = time.monotonic() + 15
-    while _alive(child) and time.monotonic() < deadline:
+    while alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(child), "the warm command outlived its client"
+    assert not alive(child), "the warm command outlived its client"
     deadline = time.monotonic() + 15
     while _group(child) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -176,7 +169,7 @@ def test_a_stop_signal_reaches_the_warm_command(warm_server, digits_repo, servic
     assert client.wait(timeout=60) == 4, stdout.read_text()
     r = json.loads(out.read_text())
     assert r["status"] == "infra_error" and r["cause"] == "interrupted" and r["spent"] is True
-    assert not _alive(child)
+    assert not alive(child)
 
 
 def test_without_a_server_the_command_runs_cold(digits_repo, service_keys, tmp_path):
