@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list[:1] == ["worker"] and os.environ.get("EASEML_WARM_SOCKET"):
         # forked from the worker's warm server, which has imported the command's code
         # already (runner/warm.py); None: no server answered, the command runs here
-        from easeml_buildbot.runner.warm import delegate
+        from easeml_buildbot.runner.warm_client import delegate
 
         code = delegate(args_list)
         if code is not None:

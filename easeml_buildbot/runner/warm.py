@@ -11,7 +11,8 @@ How (a "zygote", as Android and ``multiprocessing``'s forkserver do it):
   Twisted's ``ProcessMonitor`` (restarted if it dies; it dies with the worker). It imports the
   commands' modules, freezes the GC and listens on a Unix socket in a private directory;
   only its own user may connect (``SO_PEERCRED`` is checked too);
-* ``easeml worker evaluate|inspect`` (``easeml_buildbot.cli``) first tries the socket named by
+* ``easeml worker evaluate|inspect`` (the worker's ``easeml`` shim, or ``easeml_buildbot.cli``;
+  the client is ``runner/warm_client.py``) first tries the socket named by
   ``EASEML_WARM_SOCKET`` and hands over its stdin, stdout and stderr (``SCM_RIGHTS``); if no
   server answers, it runs in its own process as before. The build's command line, its log and
   its exit code are the same either way;
@@ -25,10 +26,7 @@ How (a "zygote", as Android and ``multiprocessing``'s forkserver do it):
   server sees the socket hang up and kills the child's process group with SIGKILL, as
   Buildbot's stop does to a cold command; the evaluation's own watchdog then cleans up.
 
-The protocol, on one stream connection: the client sends 4 bytes (the request's length)
-with its fds 0, 1, 2 attached, then the request (JSON). The child answers ``started PID``, later
-``exit N``; if the child died of a signal the server answers ``signal N``. An answer of
-``cold`` or none before ``started`` means nothing ran: the client runs the command itself.
+The protocol is described in ``runner/warm_client.py``.
 """
 
 from __future__ import annotations
@@ -42,11 +40,8 @@ import sys
 from collections.abc import Sequence
 
 from easeml_buildbot.runner.parent_death import die_with_parent
+from easeml_buildbot.runner.warm_client import ENV, signal_group as _signal_group
 
-#: the environment variable naming the server's socket (set by worker/buildbot.tac)
-ENV = "EASEML_WARM_SOCKET"
-#: the commands that may run warm: what the build steps run on the worker, nothing else
-COMMANDS = (("worker", "evaluate"), ("worker", "inspect"))
 #: what the server imports before it forks; a module that cannot be imported is skipped
 PRELOAD = (
     "easeml_buildbot.cli",
@@ -70,76 +65,6 @@ _HEADER = struct.Struct("!I")
 _STOPS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 #: a request is argv, a path and an environment: bounded, as any input the server reads
 MAX_REQUEST = 4 * 1024 * 1024
-
-# ---------------------------------------------------------------------------------------
-# client: inside `easeml worker ...`, before anything heavy is imported
-
-
-def delegate(argv: Sequence[str]) -> int | None:
-    """Run ``easeml ARGV`` in the warm server; the exit code, or None when it did not run
-    there (no server, not a warm command): then the caller runs it itself."""
-    path = os.environ.get(ENV)
-    if not path or tuple(argv[:2]) not in COMMANDS:
-        return None
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        conn.connect(path)
-    except OSError:
-        conn.close()
-        return None
-    # the Buildbot worker killed with -9: we die, the server sees the hang-up, the child goes
-    die_with_parent(signal.SIGKILL)
-    umask = os.umask(0o077)
-    os.umask(umask)
-    request = json.dumps({"argv": list(argv), "cwd": os.getcwd(), "umask": umask,
-                          "env": dict(os.environ)}).encode()
-    answer, child = b"", None
-    try:
-        socket.send_fds(conn, [_HEADER.pack(len(request))], [0, 1, 2])
-        conn.sendall(request)
-        # until the code, not EOF: what the command forked (its watchdog) may hold the socket
-        while (code := _answer(answer, "exit", "signal")) is None and (chunk := conn.recv(4096)):
-            answer += chunk
-            if child is None and (child := _answer(answer, "started")) is not None:
-                # a stop (SIGTERM, ...) reaches the command as it would reach it cold: it
-                # unwinds (container, features copy, plaintext removed) and answers its code
-                for sig in _STOPS:
-                    signal.signal(sig, lambda signum, _f, pid=child: _signal_group(pid, signum))
-    except OSError:
-        code = None
-    finally:
-        conn.close()
-        if child is not None:  # no late stop to a pid that may be another process's by now
-            for sig in _STOPS:
-                signal.signal(sig, signal.SIG_DFL)
-    if child is None:
-        return None  # refused, or dropped before anything ran
-    if code is None:
-        print("easeml: the warm worker server went away during the command", file=sys.stderr)
-        return 4
-    return code
-
-
-def _signal_group(pid: int, signum: int) -> None:
-    """``signum`` to the command's process group (a stop, as Buildbot's reaches a cold
-    command's; SIGKILL when its client hung up), or to the command if it has none yet."""
-    try:
-        os.killpg(pid, signum)
-    except OSError:
-        try:
-            os.kill(pid, signum)
-        except OSError:
-            pass
-
-
-def _answer(answer: bytes, *words: str) -> int | None:
-    """The number of the first complete line ``WORD N`` (``signal N``: 128 + N, as a shell says)."""
-    for line in answer.decode("ascii", "replace").splitlines(keepends=True):
-        parts = line.split()
-        if line.endswith("\n") and len(parts) == 2 and parts[0] in words and parts[1].isdigit():
-            return int(parts[1]) + (128 if parts[0] == "signal" else 0)
-    return None
-
 
 # ---------------------------------------------------------------------------------------
 # server

@@ -237,3 +237,65 @@ def test_the_server_never_reads_what_a_command_is_given(warm_server, digits_repo
     finally:
         client.kill()
         client.wait(timeout=30)
+
+
+def test_the_request_is_json_for_any_environment():
+    """The client writes its JSON by hand (no json import): whatever an environment holds
+    (quotes, backslashes, control characters, non-ASCII, undecodable bytes as lone
+    surrogates), json.loads reads back the same strings."""
+    import random
+
+    from easeml_buildbot.runner.warm_client import quote, request
+
+    rng = random.Random(7)
+    pool = ['"', "\\", "\n", "\x00", "\x1f", "\x7f", "é", "\u2028", "\U0001f600", "\udc80", "\udcff", "a", " ", "/"]
+    strings = ["", *pool, *("".join(rng.choice(pool) for _ in range(rng.randint(1, 12))) for _ in range(500))]
+    for s in strings:
+        assert json.loads(quote(s)) == s, repr(s)
+    env = {s: s[::-1] for s in strings if s}
+    got = json.loads(request(["worker", "evaluate", *strings[:50]], "/tmp/\udc80x", 0o027, env))
+    assert got == {"argv": ["worker", "evaluate", *strings[:50]], "cwd": "/tmp/\udc80x", "umask": 0o027, "env": env}
+
+
+def _shim(tmp_path: Path) -> Path:
+    import easeml_buildbot
+
+    from easeml_buildbot.runner.warm_client import shim
+
+    path = tmp_path / "bin" / "easeml"
+    path.parent.mkdir()
+    path.write_text(shim(sys.executable, str(Path(easeml_buildbot.__file__).parents[1]),
+                         str(Path(sys.executable).parent / "easeml")))
+    path.chmod(0o700)
+    return path
+
+
+def test_the_worker_shim_runs_warm_without_site_and_cold_without_a_server(warm_server, digits_repo,
+                                                                          service_keys, tmp_path):
+    """worker/buildbot.tac puts this shim first on the steps' PATH: under ``python -IS`` it
+    imports no site, socket, json or typing (what made a client cost ~0.1 s), runs the
+    command warm, and with no server exec's the real easeml, which runs it cold."""
+    shim = _shim(tmp_path)
+    pr = digits_repo.commit_model(quality=0.9, branch="warm-shim")
+    env = {k: v for k, v in os.environ.items() if k != "EASEML_WARM_SOCKET"}
+    for mode, sock in (("warm", str(warm_server.sock)), ("cold", str(tmp_path / "no-such.sock"))):
+        out = tmp_path / f"{mode}.json"
+        res = subprocess.run([str(shim), *evaluate_args(digits_repo, service_keys, pr.sha, out, tmp_path / "c")],
+                             capture_output=True, text=True, timeout=300, env={**env, "EASEML_WARM_SOCKET": sock})
+        assert res.returncode == 0, res.stderr
+        assert json.loads(out.read_text())["status"] == "scored"
+        assert len(warm_server.pids("worker evaluate")) == 1  # the warm run only
+    # a refused command: the same code and message as the real easeml's
+    bad = ["worker", "inspect", "--bogus"]
+    w = subprocess.run([str(shim), *bad], capture_output=True, text=True, timeout=60,
+                       env={**env, "EASEML_WARM_SOCKET": str(warm_server.sock)})
+    c = easeml(bad, warm=None)
+    assert w.returncode == c.returncode == 2 and w.stderr == c.stderr
+    # what the shim's interpreter imports before it hands the command over
+    trace = subprocess.run([sys.executable, "-IS", "-X", "importtime", str(shim), "worker", "inspect", "--help"],
+                           capture_output=True, text=True, timeout=60,
+                           env={**env, "EASEML_WARM_SOCKET": str(warm_server.sock)})
+    assert trace.returncode == 0 and "--no-plan" in trace.stdout, trace.stderr[-2000:]
+    imported = {ln.split("|")[-1].strip() for ln in trace.stderr.splitlines() if ln.startswith("import time:")}
+    assert "easeml_buildbot.runner.warm_client" in imported
+    assert not imported & {"site", "socket", "json", "typing", "enum", "easeml_buildbot.cli", "argparse"}, imported
