@@ -73,19 +73,42 @@ class TooLarge(GitError):
 
 
 def show(repo: Path, sha: str, path: str, max_bytes: int | None = None) -> bytes | None:
-    """The bytes of ``path`` at commit ``sha``, or None when it does not exist there.
-    With ``max_bytes``, a larger blob raises :class:`TooLarge` without being read."""
+    """The bytes of ``path`` at commit ``sha``, or None when it does not exist there (or is
+    not a file). With ``max_bytes``, a larger blob raises :class:`TooLarge` without being read.
+
+    One ``git cat-file --batch`` (it was ``-t``, ``-s`` and ``blob``: three processes per file,
+    a few per build): its header gives the type and size before any content is read, and a
+    blob that is too large is left unread in the pipe when git is stopped."""
+    if "\n" in path or "\n" in sha:
+        return None  # not a name git's batch input can carry; no file of ours has one
+    proc = subprocess.Popen(["git", "-C", str(repo), "cat-file", "--batch"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
-        kind = _git(repo, "cat-file", "-t", f"{sha}:{path}").decode().strip()
-    except GitError:
-        return None
-    if kind != "blob":
-        return None
-    if max_bytes is not None:
-        size = int(_git(repo, "cat-file", "-s", f"{sha}:{path}").decode().strip())
-        if size > max_bytes:
-            raise TooLarge(f"{sha[:12]}:{path}: {size} bytes; at most {max_bytes} are read")
-    return _git(repo, "cat-file", "blob", f"{sha}:{path}")
+        try:
+            proc.stdin.write(f"{sha}:{path}\n".encode("utf-8", "surrogateescape"))
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # git ended early (not a repository): no answer, as for a missing file
+        # "<oid> blob <size>", or "<name> missing" / "ambiguous" (also a path with spaces)
+        parts = proc.stdout.readline(4096).split()
+        if len(parts) == 3 and parts[1] == b"blob" and parts[2].isdigit():
+            size = int(parts[2])
+            if max_bytes is not None and size > max_bytes:
+                raise TooLarge(f"{sha[:12]}:{path}: {size} bytes; at most {max_bytes} are read")
+            data = proc.stdout.read(size)
+            if len(data) != size:
+                raise GitError(f"{sha[:12]}:{path}: git cat-file ended after {len(data)} of {size} bytes")
+            return data
+        return None  # missing, not a blob (a tree, a submodule), not one object, or no answer
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pipe in (proc.stdin, proc.stdout):
+            try:
+                pipe.close()
+            except OSError:
+                pass
+        proc.wait()
 
 
 # tarfile's extraction filters arrived in 3.11.4 (and 3.8.17, 3.9.17, 3.10.12); Debian

@@ -356,3 +356,43 @@ def test_an_oversized_config_blob_is_not_read(digits_repo, monkeypatch):
     data = inspect_repo(digits_repo.path, big)
     assert not data["ok"] and f"at most {MAX_CONFIG_BYTES}" in data["error"] and ".easeml.yml" in data["error"]
     assert not [a for a in calls if a[:2] == ("cat-file", "blob")]  # sized with -s, never read
+
+
+def test_show_reads_a_file_with_one_git_process_and_never_a_too_large_one(tmp_path, monkeypatch):
+    """evaluate.show: the exact bytes of a blob, None for a missing path, a directory or a
+    repository that is not one, TooLarge before a byte of a larger blob is read; one git
+    process per file (it was three: -t, -s, blob)."""
+    from easeml_buildbot.runner.evaluate import TooLarge, show
+
+    repo = tmp_path / "r"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@e"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    binary = bytes(range(256)) * 3 + b"\n\0end"
+    (repo / "d").mkdir()
+    (repo / "d" / "data.bin").write_bytes(binary)
+    (repo / "with space.txt").write_text("spaced\n")
+    (repo / "big").write_bytes(os.urandom(1 << 20) * 48)  # 48 MiB: more than a pipe holds
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    sha = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    # count the git processes: a wrapper first on PATH logs each one
+    log, bindir = tmp_path / "git.log", tmp_path / "bin"
+    bindir.mkdir()
+    real = subprocess.run(["sh", "-c", "command -v git"], capture_output=True, text=True, check=True).stdout.strip()
+    (bindir / "git").write_text(f'#!/bin/sh\necho "$@" >> {log}\nexec {real} "$@"\n')
+    (bindir / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+
+    assert show(repo, sha, "d/data.bin") == binary
+    assert show(repo, sha, "d/data.bin", max_bytes=len(binary)) == binary
+    assert show(repo, sha, "with space.txt") == b"spaced\n"
+    assert len(log.read_text().splitlines()) == 3  # one per file
+    for missing in ("nope", "d", "d/", "with space.txt missing", "a\nb"):
+        assert show(repo, sha, missing) is None, missing
+    assert show(tmp_path / "not-a-repo", sha, "d/data.bin") is None
+    assert show(repo, "0" * 40, "d/data.bin") is None
+    with pytest.raises(TooLarge, match=r"1 bytes are read|at most 1 are read"):
+        show(repo, sha, "d/data.bin", max_bytes=1)
+    with pytest.raises(TooLarge, match=str(48 << 20)):
+        show(repo, sha, "big", max_bytes=1 << 20)
