@@ -57,6 +57,12 @@ class EasemlService(service.BuildbotService):
             if _app_key(old) != _app_key(settings):
                 self._app = None
 
+    def startService(self):
+        from easeml_buildbot.master import buildbot_fixes
+
+        buildbot_fixes.apply_to_master(self.master)
+        return super().startService()
+
     def stopService(self):
         with self._lock:
             led, self._ledger = self._ledger, None
