@@ -783,10 +783,13 @@ class Finalize(_MasterStep):
         outcome = self.outcome()
         self.setProperty(eo.PROPERTY, outcome.to_property(), "easeml")
         self.summary = outcome.summary_line()
-        yield self.note(f"status {outcome.status}" + (f" ({outcome.kind})" if outcome.kind else "")
-                        + f": {self.summary}")
+        # the log's database writes and the worker's round trips overlap (the build's last
+        # ~20 ms); both are done before the step ends
+        noted = self.note(f"status {outcome.status}" + (f" ({outcome.kind})" if outcome.kind else "")
+                          + f": {self.summary}")
         yield self.clean_worker()
         yield self.head_author()
+        yield noted
         earlier = [s.results for s in self.build.executedSteps if s is not self]
         if outcome.status == "evaluated":
             return FAILURE if outcome.shown_verdict == "fail" else SUCCESS
