@@ -6,7 +6,8 @@
 # Settings come from easeml-worker.toml next to this file, overridden by the
 # environment: EASEML_WORKER_MASTER (host:port), EASEML_WORKER_NAME,
 # EASEML_WORKER_PASSWORD (or EASEML_WORKER_PASSWORD_FILE), EASEML_WORKER_GPUS,
-# EASEML_WORKER_WARM ("off": no warm worker commands, see below). The [env]
+# EASEML_WORKER_WARM ("off": no warm worker commands, see below), EASEML_WORKER_SHIM ("off":
+# the steps run the interpreter's easeml, not the site-less warm client). The [env]
 # table is exported to the build steps (EASEML_WORKER_KEY, EASEML_WORKER_RUNNER,
 # EASEML_WORKER_CACHE_DIR, ...). EASEML_WORKER_KEY_B64 (environment only) is the private key,
 # base64-encoded: see below.
@@ -102,19 +103,21 @@ if str(_setting("warm", "on")).strip().lower() not in ("off", "false", "0", "no"
         warm_sock = os.path.join(tempfile.mkdtemp(prefix="easeml-warm-"), "sock")
     os.environ["EASEML_WARM_SOCKET"] = warm_sock
     # the `easeml` the steps run: a shim first on PATH that hands warm commands to the server
-    # from an interpreter without site (~20 ms, not ~60-100 ms; runner/warm_client.py) and
-    # exec's this interpreter's easeml for everything else or when no server answers
-    import easeml_buildbot
-    from easeml_buildbot.runner.warm_client import shim
+    # from an interpreter without site (~0.04 s, not ~0.1 s; runner/warm_client.py) and exec's
+    # this interpreter's easeml for everything else or when no server answers. shim = "off":
+    # the steps run that easeml directly (its site, sitecustomize and PYTHONPATH apply)
+    if str(_setting("shim", "on")).strip().lower() not in ("off", "false", "0", "no"):
+        import easeml_buildbot
+        from easeml_buildbot.runner.warm_client import shim
 
-    shim_dir = os.path.join(os.path.dirname(warm_sock), "easeml-warm-bin")
-    os.makedirs(shim_dir, mode=0o700, exist_ok=True)
-    with open(os.path.join(shim_dir, "easeml.new"), "w") as fh:
-        fh.write(shim(sys.executable, os.path.dirname(os.path.dirname(easeml_buildbot.__file__)),
-                      os.path.join(os.path.dirname(sys.executable), "easeml")))
-    os.chmod(os.path.join(shim_dir, "easeml.new"), 0o700)
-    os.replace(os.path.join(shim_dir, "easeml.new"), os.path.join(shim_dir, "easeml"))
-    os.environ["PATH"] = shim_dir + os.pathsep + os.environ["PATH"]
+        shim_dir = os.path.join(os.path.dirname(warm_sock), "easeml-warm-bin")
+        os.makedirs(shim_dir, mode=0o700, exist_ok=True)
+        with open(os.path.join(shim_dir, "easeml.new"), "w") as fh:
+            fh.write(shim(sys.executable, os.path.dirname(os.path.dirname(easeml_buildbot.__file__)),
+                          os.path.join(os.path.dirname(sys.executable), "easeml")))
+        os.chmod(os.path.join(shim_dir, "easeml.new"), 0o700)
+        os.replace(os.path.join(shim_dir, "easeml.new"), os.path.join(shim_dir, "easeml"))
+        os.environ["PATH"] = shim_dir + os.pathsep + os.environ["PATH"]
     monitor = ProcessMonitor()
     monitor.addProcess("easeml-warm", [sys.executable, "-m", "easeml_buildbot.runner.warm", warm_sock],
                        # only what an interpreter needs: no worker secret (passphrase, password)

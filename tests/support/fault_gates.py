@@ -75,7 +75,10 @@ class FaultGates:
         (self.site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
 
     def worker_env(self) -> dict[str, str]:
-        return {"PYTHONPATH": str(self.site), "FAULT_GATES_DIR": str(self.dir)}
+        # the gates run in the `easeml` client's interpreter start-up (sitecustomize): the
+        # worker's site-less shim (runner/warm_client.py) would skip them, so the steps run the
+        # interpreter's own easeml, which still hands the command to the warm server
+        return {"PYTHONPATH": str(self.site), "FAULT_GATES_DIR": str(self.dir), "EASEML_WORKER_SHIM": "off"}
 
     def model_hold(self) -> str:
         """Python statements (4-space indented, for a model's ``main()``) holding at the ``model`` gate."""
