@@ -108,16 +108,18 @@ if str(_setting("warm", "on")).strip().lower() not in ("off", "false", "0", "no"
     # the steps run that easeml directly (its site, sitecustomize and PYTHONPATH apply)
     if str(_setting("shim", "on")).strip().lower() not in ("off", "false", "0", "no"):
         import easeml_buildbot
-        from easeml_buildbot.runner.warm_client import shim
+        from easeml_buildbot.runner.warm_client import install_shim
 
         shim_dir = os.path.join(os.path.dirname(warm_sock), "easeml-warm-bin")
-        os.makedirs(shim_dir, mode=0o700, exist_ok=True)
-        with open(os.path.join(shim_dir, "easeml.new"), "w") as fh:
-            fh.write(shim(sys.executable, os.path.dirname(os.path.dirname(easeml_buildbot.__file__)),
-                          os.path.join(os.path.dirname(sys.executable), "easeml")))
-        os.chmod(os.path.join(shim_dir, "easeml.new"), 0o700)
-        os.replace(os.path.join(shim_dir, "easeml.new"), os.path.join(shim_dir, "easeml"))
-        os.environ["PATH"] = shim_dir + os.pathsep + os.environ["PATH"]
+        try:
+            install_shim(shim_dir, sys.executable, os.path.dirname(os.path.dirname(easeml_buildbot.__file__)),
+                         os.path.join(os.path.dirname(sys.executable), "easeml"))
+        except (OSError, ValueError) as e:  # the steps run the interpreter's easeml (still warm)
+            from twisted.python import log
+
+            log.msg(f"easeml worker: no warm-client shim: {e}")
+        else:
+            os.environ["PATH"] = shim_dir + os.pathsep + os.environ["PATH"]
     monitor = ProcessMonitor()
     monitor.addProcess("easeml-warm", [sys.executable, "-m", "easeml_buildbot.runner.warm", warm_sock],
                        # only what an interpreter needs: no worker secret (passphrase, password)

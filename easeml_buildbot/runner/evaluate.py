@@ -79,8 +79,10 @@ def show(repo: Path, sha: str, path: str, max_bytes: int | None = None) -> bytes
     One ``git cat-file --batch`` (it was ``-t``, ``-s`` and ``blob``: three processes per file,
     a few per build): its header gives the type and size before any content is read, and a
     blob that is too large is left unread in the pipe when git is stopped."""
-    if "\n" in path or "\n" in sha:
-        return None  # not a name git's batch input can carry; no file of ours has one
+    if any(c in path or c in sha for c in "\0\r\n"):
+        # not a name git's batch input carries as given (it ends a name at NUL, drops a
+        # trailing CR and reads a line per name): no such file is ours to read
+        return None
     proc = subprocess.Popen(["git", "-C", str(repo), "cat-file", "--batch"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:

@@ -39,7 +39,8 @@ _ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\"})
 
 
 def quote(s: str) -> str:
-    """``s`` as a JSON string (``json.loads(quote(s)) == s`` for every str)."""
+    """``s`` as a JSON string: ``json.loads(quote(s)) == s`` for every str without a
+    surrogate pair (os.environ and argv hold lone surrogates only; a pair comes back joined)."""
     return '"' + s.translate(_ESCAPES) + '"'
 
 
@@ -127,6 +128,38 @@ def shim(python: str, package_parent: str, easeml: str) -> str:
             f"import sys\nsys.path.append({package_parent!r})\n"
             "from easeml_buildbot.runner.warm_client import main\n"
             f"main({easeml!r})\n")
+
+
+#: the longest interpreter path a ``#!`` line carries whole (Linux: 255 bytes, 127 before 5.1)
+SHEBANG_MAX = 120
+
+
+def install_shim(directory: str, python: str, package_parent: str, easeml: str) -> str:
+    """Write the shim as ``DIRECTORY/easeml`` (mode 0700); its path.
+
+    Raises ValueError (the reason) instead of writing a shim that cannot start: an
+    interpreter path a ``#!`` line does not carry (whitespace, longer than
+    :data:`SHEBANG_MAX`), no executable ``easeml`` to fall back on, or a directory that is
+    not this user's own (a symlink, another owner, group or other permissions). The file is
+    created anew (``O_EXCL | O_NOFOLLOW``) and renamed into place."""
+    if len(os.fsencode(python)) > SHEBANG_MAX or any(c.isspace() for c in python):
+        raise ValueError(f"the interpreter path {python!r} does not fit a #! line")
+    if not os.access(easeml, os.X_OK):
+        raise ValueError(f"no executable {easeml} to run cold commands with")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    st = os.lstat(directory)
+    if not (st.st_mode & 0o170000 == 0o040000) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise ValueError(f"{directory} is not a directory of this user's alone (mode 0700)")
+    new, final = os.path.join(directory, "easeml.new"), os.path.join(directory, "easeml")
+    try:
+        os.unlink(new)
+    except FileNotFoundError:
+        pass
+    fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o700)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(shim(python, package_parent, easeml))
+    os.replace(new, final)
+    return final
 
 
 def main(easeml: str) -> None:

@@ -388,7 +388,8 @@ def test_show_reads_a_file_with_one_git_process_and_never_a_too_large_one(tmp_pa
     assert show(repo, sha, "d/data.bin", max_bytes=len(binary)) == binary
     assert show(repo, sha, "with space.txt") == b"spaced\n"
     assert len(log.read_text().splitlines()) == 3  # one per file
-    for missing in ("nope", "d", "d/", "with space.txt missing", "a\nb"):
+    # git's batch input ends a name at NUL and drops a trailing CR: never read as another file
+    for missing in ("nope", "d", "d/", "with space.txt missing", "a\nb", "d/data.bin\0x", "d/data.bin\r"):
         assert show(repo, sha, missing) is None, missing
     assert show(tmp_path / "not-a-repo", sha, "d/data.bin") is None
     assert show(repo, "0" * 40, "d/data.bin") is None

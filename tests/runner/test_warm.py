@@ -260,14 +260,42 @@ def test_the_request_is_json_for_any_environment():
 def _shim(tmp_path: Path) -> Path:
     import easeml_buildbot
 
-    from easeml_buildbot.runner.warm_client import shim
+    from easeml_buildbot.runner.warm_client import install_shim
 
-    path = tmp_path / "bin" / "easeml"
-    path.parent.mkdir()
-    path.write_text(shim(sys.executable, str(Path(easeml_buildbot.__file__).parents[1]),
-                         str(Path(sys.executable).parent / "easeml")))
-    path.chmod(0o700)
-    return path
+    return Path(install_shim(str(tmp_path / "bin"), sys.executable, str(Path(easeml_buildbot.__file__).parents[1]),
+                             str(Path(sys.executable).parent / "easeml")))
+
+
+def test_the_shim_is_not_written_where_it_could_not_start_or_is_not_the_workers_own(tmp_path):
+    """buildbot.tac then leaves PATH alone (the interpreter's easeml, still warm): no shim
+    whose #! line the kernel splits or cuts, none without a real easeml behind it, none in a
+    directory someone else can write, and none written through a planted symlink."""
+    from easeml_buildbot.runner.warm_client import SHEBANG_MAX, install_shim
+
+    real = str(Path(sys.executable).parent / "easeml")
+    pkg = str(Path(__file__).parents[2])
+    for python, easeml_, why in ((f"{tmp_path}/my python/python3", real, "#! line"),
+                                 ("/" + "p" * SHEBANG_MAX, real, "#! line"),
+                                 (sys.executable, str(tmp_path / "no-easeml"), "no executable")):
+        with pytest.raises(ValueError, match=why):
+            install_shim(str(tmp_path / "a"), python, pkg, easeml_)
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    (tmp_path / "link").symlink_to(shared)
+    for d in (shared, tmp_path / "link"):
+        with pytest.raises(ValueError, match="this user's alone"):
+            install_shim(str(d), sys.executable, pkg, real)
+    # a symlink planted at the temporary name is replaced, its target never written
+    own = tmp_path / "own"
+    own.mkdir(mode=0o700)
+    target = tmp_path / "target"
+    target.write_text("untouched")
+    (own / "easeml.new").symlink_to(target)
+    path = Path(install_shim(str(own), sys.executable, pkg, real))
+    assert target.read_text() == "untouched" and not path.is_symlink()
+    assert path.read_text().startswith(f"#!{sys.executable} -IS\n") and path.stat().st_mode & 0o777 == 0o700
+    assert not (own / "easeml.new").exists()
 
 
 def test_the_worker_shim_runs_warm_without_site_and_cold_without_a_server(warm_server, digits_repo,
