@@ -50,7 +50,9 @@ def apply_to_master(master: Any) -> None:
     commit (~46 of the ~146 transactions of a trivial evaluation build; more than any other
     table). Here the changed properties of one call are written in one transaction, with the
     same rows, the same comparison with what is stored and the same one ``properties/update``
-    event afterwards. Bound on the master's own ``data.updates`` (its methods are bound when
+    event afterwards. One difference: a property whose name or source is too long for its
+    column rolls the whole call back (Buildbot kept the ones written before it; in both no
+    event is sent). Bound on the master's own ``data.updates`` (its methods are bound when
     the data connector is built, before ``master.cfg`` is read)."""
     updates = getattr(getattr(master, "data", None), "updates", None)
     original = getattr(updates, "setBuildProperties", None)

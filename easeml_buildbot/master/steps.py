@@ -787,9 +787,11 @@ class Finalize(_MasterStep):
         # ~20 ms); both are done before the step ends
         noted = self.note(f"status {outcome.status}" + (f" ({outcome.kind})" if outcome.kind else "")
                           + f": {self.summary}")
-        yield self.clean_worker()
-        yield self.head_author()
-        yield noted
+        try:
+            yield self.clean_worker()
+            yield self.head_author()
+        finally:
+            yield noted  # never left unconsumed (its failure would be lost)
         earlier = [s.results for s in self.build.executedSteps if s is not self]
         if outcome.status == "evaluated":
             return FAILURE if outcome.shown_verdict == "fail" else SUCCESS
