@@ -790,8 +790,10 @@ class Finalize(_MasterStep):
         try:
             yield self.clean_worker()
             yield self.head_author()
-        finally:
-            yield noted  # never left unconsumed (its failure would be lost)
+        except Exception:
+            noted.addErrback(log.err)  # logged, never hiding the error that ended the step
+            raise
+        yield noted
         earlier = [s.results for s in self.build.executedSteps if s is not self]
         if outcome.status == "evaluated":
             return FAILURE if outcome.shown_verdict == "fail" else SUCCESS

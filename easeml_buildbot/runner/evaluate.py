@@ -79,7 +79,7 @@ def show(repo: Path, sha: str, path: str, max_bytes: int | None = None) -> bytes
     One ``git cat-file --batch`` (it was ``-t``, ``-s`` and ``blob``: three processes per file,
     a few per build): its header gives the type and size before any content is read, and a
     blob that is too large is left unread in the pipe when git is stopped."""
-    if any(c in path or c in sha for c in "\0\r\n"):
+    if any(c in path or c in sha for c in "\0\n") or path.endswith("\r") or sha.endswith("\r"):
         # not a name git's batch input carries as given (it ends a name at NUL, drops a
         # trailing CR and reads a line per name): no such file is ours to read
         return None

@@ -144,7 +144,7 @@ def install_shim(directory: str, python: str, package_parent: str, easeml: str) 
     created anew (``O_EXCL | O_NOFOLLOW``) and renamed into place."""
     if len(os.fsencode(python)) > SHEBANG_MAX or any(c.isspace() for c in python):
         raise ValueError(f"the interpreter path {python!r} does not fit a #! line")
-    if not os.access(easeml, os.X_OK):
+    if not (os.path.isfile(easeml) and os.access(easeml, os.X_OK)):
         raise ValueError(f"no executable {easeml} to run cold commands with")
     os.makedirs(directory, mode=0o700, exist_ok=True)
     st = os.lstat(directory)
@@ -157,6 +157,7 @@ def install_shim(directory: str, python: str, package_parent: str, easeml: str) 
         pass
     fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o700)
     with os.fdopen(fd, "w") as fh:
+        os.fchmod(fd, 0o700)  # whatever the umask: the worker user must be able to run it
         fh.write(shim(python, package_parent, easeml))
     os.replace(new, final)
     return final

@@ -372,6 +372,7 @@ def test_show_reads_a_file_with_one_git_process_and_never_a_too_large_one(tmp_pa
     (repo / "d").mkdir()
     (repo / "d" / "data.bin").write_bytes(binary)
     (repo / "with space.txt").write_text("spaced\n")
+    (repo / "cr\rinside").write_text("cr\n")
     (repo / "big").write_bytes(os.urandom(1 << 20) * 48)  # 48 MiB: more than a pipe holds
     subprocess.run([*git, "add", "-A"], check=True)
     subprocess.run([*git, "commit", "-qm", "x"], check=True)
@@ -387,7 +388,8 @@ def test_show_reads_a_file_with_one_git_process_and_never_a_too_large_one(tmp_pa
     assert show(repo, sha, "d/data.bin") == binary
     assert show(repo, sha, "d/data.bin", max_bytes=len(binary)) == binary
     assert show(repo, sha, "with space.txt") == b"spaced\n"
-    assert len(log.read_text().splitlines()) == 3  # one per file
+    assert show(repo, sha, "cr\rinside") == b"cr\n"  # only a trailing CR is dropped by git
+    assert len(log.read_text().splitlines()) == 4  # one per file
     # git's batch input ends a name at NUL and drops a trailing CR: never read as another file
     for missing in ("nope", "d", "d/", "with space.txt missing", "a\nb", "d/data.bin\0x", "d/data.bin\r"):
         assert show(repo, sha, missing) is None, missing

@@ -276,13 +276,16 @@ def test_the_shim_is_not_written_where_it_could_not_start_or_is_not_the_workers_
     pkg = str(Path(__file__).parents[2])
     for python, easeml_, why in ((f"{tmp_path}/my python/python3", real, "#! line"),
                                  ("/" + "p" * SHEBANG_MAX, real, "#! line"),
-                                 (sys.executable, str(tmp_path / "no-easeml"), "no executable")):
+                                 (sys.executable, str(tmp_path / "no-easeml"), "no executable"),
+                                 (sys.executable, str(tmp_path), "no executable")):  # a directory
         with pytest.raises(ValueError, match=why):
             install_shim(str(tmp_path / "a"), python, pkg, easeml_)
     shared = tmp_path / "shared"
     shared.mkdir(mode=0o777)
     shared.chmod(0o777)
-    (tmp_path / "link").symlink_to(shared)
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(private)  # a 0700 directory of ours, but reached by a link
     for d in (shared, tmp_path / "link"):
         with pytest.raises(ValueError, match="this user's alone"):
             install_shim(str(d), sys.executable, pkg, real)
@@ -292,7 +295,12 @@ def test_the_shim_is_not_written_where_it_could_not_start_or_is_not_the_workers_
     target = tmp_path / "target"
     target.write_text("untouched")
     (own / "easeml.new").symlink_to(target)
-    path = Path(install_shim(str(own), sys.executable, pkg, real))
+    (own / "easeml").symlink_to(target)  # and one at the final name
+    old_umask = os.umask(0o177)  # a umask that would drop the owner's x bit
+    try:
+        path = Path(install_shim(str(own), sys.executable, pkg, real))
+    finally:
+        os.umask(old_umask)
     assert target.read_text() == "untouched" and not path.is_symlink()
     assert path.read_text().startswith(f"#!{sys.executable} -IS\n") and path.stat().st_mode & 0o777 == 0o700
     assert not (own / "easeml.new").exists()
