@@ -146,9 +146,11 @@ def install_shim(directory: str, python: str, package_parent: str, easeml: str) 
         raise ValueError(f"the interpreter path {python!r} does not fit a #! line")
     if not (os.path.isfile(easeml) and os.access(easeml, os.X_OK)):
         raise ValueError(f"no executable {easeml} to run cold commands with")
+    import stat  # here, not at the top: the shim itself starts on C modules only
+
     os.makedirs(directory, mode=0o700, exist_ok=True)
     st = os.lstat(directory)
-    if not (st.st_mode & 0o170000 == 0o040000) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
         raise ValueError(f"{directory} is not a directory of this user's alone (mode 0700)")
     new, final = os.path.join(directory, "easeml.new"), os.path.join(directory, "easeml")
     try:
